@@ -1,0 +1,225 @@
+"""Domain types shared by the gateway, the scheduler, the node agents and the runners.
+
+Plain dataclasses: no protobuf, no Ray. Times are seconds since the epoch (floats) unless a name
+says otherwise. Inputs are JSON-shaped dicts in which files appear as ``FileData`` values.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+
+class Status(str, enum.Enum):
+    """Where a prediction is in its life (Replicate's statuses)."""
+
+    STARTING = "starting"
+    PROCESSING = "processing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    ABORTED = "aborted"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELED, Status.ABORTED})
+
+
+@dataclass(frozen=True)
+class FileData:
+    """A file inside an input or output: raw bytes and what they are."""
+
+    data: bytes
+    content_type: str = ""
+    name: str = ""
+    width: int = 0
+    height: int = 0
+
+
+@dataclass
+class Output:
+    """What a prediction produced: JSON-shaped ``value`` and files, in order."""
+
+    value: Any = None
+    files: list[FileData] = field(default_factory=list)
+
+
+@dataclass
+class Metrics:
+    """Timings (seconds) and counts of one prediction; None where they do not apply."""
+
+    predict_time_s: float | None = None
+    total_time_s: float | None = None
+    queue_time_s: float | None = None
+    input_token_count: int | None = None
+    output_token_count: int | None = None
+    time_to_first_token_s: float | None = None
+    tokens_per_second: float | None = None
+
+
+@dataclass
+class Prediction:
+    """One prediction, as the gateway stores and reports it."""
+
+    id: str
+    model: str
+    version: str
+    input: dict[str, Any]
+    owner: str
+    created_at: float
+    input_kind: str = "json"
+    deployment: str = ""
+    status: Status = Status.STARTING
+    output: Output | None = None
+    logs: list[str] = field(default_factory=list)
+    error: str = ""
+    started_at: float | None = None
+    completed_at: float | None = None
+    metrics: Metrics = field(default_factory=Metrics)
+    deadline_at: float | None = None
+    priority: int = 0
+
+
+# Events a runner yields while predicting.
+
+
+@dataclass(frozen=True)
+class LogLine:
+    text: str
+
+
+@dataclass(frozen=True)
+class OutputChunk:
+    value: Any = None
+    file: FileData | None = None
+
+
+@dataclass(frozen=True)
+class ProgressUpdate:
+    step: int
+    total: int
+    eta_s: float = 0.0
+
+
+RunnerEvent = Union[LogLine, OutputChunk, ProgressUpdate]
+
+
+# Events a node agent reports about a task (one prediction on one instance).
+
+
+@dataclass(frozen=True)
+class Started:
+    """The task began running on its instance at ``at``."""
+
+    at: float
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The task ended. ``status`` is terminal; ``error`` says why when it did not succeed."""
+
+    status: Status
+    started_at: float | None
+    completed_at: float
+    output: Output | None = None
+    error: str = ""
+    metrics: Metrics = field(default_factory=Metrics)
+
+
+TaskEventBody = Union[Started, LogLine, OutputChunk, ProgressUpdate, Finished]
+
+
+@dataclass(frozen=True)
+class TaskEvent:
+    """An event about one prediction, from a node agent to the router that dispatched it."""
+
+    prediction_id: str
+    body: TaskEventBody
+
+
+@dataclass(frozen=True)
+class Task:
+    """One prediction sent to a node agent to run on one of its instances."""
+
+    prediction_id: str
+    instance_id: str
+    input: dict[str, Any]
+
+
+# Events the gateway publishes about a prediction, to stream subscribers.
+
+
+@dataclass(frozen=True)
+class Completed:
+    """The final event of a prediction: the prediction in its terminal status."""
+
+    prediction: Prediction
+
+
+PublicEventBody = Union[Status, LogLine, OutputChunk, ProgressUpdate, Completed]
+
+
+@dataclass(frozen=True)
+class PredictionEvent:
+    """The ``seq``-th event of a prediction (from 1)."""
+
+    prediction_id: str
+    seq: int
+    body: PublicEventBody
+
+
+# The cluster's shape.
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model the cluster serves: which runner family, what weights, which options."""
+
+    name: str
+    runner: str
+    weights: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    min_instances: int = 1
+
+    @property
+    def version(self) -> str:
+        """Immutable version id: a digest of runner family, weights reference and options."""
+        blob = json.dumps([self.runner, self.weights, self.options], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    """A model instance as the control plane sees it."""
+
+    id: str
+    model: str
+    version: str
+    node_id: str
+    state: str
+    max_concurrency: int
+    in_flight: int = 0
+    input_schema: dict[str, Any] = field(default_factory=dict)
+    output_schema: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """A node agent and what it reports."""
+
+    id: str
+    ray_node_id: str
+    address: str
+    accelerator: str = "cpu"
+    memory_total_bytes: int = 0
+    memory_used_bytes: int = 0
+    utilization_percent: float | None = None
+    metrics_note: str = ""
+    instance_count: int = 0

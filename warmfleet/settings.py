@@ -1,0 +1,96 @@
+"""One frozen settings object per process, built once from flags, a config file and the environment.
+
+Precedence: explicit flags > ``WARMFLEET_*`` environment variables > the config file > defaults.
+Nothing here runs at import time; callers build ``Settings`` once and pass it down.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from warmfleet.errors import InvalidInput
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a warmfleet process needs to know about where it lives and how it serves."""
+
+    home: Path = Path("~/.warmfleet")
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 50051
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    ray_address: str = ""
+    ray_namespace: str = "warmfleet"
+    max_queue_per_model: int = 1024
+    default_wait_s: float = 0.0
+    max_wait_s: float = 60.0
+    token: str = ""
+
+    @property
+    def store_path(self) -> Path:
+        return self.home / "predictions.sqlite3"
+
+    @property
+    def admin_token_path(self) -> Path:
+        return self.home / "admin_token"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"{self.grpc_host}:{self.grpc_port}"
+
+    @property
+    def state_path(self) -> Path:
+        """Where `warmfleet up` records what it started, for `warmfleet down` and the CLI."""
+        return self.home / "cluster.json"
+
+    @property
+    def models_path(self) -> Path:
+        """Where generated tiny models are written."""
+        return self.home / "models"
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    kind = _FIELDS[name].type
+    try:
+        if kind == "Path":
+            return Path(str(raw)).expanduser()
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        return str(raw)
+    except (TypeError, ValueError) as err:
+        raise InvalidInput(f"settings.{name}", f"expected {kind}, got {raw!r}") from err
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    config_file: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the process's settings. ``flags`` whose value is None are ignored."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    if config_file:
+        with open(config_file, "rb") as fh:
+            values.update(tomllib.load(fh).get("settings", {}))
+    for name in _FIELDS:
+        env = environ.get(f"WARMFLEET_{name.upper()}")
+        if env is not None:
+            values[name] = env
+    values.update({k: v for k, v in (flags or {}).items() if v is not None})
+    unknown = sorted(set(values) - set(_FIELDS))
+    if unknown:
+        raise InvalidInput(f"settings.{unknown[0]}", "is not a known setting")
+    coerced = {name: _coerce(name, raw) for name, raw in values.items()}
+    coerced.setdefault("home", Path("~/.warmfleet").expanduser())
+    return Settings(**coerced)
