@@ -132,7 +132,15 @@ class Finished:
     metrics: Metrics = field(default_factory=Metrics)
 
 
-TaskEventBody = Union[Started, LogLine, OutputChunk, ProgressUpdate, Finished]
+@dataclass(frozen=True)
+class Rejected:
+    """The agent could not start the task (its instance is gone, draining or full): the router
+    places it again. Never a terminal outcome by itself."""
+
+    reason: str
+
+
+TaskEventBody = Union[Started, LogLine, OutputChunk, ProgressUpdate, Finished, Rejected]
 
 
 @dataclass(frozen=True)

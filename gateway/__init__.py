@@ -1,0 +1,1 @@
+"""The gateway: the public gRPC edge, the prediction store and the event fan-out."""

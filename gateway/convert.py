@@ -1,0 +1,212 @@
+"""Conversions between warmfleet.v1 protobuf messages and domain types: the gRPC edge's only
+translation layer (``x_from_pb`` / ``x_to_pb``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+from google.protobuf.message import Message
+from google.protobuf.message_factory import GetMessageClass
+
+from gateway.predictions import CreateRequest
+from warmfleet.domain import (
+    Completed, FileData, InstanceInfo, LogLine, Metrics, NodeInfo, Output, OutputChunk, Prediction,
+    PredictionEvent, ProgressUpdate, Status,
+)
+from warmfleet.errors import InvalidInput
+from warmfleet.v1 import cluster_pb2, predictions_pb2, types_pb2
+
+STATUS_TO_PB = {
+    Status.STARTING: types_pb2.STATUS_STARTING,
+    Status.PROCESSING: types_pb2.STATUS_PROCESSING,
+    Status.SUCCEEDED: types_pb2.STATUS_SUCCEEDED,
+    Status.FAILED: types_pb2.STATUS_FAILED,
+    Status.CANCELED: types_pb2.STATUS_CANCELED,
+    Status.ABORTED: types_pb2.STATUS_ABORTED,
+}
+
+# Which field of PredictionInput carries each typed input form.
+_TYPED_INPUTS = {
+    "echo": types_pb2.EchoInput,
+    "text_generation": types_pb2.TextGenerationInput,
+    "image_generation": types_pb2.ImageGenerationInput,
+    "upscale": types_pb2.UpscaleInput,
+}
+
+
+# Files
+
+
+def file_from_pb(f: types_pb2.File) -> FileData:
+    return FileData(f.data, f.content_type, f.name, f.width, f.height)
+
+
+def file_to_pb(f: FileData) -> types_pb2.File:
+    return types_pb2.File(data=f.data, content_type=f.content_type, name=f.name, width=f.width,
+                          height=f.height)
+
+
+# JSON values
+
+
+def _plain(value: Any) -> Any:
+    """Struct numbers are doubles; integral ones become ints, as JSON means them."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def value_to_pb(value: Any) -> struct_pb2.Value:
+    return json_format.ParseDict(value, struct_pb2.Value())
+
+
+def value_from_pb(value: struct_pb2.Value) -> Any:
+    return _plain(json_format.MessageToDict(value))
+
+
+# Inputs
+
+
+def _message_to_dict(msg: Message) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for fd, value in msg.ListFields():
+        out[fd.name] = _field_from_pb(fd, value)
+    return out
+
+
+def _field_from_pb(fd, value):
+    if fd.is_repeated:
+        return [_one_from_pb(fd, v) for v in value]
+    return _one_from_pb(fd, value)
+
+
+def _one_from_pb(fd, value):
+    if fd.message_type is None:
+        return value
+    if fd.message_type.full_name == "warmfleet.v1.File":
+        return file_from_pb(value)
+    return _message_to_dict(value)
+
+
+def _dict_to_message(values: dict[str, Any], cls: type[Message]) -> Message:
+    msg = cls()
+    for name, value in values.items():
+        fd = cls.DESCRIPTOR.fields_by_name.get(name)
+        if fd is None:
+            continue
+        if fd.message_type is None:
+            if fd.is_repeated:
+                getattr(msg, name).extend(value)
+            else:
+                setattr(msg, name, value)
+        elif fd.message_type.full_name == "warmfleet.v1.File":
+            getattr(msg, name).CopyFrom(file_to_pb(value))
+        elif fd.is_repeated:
+            getattr(msg, name).extend(_dict_to_message(v, GetMessageClass(fd.message_type)) for v in value)
+        else:
+            getattr(msg, name).CopyFrom(_dict_to_message(value, GetMessageClass(fd.message_type)))
+    return msg
+
+
+def input_from_pb(pb: types_pb2.PredictionInput) -> tuple[dict[str, Any], str]:
+    """The input as a dict (files as ``FileData``) and the name of the form it came in."""
+    kind = pb.WhichOneof("kind")
+    if kind is None:
+        raise InvalidInput("input", "is required: set one of json, echo, text_generation, ...")
+    if kind == "json":
+        values = value_from_pb(struct_pb2.Value(struct_value=pb.json.fields))
+        for name, f in pb.json.files.items():
+            values[name] = file_from_pb(f)
+        return values, kind
+    return _message_to_dict(getattr(pb, kind)), kind
+
+
+def input_to_pb(values: dict[str, Any], kind: str) -> types_pb2.PredictionInput:
+    if kind in _TYPED_INPUTS:
+        return types_pb2.PredictionInput(**{kind: _dict_to_message(values, _TYPED_INPUTS[kind])})
+    plain = {k: v for k, v in values.items() if not isinstance(v, FileData)}
+    files = {k: file_to_pb(v) for k, v in values.items() if isinstance(v, FileData)}
+    struct = json_format.ParseDict(plain, struct_pb2.Struct())
+    return types_pb2.PredictionInput(json=types_pb2.JsonInput(fields=struct, files=files))
+
+
+def create_from_pb(req: predictions_pb2.CreatePredictionRequest) -> CreateRequest:
+    values, kind = input_from_pb(req.input)
+    return CreateRequest(
+        input=values, input_kind=kind, model=req.model, version=req.version, deployment=req.deployment,
+        wait_s=req.wait_s, id=req.id, deadline_s=req.deadline_s, priority=req.priority,
+    )
+
+
+# Predictions
+
+
+def _metrics_to_pb(m: Metrics) -> types_pb2.PredictionMetrics:
+    return types_pb2.PredictionMetrics(**{k: v for k, v in vars(m).items() if v is not None})
+
+
+def output_to_pb(output: Output) -> types_pb2.PredictionOutput:
+    pb = types_pb2.PredictionOutput(files=[file_to_pb(f) for f in output.files])
+    if output.value is not None:
+        pb.value.CopyFrom(value_to_pb(output.value))
+    return pb
+
+
+def prediction_to_pb(p: Prediction) -> types_pb2.Prediction:
+    pb = types_pb2.Prediction(
+        id=p.id, model=p.model, version=p.version, deployment=p.deployment,
+        input=input_to_pb(p.input, p.input_kind), logs="\n".join(p.logs), error=p.error,
+        status=STATUS_TO_PB[p.status], metrics=_metrics_to_pb(p.metrics), owner=p.owner,
+    )
+    if p.output is not None:
+        pb.output.CopyFrom(output_to_pb(p.output))
+    pb.created_at.FromNanoseconds(int(p.created_at * 1e9))
+    if p.started_at is not None:
+        pb.started_at.FromNanoseconds(int(p.started_at * 1e9))
+    if p.completed_at is not None:
+        pb.completed_at.FromNanoseconds(int(p.completed_at * 1e9))
+    return pb
+
+
+def event_to_pb(e: PredictionEvent) -> types_pb2.PredictionEvent:
+    pb = types_pb2.PredictionEvent(prediction_id=e.prediction_id, seq=e.seq)
+    body = e.body
+    if isinstance(body, Status):
+        pb.status = STATUS_TO_PB[body]
+    elif isinstance(body, LogLine):
+        pb.log = body.text
+    elif isinstance(body, OutputChunk):
+        if body.value is not None:
+            pb.output.value.CopyFrom(value_to_pb(body.value))
+        if body.file is not None:
+            pb.output.file.CopyFrom(file_to_pb(body.file))
+        pb.output.SetInParent()
+    elif isinstance(body, ProgressUpdate):
+        pb.progress.CopyFrom(types_pb2.Progress(step=body.step, total=body.total, eta_s=body.eta_s))
+    elif isinstance(body, Completed):
+        pb.completed.CopyFrom(prediction_to_pb(body.prediction))
+    return pb
+
+
+# Cluster
+
+
+def node_to_pb(n: NodeInfo) -> cluster_pb2.Node:
+    return cluster_pb2.Node(
+        id=n.id, ray_node_id=n.ray_node_id, address=n.address, accelerator=n.accelerator,
+        memory_total_bytes=n.memory_total_bytes, memory_used_bytes=n.memory_used_bytes,
+        utilization_percent=n.utilization_percent, metrics_note=n.metrics_note,
+        instance_count=n.instance_count,
+    )
+
+
+def instance_to_pb(i: InstanceInfo) -> cluster_pb2.Instance:
+    return cluster_pb2.Instance(
+        id=i.id, model=i.model, version=i.version, node_id=i.node_id, state=i.state,
+        in_flight=i.in_flight, max_concurrency=i.max_concurrency,
+    )

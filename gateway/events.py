@@ -1,0 +1,79 @@
+"""Fan-out of prediction events to stream subscribers and to callers waiting for the end.
+
+Events of an active prediction are kept so that a subscriber who joins late replays them from the start
+(or after the ``seq`` it last saw). When the prediction ends its events are dropped; a later subscriber
+gets the final ``Completed`` event alone, read from the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+from warmfleet.domain import Completed, Prediction, PredictionEvent, PublicEventBody
+
+
+@dataclass
+class _Stream:
+    events: list[PredictionEvent] = field(default_factory=list)
+    subscribers: list[asyncio.Queue] = field(default_factory=list)
+    done: asyncio.Future | None = None
+
+
+class EventHub:
+    def __init__(self) -> None:
+        self._streams: dict[str, _Stream] = {}
+
+    def open(self, prediction_id: str) -> None:
+        self._streams[prediction_id] = _Stream()
+
+    def is_open(self, prediction_id: str) -> bool:
+        return prediction_id in self._streams
+
+    def publish(self, prediction_id: str, body: PublicEventBody) -> None:
+        stream = self._streams.get(prediction_id)
+        if stream is None:
+            return
+        event = PredictionEvent(prediction_id, len(stream.events) + 1, body)
+        stream.events.append(event)
+        for queue in stream.subscribers:
+            queue.put_nowait(event)
+        if isinstance(body, Completed):
+            del self._streams[prediction_id]
+            if stream.done is not None and not stream.done.done():
+                stream.done.set_result(body.prediction)
+
+    async def wait(self, prediction_id: str, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for the prediction to end; True if it did (or was not active)."""
+        stream = self._streams.get(prediction_id)
+        if stream is None:
+            return True
+        if stream.done is None:
+            stream.done = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(stream.done), timeout_s)
+            return True
+        except TimeoutError:
+            return False
+
+    async def subscribe(self, prediction: Prediction, after_seq: int) -> AsyncIterator[PredictionEvent]:
+        """The prediction's events after ``after_seq``, live, ending with its ``Completed`` event."""
+        stream = self._streams.get(prediction.id)
+        if stream is None:
+            yield PredictionEvent(prediction.id, max(after_seq + 1, 1), Completed(prediction))
+            return
+        queue: asyncio.Queue = asyncio.Queue()
+        for event in stream.events:
+            if event.seq > after_seq:
+                queue.put_nowait(event)
+        stream.subscribers.append(queue)
+        try:
+            while True:
+                event = await queue.get()
+                yield event
+                if isinstance(event.body, Completed):
+                    return
+        finally:
+            if queue in stream.subscribers:
+                stream.subscribers.remove(queue)

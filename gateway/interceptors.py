@@ -1,0 +1,78 @@
+"""The gateway's one interceptor: authenticates the caller and maps errors to gRPC statuses.
+
+Errors come from the single table in ``warmfleet.errors``; anything outside the hierarchy becomes
+INTERNAL with a generic message, and its traceback goes to the log.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import grpc
+
+from gateway.auth import TokenRegistry, current_principal
+from warmfleet.errors import WarmfleetError, status_for
+
+log = logging.getLogger(__name__)
+
+# Standard services every gRPC tool expects to reach without credentials.
+PUBLIC_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+
+
+def error_status(err: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The gRPC status and message a client sees for ``err``."""
+    code_name, _ = status_for(err)
+    if isinstance(err, WarmfleetError):
+        return grpc.StatusCode[code_name], str(err)
+    return grpc.StatusCode.INTERNAL, "internal error; the gateway log has the details"
+
+
+class GatewayInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, tokens: TokenRegistry) -> None:
+        self._tokens = tokens
+
+    async def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(PUBLIC_PREFIXES):
+            return handler
+        auth = next((v for k, v in details.invocation_metadata or () if k == "authorization"), None)
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(handler.unary_unary, auth, details.method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._stream(handler.unary_stream, auth, details.method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        return handler
+
+    def _unary(self, inner: Callable, auth: str | None, method: str) -> Callable:
+        async def behavior(request, context):
+            try:
+                current_principal.set(self._tokens.authenticate(auth))
+                return await inner(request, context)
+            except Exception as err:
+                await _abort(context, err, method)
+
+        return behavior
+
+    def _stream(self, inner: Callable, auth: str | None, method: str) -> Callable:
+        async def behavior(request, context):
+            try:
+                current_principal.set(self._tokens.authenticate(auth))
+                async for item in inner(request, context):
+                    yield item
+            except Exception as err:
+                await _abort(context, err, method)
+
+        return behavior
+
+
+async def _abort(context: grpc.aio.ServicerContext, err: Exception, method: str) -> None:
+    code, message = error_status(err)
+    if code is grpc.StatusCode.INTERNAL:
+        log.error("%s failed", method, exc_info=err)
+    await context.abort(code, message)

@@ -1,0 +1,177 @@
+"""The predictions domain: create, read, list, cancel and follow predictions, and record what nodes report.
+
+This is the one implementation of the prediction lifecycle; the gRPC servicer (and the REST layer) only
+convert to and from it.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable
+
+from gateway.auth import Principal
+from gateway.catalog import ModelCatalog
+from gateway.events import EventHub
+from gateway.store import PredictionStore
+from scheduler.router import Router
+from warmfleet.domain import (
+    Completed, Finished, LogLine, OutputChunk, Prediction, PredictionEvent, ProgressUpdate, Started, Status,
+    TaskEventBody,
+)
+from warmfleet.errors import AlreadyExists, InvalidInput, NotFound, Unavailable
+
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_WAIT_S = 60.0
+MAX_PAGE = 1000
+
+
+@dataclass
+class CreateRequest:
+    """A create call, after conversion from the wire."""
+
+    input: dict[str, Any]
+    input_kind: str = "json"
+    model: str = ""
+    version: str = ""
+    deployment: str = ""
+    wait_s: float = 0.0
+    id: str = ""
+    deadline_s: float = 0.0
+    priority: int = 0
+
+
+def new_prediction_id() -> str:
+    return base64.b32encode(secrets.token_bytes(15)).decode().lower()
+
+
+class PredictionService:
+    def __init__(self, store: PredictionStore, router: Router, catalog: ModelCatalog, hub: EventHub,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._router = router
+        self._catalog = catalog
+        self._hub = hub
+        self._clock = clock
+        self._active: dict[str, Prediction] = {}
+
+    # Create
+
+    async def create(self, principal: Principal, req: CreateRequest) -> Prediction:
+        _check_create(req)
+        if req.id:
+            existing = await self._find(req.id)
+            if existing is not None:
+                return self._idempotent(principal, existing, req)
+        entry = self._catalog.resolve(req.model, req.version, req.deployment)
+        filled = entry.validator.validate(req.input)
+        if entry.spec.name not in self._router.models_with_instances():
+            raise Unavailable(f"model {entry.spec.name!r} has no running instance; see `warmfleet instances`")
+        now = self._clock()
+        pred = Prediction(
+            id=req.id or new_prediction_id(), model=entry.spec.name, version=entry.spec.version,
+            input=req.input, input_kind=req.input_kind, owner=principal.name, created_at=now,
+            deadline_at=now + req.deadline_s if req.deadline_s else None, priority=req.priority,
+        )
+        self._router.enqueue(pred.id, pred.model, filled, pred.priority, pred.deadline_at)
+        self._active[pred.id] = pred
+        self._hub.open(pred.id)
+        self._store.save(pred)
+        if req.wait_s <= 0 or not await self._hub.wait(pred.id, req.wait_s):
+            await self._store.flush()  # the client may come back for it: make it durable first
+        return pred
+
+    def _idempotent(self, principal: Principal, existing: Prediction, req: CreateRequest) -> Prediction:
+        if existing.owner != principal.name or existing.input != req.input or (
+                req.model and existing.model != req.model):
+            raise AlreadyExists(f"prediction id {req.id!r} is taken by a different request")
+        return existing
+
+    # Read
+
+    async def _find(self, prediction_id: str) -> Prediction | None:
+        return self._active.get(prediction_id) or await self._store.get(prediction_id)
+
+    async def get(self, principal: Principal, prediction_id: str) -> Prediction:
+        pred = await self._find(prediction_id)
+        if pred is None or not (principal.is_admin or pred.owner == principal.name):
+            raise NotFound(f"prediction {prediction_id!r} not found")
+        return pred
+
+    async def list(self, principal: Principal, page_size: int, cursor: str) -> tuple[list[Prediction], str]:
+        if page_size < 0 or page_size > MAX_PAGE:
+            raise InvalidInput("page_size", f"must be between 1 and {MAX_PAGE} (0 means 100)")
+        owner = None if principal.is_admin else principal.name
+        return await self._store.list(owner, page_size or 100, cursor)
+
+    # Cancel
+
+    async def cancel(self, principal: Principal, prediction_id: str) -> Prediction:
+        pred = await self.get(principal, prediction_id)
+        if pred.status.is_terminal:
+            return pred
+        self._router.cancel(pred.id)
+        await self._hub.wait(pred.id, 5.0)
+        return pred
+
+    # Follow
+
+    async def events(self, principal: Principal, prediction_id: str, after_seq: int = 0
+                     ) -> AsyncIterator[PredictionEvent]:
+        pred = await self.get(principal, prediction_id)
+        async for event in self._hub.subscribe(pred, after_seq):
+            yield event
+
+    # What nodes report, via the router
+
+    def on_task_event(self, prediction_id: str, body: TaskEventBody) -> None:
+        pred = self._active.get(prediction_id)
+        if pred is None:
+            return
+        if isinstance(body, Started):
+            pred.status, pred.started_at = Status.PROCESSING, body.at
+            pred.metrics.queue_time_s = body.at - pred.created_at
+            self._hub.publish(pred.id, Status.PROCESSING)
+        elif isinstance(body, LogLine):
+            pred.logs.append(body.text)
+            self._hub.publish(pred.id, body)
+        elif isinstance(body, (OutputChunk, ProgressUpdate)):
+            self._hub.publish(pred.id, body)
+        elif isinstance(body, Finished):
+            self._complete(pred, body)
+
+    def _complete(self, pred: Prediction, body: Finished) -> None:
+        del self._active[pred.id]
+        pred.status, pred.error, pred.completed_at = body.status, body.error, body.completed_at
+        pred.output = body.output
+        if body.started_at is not None:
+            pred.started_at = body.started_at
+        metrics = body.metrics
+        metrics.total_time_s = body.completed_at - pred.created_at
+        if pred.started_at is not None:
+            metrics.queue_time_s = pred.started_at - pred.created_at
+        pred.metrics = metrics
+        self._store.save(pred)
+        self._hub.publish(pred.id, Completed(pred))
+
+    def active_count(self) -> int:
+        return len(self._active)
+
+    async def fail_all_active(self, reason: str) -> None:
+        """On shutdown: end every active prediction as failed, with ``reason``, and persist it."""
+        now = self._clock()
+        for pred in list(self._active.values()):
+            self._complete(pred, Finished(Status.FAILED, pred.started_at, now, error=reason))
+        await self._store.flush()
+
+
+def _check_create(req: CreateRequest) -> None:
+    if not 0 <= req.wait_s <= MAX_WAIT_S:
+        raise InvalidInput("wait_s", f"must be between 0 and {MAX_WAIT_S:g} seconds")
+    if req.deadline_s < 0:
+        raise InvalidInput("deadline_s", "must be 0 (no deadline) or positive seconds")
+    if req.id and not _ID.match(req.id):
+        raise InvalidInput("id", "must be 1 to 64 characters of letters, digits, '_' and '-'")

@@ -1,0 +1,124 @@
+"""The gateway process: the grpc.aio server, with health checking and reflection, wired to the store,
+the router and the controller."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gateway.auth import TokenRegistry
+from gateway.catalog import ModelCatalog
+from gateway.events import EventHub
+from gateway.interceptors import GatewayInterceptor
+from gateway.predictions import PredictionService
+from gateway.servicers import ClusterServicer, ModelsServicer, PredictionsServicer
+from gateway.store import PredictionStore
+from scheduler.ports import ControllerClient
+from scheduler.router import Router
+from warmfleet.settings import Settings
+from warmfleet.v1 import (
+    cluster_pb2, cluster_pb2_grpc, models_pb2, models_pb2_grpc, predictions_pb2, predictions_pb2_grpc,
+)
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    predictions_pb2.DESCRIPTOR.services_by_name["Predictions"].full_name,
+    models_pb2.DESCRIPTOR.services_by_name["Models"].full_name,
+    cluster_pb2.DESCRIPTOR.services_by_name["Cluster"].full_name,
+)
+SHUTDOWN_REASON = "the gateway shut down while the prediction was in flight; run it again"
+
+
+class Gateway:
+    """Everything one gateway process serves. ``start`` binds and returns the gRPC port."""
+
+    def __init__(self, settings: Settings, controller: ControllerClient) -> None:
+        self.settings = settings
+        self.controller = controller
+        self.store = PredictionStore(settings.store_path)
+        self.tokens = TokenRegistry(self.store)
+        self.catalog = ModelCatalog()
+        self.hub = EventHub()
+        self.router: Router | None = None
+        self.service: PredictionService | None = None
+        self.server: grpc.aio.Server | None = None
+        self.health = health.aio.HealthServicer()
+        self.port = 0
+        self._refresher: asyncio.Task | None = None
+
+    async def start(self) -> int:
+        recovered = await self.store.open()
+        if recovered:
+            log.warning("marked %d predictions failed: they were in flight when the gateway stopped", recovered)
+        await self.tokens.load()
+        await self.ensure_admin_token()
+        self.router = Router(f"gateway-{uuid.uuid4().hex[:8]}", self._on_task_event,
+                             self.settings.max_queue_per_model)
+        self.service = PredictionService(self.store, self.router, self.catalog, self.hub)
+        self.catalog.update(await self.controller.models())
+        self.router.update_table(await self.controller.routing_table(-1, 0.0))
+        self._refresher = asyncio.create_task(self._follow_routing_table(), name="routing-table")
+        self.server = self._build_server()
+        self.port = self.server.add_insecure_port(f"{self.settings.grpc_host}:{self.settings.grpc_port}")
+        await self.server.start()
+        for name in ("",) + SERVICE_NAMES:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return self.port
+
+    def _on_task_event(self, prediction_id, body) -> None:
+        self.service.on_task_event(prediction_id, body)
+
+    def _build_server(self) -> grpc.aio.Server:
+        server = grpc.aio.server(interceptors=[GatewayInterceptor(self.tokens)],
+                                 options=[("grpc.so_reuseport", 0)])
+        predictions_pb2_grpc.add_PredictionsServicer_to_server(PredictionsServicer(self.service), server)
+        models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(self.catalog), server)
+        cluster_pb2_grpc.add_ClusterServicer_to_server(ClusterServicer(self.controller, self.tokens), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            SERVICE_NAMES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                             reflection.SERVICE_NAME), server)
+        return server
+
+    async def ensure_admin_token(self) -> None:
+        """On first start, create the admin token and write it (mode 0600) for the CLI on this machine."""
+        path = self.settings.admin_token_path
+        if self.tokens.has_admin() and path.exists():
+            return
+        token = await self.tokens.create("admin", "admin")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token + "\n")
+
+    async def _follow_routing_table(self) -> None:
+        while True:
+            try:
+                table = await self.controller.routing_table(self.router.revision, 30.0)
+                self.router.update_table(table)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("could not refresh the routing table; retrying")
+                await asyncio.sleep(1.0)
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop serving: finish RPCs within ``grace_s``, fail what is still active (persisted), close."""
+        for name in ("",) + SERVICE_NAMES:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.server:
+            await self.server.stop(grace_s)
+        if self._refresher:
+            self._refresher.cancel()
+        if self.service:
+            await self.service.fail_all_active(SHUTDOWN_REASON)
+        if self.router:
+            await self.router.close()
+        await self.store.close()

@@ -1,0 +1,182 @@
+"""The node agent: keeps runner instances warm on one device and runs predictions on them.
+
+One agent per GPU (or one per host without a GPU) runs as a Ray actor pinned to its node (see
+``scheduler.ray_adapter``); this class itself knows nothing of Ray, so tests drive it directly.
+Model compute runs on per-instance worker threads; the agent's event loop only moves events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from node.instance import InstanceLifecycle, InstanceState
+from node.metrics import Nvml
+from node.outbox import Outbox
+from runners.base import Cancelled, PredictContext, Runner
+from runners.registry import runner_class
+from warmfleet.domain import (
+    Finished, InstanceInfo, ModelSpec, Metrics, NodeInfo, Rejected, Started, Status, Task, TaskEvent,
+)
+from warmfleet.errors import NotFound
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Instance:
+    id: str
+    spec: ModelSpec
+    runner: Runner
+    lifecycle: InstanceLifecycle
+    executor: ThreadPoolExecutor
+    running: dict[str, PredictContext] = field(default_factory=dict)
+
+    def info(self, node_id: str) -> InstanceInfo:
+        return InstanceInfo(
+            id=self.id, model=self.spec.name, version=self.spec.version, node_id=node_id,
+            state=self.lifecycle.state.value, max_concurrency=self.lifecycle.max_concurrency,
+            in_flight=self.lifecycle.in_flight,
+        )
+
+
+class NodeAgent:
+    """Loads instances, runs tasks on them and reports events to the routers that sent them."""
+
+    def __init__(self, node_id: str, ray_node_id: str = "", address: str = "", device: str = "cpu",
+                 nvml_index: int | None = None) -> None:
+        """``device`` is the torch device runners load onto; ``nvml_index`` the physical GPU to report."""
+        self.node_id = node_id
+        self.ray_node_id = ray_node_id
+        self.address = address
+        self.device = device
+        self._nvml = Nvml(nvml_index)
+        self._instances: dict[str, _Instance] = {}
+        self._outboxes: dict[str, Outbox] = {}
+        self._where: dict[str, _Instance] = {}  # prediction id -> instance it runs on
+
+    # Instances
+
+    async def load_instance(self, instance_id: str, spec: ModelSpec) -> InstanceInfo:
+        """Load a runner instance; answers when it is idle (or raises if loading failed)."""
+        cls = runner_class(spec.runner)
+        policy = cls.policy(spec)
+        inst = _Instance(
+            id=instance_id, spec=spec, runner=cls(spec, self.device),
+            lifecycle=InstanceLifecycle(policy.max_concurrency),
+            executor=ThreadPoolExecutor(policy.max_concurrency, thread_name_prefix=f"wf-{instance_id}"),
+        )
+        self._instances[instance_id] = inst
+        try:
+            await asyncio.get_running_loop().run_in_executor(inst.executor, inst.runner.load)
+        except Exception as err:
+            inst.lifecycle.load_failed(f"{type(err).__name__}: {err}")
+            log.exception("loading %s (%s) failed", instance_id, spec.name)
+            raise
+        inst.lifecycle.loaded()
+        return inst.info(self.node_id)
+
+    async def unload_instance(self, instance_id: str) -> None:
+        """Drain an instance: it takes no new work and unloads when its last prediction ends."""
+        inst = self._instances.get(instance_id)
+        if inst is None:
+            raise NotFound(f"instance {instance_id} is not on node {self.node_id}")
+        if inst.lifecycle.state in (InstanceState.IDLE, InstanceState.PROCESSING):
+            inst.lifecycle.drain()
+        elif inst.lifecycle.state is not InstanceState.DRAINING:
+            inst.lifecycle.stop()
+        self._reap(inst)
+
+    def _reap(self, inst: _Instance) -> None:
+        if inst.lifecycle.state is InstanceState.STOPPED and self._instances.get(inst.id) is inst:
+            del self._instances[inst.id]
+            inst.executor.submit(inst.runner.unload)
+            inst.executor.shutdown(wait=False)
+
+    async def instances(self) -> list[InstanceInfo]:
+        return [inst.info(self.node_id) for inst in self._instances.values()]
+
+    async def info(self) -> NodeInfo:
+        gpu = self._nvml.read()
+        return NodeInfo(
+            id=self.node_id, ray_node_id=self.ray_node_id, address=self.address,
+            accelerator=gpu.name if gpu else "cpu",
+            memory_total_bytes=gpu.memory_total_bytes if gpu else 0,
+            memory_used_bytes=gpu.memory_used_bytes if gpu else 0,
+            utilization_percent=gpu.utilization_percent if gpu else None,
+            metrics_note=self._nvml.note, instance_count=len(self._instances),
+        )
+
+    # Predictions
+
+    def _outbox(self, router_id: str) -> Outbox:
+        box = self._outboxes.get(router_id)
+        if box is None:
+            box = self._outboxes[router_id] = Outbox(asyncio.get_running_loop())
+        return box
+
+    async def submit(self, router_id: str, tasks: list[Task]) -> None:
+        """Start tasks. One the agent cannot start is answered with a ``Rejected`` event, never dropped."""
+        box = self._outbox(router_id)
+        loop = asyncio.get_running_loop()
+        for task in tasks:
+            inst = self._instances.get(task.instance_id)
+            if inst is None or inst.lifecycle.free_slots <= 0:
+                state = inst.lifecycle.state.value if inst else "absent"
+                box.put(TaskEvent(task.prediction_id, Rejected(f"instance {task.instance_id} is {state}")))
+                continue
+            inst.lifecycle.begin()
+            ctx = PredictContext(task.prediction_id)
+            inst.running[task.prediction_id] = ctx
+            self._where[task.prediction_id] = inst
+            fut = loop.run_in_executor(inst.executor, _run_task, inst.runner, task, ctx, box)
+            fut.add_done_callback(lambda f, inst=inst, pid=task.prediction_id: self._task_done(inst, pid, f, box))
+
+    def _task_done(self, inst: _Instance, prediction_id: str, fut: asyncio.Future, box: Outbox) -> None:
+        # The slot is freed before the router hears of the end, so its next dispatch finds it free.
+        inst.running.pop(prediction_id, None)
+        self._where.pop(prediction_id, None)
+        inst.lifecycle.end()
+        self._reap(inst)
+        box.put(TaskEvent(prediction_id, fut.result()))
+
+    async def cancel(self, prediction_ids: list[str]) -> None:
+        """Ask running predictions to stop; each ends with a CANCELED ``Finished`` event."""
+        for pid in prediction_ids:
+            inst = self._where.get(pid)
+            if inst is not None and pid in inst.running:
+                inst.running[pid].cancel_event.set()
+
+    async def poll(self, router_id: str, max_wait_s: float) -> list[TaskEvent]:
+        """Events for ``router_id`` since its last poll, waiting up to ``max_wait_s`` for one."""
+        return await self._outbox(router_id).take(max_wait_s)
+
+
+def _run_task(runner: Runner, task: Task, ctx: PredictContext, box: Outbox) -> Finished:
+    """Run one prediction on a worker thread, reporting its events; returns how it ended."""
+    started = time.time()
+    box.put(TaskEvent(task.prediction_id, Started(started)))
+    status, output, error = Status.SUCCEEDED, None, ""
+    gen = runner.predict(task.input, ctx)
+    try:
+        while True:
+            if ctx.cancelled:
+                gen.close()
+                raise Cancelled()
+            try:
+                event = next(gen)
+            except StopIteration as stop:
+                output = stop.value
+                break
+            box.put(TaskEvent(task.prediction_id, event))
+    except Cancelled:
+        status, error = Status.CANCELED, "canceled while processing"
+    except Exception as err:
+        status, error = Status.FAILED, f"{type(err).__name__}: {err}"
+        log.warning("prediction %s failed:\n%s", task.prediction_id, traceback.format_exc())
+    done = time.time()
+    return Finished(status, started, done, output, error, Metrics(predict_time_s=done - started))

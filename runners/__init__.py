@@ -1,0 +1,1 @@
+"""Runners: one module per model family behind one small contract (``runners.base.Runner``)."""

@@ -1,0 +1,86 @@
+"""The runner contract: load weights onto a device, declare schemas and a concurrency policy, and turn an
+input into a stream of events ending in an output.
+
+A runner's ``predict`` is a generator run on a worker thread of its node agent (never on an event loop).
+It yields ``RunnerEvent`` values (logs, output chunks, progress) and returns the final ``Output``.
+Cancellation is cooperative: the agent stops pulling from the generator at the next event, and
+``PredictContext.sleep`` / ``check_cancelled`` let long steps notice a cancel sooner.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generator
+
+from warmfleet.domain import ModelSpec, Output, RunnerEvent
+
+
+class Cancelled(Exception):
+    """Raised inside a runner when its prediction was canceled."""
+
+
+@dataclass(frozen=True)
+class RunnerPolicy:
+    """How an instance takes work: ``max_concurrency`` predictions at once."""
+
+    max_concurrency: int = 1
+
+
+@dataclass
+class PredictContext:
+    """What a running prediction can ask of its agent."""
+
+    prediction_id: str
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel_event.is_set()
+
+    def check_cancelled(self) -> None:
+        if self.cancel_event.is_set():
+            raise Cancelled()
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep, waking at once with ``Cancelled`` if the prediction is canceled meanwhile."""
+        if self.cancel_event.wait(seconds):
+            raise Cancelled()
+
+
+PredictGenerator = Generator[RunnerEvent, None, Output]
+
+
+class Runner(ABC):
+    """One model family. Subclasses set ``family`` and register in ``runners.registry``."""
+
+    family: ClassVar[str]
+
+    def __init__(self, spec: ModelSpec, device: str = "cpu") -> None:
+        self.spec = spec
+        self.device = device
+
+    @classmethod
+    @abstractmethod
+    def input_schema(cls, spec: ModelSpec) -> dict[str, Any]:
+        """JSON Schema of the input; defaults in it are applied before ``predict`` sees the input."""
+
+    @classmethod
+    @abstractmethod
+    def output_schema(cls, spec: ModelSpec) -> dict[str, Any]:
+        """JSON Schema of the output value."""
+
+    @classmethod
+    def policy(cls, spec: ModelSpec) -> RunnerPolicy:
+        return RunnerPolicy(max_concurrency=int(spec.options.get("max_concurrency", 1)))
+
+    def load(self) -> None:
+        """Load weights onto ``self.device``. Called once, on a worker thread, before any predict."""
+
+    def unload(self) -> None:
+        """Release what ``load`` took (GPU memory above all)."""
+
+    @abstractmethod
+    def predict(self, input: dict[str, Any], ctx: PredictContext) -> PredictGenerator:
+        """Yield events while working; return the output."""

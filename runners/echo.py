@@ -1,0 +1,68 @@
+"""The ``echo`` runner: returns its input text, optionally after a delay and in streamed chunks.
+
+It stands in for a model in tests and lets benchmarks measure the cluster itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runners.base import PredictContext, PredictGenerator, Runner, RunnerPolicy
+from warmfleet.domain import LogLine, ModelSpec, Output, OutputChunk
+
+
+class EchoRunner(Runner):
+    family = "echo"
+
+    @classmethod
+    def input_schema(cls, spec: ModelSpec) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["text"],
+            "properties": {
+                "text": {"type": "string", "maxLength": 1_000_000, "description": "Text to return."},
+                "delay_ms": {
+                    "type": "integer", "minimum": 0, "maximum": 60_000, "default": 0,
+                    "description": "Wait this many milliseconds before answering (spread over the chunks).",
+                },
+                "chunks": {
+                    "type": "integer", "minimum": 1, "maximum": 1000, "default": 1,
+                    "description": "Stream the text as this many output chunks.",
+                },
+            },
+        }
+
+    @classmethod
+    def output_schema(cls, spec: ModelSpec) -> dict[str, Any]:
+        return {"type": "string"}
+
+    @classmethod
+    def policy(cls, spec: ModelSpec) -> RunnerPolicy:
+        return RunnerPolicy(max_concurrency=int(spec.options.get("max_concurrency", 64)))
+
+    def predict(self, input: dict[str, Any], ctx: PredictContext) -> PredictGenerator:
+        text: str = input["text"]
+        chunks: int = input.get("chunks", 1)
+        delay_s = input.get("delay_ms", 0) / 1000.0
+        if chunks == 1:
+            if delay_s:
+                ctx.sleep(delay_s)
+            return Output(value=text)
+        yield LogLine(f"echoing {len(text)} characters in {chunks} chunks")
+        for piece in split_evenly(text, chunks):
+            if delay_s:
+                ctx.sleep(delay_s / chunks)
+            yield OutputChunk(value=piece)
+        return Output(value=text)
+
+
+def split_evenly(text: str, parts: int) -> list[str]:
+    """``text`` cut into ``parts`` consecutive pieces whose lengths differ by at most one."""
+    size, extra = divmod(len(text), parts)
+    pieces, start = [], 0
+    for i in range(parts):
+        end = start + size + (1 if i < extra else 0)
+        pieces.append(text[start:end])
+        start = end
+    return pieces

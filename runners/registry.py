@@ -1,0 +1,19 @@
+"""Which runner class serves which family: a registry dict, not an if/elif chain."""
+
+from __future__ import annotations
+
+from runners.base import Runner
+from runners.echo import EchoRunner
+from warmfleet.errors import InvalidInput
+
+RUNNERS: dict[str, type[Runner]] = {
+    EchoRunner.family: EchoRunner,
+}
+
+
+def runner_class(family: str) -> type[Runner]:
+    try:
+        return RUNNERS[family]
+    except KeyError:
+        known = ", ".join(sorted(RUNNERS))
+        raise InvalidInput("runner", f"unknown runner family {family!r}; known: {known}") from None

@@ -1,0 +1,67 @@
+"""The interfaces the router and controller use to reach node agents, without naming Ray.
+
+``scheduler.ray_adapter`` implements them over Ray actors; tests implement them with fakes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from warmfleet.domain import InstanceInfo, ModelSpec, NodeInfo, Task, TaskEvent
+
+
+class NodeLost(Exception):
+    """The node agent is gone (its process or machine died, or it was removed)."""
+
+
+class NodeClient(Protocol):
+    """A handle on one node agent."""
+
+    node_id: str
+
+    async def submit(self, router_id: str, tasks: list[Task]) -> None: ...
+
+    async def cancel(self, prediction_ids: list[str]) -> None: ...
+
+    async def poll(self, router_id: str, max_wait_s: float) -> list[TaskEvent]: ...
+
+    async def load_instance(self, instance_id: str, spec: ModelSpec) -> InstanceInfo: ...
+
+    async def unload_instance(self, instance_id: str) -> None: ...
+
+    async def instances(self) -> list[InstanceInfo]: ...
+
+    async def info(self) -> NodeInfo: ...
+
+
+@dataclass
+class RoutingTable:
+    """What the router may dispatch to: ready instances and the nodes hosting them.
+
+    ``revision`` grows with every change, so a router can ask only for newer tables.
+    """
+
+    revision: int
+    instances: list[InstanceInfo] = field(default_factory=list)
+    nodes: dict[str, NodeClient] = field(default_factory=dict)
+
+
+class ControllerClient(Protocol):
+    """A handle on the controller, as the gateway uses it."""
+
+    async def models(self) -> list[ModelSpec]: ...
+
+    async def routing_table(self, since_revision: int, max_wait_s: float) -> RoutingTable: ...
+
+    async def nodes(self) -> list[NodeInfo]: ...
+
+    async def instances(self) -> list[InstanceInfo]: ...
+
+
+class NodeProvisioner(Protocol):
+    """Starts node agents where the cluster has room for them."""
+
+    async def provision(self) -> list[NodeClient]:
+        """Agents for every node (one per GPU, or one per host without one) not yet provisioned."""
+        ...

@@ -1,0 +1,187 @@
+"""Ray behind one seam: every Ray call warmfleet makes (init, actors, ``.remote``, node listing) is here.
+
+The controller, the router and the agents are plain classes; this module turns them into actors and
+wraps their handles in the ports of ``scheduler.ports``, translating Ray's failures into ``NodeLost``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from node.agent import NodeAgent
+from scheduler.controller import Controller
+from scheduler.ports import NodeLost, RoutingTable
+from warmfleet.domain import InstanceInfo, ModelSpec, NodeInfo, Task, TaskEvent
+
+log = logging.getLogger(__name__)
+
+CONTROLLER_NAME = "warmfleet-controller"
+GATEWAY_NAME = "warmfleet-gateway"
+_ACTOR_GONE = (RayActorError, ActorDiedError, ActorUnavailableError)
+
+
+def connect(address: str = "", namespace: str = "warmfleet", **init_kwargs: Any) -> None:
+    """Join the Ray cluster at ``address`` (or start a local one when empty). Idempotent."""
+    if ray.is_initialized():
+        return
+    kwargs = dict(namespace=namespace, log_to_driver=False, configure_logging=False)
+    kwargs.update(init_kwargs)
+    ray.init(address=address or None, **kwargs)
+
+
+def shutdown() -> None:
+    ray.shutdown()
+
+
+async def _await(ref, node_id: str = ""):
+    try:
+        return await ref
+    except _ACTOR_GONE as err:
+        raise NodeLost(node_id or str(err)) from err
+    except RayTaskError as err:
+        raise err.as_instanceof_cause() from None
+
+
+# Node agents
+
+
+class _RayNodeAgent(NodeAgent):
+    """The agent as an actor: it learns its node and GPU from Ray."""
+
+    def __init__(self, node_id: str, use_gpu: bool) -> None:
+        ctx = ray.get_runtime_context()
+        gpu_ids = ray.get_gpu_ids() if use_gpu else []
+        super().__init__(
+            node_id, ray_node_id=ctx.get_node_id(), address=ray.util.get_node_ip_address(),
+            device="cuda:0" if gpu_ids else "cpu",  # Ray narrows CUDA_VISIBLE_DEVICES to our GPU
+            nvml_index=int(gpu_ids[0]) if gpu_ids else None,
+        )
+
+
+_AgentActor = ray.remote(_RayNodeAgent)
+
+
+class RayNodeClient:
+    """A ``NodeClient`` over a node agent actor."""
+
+    def __init__(self, handle: Any, node_id: str) -> None:
+        self._h = handle
+        self.node_id = node_id
+
+    async def submit(self, router_id: str, tasks: list[Task]) -> None:
+        await _await(self._h.submit.remote(router_id, tasks), self.node_id)
+
+    async def cancel(self, prediction_ids: list[str]) -> None:
+        await _await(self._h.cancel.remote(prediction_ids), self.node_id)
+
+    async def poll(self, router_id: str, max_wait_s: float) -> list[TaskEvent]:
+        return await _await(self._h.poll.remote(router_id, max_wait_s), self.node_id)
+
+    async def load_instance(self, instance_id: str, spec: ModelSpec) -> InstanceInfo:
+        return await _await(self._h.load_instance.remote(instance_id, spec), self.node_id)
+
+    async def unload_instance(self, instance_id: str) -> None:
+        await _await(self._h.unload_instance.remote(instance_id), self.node_id)
+
+    async def instances(self) -> list[InstanceInfo]:
+        return await _await(self._h.instances.remote(), self.node_id)
+
+    async def info(self) -> NodeInfo:
+        return await _await(self._h.info.remote(), self.node_id)
+
+    def kill(self) -> None:
+        ray.kill(self._h, no_restart=True)
+
+
+@dataclass(frozen=True)
+class RayNode:
+    node_id: str
+    address: str
+    gpus: int
+
+
+def alive_nodes() -> list[RayNode]:
+    return [
+        RayNode(n["NodeID"], n["NodeManagerAddress"], int(n.get("Resources", {}).get("GPU", 0)))
+        for n in ray.nodes() if n.get("Alive")
+    ]
+
+
+class RayNodeProvisioner:
+    """One agent actor per GPU of every alive node, or one per node without a GPU, pinned to it."""
+
+    def __init__(self) -> None:
+        self._started: set[str] = set()
+
+    async def provision(self) -> list[RayNodeClient]:
+        clients = []
+        for node in alive_nodes():
+            for slot in range(max(node.gpus, 1)):
+                agent_id = f"{node.node_id[:8]}-{'gpu' + str(slot) if node.gpus else 'cpu'}"
+                if agent_id in self._started:
+                    continue
+                handle = _AgentActor.options(
+                    name=f"warmfleet-agent-{agent_id}", num_cpus=0, num_gpus=1 if node.gpus else 0,
+                    max_concurrency=1000,
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
+                ).remote(agent_id, bool(node.gpus))
+                self._started.add(agent_id)
+                clients.append(RayNodeClient(handle, agent_id))
+        return clients
+
+
+# The controller
+
+
+class _RayController(Controller):
+    def __init__(self, models: list[ModelSpec]) -> None:
+        super().__init__(models, RayNodeProvisioner())
+
+
+_ControllerActor = ray.remote(_RayController)
+
+
+class RayControllerClient:
+    """A ``ControllerClient`` over the controller actor."""
+
+    def __init__(self, handle: Any) -> None:
+        self._h = handle
+
+    async def start(self) -> None:
+        await _await(self._h.start.remote())
+
+    async def models(self) -> list[ModelSpec]:
+        return await _await(self._h.models.remote())
+
+    async def routing_table(self, since_revision: int, max_wait_s: float) -> RoutingTable:
+        return await _await(self._h.routing_table.remote(since_revision, max_wait_s))
+
+    async def nodes(self) -> list[NodeInfo]:
+        return await _await(self._h.nodes.remote())
+
+    async def instances(self) -> list[InstanceInfo]:
+        return await _await(self._h.instances.remote())
+
+    def kill(self) -> None:
+        ray.kill(self._h, no_restart=True)
+
+
+def start_controller(models: list[ModelSpec], detached: bool = True) -> RayControllerClient:
+    """Create the named controller actor (``start`` it before use)."""
+    options: dict[str, Any] = dict(name=CONTROLLER_NAME, num_cpus=0, max_concurrency=1000)
+    if detached:
+        options["lifetime"] = "detached"
+    return RayControllerClient(_ControllerActor.options(**options).remote(models))
+
+
+def find_controller() -> RayControllerClient | None:
+    try:
+        return RayControllerClient(ray.get_actor(CONTROLLER_NAME))
+    except ValueError:
+        return None

@@ -1,0 +1,278 @@
+"""The router: one queue per model, dispatch to instances with a free slot, cancellation, backpressure.
+
+It lives in the gateway process. Dispatch is batched per node: every prediction that becomes dispatchable
+in one turn of the event loop goes to its node in one ``submit`` call, and one long poll per node brings
+back the events of many predictions, so under load a prediction costs far less than one Ray round trip.
+
+Every prediction the router accepts ends with exactly one ``Finished`` delivered to ``on_event``:
+succeeded, failed (with a reason), canceled or aborted. None is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from scheduler.policies import InstanceLoad, pick_instance
+from scheduler.ports import NodeClient, NodeLost, RoutingTable
+from warmfleet.domain import Finished, Rejected, Started, Status, Task, TaskEventBody
+from warmfleet.errors import QueueFull
+
+log = logging.getLogger(__name__)
+
+EventSink = Callable[[str, TaskEventBody], None]
+
+MAX_REJECTIONS = 5  # a prediction bounced this often by agents fails rather than loop forever
+POLL_WAIT_S = 5.0
+
+
+@dataclass
+class _Queued:
+    prediction_id: str
+    model: str
+    input: dict[str, Any]
+    priority: int
+    deadline_timer: asyncio.TimerHandle | None = None
+    rejections: int = 0
+
+
+@dataclass
+class _Running:
+    item: _Queued
+    instance_id: str
+    node_id: str
+
+
+class Router:
+    def __init__(self, router_id: str, on_event: EventSink, max_queue_per_model: int,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.router_id = router_id
+        self._on_event = on_event
+        self._max_queue = max_queue_per_model
+        self._clock = clock
+        self._seq = itertools.count()
+        self._heaps: dict[str, list[tuple[int, int, str]]] = {}
+        self._queued: dict[str, _Queued] = {}
+        self._queue_len: dict[str, int] = {}
+        self._running: dict[str, _Running] = {}
+        self._instances: dict[str, InstanceLoad] = {}
+        self._by_model: dict[str, list[str]] = {}
+        self._model_of_instance: dict[str, str] = {}
+        self._nodes: dict[str, NodeClient] = {}
+        self._pollers: dict[str, asyncio.Task] = {}
+        self._outgoing: dict[str, list[Task]] = {}
+        self._flush_scheduled = False
+        self._dirty_models: set[str] = set()
+        self.revision = -1
+
+    # The routing table
+
+    def update_table(self, table: RoutingTable) -> None:
+        """Adopt a newer routing table: new instances take work, removed ones take no more."""
+        if table.revision <= self.revision:
+            return
+        self.revision = table.revision
+        old = self._instances
+        self._instances, self._by_model, self._model_of_instance = {}, {}, {}
+        for info in table.instances:
+            if info.state not in ("idle", "processing"):
+                continue
+            prev = old.get(info.id)
+            self._instances[info.id] = InstanceLoad(
+                info.id, info.node_id, prev.in_flight if prev else 0, info.max_concurrency)
+            self._by_model.setdefault(info.model, []).append(info.id)
+            self._model_of_instance[info.id] = info.model
+        for node_id, client in table.nodes.items():
+            self._nodes[node_id] = client
+            if node_id not in self._pollers:
+                self._pollers[node_id] = asyncio.create_task(self._poll(client), name=f"poll-{node_id}")
+        for model in list(self._heaps):
+            self._dispatch(model)
+
+    def models_with_instances(self) -> set[str]:
+        return set(self._by_model)
+
+    # Queueing
+
+    def enqueue(self, prediction_id: str, model: str, input: dict[str, Any], priority: int = 0,
+                deadline_at: float | None = None) -> None:
+        """Queue a prediction; raises QueueFull when the model's queue is at its bound."""
+        if self._queue_len.get(model, 0) >= self._max_queue:
+            raise QueueFull(f"the queue of {model} is full ({self._max_queue} predictions); retry later")
+        item = _Queued(prediction_id, model, input, priority)
+        if deadline_at is not None:
+            delay = max(0.0, deadline_at - self._clock())
+            item.deadline_timer = asyncio.get_running_loop().call_later(delay, self._abort, prediction_id)
+        self._push(item)
+        self._dispatch(model)
+
+    def _push(self, item: _Queued) -> None:
+        self._queued[item.prediction_id] = item
+        heapq.heappush(self._heaps.setdefault(item.model, []), (-item.priority, next(self._seq), item.prediction_id))
+        self._queue_len[item.model] = self._queue_len.get(item.model, 0) + 1
+
+    def _pop(self, model: str) -> _Queued | None:
+        heap = self._heaps.get(model)
+        while heap:
+            _, _, pid = heapq.heappop(heap)
+            item = self._queued.pop(pid, None)
+            if item is not None:  # entries of canceled or aborted predictions are skipped
+                self._queue_len[model] -= 1
+                return item
+        return None
+
+    def _remove_queued(self, prediction_id: str) -> _Queued | None:
+        item = self._queued.pop(prediction_id, None)
+        if item is not None:
+            self._queue_len[item.model] -= 1
+            if item.deadline_timer:
+                item.deadline_timer.cancel()
+        return item
+
+    def queue_length(self, model: str) -> int:
+        return self._queue_len.get(model, 0)
+
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    def _abort(self, prediction_id: str) -> None:
+        if self._remove_queued(prediction_id) is not None:
+            self._finish(prediction_id, Status.ABORTED, "its deadline passed before it started")
+
+    def _finish(self, prediction_id: str, status: Status, error: str) -> None:
+        self._on_event(prediction_id, Finished(status, None, self._clock(), error=error))
+
+    # Cancellation
+
+    def cancel(self, prediction_id: str) -> None:
+        """Cancel a queued prediction at once, or ask its node to stop a running one."""
+        if self._remove_queued(prediction_id) is not None:
+            self._finish(prediction_id, Status.CANCELED, "canceled while queued")
+            return
+        running = self._running.get(prediction_id)
+        if running is not None:
+            node = self._nodes.get(running.node_id)
+            if node is not None:
+                asyncio.create_task(self._call(node, node.cancel([prediction_id])))
+
+    # Dispatch
+
+    def _dispatch(self, model: str) -> None:
+        ids = self._by_model.get(model)
+        if not ids or not self._queue_len.get(model):
+            return
+        while self._queue_len.get(model):
+            choice = pick_instance([self._instances[i] for i in ids])
+            if choice is None:
+                return
+            item = self._pop(model)
+            if item is None:
+                return
+            if item.deadline_timer:
+                item.deadline_timer.cancel()
+            self._instances[choice.instance_id] = InstanceLoad(
+                choice.instance_id, choice.node_id, choice.in_flight + 1, choice.max_concurrency)
+            self._running[item.prediction_id] = _Running(item, choice.instance_id, choice.node_id)
+            self._outgoing.setdefault(choice.node_id, []).append(
+                Task(item.prediction_id, choice.instance_id, item.input))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        outgoing, self._outgoing = self._outgoing, {}
+        for node_id, tasks in outgoing.items():
+            asyncio.create_task(self._send(node_id, tasks))
+
+    async def _send(self, node_id: str, tasks: list[Task]) -> None:
+        node = self._nodes.get(node_id)
+        try:
+            if node is None:
+                raise NodeLost(node_id)
+            await node.submit(self.router_id, tasks)
+        except NodeLost:
+            for task in tasks:
+                self._release(task.prediction_id)
+                self._finish(task.prediction_id, Status.FAILED, f"node {node_id} was lost before the prediction started")
+
+    async def _call(self, node: NodeClient, call) -> None:
+        try:
+            await call
+        except NodeLost:
+            pass  # the node's poller notices too, and fails what ran there
+
+    def _release(self, prediction_id: str) -> _Running | None:
+        running = self._running.pop(prediction_id, None)
+        if running is not None:
+            load = self._instances.get(running.instance_id)
+            if load is not None:
+                self._instances[running.instance_id] = InstanceLoad(
+                    load.instance_id, load.node_id, load.in_flight - 1, load.max_concurrency)
+            self._dirty_models.add(running.item.model)
+        return running
+
+    # Events from nodes
+
+    async def _poll(self, node: NodeClient) -> None:
+        while True:
+            try:
+                events = await node.poll(self.router_id, POLL_WAIT_S)
+            except NodeLost:
+                self._node_lost(node.node_id)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a transient transport error: log it, keep the node
+                log.exception("polling node %s failed", node.node_id)
+                await asyncio.sleep(0.5)
+                continue
+            for event in events:
+                self._on_task_event(event.prediction_id, event.body)
+            dirty, self._dirty_models = self._dirty_models, set()
+            for model in dirty:
+                self._dispatch(model)
+
+    def _on_task_event(self, prediction_id: str, body: TaskEventBody) -> None:
+        if isinstance(body, Rejected):
+            running = self._release(prediction_id)
+            if running is None:
+                return
+            item = running.item
+            item.rejections += 1
+            if item.rejections >= MAX_REJECTIONS:
+                self._finish(prediction_id, Status.FAILED, f"no instance would take it: {body.reason}")
+            else:
+                self._push(item)
+            return
+        if isinstance(body, Finished):
+            if self._release(prediction_id) is None:
+                return
+        elif prediction_id not in self._running:
+            return
+        self._on_event(prediction_id, body)
+
+    def _node_lost(self, node_id: str) -> None:
+        log.warning("node %s was lost", node_id)
+        self._nodes.pop(node_id, None)
+        self._pollers.pop(node_id, None)
+        for iid in [i for i, load in self._instances.items() if load.node_id == node_id]:
+            del self._instances[iid]
+            model = self._model_of_instance.pop(iid)
+            self._by_model[model].remove(iid)
+            if not self._by_model[model]:
+                del self._by_model[model]
+        for pid in [p for p, r in self._running.items() if r.node_id == node_id]:
+            self._release(pid)
+            self._finish(pid, Status.FAILED, f"node {node_id} was lost while running the prediction")
+
+    async def close(self) -> None:
+        for task in self._pollers.values():
+            task.cancel()
+        await asyncio.gather(*self._pollers.values(), return_exceptions=True)
+        self._pollers.clear()
