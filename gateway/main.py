@@ -1,0 +1,59 @@
+"""The gateway process: joins (or starts) Ray, starts the controller and its agents, serves gRPC until
+SIGTERM or SIGINT, then shuts down in order. `warmfleet up` runs this in the background."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import time
+
+from gateway.server import Gateway
+from scheduler import ray_adapter
+from warmfleet.defaults import default_models
+from warmfleet.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def serve(settings: Settings) -> None:
+    ray_adapter.connect(settings.ray_address, settings.ray_namespace)
+    controller = ray_adapter.find_controller()
+    if controller is None:
+        controller = ray_adapter.start_controller(default_models(settings))
+    await controller.start()
+    gateway = Gateway(settings, controller)
+    port = await gateway.start()
+    write_state(settings, port)
+    log.info("serving gRPC on %s:%d", settings.grpc_host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await gateway.stop()
+    controller.kill()
+    settings.state_path.unlink(missing_ok=True)
+    ray_adapter.shutdown()
+
+
+def write_state(settings: Settings, port: int) -> None:
+    """Record where this cluster serves, for the CLI on this machine and for `warmfleet down`."""
+    state = {
+        "pid": os.getpid(),
+        "grpc_target": f"{settings.grpc_host}:{port}",
+        "admin_token_path": str(settings.admin_token_path),
+        "started_at": time.time(),
+    }
+    tmp = settings.state_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(settings.state_path)
+
+
+def main(settings: Settings) -> None:
+    settings.home.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(settings))

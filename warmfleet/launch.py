@@ -1,0 +1,116 @@
+"""`warmfleet up`, `down` and `status`: run the gateway process in the background and find it again."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from warmfleet.settings import Settings
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    """What `warmfleet up` recorded in ``$WARMFLEET_HOME/cluster.json``."""
+
+    pid: int
+    grpc_target: str
+    admin_token_path: str
+    started_at: float
+
+
+class LaunchError(Exception):
+    """`up` or `down` could not do what was asked; the message says why, in one line."""
+
+
+def read_state(settings: Settings) -> ClusterState | None:
+    try:
+        return ClusterState(**json.loads(settings.state_path.read_text()))
+    except (FileNotFoundError, json.JSONDecodeError, TypeError):
+        return None
+
+
+def log_path(settings: Settings) -> Path:
+    return settings.home / "logs" / "gateway.log"
+
+
+def healthy(target: str, timeout_s: float = 1.0) -> bool:
+    try:
+        with grpc.insecure_channel(target) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+            return reply.status == health_pb2.HealthCheckResponse.SERVING
+    except grpc.RpcError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:  # reap it first if it is our own exited child, so a zombie does not count as alive
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def running(settings: Settings) -> ClusterState | None:
+    """The cluster `up` started from this home, if its process is alive."""
+    state = read_state(settings)
+    if state is None or not _alive(state.pid):
+        return None
+    return state
+
+
+def up(settings: Settings, timeout_s: float = 180.0) -> ClusterState:
+    """Start the gateway process in the background and wait until it serves. Idempotent."""
+    state = running(settings)
+    if state is not None and healthy(state.grpc_target):
+        return state
+    settings.home.mkdir(parents=True, exist_ok=True)
+    settings.state_path.unlink(missing_ok=True)
+    log = log_path(settings)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, WARMFLEET_HOME=str(settings.home), WARMFLEET_GRPC_HOST=settings.grpc_host,
+               WARMFLEET_GRPC_PORT=str(settings.grpc_port), WARMFLEET_RAY_ADDRESS=settings.ray_address)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "warmfleet.cli", "serve"], stdout=out, stderr=out,
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise LaunchError(f"the gateway exited with code {proc.returncode}; see {log}")
+        state = read_state(settings)
+        if state is not None and state.pid == proc.pid and healthy(state.grpc_target):
+            return state
+        time.sleep(0.25)
+    proc.terminate()
+    raise LaunchError(f"the gateway did not become healthy within {timeout_s:.0f} s; see {log}")
+
+
+def down(settings: Settings, timeout_s: float = 60.0) -> bool:
+    """Stop the cluster `up` started; False if none was running."""
+    state = running(settings)
+    if state is None:
+        settings.state_path.unlink(missing_ok=True)
+        return False
+    os.kill(state.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _alive(state.pid):
+            return True
+        time.sleep(0.2)
+    os.kill(state.pid, signal.SIGKILL)
+    return True
