@@ -1,0 +1,122 @@
+"""A real local Ray, a real controller with its node agents, and real gateways on 127.0.0.1, port 0."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+import ray
+
+from gateway.server import Gateway
+from scheduler import ray_adapter
+from warmfleet.domain import ModelSpec
+from warmfleet.settings import Settings
+from warmfleet.v1 import (
+    cluster_pb2_grpc, models_pb2_grpc, predictions_pb2 as P, predictions_pb2_grpc, types_pb2 as T,
+)
+
+ECHO = "warmfleet/echo"
+NARROW = "test/echo-narrow"  # one prediction at a time: for queueing, cancel and backpressure
+
+MODELS = [
+    ModelSpec(ECHO, "echo"),
+    ModelSpec(NARROW, "echo", options={"max_concurrency": 1}),
+]
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    ray_adapter.connect("", f"warmfleet-test-{uuid.uuid4().hex[:6]}", num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+async def controller(ray_session):
+    client = ray_adapter.start_controller(MODELS, detached=False)
+    await client.start()
+    yield client
+    client.kill()
+
+
+@dataclass
+class Api:
+    """Stubs on one channel, and the metadata that carries a token."""
+
+    channel: grpc.aio.Channel
+    token: str
+
+    @property
+    def md(self):
+        return (("authorization", f"Bearer {self.token}"),)
+
+    @property
+    def predictions(self):
+        return predictions_pb2_grpc.PredictionsStub(self.channel)
+
+    @property
+    def models(self):
+        return models_pb2_grpc.ModelsStub(self.channel)
+
+    @property
+    def cluster(self):
+        return cluster_pb2_grpc.ClusterStub(self.channel)
+
+    def as_token(self, token: str) -> "Api":
+        return Api(self.channel, token)
+
+    async def create(self, model: str = ECHO, wait_s: float = 10.0, **echo) -> P.Prediction:
+        return await self.predictions.CreatePrediction(create_request(model, wait_s, **echo), metadata=self.md)
+
+    async def get(self, prediction_id: str) -> T.Prediction:
+        return await self.predictions.GetPrediction(P.GetPredictionRequest(id=prediction_id), metadata=self.md)
+
+
+def create_request(model: str = ECHO, wait_s: float = 0.0, **echo) -> P.CreatePredictionRequest:
+    echo.setdefault("text", "hello")
+    return P.CreatePredictionRequest(model=model, wait_s=wait_s, input=T.PredictionInput(echo=T.EchoInput(**echo)))
+
+
+class RunningGateway:
+    """A gateway in this process, with a channel to it; restartable on the same home."""
+
+    def __init__(self, home: Path, controller, **settings) -> None:
+        self.settings = Settings(home=home, grpc_port=0, **settings)
+        self.controller = controller
+        self.gateway: Gateway | None = None
+        self.api: Api | None = None
+
+    async def start(self) -> Api:
+        self.gateway = Gateway(self.settings, self.controller)
+        port = await self.gateway.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        self.api = Api(channel, self.settings.admin_token_path.read_text().strip())
+        return self.api
+
+    async def stop(self) -> None:
+        await self.api.channel.close()
+        await self.gateway.stop(grace_s=1.0)
+
+
+@pytest.fixture(scope="module")
+async def running(controller, tmp_path_factory):
+    gw = RunningGateway(tmp_path_factory.mktemp("home"), controller)
+    await gw.start()
+    yield gw
+    await gw.stop()
+
+
+@pytest.fixture
+def api(running) -> Api:
+    return running.api
+
+
+async def user(api: Api, name: str) -> Api:
+    """An Api acting as a new user token called ``name``."""
+    from warmfleet.v1 import cluster_pb2
+
+    reply = await api.cluster.CreateToken(cluster_pb2.CreateTokenRequest(name=name, role="user"), metadata=api.md)
+    return api.as_token(reply.token)
