@@ -1,0 +1,531 @@
+"""The `warmfleet` command line: start and stop a cluster, run predictions, look at models and nodes.
+
+Settings are built once per process (``CliContext.settings``) from the global flags, the --config
+file and ``WARMFLEET_*`` variables, and passed down. Errors the client reports print as one line,
+``error: <message>``, with exit code 1.
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import sys
+import time
+from dataclasses import asdict, dataclass, field, is_dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterator
+
+import click
+
+from warmfleet import launch
+from warmfleet.client import Client, Event, File, Prediction, WarmfleetClientError
+from warmfleet.errors import WarmfleetError
+from warmfleet.settings import Settings, load_settings
+
+ECHO_HINT = "predict warmfleet/echo -i text=hello"
+
+
+# Errors
+
+
+class CliError(click.ClickException):
+    """An error shown as one line, ``error: <message>``, on stderr, with exit code 1."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+class WarmfleetGroup(click.Group):
+    """The root group: turns the errors users cause (no gateway, bad token, bad input) into one line."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except WarmfleetClientError as err:
+            hint = "; pass --token or set WARMFLEET_TOKEN" if err.code == "UNAUTHENTICATED" else ""
+            raise CliError(f"{err}{hint}") from err
+        except (WarmfleetError, launch.LaunchError, OSError) as err:
+            raise CliError(str(err)) from err
+
+
+# Context: flags in, settings and client out
+
+
+@dataclass
+class CliContext:
+    """The global flags, and the settings and client built from them (each once)."""
+
+    url: str | None = None
+    token: str | None = None
+    home: str | None = None
+    config: str | None = None
+    _settings: Settings | None = field(default=None, repr=False)
+    _client: Client | None = field(default=None, repr=False)
+
+    def settings(self, **flags: Any) -> Settings:
+        """The process's settings; the first caller may add command flags (e.g. `up --grpc-port`)."""
+        if self._settings is None:
+            self._settings = load_settings({"home": self.home, "token": self.token, **flags}, self.config)
+        return self._settings
+
+    def client(self) -> Client:
+        if self._client is None:
+            try:
+                self._client = Client(url=self.url, settings=self.settings())
+            except ValueError as err:  # a malformed --url
+                raise CliError(str(err)) from err
+        return self._client
+
+    def command_prefix(self) -> str:
+        """How to call `warmfleet` again with the same home, for hints."""
+        return f"warmfleet --home {self.home}" if self.home else "warmfleet"
+
+
+pass_cli = click.make_pass_decorator(CliContext)
+
+
+# Input parsing (-i key=value)
+
+
+def parse_input_value(text: str) -> Any:
+    """A -i value, like cog's CLI: "@path" reads a file (as a file input); JSON if it parses (numbers,
+    true/false, null, lists, objects, quoted strings); otherwise the text itself as a string.
+    NaN and Infinity stay strings: they are not JSON."""
+    if text.startswith("@"):
+        return read_input_file(Path(text[1:]))
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except ValueError:
+        return text
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def read_input_file(path: Path) -> File:
+    data = path.expanduser().read_bytes()
+    return File(data, mimetypes.guess_type(path.name)[0] or "", path.name)
+
+
+def parse_input(text: str) -> tuple[str, Any]:
+    """One -i option, "key=value", as (key, value); ValueError says what is wrong."""
+    key, sep, raw = text.partition("=")
+    if not sep:
+        raise ValueError(f"expected key=value, got {text!r}")
+    if not key.strip():
+        raise ValueError(f"missing the key before '=' in {text!r}")
+    try:
+        return key.strip(), parse_input_value(raw)
+    except OSError as err:
+        raise ValueError(f"cannot read {raw[1:]!r} for {key.strip()!r}: {err.strerror or err}") from err
+
+
+class InputParam(click.ParamType):
+    """A click parameter type for -i: "key=value" or "key=@path"."""
+
+    name = "key=value"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_input(value)
+        except ValueError as err:
+            self.fail(str(err), param, ctx)
+
+
+def inputs_to_dict(ctx: click.Context, param: click.Parameter, pairs: tuple[tuple[str, Any], ...]
+                   ) -> dict[str, Any]:
+    """Collect -i options into the input dict; a key given twice is a usage error."""
+    values: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in values:
+            raise click.BadParameter(f"{key!r} is given twice", ctx, param)
+        values[key] = value
+    return values
+
+
+# Output
+
+
+def to_jsonable(value: Any) -> Any:
+    """Client dataclasses as JSON-ready data: datetimes as ISO 8601, files as their description."""
+    if isinstance(value, File):
+        return {"name": value.name, "content_type": value.content_type, "size_bytes": value.size_bytes,
+                "width": value.width, "height": value.height}
+    if is_dataclass(value) and not isinstance(value, type):
+        return {k: to_jsonable(getattr(value, k)) for k in asdict(value)}
+    if isinstance(value, dict):
+        return {k: to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+def echo_json(value: Any) -> None:
+    click.echo(json.dumps(to_jsonable(value), indent=2))
+
+
+def format_value(value: Any) -> str:
+    """An output value for people: text raw, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value, indent=2)
+
+
+def output_file_names(files: list[File]) -> list[str]:
+    """Safe, distinct file names for output files: the server's name reduced to its last path part
+    (so it cannot escape the output folder), else ``output-<i><ext>``."""
+    names: list[str] = []
+    for i, f in enumerate(files):
+        name = Path(f.name.replace("\\", "/")).name if f.name else ""
+        if name in ("", ".", ".."):
+            name = f"output-{i}{mimetypes.guess_extension(f.content_type or '') or '.bin'}"
+        stem, suffix = Path(name).stem, Path(name).suffix
+        candidate, n = name, 1
+        while candidate in names:
+            candidate, n = f"{stem}-{n}{suffix}", n + 1
+        names.append(candidate)
+    return names
+
+
+def save_files(files: list[File], out_dir: Path | None) -> None:
+    """Write output files to ``out_dir`` and print their paths; without a folder, say how to get them."""
+    if not files:
+        return
+    names = output_file_names(files)
+    if out_dir is None:
+        listed = ", ".join(f"{n} ({f.size_bytes} bytes)" for n, f in zip(names, files))
+        click.echo(f"{len(files)} output file(s) not saved: {listed}; pass -o DIR to write them", err=True)
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, f in zip(names, files):
+        path = out_dir / name
+        path.write_bytes(f.data)
+        click.echo(str(path))
+
+
+def finish(prediction: Prediction, out_dir: Path | None, value_shown: bool) -> None:
+    """Print a finished prediction's output (or its error, exiting 1)."""
+    if not prediction.succeeded:
+        if prediction.logs:
+            click.echo(prediction.logs, err=True)
+        reason = f": {prediction.error}" if prediction.error else ""
+        raise CliError(f"prediction {prediction.id} {prediction.status}{reason}")
+    if not value_shown and prediction.output is not None:
+        click.echo(format_value(prediction.output))
+    save_files(prediction.output_files, out_dir)
+
+
+def _time(value: datetime | None) -> str:
+    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def _seconds(value: float | int | None) -> str:
+    return f"{value:.3f} s" if value is not None else "-"
+
+
+def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    key_width = max([len(columns[0])] + [len(row[0]) for row in rows])
+    table.add_column(columns[0], no_wrap=True, min_width=key_width)  # ids stay whole, for copying
+    for column in columns[1:]:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+
+
+def _spinner(message: str) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True).status(message)
+
+
+# The root group
+
+
+@click.group(cls=WarmfleetGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--url", help="The gateway, host:port (default: $WARMFLEET_URL, or what `up` recorded).")
+@click.option("--token", help="Access token (default: $WARMFLEET_TOKEN, or the local admin token).")
+@click.option("--home", help="warmfleet's home folder (default: $WARMFLEET_HOME, or ~/.warmfleet).")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), help="A TOML settings file.")
+@click.version_option(package_name="warmfleet")
+@click.pass_context
+def cli(ctx: click.Context, url: str | None, token: str | None, home: str | None, config: str | None) -> None:
+    """warmfleet: an inference cluster that keeps models warm."""
+    ctx.obj = CliContext(url=url, token=token, home=home, config=config)
+
+
+# Running the cluster
+
+
+@cli.command()
+@click.option("--grpc-port", type=int, help="Port the gateway serves gRPC on (0 picks a free one).")
+@click.option("--address", "ray_address", help="Ray cluster to join (default: start a local Ray).")
+@pass_cli
+def up(obj: CliContext, grpc_port: int | None, ray_address: str | None) -> None:
+    """Start the cluster in the background and wait until it serves."""
+    settings = obj.settings(grpc_port=grpc_port, ray_address=ray_address)
+    already = launch.running(settings)
+    with _spinner("starting warmfleet (Ray, controller, gateway)..."):
+        state = launch.up(settings)
+    verb = "is already up" if already is not None and already.pid == state.pid else "is up"
+    click.echo(f"warmfleet {verb} at {state.grpc_target}")
+    click.echo(f"  log:         {launch.log_path(settings)}")
+    click.echo(f"  admin token: {state.admin_token_path}")
+    click.echo(f"try: {obj.command_prefix()} {ECHO_HINT}")
+
+
+@cli.command()
+@pass_cli
+def serve(obj: CliContext) -> None:
+    """Run the gateway in the foreground (what `up` runs in the background)."""
+    from gateway.main import main as serve_main  # imports Ray: only here
+
+    serve_main(obj.settings())
+
+
+@cli.command()
+@pass_cli
+def down(obj: CliContext) -> None:
+    """Stop the cluster `up` started."""
+    with _spinner("stopping warmfleet..."):
+        stopped = launch.down(obj.settings())
+    click.echo("stopped" if stopped else "nothing was running")
+
+
+@cli.command()
+@pass_cli
+def status(obj: CliContext) -> None:
+    """Whether the cluster runs, where, what it serves, and (with an admin token) its nodes."""
+    settings = obj.settings()
+    state = launch.running(settings)
+    click.echo(f"process:  pid {state.pid}" if state else f"process:  none started from {settings.home}")
+    client = obj.client()
+    click.echo(f"gateway:  {client.target}")
+    if not launch.healthy(client.target):
+        raise CliError(f"no gateway at {client.target}: is `warmfleet up` running?")
+    click.echo("health:   serving")
+    _table("models", ["name", "runner", "version"],
+           [[m.name, m.runner, m.version[:12]] for m in client.models.list()])
+    _show_fleet(client)
+
+
+def _show_fleet(client: Client) -> None:
+    try:
+        nodes, instances = client.cluster.nodes(), client.cluster.instances()
+    except WarmfleetClientError as err:
+        if err.code != "PERMISSION_DENIED":
+            raise
+        click.echo("(nodes and instances need an admin token)")
+        return
+    _table("nodes", ["id", "accelerator", "memory used", "utilization", "instances"], [
+        [n.id, n.accelerator, f"{n.memory_used_bytes / 2**30:.1f} / {n.memory_total_bytes / 2**30:.1f} GiB",
+         "-" if n.utilization_percent is None else f"{n.utilization_percent:.0f}%", str(n.instance_count)]
+        for n in nodes])
+    _table("instances", ["id", "model", "node", "state", "in flight"], [
+        [i.id, i.model, i.node_id, i.state, f"{i.in_flight}/{i.max_concurrency}"] for i in instances])
+
+
+# Predictions
+
+
+@cli.command()
+@click.argument("model")
+@click.option("-i", "--input", "inputs", type=InputParam(), multiple=True, callback=inputs_to_dict,
+              help="An input, key=value (JSON if it parses, else text) or key=@path (a file). Repeatable.")
+@click.option("--stream", is_flag=True, help="Print output as it comes; logs go to stderr.")
+@click.option("--async", "is_async", is_flag=True, help="Print the prediction's id and return at once.")
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write output files to this folder.")
+@click.option("--wait", "wait_s", type=click.FloatRange(min=0, min_open=True),
+              help="Give up waiting after this many seconds (default: wait until it ends).")
+@pass_cli
+def predict(obj: CliContext, model: str, inputs: dict[str, Any], stream: bool, is_async: bool,
+            output_dir: Path | None, wait_s: float | None) -> None:
+    """Run MODEL ("owner/name" or "owner/name:version") on the -i inputs and print the output."""
+    if stream and is_async:
+        raise click.UsageError("--stream and --async do not go together")
+    client = obj.client()
+    if is_async:
+        prediction = client.predictions.create(model, inputs)
+        click.echo(f"{prediction.id} {prediction.status}")
+        return
+    if stream:
+        prediction, shown = _follow(client.stream(model, inputs, timeout_s=wait_s), wait_s, obj)
+    else:
+        prediction, shown = _wait(client, model, inputs, wait_s, obj), False
+    finish(prediction, output_dir, shown)
+
+
+def _wait(client: Client, model: str, inputs: dict[str, Any], wait_s: float | None, obj: CliContext
+          ) -> Prediction:
+    start = time.monotonic()
+    created = client.predictions.create(model, inputs, wait_s=min(wait_s or 60.0, 60.0))
+    remaining = None if wait_s is None else max(wait_s - (time.monotonic() - start), 0.001)
+    try:
+        return client.predictions.wait(created, timeout_s=remaining)
+    except WarmfleetClientError as err:
+        _raise_if_timed_out(err, created.id, wait_s, obj)
+        raise
+
+
+def _raise_if_timed_out(err: WarmfleetClientError, prediction_id: str, wait_s: float | None,
+                        obj: CliContext) -> None:
+    """A timeout while waiting says the prediction keeps running, and how to look at it later."""
+    if err.code == "DEADLINE_EXCEEDED" and prediction_id:
+        raise CliError(f"prediction {prediction_id} has not ended after {wait_s:g} s; it keeps running: "
+                       f"`{obj.command_prefix()} predictions get {prediction_id}`") from err
+
+
+def _follow(events: Iterator[Event], wait_s: float | None, obj: CliContext) -> tuple[Prediction, bool]:
+    """Print streamed output to stdout and logs and progress to stderr; the final prediction, and
+    whether output was shown."""
+    shown, last_text, prediction_id = False, "", ""
+    try:
+        for event in events:
+            prediction_id = event.prediction_id
+            if event.kind == "completed":
+                if shown and not last_text.endswith("\n"):
+                    click.echo()
+                return event.data, shown
+            if event.kind == "output" and event.data.value is not None:
+                last_text = format_value(event.data.value)
+                click.echo(last_text, nl=not isinstance(event.data.value, str))
+                sys.stdout.flush()
+                shown = True
+            _echo_side(event)
+    except WarmfleetClientError as err:
+        _raise_if_timed_out(err, prediction_id, wait_s, obj)
+        raise
+    raise CliError("the event stream ended before the prediction did")
+
+
+def _echo_side(event: Event) -> None:
+    if event.kind == "log":
+        click.echo(event.data, err=True)
+    elif event.kind == "progress":
+        eta = f", eta {event.data.eta_s:.1f} s" if event.data.eta_s else ""
+        click.echo(f"progress {event.data.step}/{event.data.total}{eta}", err=True)
+
+
+@cli.group()
+def predictions() -> None:
+    """Look at and cancel predictions."""
+
+
+@predictions.command("get")
+@click.argument("prediction_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_cli
+def predictions_get(obj: CliContext, prediction_id: str, as_json: bool) -> None:
+    """Show one prediction."""
+    prediction = obj.client().predictions.get(prediction_id)
+    if as_json:
+        echo_json(prediction)
+        return
+    for label, value in [
+        ("id", prediction.id), ("model", f"{prediction.model} ({prediction.version[:12]})"),
+        ("status", prediction.status), ("created", _time(prediction.created_at)),
+        ("started", _time(prediction.started_at)), ("completed", _time(prediction.completed_at)),
+        ("metrics", ", ".join(f"{k}={v:g}" for k, v in prediction.metrics.items()) or "-"),
+        ("input", json.dumps(to_jsonable(prediction.input))),
+        ("output", "-" if prediction.output is None else format_value(prediction.output)),
+        ("files", ", ".join(output_file_names(prediction.output_files)) or "-"),
+        ("error", prediction.error or "-"), ("logs", prediction.logs or "-"),
+    ]:
+        click.echo(f"{label + ':':<11}{value}")
+
+
+@predictions.command("list")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True, help="Page size.")
+@click.option("--cursor", default="", help="The cursor printed after the previous page.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_cli
+def predictions_list(obj: CliContext, limit: int, cursor: str, as_json: bool) -> None:
+    """List predictions, newest first."""
+    page = obj.client().predictions.list(page_size=limit, cursor=cursor)
+    if as_json:
+        echo_json(page)
+        return
+    _table("predictions", ["id", "model", "status", "created", "predict time"], [
+        [p.id, p.model, p.status, _time(p.created_at), _seconds(p.metrics.get("predict_time_s"))]
+        for p in page.results])
+    if page.next_cursor:
+        click.echo(f"more: {obj.command_prefix()} predictions list --cursor {page.next_cursor}", err=True)
+
+
+@predictions.command("cancel")
+@click.argument("prediction_id")
+@pass_cli
+def predictions_cancel(obj: CliContext, prediction_id: str) -> None:
+    """Cancel a prediction (one that already ended stays as it is)."""
+    prediction = obj.client().predictions.cancel(prediction_id)
+    click.echo(f"{prediction.id} {prediction.status}")
+
+
+# Models and tokens
+
+
+@cli.group()
+def models() -> None:
+    """The models the cluster serves."""
+
+
+@models.command("list")
+@pass_cli
+def models_list(obj: CliContext) -> None:
+    """List the served models."""
+    _table("models", ["name", "runner", "version", "description"],
+           [[m.name, m.runner, m.version[:12], m.description] for m in obj.client().models.list()])
+
+
+@models.command("get")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON, with the full schemas.")
+@pass_cli
+def models_get(obj: CliContext, name: str, as_json: bool) -> None:
+    """Show a model and its inputs."""
+    model = obj.client().models.get(name)
+    if as_json:
+        echo_json(model)
+        return
+    click.echo(f"{model.name} ({model.runner}, version {model.version})")
+    if model.description:
+        click.echo(model.description)
+    required = set(model.input_schema.get("required", []))
+    _table("inputs", ["name", "type", "required", "default", "description"], [
+        [key, str(prop.get("type", "-")), "yes" if key in required else "",
+         json.dumps(prop["default"]) if "default" in prop else "", prop.get("description", "")]
+        for key, prop in model.input_schema.get("properties", {}).items()])
+
+
+@cli.group()
+def tokens() -> None:
+    """Access tokens (admin)."""
+
+
+@tokens.command("create")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["user", "admin"]), default="user", show_default=True)
+@pass_cli
+def tokens_create(obj: CliContext, name: str, role: str) -> None:
+    """Create a token for NAME and print it (it is not shown again)."""
+    token = obj.client().cluster.create_token(name, role)
+    click.echo(token.token)
+    click.echo(f"created a {token.role} token for {token.name!r}; it is not shown again", err=True)
+
+
+def main() -> None:
+    """The `warmfleet` console script."""
+    cli(prog_name="warmfleet")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,685 @@
+"""The warmfleet Python client: a synchronous gRPC client of the ``warmfleet.v1`` services.
+
+    from warmfleet import Client
+
+    client = Client()  # $WARMFLEET_URL, or what `warmfleet up` recorded, or 127.0.0.1:50051
+    text = client.run("warmfleet/echo", {"text": "hello"})
+    for event in client.stream("warmfleet/echo", {"text": "hello", "chunks": 5}):
+        print(event.kind, event.data)
+
+Inputs are plain dicts; ``bytes``, ``pathlib.Path``, open binary files and :class:`File` values become
+files, sent as raw bytes beside the JSON fields. Everything the gateway answers comes back as the small
+dataclasses below (never protobuf messages), converted in one place: the ``*_from_pb`` functions.
+Every gRPC error becomes a :class:`WarmfleetClientError` whose ``code`` is the gRPC status name.
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import os
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+from google.protobuf.message import Message
+
+from warmfleet import launch
+from warmfleet.settings import Settings, load_settings
+from warmfleet.v1 import (
+    cluster_pb2, cluster_pb2_grpc, models_pb2, models_pb2_grpc, predictions_pb2, predictions_pb2_grpc,
+    types_pb2,
+)
+
+URL_SCHEME = "grpc://"
+MAX_WAIT_S = 60.0  # the gateway holds a create call open at most this long
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled", "aborted"})
+# Generated images and upscales can exceed gRPC's default 4 MiB message limit.
+_CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 512 * 1024 * 1024),
+                    ("grpc.max_send_message_length", 512 * 1024 * 1024)]
+
+
+# Client-side types
+
+
+@dataclass(frozen=True)
+class File:
+    """A file in an input or an output: raw bytes and what they are."""
+
+    data: bytes = field(repr=False)
+    content_type: str = ""
+    name: str = ""
+    width: int = 0
+    height: int = 0
+
+    @property
+    def size_bytes(self) -> int:
+        return len(self.data)
+
+
+@dataclass(frozen=True)
+class Output:
+    """What :meth:`Client.run` returns when a prediction produced files: the value and the files."""
+
+    value: Any
+    files: list[File]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One prediction. ``status`` is "starting", "processing", "succeeded", "failed", "canceled" or
+    "aborted"; ``output`` is the JSON-shaped output value and ``output_files`` the files it produced;
+    ``metrics`` holds the timings and counts that apply (e.g. ``predict_time_s``)."""
+
+    id: str
+    model: str
+    version: str
+    status: str
+    input: dict[str, Any]
+    output: Any = None
+    output_files: list[File] = field(default_factory=list)
+    logs: str = ""
+    error: str = ""
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    metrics: dict[str, float | int] = field(default_factory=dict)
+    deployment: str = ""
+    owner: str = ""
+
+    @property
+    def done(self) -> bool:
+        """Whether it reached a terminal status."""
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "succeeded"
+
+
+@dataclass(frozen=True)
+class OutputChunk:
+    """A piece of output streamed while a prediction runs: a JSON-shaped value and/or a file."""
+
+    value: Any = None
+    file: File | None = None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Progress of a multi-step prediction; ``eta_s`` is 0 when unknown."""
+
+    step: int
+    total: int
+    eta_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Event:
+    """The ``seq``-th event of a prediction. ``data`` depends on ``kind``:
+
+    - "status": the new status, a lowercase string;
+    - "log": a log line (str);
+    - "output": an :class:`OutputChunk`;
+    - "progress": a :class:`Progress`;
+    - "completed": the final :class:`Prediction` (always the last event of a stream).
+    """
+
+    prediction_id: str
+    seq: int
+    kind: str
+    data: Any = None
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of predictions, newest first; ``next_cursor`` is empty on the last page."""
+
+    results: list[Prediction]
+    next_cursor: str
+
+
+@dataclass(frozen=True)
+class Model:
+    """A served model and its current version, with its input and output JSON Schemas."""
+
+    name: str
+    description: str
+    runner: str
+    version: str
+    input_schema: dict[str, Any]
+    output_schema: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Node:
+    """A node agent and what it reports; ``utilization_percent`` is None where there is no NVML."""
+
+    id: str
+    ray_node_id: str
+    address: str
+    accelerator: str
+    memory_total_bytes: int
+    memory_used_bytes: int
+    utilization_percent: float | None
+    metrics_note: str
+    instance_count: int
+
+
+@dataclass(frozen=True)
+class Instance:
+    """A model instance kept warm on a node."""
+
+    id: str
+    model: str
+    version: str
+    node_id: str
+    state: str
+    in_flight: int
+    max_concurrency: int
+
+
+@dataclass(frozen=True)
+class Token:
+    """A newly created access token; ``token`` is shown only this once."""
+
+    token: str
+    name: str
+    role: str
+
+
+# Errors
+
+
+class WarmfleetClientError(Exception):
+    """An error the gateway answered (or could not be reached). ``code`` is the gRPC status name,
+    e.g. "NOT_FOUND", "UNAUTHENTICATED", "INVALID_ARGUMENT"; ``message`` is one line for people."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class InvalidArgumentError(WarmfleetClientError):
+    """A request field broke a rule; the message names the field."""
+
+
+class UnauthenticatedError(WarmfleetClientError):
+    """No token, or a token the gateway does not know."""
+
+
+class PermissionDeniedError(WarmfleetClientError):
+    """The token's role does not allow the call (e.g. cluster calls need an admin token)."""
+
+
+class NotFoundError(WarmfleetClientError):
+    """The prediction, model or version does not exist (or is not the caller's)."""
+
+
+class AlreadyExistsError(WarmfleetClientError):
+    """A client-chosen prediction id is taken by a different request."""
+
+
+class ResourceExhaustedError(WarmfleetClientError):
+    """The model's queue is full (backpressure); retry later."""
+
+
+class UnavailableError(WarmfleetClientError):
+    """The cluster cannot serve this now."""
+
+
+class GatewayUnreachableError(UnavailableError):
+    """No gateway answers at the target address."""
+
+
+class DeadlineExceededError(WarmfleetClientError):
+    """The call did not finish within its timeout."""
+
+
+class PredictionError(WarmfleetClientError):
+    """A prediction ended without succeeding; ``prediction`` is the final prediction."""
+
+    def __init__(self, prediction: Prediction) -> None:
+        reason = f": {prediction.error}" if prediction.error else ""
+        super().__init__(f"PREDICTION_{prediction.status.upper()}",
+                         f"prediction {prediction.id} {prediction.status}{reason}")
+        self.prediction = prediction
+
+
+_ERRORS_BY_CODE: dict[str, type[WarmfleetClientError]] = {
+    "INVALID_ARGUMENT": InvalidArgumentError,
+    "UNAUTHENTICATED": UnauthenticatedError,
+    "PERMISSION_DENIED": PermissionDeniedError,
+    "NOT_FOUND": NotFoundError,
+    "ALREADY_EXISTS": AlreadyExistsError,
+    "RESOURCE_EXHAUSTED": ResourceExhaustedError,
+    "UNAVAILABLE": UnavailableError,
+    "DEADLINE_EXCEEDED": DeadlineExceededError,
+}
+# How gRPC core words a failure to reach the server at all (as opposed to an UNAVAILABLE it answered).
+_CONNECT_FAILURES = ("failed to connect", "connection refused", "errors resolving", "dns resolution failed")
+
+
+def error_from_rpc(err: grpc.RpcError, target: str) -> WarmfleetClientError:
+    """The client error for a failed call to the gateway at ``target``."""
+    code_fn = getattr(err, "code", None)
+    code = code_fn().name if callable(code_fn) else "UNKNOWN"
+    details_fn = getattr(err, "details", None)
+    message = (details_fn() if callable(details_fn) else None) or str(err)
+    if code == "UNAVAILABLE" and any(m in message.lower() for m in _CONNECT_FAILURES):
+        return GatewayUnreachableError(code, f"no gateway at {target}: is `warmfleet up` running?")
+    if code == "DEADLINE_EXCEEDED":
+        message = f"no answer from the gateway at {target} in time ({message})"
+    return _ERRORS_BY_CODE.get(code, WarmfleetClientError)(code, message)
+
+
+# Conversions: client inputs to protobuf
+
+
+def as_file(value: Any) -> File | None:
+    """``value`` as a :class:`File` if it is one: bytes, a path, an open binary file; else None."""
+    if isinstance(value, File):
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return File(bytes(value))
+    if isinstance(value, os.PathLike):
+        path = Path(value)
+        return File(path.read_bytes(), _guess_type(path.name), path.name)
+    if callable(getattr(value, "read", None)):
+        data = value.read()
+        name = Path(str(getattr(value, "name", ""))).name
+        data = data.encode() if isinstance(data, str) else bytes(data)
+        return File(data, _guess_type(name), name)
+    return None
+
+
+def _guess_type(name: str) -> str:
+    return (mimetypes.guess_type(name)[0] or "") if name else ""
+
+
+def file_to_pb(f: File) -> types_pb2.File:
+    return types_pb2.File(data=f.data, content_type=f.content_type, name=f.name, width=f.width,
+                          height=f.height)
+
+
+def input_to_pb(values: Mapping[str, Any]) -> types_pb2.PredictionInput:
+    """A plain dict as the generic JSON input form: JSON values in ``fields``, files in ``files``."""
+    msg = types_pb2.JsonInput()
+    for name, value in values.items():
+        if not isinstance(name, str):
+            raise InvalidArgumentError("INVALID_ARGUMENT", f"input: field names must be strings: {name!r}")
+        file = as_file(value)
+        if file is not None:
+            msg.files[name].CopyFrom(file_to_pb(file))
+            continue
+        try:
+            msg.fields.fields[name].CopyFrom(json_format.ParseDict(value, struct_pb2.Value()))
+        except json_format.ParseError as err:
+            raise InvalidArgumentError(
+                "INVALID_ARGUMENT", f"input.{name}: not JSON-shaped and not a file ({type(value).__name__}); "
+                "files go only in top-level fields") from err
+    return types_pb2.PredictionInput(json=msg)
+
+
+# Conversions: protobuf to client types
+
+
+def _plain(value: Any) -> Any:
+    """JSON numbers travel as doubles: integral ones come back as ints, as JSON means them."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def value_from_pb(value: struct_pb2.Value) -> Any:
+    if value.WhichOneof("kind") is None:
+        return None
+    return _plain(json_format.MessageToDict(value))
+
+
+def status_from_pb(status: int) -> str:
+    """``STATUS_SUCCEEDED`` -> "succeeded"."""
+    return types_pb2.Status.Name(status).removeprefix("STATUS_").lower()
+
+
+def file_from_pb(f: types_pb2.File) -> File:
+    return File(f.data, f.content_type, f.name, f.width, f.height)
+
+
+def _message_to_dict(msg: Message) -> dict[str, Any]:
+    """A typed input message as a dict of the fields that are set, files as :class:`File`."""
+    return {fd.name: [_field_value(v) for v in value] if fd.is_repeated else _field_value(value)
+            for fd, value in msg.ListFields()}
+
+
+def _field_value(value: Any) -> Any:
+    if isinstance(value, types_pb2.File):
+        return file_from_pb(value)
+    if isinstance(value, Message):
+        return _message_to_dict(value)
+    return value
+
+
+def input_from_pb(pb: types_pb2.PredictionInput) -> dict[str, Any]:
+    kind = pb.WhichOneof("kind")
+    if kind is None:
+        return {}
+    if kind != "json":
+        return _message_to_dict(getattr(pb, kind))
+    values = _plain(json_format.MessageToDict(pb.json.fields))
+    values.update({name: file_from_pb(f) for name, f in pb.json.files.items()})
+    return values
+
+
+def _time_from_pb(pb: Message, name: str) -> datetime | None:
+    return getattr(pb, name).ToDatetime(tzinfo=timezone.utc) if pb.HasField(name) else None
+
+
+def prediction_from_pb(pb: types_pb2.Prediction) -> Prediction:
+    has_output = pb.HasField("output")
+    return Prediction(
+        id=pb.id, model=pb.model, version=pb.version, status=status_from_pb(pb.status),
+        input=input_from_pb(pb.input),
+        output=value_from_pb(pb.output.value) if has_output and pb.output.HasField("value") else None,
+        output_files=[file_from_pb(f) for f in pb.output.files] if has_output else [],
+        logs=pb.logs, error=pb.error, created_at=_time_from_pb(pb, "created_at"),
+        started_at=_time_from_pb(pb, "started_at"), completed_at=_time_from_pb(pb, "completed_at"),
+        metrics={fd.name: value for fd, value in pb.metrics.ListFields()},
+        deployment=pb.deployment, owner=pb.owner,
+    )
+
+
+def _chunk_from_pb(pb: types_pb2.OutputChunk) -> OutputChunk:
+    return OutputChunk(value=value_from_pb(pb.value) if pb.HasField("value") else None,
+                       file=file_from_pb(pb.file) if pb.HasField("file") else None)
+
+
+_EVENT_DATA: dict[str, Callable[[types_pb2.PredictionEvent], Any]] = {
+    "status": lambda e: status_from_pb(e.status),
+    "log": lambda e: e.log,
+    "output": lambda e: _chunk_from_pb(e.output),
+    "progress": lambda e: Progress(e.progress.step, e.progress.total, e.progress.eta_s),
+    "completed": lambda e: prediction_from_pb(e.completed),
+}
+
+
+def event_from_pb(pb: types_pb2.PredictionEvent) -> Event:
+    """An event; a kind this client does not know comes through with ``data`` None."""
+    kind = pb.WhichOneof("kind") or ""
+    convert = _EVENT_DATA.get(kind)
+    return Event(pb.prediction_id, pb.seq, kind, convert(pb) if convert else None)
+
+
+def model_from_pb(pb: models_pb2.Model) -> Model:
+    return Model(pb.name, pb.description, pb.runner, pb.version,
+                 _schema(pb.input_schema_json), _schema(pb.output_schema_json))
+
+
+def _schema(text: str) -> dict[str, Any]:
+    return json.loads(text) if text else {}
+
+
+def record_from_pb(cls: type, pb: Message) -> Any:
+    """A flat dataclass from the message fields of the same names; an unset optional field is None."""
+    by_name = pb.DESCRIPTOR.fields_by_name
+    unset = {f.name for f in fields(cls) if by_name[f.name].has_presence and not pb.HasField(f.name)}
+    values = {f.name: None if f.name in unset else getattr(pb, f.name) for f in fields(cls)}
+    return cls(**values)
+
+
+# Where to connect, with which token
+
+
+def resolve_target(url: str | None, settings: Callable[[], Settings]) -> str:
+    """``url``, else $WARMFLEET_URL, else what `warmfleet up` recorded, else the settings' gRPC address."""
+    url = url or os.environ.get("WARMFLEET_URL")
+    if url:
+        return _strip_scheme(url)
+    state = launch.read_state(settings())
+    return state.grpc_target if state is not None else settings().grpc_target
+
+
+def _strip_scheme(url: str) -> str:
+    target = url.removeprefix(URL_SCHEME)
+    if "://" in target or not target:
+        raise ValueError(f"url {url!r}: expected host:port or grpc://host:port")
+    return target
+
+
+def resolve_token(token: str | None, settings: Callable[[], Settings]) -> str | None:
+    """``token``, else the settings' token ($WARMFLEET_TOKEN), else the local admin token file."""
+    if token:
+        return token
+    if settings().token:
+        return settings().token
+    try:
+        return settings().admin_token_path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _settings_once(settings: Settings | None) -> Callable[[], Settings]:
+    """A getter that builds the settings on first use only (URL and token given need none)."""
+    cache: list[Settings] = [settings] if settings is not None else []
+
+    def get() -> Settings:
+        if not cache:
+            cache.append(load_settings())
+        return cache[0]
+
+    return get
+
+
+# The transport and the resources
+
+
+class _Transport:
+    """One channel, the stubs on it, the auth metadata, and the error wrapping of every call."""
+
+    def __init__(self, target: str, token: str | None, timeout_s: float) -> None:
+        self.target = target
+        self.timeout_s = timeout_s
+        self.channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.predictions = predictions_pb2_grpc.PredictionsStub(self.channel)
+        self.models = models_pb2_grpc.ModelsStub(self.channel)
+        self.cluster = cluster_pb2_grpc.ClusterStub(self.channel)
+
+    def unary(self, method: Callable, request: Message, extra_timeout_s: float = 0.0) -> Any:
+        try:
+            return method(request, metadata=self.metadata, timeout=self.timeout_s + extra_timeout_s)
+        except grpc.RpcError as err:
+            raise error_from_rpc(err, self.target) from err
+
+    def events(self, method: Callable, request: Message, timeout_s: float | None) -> Iterator[Event]:
+        """The events of a server stream; leaving the loop early cancels the call."""
+        call = method(request, metadata=self.metadata, timeout=timeout_s)
+        try:
+            for pb in call:
+                yield event_from_pb(pb)
+        except grpc.RpcError as err:
+            raise error_from_rpc(err, self.target) from err
+        finally:
+            call.cancel()
+
+
+def _split_ref(model: str, version: str) -> tuple[str, str]:
+    """Accept "owner/name:version" as a model reference, as Replicate does."""
+    if ":" in model and not version:
+        model, version = model.split(":", 1)
+    return model, version
+
+
+class Predictions:
+    """``client.predictions``: create, get, list, cancel and follow predictions."""
+
+    def __init__(self, transport: _Transport) -> None:
+        self._t = transport
+
+    @staticmethod
+    def _create_request(model: str, input: Mapping[str, Any] | None, version: str, deployment: str,
+                        wait_s: float, id: str | None, deadline_s: float, priority: int
+                        ) -> predictions_pb2.CreatePredictionRequest:
+        model, version = _split_ref(model, version)
+        return predictions_pb2.CreatePredictionRequest(
+            model=model, version=version, deployment=deployment, input=input_to_pb(input or {}),
+            wait_s=wait_s, id=id or "", deadline_s=deadline_s, priority=priority)
+
+    def create(self, model: str = "", input: Mapping[str, Any] | None = None, *, version: str = "",
+               deployment: str = "", wait_s: float = 0.0, id: str | None = None, deadline_s: float = 0.0,
+               priority: int = 0) -> Prediction:
+        """Create a prediction of ``model`` ("owner/name" or "owner/name:version") or ``version``.
+
+        With ``wait_s`` > 0 (at most 60) the gateway answers when it ends or when ``wait_s`` passes.
+        ``id`` makes the call idempotent; ``deadline_s`` aborts it if it has not started by then;
+        higher ``priority`` runs first among queued predictions of the same model.
+        """
+        request = self._create_request(model, input, version, deployment, wait_s, id, deadline_s, priority)
+        return prediction_from_pb(self._t.unary(self._t.predictions.CreatePrediction, request, wait_s))
+
+    def get(self, id: str) -> Prediction:
+        return prediction_from_pb(self._t.unary(self._t.predictions.GetPrediction,
+                                                predictions_pb2.GetPredictionRequest(id=id)))
+
+    def list(self, page_size: int = 100, cursor: str = "") -> Page:
+        """One page of the caller's predictions (all of them, for an admin), newest first."""
+        reply = self._t.unary(self._t.predictions.ListPredictions,
+                              predictions_pb2.ListPredictionsRequest(page_size=page_size, cursor=cursor))
+        return Page([prediction_from_pb(p) for p in reply.predictions], reply.next_cursor)
+
+    def iter(self, page_size: int = 100) -> Iterator[Prediction]:
+        """Every prediction, newest first, fetching pages as the iteration goes."""
+        cursor = ""
+        while True:
+            page = self.list(page_size, cursor)
+            yield from page.results
+            if not page.next_cursor:
+                return
+            cursor = page.next_cursor
+
+    def cancel(self, id: str) -> Prediction:
+        """Cancel a prediction; one that already ended comes back unchanged."""
+        return prediction_from_pb(self._t.unary(self._t.predictions.CancelPrediction,
+                                                predictions_pb2.CancelPredictionRequest(id=id)))
+
+    def stream(self, id: str, after_seq: int = 0, timeout_s: float | None = None) -> Iterator[Event]:
+        """Follow a prediction's events (after ``after_seq``), ending with its "completed" event."""
+        request = predictions_pb2.StreamPredictionRequest(id=id, after_seq=after_seq)
+        return self._t.events(self._t.predictions.StreamPrediction, request, timeout_s)
+
+    def create_and_stream(self, model: str = "", input: Mapping[str, Any] | None = None, *,
+                          version: str = "", deployment: str = "", id: str | None = None,
+                          deadline_s: float = 0.0, priority: int = 0, timeout_s: float | None = None
+                          ) -> Iterator[Event]:
+        """Create a prediction and follow its events in one call (see :meth:`create`)."""
+        request = self._create_request(model, input, version, deployment, 0.0, id, deadline_s, priority)
+        return self._t.events(self._t.predictions.CreateAndStreamPrediction, request, timeout_s)
+
+    def wait(self, prediction: Prediction | str, timeout_s: float | None = None) -> Prediction:
+        """The prediction once it has ended, following its events; raises
+        :class:`DeadlineExceededError` if that takes longer than ``timeout_s``."""
+        if isinstance(prediction, Prediction):
+            if prediction.done:
+                return prediction
+            prediction = prediction.id
+        for event in self.stream(prediction, timeout_s=timeout_s):
+            if event.kind == "completed":
+                return event.data
+        return self.get(prediction)
+
+
+class Models:
+    """``client.models``: the models the cluster serves."""
+
+    def __init__(self, transport: _Transport) -> None:
+        self._t = transport
+
+    def list(self) -> list[Model]:
+        reply = self._t.unary(self._t.models.ListModels, models_pb2.ListModelsRequest())
+        return [model_from_pb(m) for m in reply.models]
+
+    def get(self, name: str) -> Model:
+        return model_from_pb(self._t.unary(self._t.models.GetModel, models_pb2.GetModelRequest(name=name)))
+
+
+class Cluster:
+    """``client.cluster``: nodes, instances and tokens; needs an admin token."""
+
+    def __init__(self, transport: _Transport) -> None:
+        self._t = transport
+
+    def nodes(self) -> list[Node]:
+        reply = self._t.unary(self._t.cluster.ListNodes, cluster_pb2.ListNodesRequest())
+        return [record_from_pb(Node, n) for n in reply.nodes]
+
+    def instances(self) -> list[Instance]:
+        reply = self._t.unary(self._t.cluster.ListInstances, cluster_pb2.ListInstancesRequest())
+        return [record_from_pb(Instance, i) for i in reply.instances]
+
+    def create_token(self, name: str, role: str = "user") -> Token:
+        """Create an access token for ``name`` with ``role`` ("user" or "admin")."""
+        request = cluster_pb2.CreateTokenRequest(name=name, role=role)
+        reply = self._t.unary(self._t.cluster.CreateToken, request)
+        return record_from_pb(Token, reply)
+
+
+class Client:
+    """A client of one warmfleet gateway.
+
+    ``url`` is "host:port" (a "grpc://" prefix is accepted); by default $WARMFLEET_URL, else the address
+    `warmfleet up` recorded in ``$WARMFLEET_HOME/cluster.json``, else 127.0.0.1:50051. ``token`` is
+    sent as a bearer token; by default $WARMFLEET_TOKEN, else the local admin token file. ``timeout_s``
+    bounds each unary call (a create's ``wait_s`` is added to it). ``settings`` overrides where the
+    defaults are looked up (the CLI passes its own).
+    """
+
+    def __init__(self, url: str | None = None, token: str | None = None, timeout_s: float = 60.0, *,
+                 settings: Settings | None = None) -> None:
+        get_settings = _settings_once(settings)
+        self._t = _Transport(resolve_target(url, get_settings), resolve_token(token, get_settings), timeout_s)
+        self.predictions = Predictions(self._t)
+        self.models = Models(self._t)
+        self.cluster = Cluster(self._t)
+
+    @property
+    def target(self) -> str:
+        """The gateway's "host:port"."""
+        return self._t.target
+
+    def run(self, model: str, input: Mapping[str, Any], wait_s: float = 60.0) -> Any:
+        """Run ``model`` on ``input`` and return its output.
+
+        The gateway holds the create call open up to ``wait_s`` seconds (at most 60); if the prediction
+        has not ended by then, this follows its events until it does. Returns the output value, or an
+        :class:`Output` (value and files) when the prediction produced files. Raises
+        :class:`PredictionError`, with the prediction attached, if it failed, was canceled or aborted.
+        """
+        created = self.predictions.create(model, input, wait_s=min(max(wait_s, 0.0), MAX_WAIT_S))
+        prediction = self.predictions.wait(created)
+        if not prediction.succeeded:
+            raise PredictionError(prediction)
+        if prediction.output_files:
+            return Output(prediction.output, prediction.output_files)
+        return prediction.output
+
+    def stream(self, model: str, input: Mapping[str, Any], **options: Any) -> Iterator[Event]:
+        """Create a prediction and yield its events as they come, the last one "completed".
+        ``options`` are those of :meth:`Predictions.create_and_stream`."""
+        return self.predictions.create_and_stream(model, input, **options)
+
+    def close(self) -> None:
+        self._t.channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
