@@ -1,0 +1,161 @@
+"""Fakes of the scheduler's ports, and small helpers for driving the router in unit tests.
+
+``FakeNodeClient`` subclasses the real ``NodeClient`` protocol. It records every ``submit`` and
+``cancel`` in the order they arrive, and its ``poll`` is fed by the test through an ``asyncio.Queue``:
+``push`` hands the router one batch of task events, ``lose`` makes the router's next poll raise
+``NodeLost``. Nothing here sleeps: tests await the conditions they need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable
+
+from scheduler.ports import NodeClient, NodeLost, RoutingTable
+from warmfleet.domain import (
+    Finished, InstanceInfo, ModelSpec, NodeInfo, Output, Rejected, Status, Task, TaskEvent, TaskEventBody,
+)
+
+WAIT_S = 2.0  # how long a test waits for something that should happen at once
+
+
+async def wait_until(predicate: Callable[[], bool], changed: asyncio.Event, timeout_s: float = WAIT_S) -> None:
+    """Wait until ``predicate()`` holds, re-checking whenever ``changed`` is set."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not predicate():
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise AssertionError("timed out waiting for a condition")
+        changed.clear()
+        try:
+            await asyncio.wait_for(changed.wait(), remaining)
+        except TimeoutError:
+            pass
+
+
+async def settle(turns: int = 20) -> None:
+    """Let every callback and task the router chained onto the loop run (no wall-clock time passes).
+
+    The router's chains are short (poll result -> dispatch -> flush -> send -> submit), so a bounded
+    number of loop turns runs them all. Used only before asserting that something did *not* happen.
+    """
+    for _ in range(turns):
+        await asyncio.sleep(0)
+
+
+class FakeNodeClient(NodeClient):
+    """A node agent the test scripts: records calls, replays pushed events, can be lost."""
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self.submits: list[list[Task]] = []  # one entry per submit call
+        self.cancels: list[list[str]] = []  # one entry per cancel call
+        self.calls: list[tuple[str, tuple[str, ...]]] = []  # ("submit" | "cancel", prediction ids), in order
+        self.polls = 0
+        self.hold_submits: asyncio.Event | None = None  # when set to an unset Event, submit waits for it
+        self.submit_error: BaseException | None = None  # raised by submit (after any hold)
+        self.changed = asyncio.Event()
+        self._events: asyncio.Queue[list[TaskEvent] | BaseException] = asyncio.Queue()
+
+    # The NodeClient protocol
+
+    async def submit(self, router_id: str, tasks: list[Task]) -> None:
+        self.calls.append(("submit", tuple(t.prediction_id for t in tasks)))
+        self.changed.set()
+        if self.hold_submits is not None:
+            await self.hold_submits.wait()
+        if self.submit_error is not None:
+            raise self.submit_error
+        self.submits.append(list(tasks))
+        self.changed.set()
+
+    async def cancel(self, prediction_ids: list[str]) -> None:
+        self.calls.append(("cancel", tuple(prediction_ids)))
+        self.cancels.append(list(prediction_ids))
+        self.changed.set()
+
+    async def poll(self, router_id: str, max_wait_s: float) -> list[TaskEvent]:
+        self.polls += 1
+        self.changed.set()
+        item = await self._events.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    async def load_instance(self, instance_id: str, spec: ModelSpec) -> InstanceInfo:
+        raise NotImplementedError("the router never loads instances")
+
+    async def unload_instance(self, instance_id: str) -> None:
+        raise NotImplementedError("the router never unloads instances")
+
+    async def instances(self) -> list[InstanceInfo]:
+        return []
+
+    async def info(self) -> NodeInfo:
+        return NodeInfo(id=self.node_id, ray_node_id="", address="")
+
+    # What the test does
+
+    def push(self, *events: TaskEvent) -> None:
+        """Hand the router's poll one batch of events."""
+        self._events.put_nowait(list(events))
+
+    def finish(self, prediction_id: str, status: Status = Status.SUCCEEDED, value: Any = "ok") -> None:
+        """The node reports that a prediction ended (one batch)."""
+        output = Output(value=value) if status is Status.SUCCEEDED else None
+        self.push(TaskEvent(prediction_id, Finished(status, 1.0, 2.0, output)))
+
+    def reject(self, prediction_id: str, reason: str = "instance is draining") -> None:
+        self.push(TaskEvent(prediction_id, Rejected(reason)))
+
+    def lose(self) -> None:
+        """The router's next poll of this node raises NodeLost."""
+        self._events.put_nowait(NodeLost(self.node_id))
+
+    # What the test reads
+
+    @property
+    def submitted_ids(self) -> list[str]:
+        """Prediction ids in the order they reached this node, over all submit calls."""
+        return [t.prediction_id for batch in self.submits for t in batch]
+
+    def tasks_on(self, instance_id: str) -> list[str]:
+        return [t.prediction_id for batch in self.submits for t in batch if t.instance_id == instance_id]
+
+    async def wait_submitted(self, count: int, timeout_s: float = WAIT_S) -> None:
+        """Wait until ``count`` tasks in all have reached this node."""
+        await wait_until(lambda: len(self.submitted_ids) >= count, self.changed, timeout_s)
+
+
+class EventLog:
+    """The router's ``on_event`` sink: records every (prediction id, body) it is given."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, TaskEventBody]] = []
+        self.changed = asyncio.Event()
+
+    def __call__(self, prediction_id: str, body: TaskEventBody) -> None:
+        self.events.append((prediction_id, body))
+        self.changed.set()
+
+    def finished(self, prediction_id: str) -> list[Finished]:
+        return [b for p, b in self.events if p == prediction_id and isinstance(b, Finished)]
+
+    def bodies(self, prediction_id: str) -> list[TaskEventBody]:
+        return [b for p, b in self.events if p == prediction_id]
+
+    async def wait_finished(self, *prediction_ids: str, timeout_s: float = WAIT_S) -> list[Finished]:
+        """Wait until each of ``prediction_ids`` has a Finished; returns the first Finished of each."""
+        await wait_until(lambda: all(self.finished(p) for p in prediction_ids), self.changed, timeout_s)
+        return [self.finished(p)[0] for p in prediction_ids]
+
+
+def instance(instance_id: str, model: str, node_id: str, max_concurrency: int, state: str = "idle"
+             ) -> InstanceInfo:
+    return InstanceInfo(id=instance_id, model=model, version="v1", node_id=node_id, state=state,
+                        max_concurrency=max_concurrency)
+
+
+def table(revision: int, instances: list[InstanceInfo], *nodes: FakeNodeClient) -> RoutingTable:
+    return RoutingTable(revision, list(instances), {n.node_id: n for n in nodes})
