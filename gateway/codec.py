@@ -12,13 +12,24 @@ from warmfleet.domain import FileData, Metrics, Output, Prediction, Status
 _FILE_TAG = "$file"
 
 
+# A client's own keys that start with "$" get one more "$", so that "$file" can only be ours.
+
+
+def _escape(key: str) -> str:
+    return "$" + key if key.startswith("$") else key
+
+
+def _unescape(key: str) -> str:
+    return key[1:] if key.startswith("$") else key
+
+
 def _encode(value: Any) -> Any:
     if isinstance(value, FileData):
         fields = dataclasses.asdict(value)
         fields["data"] = base64.b64encode(value.data).decode()
         return {_FILE_TAG: fields}
     if isinstance(value, dict):
-        return {k: _encode(v) for k, v in value.items()}
+        return {_escape(k): _encode(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_encode(v) for v in value]
     return value
@@ -30,7 +41,7 @@ def _decode(value: Any) -> Any:
             fields = dict(value[_FILE_TAG])
             fields["data"] = base64.b64decode(fields["data"])
             return FileData(**fields)
-        return {k: _decode(v) for k, v in value.items()}
+        return {_unescape(k): _decode(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_decode(v) for v in value]
     return value

@@ -31,38 +31,48 @@ def error_status(err: BaseException) -> tuple[grpc.StatusCode, str]:
 class GatewayInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, tokens: TokenRegistry) -> None:
         self._tokens = tokens
+        self._wrapped: dict[str, Any] = {}  # method -> wrapped handler, built once per method
 
     async def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails) -> Any:
+        wrapped = self._wrapped.get(details.method)
+        if wrapped is not None:
+            return wrapped
         handler = await continuation(details)
         if handler is None or details.method.startswith(PUBLIC_PREFIXES):
             return handler
-        auth = next((v for k, v in details.invocation_metadata or () if k == "authorization"), None)
         if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, auth, details.method),
+            wrapped = grpc.unary_unary_rpc_method_handler(
+                self._unary(handler.unary_unary, details.method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._stream(handler.unary_stream, auth, details.method),
+        elif handler.unary_stream is not None:
+            wrapped = grpc.unary_stream_rpc_method_handler(
+                self._stream(handler.unary_stream, details.method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
-        return handler
+        else:
+            return handler
+        self._wrapped[details.method] = wrapped
+        return wrapped
 
-    def _unary(self, inner: Callable, auth: str | None, method: str) -> Callable:
+    def _authenticate(self, context: grpc.aio.ServicerContext) -> None:
+        auth = next((v for k, v in context.invocation_metadata() or () if k == "authorization"), None)
+        current_principal.set(self._tokens.authenticate(auth))
+
+    def _unary(self, inner: Callable, method: str) -> Callable:
         async def behavior(request, context):
             try:
-                current_principal.set(self._tokens.authenticate(auth))
+                self._authenticate(context)
                 return await inner(request, context)
             except Exception as err:
                 await _abort(context, err, method)
 
         return behavior
 
-    def _stream(self, inner: Callable, auth: str | None, method: str) -> Callable:
+    def _stream(self, inner: Callable, method: str) -> Callable:
         async def behavior(request, context):
             try:
-                current_principal.set(self._tokens.authenticate(auth))
+                self._authenticate(context)
                 async for item in inner(request, context):
                     yield item
             except Exception as err:

@@ -69,7 +69,7 @@ class PredictionService:
         entry = self._catalog.resolve(req.model, req.version, req.deployment)
         filled = entry.validator.validate(req.input)
         if entry.spec.name not in self._router.models_with_instances():
-            raise Unavailable(f"model {entry.spec.name!r} has no running instance; see `warmfleet instances`")
+            raise Unavailable(f"model {entry.spec.name!r} has no running instance; see `warmfleet status`")
         now = self._clock()
         pred = Prediction(
             id=req.id or new_prediction_id(), model=entry.spec.name, version=entry.spec.version,

@@ -77,7 +77,9 @@ class Gateway:
 
     def _build_server(self) -> grpc.aio.Server:
         server = grpc.aio.server(interceptors=[GatewayInterceptor(self.tokens)],
-                                 options=[("grpc.so_reuseport", 0)])
+                                 options=[("grpc.so_reuseport", 0),
+                                          ("grpc.max_receive_message_length", self.settings.max_message_bytes),
+                                          ("grpc.max_send_message_length", self.settings.max_message_bytes)])
         predictions_pb2_grpc.add_PredictionsServicer_to_server(PredictionsServicer(self.service), server)
         models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(self.catalog), server)
         cluster_pb2_grpc.add_ClusterServicer_to_server(ClusterServicer(self.controller, self.tokens), server)

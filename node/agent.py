@@ -161,8 +161,8 @@ def _run_task(runner: Runner, task: Task, ctx: PredictContext, box: Outbox) -> F
     started = time.time()
     box.put(TaskEvent(task.prediction_id, Started(started)))
     status, output, error = Status.SUCCEEDED, None, ""
-    gen = runner.predict(task.input, ctx)
     try:
+        gen = runner.predict(task.input, ctx)
         while True:
             if ctx.cancelled:
                 gen.close()

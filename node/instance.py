@@ -61,12 +61,18 @@ class InstanceLifecycle:
     def free_slots(self) -> int:
         return self.max_concurrency - self.in_flight if self.accepting else 0
 
+    def _expect(self, state: InstanceState, action: str) -> None:
+        if self.state is not state:
+            raise InvalidTransition(f"{action} on {self.state.value}")
+
     def loaded(self) -> None:
+        self._expect(InstanceState.STARTING, "loaded")
         self._move(InstanceState.IDLE)
 
     def load_failed(self, error: str) -> None:
-        self.error = error
+        self._expect(InstanceState.STARTING, "load_failed")
         self._move(InstanceState.FAILED)
+        self.error = error
 
     def begin(self) -> None:
         """A prediction starts. Only an accepting instance with a free slot takes one."""

@@ -11,11 +11,9 @@ from jsonschema import Draft202012Validator
 from warmfleet.domain import FileData
 from warmfleet.errors import InvalidInput
 
-# Files travel as bytes; in the schema they are strings with format "uri" (as in Replicate's schemas).
-_TYPES = Draft202012Validator.TYPE_CHECKER.redefine(
-    "string", lambda checker, value: isinstance(value, (str, FileData))
-)
-_Validator = jsonschema.validators.extend(Draft202012Validator, type_checker=_TYPES)
+# Files travel as bytes. In a schema, a file input is a string with format "uri" (as in Replicate's
+# schemas); a file given for any other field is refused, naming the field.
+FILE_FORMAT = "uri"
 
 
 class InputValidator:
@@ -23,7 +21,11 @@ class InputValidator:
 
     def __init__(self, schema: dict[str, Any]) -> None:
         Draft202012Validator.check_schema(schema)
-        self._validator = _Validator(schema)
+        self._validator = Draft202012Validator(schema)
+        props = schema.get("properties", {})
+        self._file_fields = {name for name, prop in props.items() if prop.get("format") == FILE_FORMAT}
+        self._file_lists = {name for name, prop in props.items()
+                            if prop.get("type") == "array" and prop.get("items", {}).get("format") == FILE_FORMAT}
         self._defaults = {
             name: prop["default"]
             for name, prop in schema.get("properties", {}).items()
@@ -31,12 +33,31 @@ class InputValidator:
         }
 
     def validate(self, input: dict[str, Any]) -> dict[str, Any]:
-        error = jsonschema.exceptions.best_match(self._validator.iter_errors(input))
+        error = jsonschema.exceptions.best_match(self._validator.iter_errors(self._files_as_uris(input)))
         if error is not None:
             raise InvalidInput(_field_of(error), error.message) from None
         filled = {k: copy.deepcopy(v) for k, v in self._defaults.items() if k not in input}
         filled.update(input)
         return filled
+
+
+    def _files_as_uris(self, input: dict[str, Any]) -> dict[str, Any]:
+        """The input with each file replaced by a stand-in URI, so the schema checks the rest of it."""
+        out = dict(input)
+        for name, value in input.items():
+            if isinstance(value, FileData):
+                out[name] = self._file_as_uri(name, value, name in self._file_fields)
+            elif isinstance(value, list) and any(isinstance(v, FileData) for v in value):
+                allowed = name in self._file_lists
+                out[name] = [self._file_as_uri(f"{name}[{i}]", v, allowed) if isinstance(v, FileData) else v
+                             for i, v in enumerate(value)]
+        return out
+
+    @staticmethod
+    def _file_as_uri(field: str, value: FileData, allowed: bool) -> str:
+        if not allowed:
+            raise InvalidInput(f"input.{field}", "expected a value, got a file; this field takes no file")
+        return f"file:///{value.name or field}"
 
 
 def _field_of(error: jsonschema.ValidationError) -> str:

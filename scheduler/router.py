@@ -37,6 +37,7 @@ class _Queued:
     model: str
     input: dict[str, Any]
     priority: int
+    deadline_at: float | None = None
     deadline_timer: asyncio.TimerHandle | None = None
     rejections: int = 0
 
@@ -104,14 +105,14 @@ class Router:
         """Queue a prediction; raises QueueFull when the model's queue is at its bound."""
         if self._queue_len.get(model, 0) >= self._max_queue:
             raise QueueFull(f"the queue of {model} is full ({self._max_queue} predictions); retry later")
-        item = _Queued(prediction_id, model, input, priority)
-        if deadline_at is not None:
-            delay = max(0.0, deadline_at - self._clock())
-            item.deadline_timer = asyncio.get_running_loop().call_later(delay, self._abort, prediction_id)
-        self._push(item)
+        self._push(_Queued(prediction_id, model, input, priority, deadline_at))
         self._dispatch(model)
 
     def _push(self, item: _Queued) -> None:
+        """Queue ``item`` (again), arming its deadline."""
+        if item.deadline_at is not None:
+            delay = max(0.0, item.deadline_at - self._clock())
+            item.deadline_timer = asyncio.get_running_loop().call_later(delay, self._abort, item.prediction_id)
         self._queued[item.prediction_id] = item
         heapq.heappush(self._heaps.setdefault(item.model, []), (-item.priority, next(self._seq), item.prediction_id))
         self._queue_len[item.model] = self._queue_len.get(item.model, 0) + 1
@@ -155,10 +156,23 @@ class Router:
             self._finish(prediction_id, Status.CANCELED, "canceled while queued")
             return
         running = self._running.get(prediction_id)
-        if running is not None:
+        if running is not None and self._unsend(running):
+            self._release(prediction_id)
+            self._finish(prediction_id, Status.CANCELED, "canceled before it started")
+            self._dispatch(running.item.model)
+        elif running is not None:
             node = self._nodes.get(running.node_id)
             if node is not None:
                 asyncio.create_task(self._call(node, node.cancel([prediction_id])))
+
+    def _unsend(self, running: _Running) -> bool:
+        """Take a dispatched task back if it has not left for its node yet."""
+        tasks = self._outgoing.get(running.node_id, [])
+        for i, task in enumerate(tasks):
+            if task.prediction_id == running.item.prediction_id:
+                del tasks[i]
+                return True
+        return False
 
     # Dispatch
 
@@ -169,10 +183,10 @@ class Router:
         while self._queue_len.get(model):
             choice = pick_instance([self._instances[i] for i in ids])
             if choice is None:
-                return
+                break
             item = self._pop(model)
             if item is None:
-                return
+                break
             if item.deadline_timer:
                 item.deadline_timer.cancel()
             self._instances[choice.instance_id] = InstanceLoad(
@@ -180,7 +194,7 @@ class Router:
             self._running[item.prediction_id] = _Running(item, choice.instance_id, choice.node_id)
             self._outgoing.setdefault(choice.node_id, []).append(
                 Task(item.prediction_id, choice.instance_id, item.input))
-        if not self._flush_scheduled:
+        if self._outgoing and not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
@@ -188,7 +202,8 @@ class Router:
         self._flush_scheduled = False
         outgoing, self._outgoing = self._outgoing, {}
         for node_id, tasks in outgoing.items():
-            asyncio.create_task(self._send(node_id, tasks))
+            if tasks:
+                asyncio.create_task(self._send(node_id, tasks))
 
     async def _send(self, node_id: str, tasks: list[Task]) -> None:
         node = self._nodes.get(node_id)
@@ -196,10 +211,14 @@ class Router:
             if node is None:
                 raise NodeLost(node_id)
             await node.submit(self.router_id, tasks)
-        except NodeLost:
-            for task in tasks:
-                self._release(task.prediction_id)
-                self._finish(task.prediction_id, Status.FAILED, f"node {node_id} was lost before the prediction started")
+        except Exception as err:
+            reason = (f"node {node_id} was lost before the prediction started" if isinstance(err, NodeLost)
+                      else f"could not send the prediction to node {node_id}: {err}")
+            if not isinstance(err, NodeLost):
+                log.exception("submit to node %s failed", node_id)
+            for task in tasks:  # each ends once: the node's poller may have ended it already
+                if self._release(task.prediction_id) is not None:
+                    self._finish(task.prediction_id, Status.FAILED, reason)
 
     async def _call(self, node: NodeClient, call) -> None:
         try:

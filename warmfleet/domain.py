@@ -35,7 +35,7 @@ TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELED, Status.A
 class FileData:
     """A file inside an input or output: raw bytes and what they are."""
 
-    data: bytes
+    data: bytes = field(repr=False)  # error messages show the file, never its bytes
     content_type: str = ""
     name: str = ""
     width: int = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -74,6 +75,11 @@ def running(settings: Settings) -> ClusterState | None:
     return state
 
 
+def settings_environ(settings: Settings) -> dict[str, str]:
+    """Every setting as a ``WARMFLEET_*`` variable, so the background process gets all of them."""
+    return {f"WARMFLEET_{f.name.upper()}": str(getattr(settings, f.name)) for f in dataclasses.fields(settings)}
+
+
 def up(settings: Settings, timeout_s: float = 180.0) -> ClusterState:
     """Start the gateway process in the background and wait until it serves. Idempotent."""
     state = running(settings)
@@ -83,8 +89,7 @@ def up(settings: Settings, timeout_s: float = 180.0) -> ClusterState:
     settings.state_path.unlink(missing_ok=True)
     log = log_path(settings)
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, WARMFLEET_HOME=str(settings.home), WARMFLEET_GRPC_HOST=settings.grpc_host,
-               WARMFLEET_GRPC_PORT=str(settings.grpc_port), WARMFLEET_RAY_ADDRESS=settings.ray_address)
+    env = dict(os.environ, **settings_environ(settings))
     with open(log, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "warmfleet.cli", "serve"], stdout=out, stderr=out,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)

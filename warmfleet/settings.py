@@ -31,6 +31,7 @@ class Settings:
     default_wait_s: float = 0.0
     max_wait_s: float = 60.0
     token: str = ""
+    max_message_bytes: int = 256 * 1024 * 1024
 
     @property
     def store_path(self) -> Path:
@@ -64,6 +65,8 @@ def _coerce(name: str, raw: Any) -> Any:
         if kind == "Path":
             return Path(str(raw)).expanduser()
         if kind == "int":
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError(raw)
             return int(raw)
         if kind == "float":
             return float(raw)

@@ -234,9 +234,6 @@ async def test_a_cancel_in_the_turn_of_dispatch_takes_effect(make_router):
         assert a.calls == [("submit", ("p1",)), ("cancel", ("p1",))]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: Router.cancel releases a taken-back task's slot but does not "
-                                        "dispatch; the queue waits for the next poll (up to POLL_WAIT_S)",
-                   raises=AssertionError)
 async def test_a_slot_freed_by_canceling_an_unsent_task_goes_to_the_next_queued_one(make_router):
     a = FakeNodeClient("A")
     log = EventLog()

@@ -89,9 +89,6 @@ def test_the_rest_of_the_input_is_still_checked_when_a_file_is_given():
     assert _field(v, {"image": IMAGE, "extra": 1}).field == "input.extra"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: runners/schema.py _files_as_uris only looks at top-level fields, "
-                                        "so files in an array of uri strings are refused as not strings",
-                   raises=InvalidInput)
 def test_files_in_an_array_of_uri_strings_are_accepted():
     v = InputValidator({"type": "object", "properties": {
         "images": {"type": "array", "items": {"type": "string", "format": "uri"}},

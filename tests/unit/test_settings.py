@@ -85,9 +85,6 @@ def test_a_value_of_the_wrong_type_is_invalid_input_naming_the_setting(config, n
     assert err.value.field == f"settings.{name}"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: warmfleet/settings.py _coerce uses int(raw), which truncates 2.5 "
-                                        "and turns true into 1 instead of refusing them",
-                   raises=pytest.fail.Exception)
 @pytest.mark.parametrize("name, raw", [("max_queue_per_model", "2.5"), ("grpc_port", "true")])
 def test_a_file_value_that_is_not_an_integer_is_refused_for_an_integer_setting(config, name, raw):
     with pytest.raises(InvalidInput) as err:

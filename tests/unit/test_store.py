@@ -60,9 +60,6 @@ async def test_a_prediction_with_files_round_trips_through_the_file(open_store, 
     assert await reopened.get("missing") is None
 
 
-@pytest.mark.xfail(strict=True, reason="bug: gateway/codec.py _decode reads any one-key dict {'$file': ...} in "
-                                        "client JSON as a file, so such an input cannot be read back",
-                   raises=ValueError)
 async def test_a_json_input_that_looks_like_the_file_tag_round_trips(open_store):
     store = await open_store()
     pred = _prediction("p1", input={"options": {"$file": "literally a key a client chose"}})
