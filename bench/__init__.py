@@ -1,0 +1,1 @@
+"""Benchmarks of a warmfleet cluster against bare baselines; see bench/README.md."""
