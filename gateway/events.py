@@ -21,6 +21,11 @@ class _Stream:
     done: asyncio.Future | None = None
 
 
+def _resolve(fut: asyncio.Future, value: bool) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
 class EventHub:
     def __init__(self) -> None:
         self._streams: dict[str, _Stream] = {}
@@ -49,13 +54,17 @@ class EventHub:
         stream = self._streams.get(prediction_id)
         if stream is None:
             return True
+        loop = asyncio.get_running_loop()
         if stream.done is None:
-            stream.done = asyncio.get_running_loop().create_future()
+            stream.done = loop.create_future()
+        # A timer and a plain future: cheaper on the hot path than asyncio.wait_for's extra task.
+        woken = loop.create_future()
+        timer = loop.call_later(timeout_s, _resolve, woken, False)
+        stream.done.add_done_callback(lambda _f: _resolve(woken, True))
         try:
-            await asyncio.wait_for(asyncio.shield(stream.done), timeout_s)
-            return True
-        except TimeoutError:
-            return False
+            return await woken
+        finally:
+            timer.cancel()
 
     async def subscribe(self, prediction: Prediction, after_seq: int) -> AsyncIterator[PredictionEvent]:
         """The prediction's events after ``after_seq``, live, ending with its ``Completed`` event."""

@@ -20,10 +20,11 @@ log = logging.getLogger(__name__)
 
 async def serve(settings: Settings) -> None:
     ray_adapter.connect(settings.ray_address, settings.ray_namespace)
-    controller = ray_adapter.find_controller()
-    if controller is None:
+    controller = ray_adapter.find_controller()  # another gateway's, when joining a served cluster
+    created = controller is None
+    if created:
         controller = ray_adapter.start_controller(default_models(settings))
-    await controller.start()
+        await controller.start()
     gateway = Gateway(settings, controller)
     port = await gateway.start()
     write_state(settings, port)
@@ -35,7 +36,8 @@ async def serve(settings: Settings) -> None:
     await stop.wait()
     log.info("shutting down")
     await gateway.stop()
-    controller.kill()
+    if created:
+        controller.kill()
     settings.state_path.unlink(missing_ok=True)
     ray_adapter.shutdown()
 

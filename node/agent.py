@@ -8,6 +8,7 @@ Model compute runs on per-instance worker threads; the agent's event loop only m
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 import traceback
@@ -20,7 +21,7 @@ from node.outbox import Outbox
 from runners.base import Cancelled, PredictContext, Runner
 from runners.registry import runner_class
 from warmfleet.domain import (
-    Finished, InstanceInfo, ModelSpec, Metrics, NodeInfo, Rejected, Started, Status, Task, TaskEvent,
+    Finished, InstanceInfo, ModelSpec, Metrics, NodeInfo, Output, Rejected, Started, Status, Task, TaskEvent,
 )
 from warmfleet.errors import NotFound
 
@@ -35,6 +36,7 @@ class _Instance:
     lifecycle: InstanceLifecycle
     executor: ThreadPoolExecutor
     running: dict[str, PredictContext] = field(default_factory=dict)
+    tasks: dict[str, asyncio.Task] = field(default_factory=dict)  # async runners' predictions
 
     def info(self, node_id: str) -> InstanceInfo:
         return InstanceInfo(
@@ -133,12 +135,16 @@ class NodeAgent:
             ctx = PredictContext(task.prediction_id)
             inst.running[task.prediction_id] = ctx
             self._where[task.prediction_id] = inst
-            fut = loop.run_in_executor(inst.executor, _run_task, inst.runner, task, ctx, box)
+            if inspect.isasyncgenfunction(inst.runner.predict):
+                fut = inst.tasks[task.prediction_id] = loop.create_task(_run_async(inst.runner, task, ctx, box))
+            else:
+                fut = loop.run_in_executor(inst.executor, _run_task, inst.runner, task, ctx, box)
             fut.add_done_callback(lambda f, inst=inst, pid=task.prediction_id: self._task_done(inst, pid, f, box))
 
     def _task_done(self, inst: _Instance, prediction_id: str, fut: asyncio.Future, box: Outbox) -> None:
         # The slot is freed before the router hears of the end, so its next dispatch finds it free.
         inst.running.pop(prediction_id, None)
+        inst.tasks.pop(prediction_id, None)
         self._where.pop(prediction_id, None)
         inst.lifecycle.end()
         self._reap(inst)
@@ -150,10 +156,41 @@ class NodeAgent:
             inst = self._where.get(pid)
             if inst is not None and pid in inst.running:
                 inst.running[pid].cancel_event.set()
+                if pid in inst.tasks:
+                    inst.tasks[pid].cancel()
 
     async def poll(self, router_id: str, max_wait_s: float) -> list[TaskEvent]:
         """Events for ``router_id`` since its last poll, waiting up to ``max_wait_s`` for one."""
         return await self._outbox(router_id).take(max_wait_s)
+
+
+def _ended(started: float, status: Status, output: Output | None, error: str) -> Finished:
+    done = time.time()
+    return Finished(status, started, done, output, error, Metrics(predict_time_s=done - started))
+
+
+def _failed(task: Task, err: Exception) -> tuple[Status, str]:
+    log.warning("prediction %s failed:\n%s", task.prediction_id, traceback.format_exc())
+    return Status.FAILED, f"{type(err).__name__}: {err}"
+
+
+async def _run_async(runner: Runner, task: Task, ctx: PredictContext, box: Outbox) -> Finished:
+    """Run one prediction of a runner whose ``predict`` is an async generator (it never blocks the loop)
+    on the agent's event loop; its last yielded ``Output`` is the result. Cancel cancels the task."""
+    started = time.time()
+    box.put(TaskEvent(task.prediction_id, Started(started)))
+    status, output, error = Status.SUCCEEDED, None, ""
+    try:
+        async for item in runner.predict(task.input, ctx):
+            if isinstance(item, Output):
+                output = item
+            else:
+                box.put(TaskEvent(task.prediction_id, item))
+    except (asyncio.CancelledError, Cancelled):
+        status, error = Status.CANCELED, "canceled while processing"
+    except Exception as err:
+        status, error = _failed(task, err)
+    return _ended(started, status, output, error)
 
 
 def _run_task(runner: Runner, task: Task, ctx: PredictContext, box: Outbox) -> Finished:
@@ -176,7 +213,5 @@ def _run_task(runner: Runner, task: Task, ctx: PredictContext, box: Outbox) -> F
     except Cancelled:
         status, error = Status.CANCELED, "canceled while processing"
     except Exception as err:
-        status, error = Status.FAILED, f"{type(err).__name__}: {err}"
-        log.warning("prediction %s failed:\n%s", task.prediction_id, traceback.format_exc())
-    done = time.time()
-    return Finished(status, started, done, output, error, Metrics(predict_time_s=done - started))
+        status, error = _failed(task, err)
+    return _ended(started, status, output, error)

@@ -19,6 +19,7 @@ class Outbox:
         self._items: list[TaskEvent] = []
         self._signalled = False
         self._wake = asyncio.Event()
+        self._loop_thread = threading.get_ident()  # built on the loop's own thread
 
     def put(self, event: TaskEvent) -> None:
         """Add an event; callable from any thread."""
@@ -27,7 +28,10 @@ class Outbox:
             if self._signalled:
                 return
             self._signalled = True
-        self._loop.call_soon_threadsafe(self._wake.set)
+        if threading.get_ident() == self._loop_thread:
+            self._wake.set()
+        else:
+            self._loop.call_soon_threadsafe(self._wake.set)
 
     async def take(self, max_wait_s: float) -> list[TaskEvent]:
         """Everything buffered, waiting up to ``max_wait_s`` for the first event."""

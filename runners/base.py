@@ -1,10 +1,13 @@
 """The runner contract: load weights onto a device, declare schemas and a concurrency policy, and turn an
 input into a stream of events ending in an output.
 
-A runner's ``predict`` is a generator run on a worker thread of its node agent (never on an event loop).
-It yields ``RunnerEvent`` values (logs, output chunks, progress) and returns the final ``Output``.
-Cancellation is cooperative: the agent stops pulling from the generator at the next event, and
-``PredictContext.sleep`` / ``check_cancelled`` let long steps notice a cancel sooner.
+A runner's ``predict`` is one of:
+- a generator, run on a worker thread of its node agent (never on an event loop): model compute. It
+  yields ``RunnerEvent`` values (logs, output chunks, progress) and returns the final ``Output``.
+  Cancellation is cooperative: the agent stops pulling from the generator at the next event, and
+  ``PredictContext.sleep`` / ``check_cancelled`` let long steps notice a cancel sooner.
+- an async generator, for runners that never block (``echo``): it runs on the agent's event loop, with
+  no thread hop, yields events and then its ``Output`` last; cancel cancels it at its next await.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generator
+from typing import Any, AsyncGenerator, ClassVar, Generator, Union
 
 from warmfleet.domain import ModelSpec, Output, RunnerEvent
 
@@ -50,6 +53,7 @@ class PredictContext:
 
 
 PredictGenerator = Generator[RunnerEvent, None, Output]
+AsyncPredictGenerator = AsyncGenerator[Union[RunnerEvent, Output], None]
 
 
 class Runner(ABC):
@@ -82,5 +86,5 @@ class Runner(ABC):
         """Release what ``load`` took (GPU memory above all)."""
 
     @abstractmethod
-    def predict(self, input: dict[str, Any], ctx: PredictContext) -> PredictGenerator:
-        """Yield events while working; return the output."""
+    def predict(self, input: dict[str, Any], ctx: PredictContext) -> PredictGenerator | AsyncPredictGenerator:
+        """Yield events while working; return the output (or, as an async generator, yield it last)."""

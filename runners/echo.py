@@ -5,9 +5,10 @@ It stands in for a model in tests and lets benchmarks measure the cluster itself
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from runners.base import PredictContext, PredictGenerator, Runner, RunnerPolicy
+from runners.base import AsyncPredictGenerator, PredictContext, Runner, RunnerPolicy
 from warmfleet.domain import LogLine, ModelSpec, Output, OutputChunk
 
 
@@ -41,20 +42,20 @@ class EchoRunner(Runner):
     def policy(cls, spec: ModelSpec) -> RunnerPolicy:
         return RunnerPolicy(max_concurrency=int(spec.options.get("max_concurrency", 64)))
 
-    def predict(self, input: dict[str, Any], ctx: PredictContext) -> PredictGenerator:
+    async def predict(self, input: dict[str, Any], ctx: PredictContext) -> AsyncPredictGenerator:
+        # Async: echo never blocks, so it runs on the agent's loop and costs no thread hop.
         text: str = input["text"]
         chunks: int = input.get("chunks", 1)
         delay_s = input.get("delay_ms", 0) / 1000.0
-        if chunks == 1:
+        if chunks > 1:
+            yield LogLine(f"echoing {len(text)} characters in {chunks} chunks")
+        for piece in split_evenly(text, chunks) if chunks > 1 else ():
             if delay_s:
-                ctx.sleep(delay_s)
-            return Output(value=text)
-        yield LogLine(f"echoing {len(text)} characters in {chunks} chunks")
-        for piece in split_evenly(text, chunks):
-            if delay_s:
-                ctx.sleep(delay_s / chunks)
+                await asyncio.sleep(delay_s / chunks)
             yield OutputChunk(value=piece)
-        return Output(value=text)
+        if chunks == 1 and delay_s:
+            await asyncio.sleep(delay_s)
+        yield Output(value=text)
 
 
 def split_evenly(text: str, parts: int) -> list[str]:

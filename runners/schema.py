@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import fastjsonschema
 import jsonschema
 from jsonschema import Draft202012Validator
 
@@ -17,11 +18,16 @@ FILE_FORMAT = "uri"
 
 
 class InputValidator:
-    """A compiled input schema: ``validate`` returns the input with defaults filled in."""
+    """A compiled input schema: ``validate`` returns the input with defaults filled in.
+
+    Valid input (the hot path) is checked by code fastjsonschema generates from the schema, ~20x faster
+    than jsonschema; only when it fails does jsonschema find the most relevant error, for its message.
+    """
 
     def __init__(self, schema: dict[str, Any]) -> None:
         Draft202012Validator.check_schema(schema)
         self._validator = Draft202012Validator(schema)
+        self._fast = fastjsonschema.compile(schema, use_default=False)
         props = schema.get("properties", {})
         self._file_fields = {name for name, prop in props.items() if prop.get("format") == FILE_FORMAT}
         self._file_lists = {name for name, prop in props.items()
@@ -33,9 +39,13 @@ class InputValidator:
         }
 
     def validate(self, input: dict[str, Any]) -> dict[str, Any]:
-        error = jsonschema.exceptions.best_match(self._validator.iter_errors(self._files_as_uris(input)))
-        if error is not None:
-            raise InvalidInput(_field_of(error), error.message) from None
+        checked = self._files_as_uris(input)
+        try:
+            self._fast(checked)
+        except fastjsonschema.JsonSchemaException:
+            error = jsonschema.exceptions.best_match(self._validator.iter_errors(checked))
+            if error is not None:
+                raise InvalidInput(_field_of(error), error.message) from None
         filled = {k: copy.deepcopy(v) for k, v in self._defaults.items() if k not in input}
         filled.update(input)
         return filled
@@ -43,6 +53,8 @@ class InputValidator:
 
     def _files_as_uris(self, input: dict[str, Any]) -> dict[str, Any]:
         """The input with each file replaced by a stand-in URI, so the schema checks the rest of it."""
+        if not any(isinstance(v, (FileData, list)) for v in input.values()):
+            return input
         out = dict(input)
         for name, value in input.items():
             if isinstance(value, FileData):

@@ -29,6 +29,9 @@ EventSink = Callable[[str, TaskEventBody], None]
 
 MAX_REJECTIONS = 5  # a prediction bounced this often by agents fails rather than loop forever
 POLL_WAIT_S = 5.0
+# Long polls kept open per node: while one carries events back, the next already waits at the agent,
+# so an event never waits for a poll to be sent.
+POLLS_PER_NODE = 2
 
 
 @dataclass
@@ -65,9 +68,9 @@ class Router:
         self._by_model: dict[str, list[str]] = {}
         self._model_of_instance: dict[str, str] = {}
         self._nodes: dict[str, NodeClient] = {}
-        self._pollers: dict[str, asyncio.Task] = {}
+        self._pollers: dict[str, list[asyncio.Task]] = {}
         self._outgoing: dict[str, list[Task]] = {}
-        self._flush_scheduled = False
+        self._senders: dict[str, asyncio.Task] = {}
         self._dirty_models: set[str] = set()
         self.revision = -1
 
@@ -91,7 +94,8 @@ class Router:
         for node_id, client in table.nodes.items():
             self._nodes[node_id] = client
             if node_id not in self._pollers:
-                self._pollers[node_id] = asyncio.create_task(self._poll(client), name=f"poll-{node_id}")
+                self._pollers[node_id] = [asyncio.create_task(self._poll(client), name=f"poll-{node_id}")
+                                          for _ in range(POLLS_PER_NODE)]
         for model in list(self._heaps):
             self._dispatch(model)
 
@@ -194,16 +198,18 @@ class Router:
             self._running[item.prediction_id] = _Running(item, choice.instance_id, choice.node_id)
             self._outgoing.setdefault(choice.node_id, []).append(
                 Task(item.prediction_id, choice.instance_id, item.input))
-        if self._outgoing and not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            if choice.node_id not in self._senders:
+                self._senders[choice.node_id] = asyncio.create_task(self._send_loop(choice.node_id))
 
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        outgoing, self._outgoing = self._outgoing, {}
-        for node_id, tasks in outgoing.items():
-            if tasks:
-                asyncio.create_task(self._send(node_id, tasks))
+    async def _send_loop(self, node_id: str) -> None:
+        """Send a node its tasks, one submit at a time: what queues up while a submit is on its way goes
+        in the next one, so the number of Ray calls falls as the load rises. Starts on the next turn of
+        the loop, so everything dispatched in this turn shares the first call."""
+        try:
+            while tasks := self._outgoing.pop(node_id, None):
+                await self._send(node_id, tasks)
+        finally:
+            del self._senders[node_id]
 
     async def _send(self, node_id: str, tasks: list[Task]) -> None:
         node = self._nodes.get(node_id)
@@ -278,7 +284,8 @@ class Router:
 
     def _node_lost(self, node_id: str) -> None:
         log.warning("node %s was lost", node_id)
-        self._nodes.pop(node_id, None)
+        if self._nodes.pop(node_id, None) is None:
+            return  # its other poller got here first
         self._pollers.pop(node_id, None)
         for iid in [i for i, load in self._instances.items() if load.node_id == node_id]:
             del self._instances[iid]
@@ -291,7 +298,8 @@ class Router:
             self._finish(pid, Status.FAILED, f"node {node_id} was lost while running the prediction")
 
     async def close(self) -> None:
-        for task in self._pollers.values():
+        tasks = [t for polls in self._pollers.values() for t in polls] + list(self._senders.values())
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._pollers.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._pollers.clear()
