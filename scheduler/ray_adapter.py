@@ -7,6 +7,7 @@ wraps their handles in the ports of ``scheduler.ports``, translating Ray's failu
 from __future__ import annotations
 
 import logging
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,9 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError,
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from node.agent import NodeAgent
+from node.data_server import DataServer
 from scheduler.controller import Controller
+from scheduler.data_channel import DataChannel
 from scheduler.ports import NodeLost, RoutingTable
 from warmfleet.domain import InstanceInfo, ModelSpec, NodeInfo, Task, TaskEvent
 
@@ -52,9 +55,9 @@ async def _await(ref, node_id: str = ""):
 
 
 class _RayNodeAgent(NodeAgent):
-    """The agent as an actor: it learns its node and GPU from Ray."""
+    """The agent as an actor: it learns its node and GPU from Ray, and serves the data plane."""
 
-    def __init__(self, node_id: str, use_gpu: bool) -> None:
+    def __init__(self, node_id: str, use_gpu: bool, secret: str) -> None:
         ctx = ray.get_runtime_context()
         gpu_ids = ray.get_gpu_ids() if use_gpu else []
         super().__init__(
@@ -62,26 +65,46 @@ class _RayNodeAgent(NodeAgent):
             device="cuda:0" if gpu_ids else "cpu",  # Ray narrows CUDA_VISIBLE_DEVICES to our GPU
             nvml_index=int(gpu_ids[0]) if gpu_ids else None,
         )
+        self._data = DataServer(self, secret, self.address)
+
+    async def data_address(self) -> str:
+        """Start the data plane server (once) and say where it listens."""
+        return await self._data.start()
 
 
 _AgentActor = ray.remote(_RayNodeAgent)
 
 
 class RayNodeClient:
-    """A ``NodeClient`` over a node agent actor."""
+    """A ``NodeClient`` for a node agent actor: control calls go through Ray; predictions and their events
+    through the agent's data plane stream (``warmfleet.dataplane``), one per router."""
 
-    def __init__(self, handle: Any, node_id: str) -> None:
+    def __init__(self, handle: Any, node_id: str, data_address: str, secret: str) -> None:
         self._h = handle
         self.node_id = node_id
+        self._data_address = data_address
+        self._secret = secret
+        self._channels: dict[str, DataChannel] = {}
+
+    def __getstate__(self) -> dict[str, Any]:  # channels belong to the process that opened them
+        return {**self.__dict__, "_channels": {}}
+
+    def _channel(self, router_id: str) -> DataChannel:
+        channel = self._channels.get(router_id)
+        if channel is None:
+            channel = self._channels[router_id] = DataChannel(
+                self.node_id, self._data_address, self._secret, router_id)
+        return channel
 
     async def submit(self, router_id: str, tasks: list[Task]) -> None:
-        await _await(self._h.submit.remote(router_id, tasks), self.node_id)
+        await self._channel(router_id).submit(tasks)
 
     async def cancel(self, prediction_ids: list[str]) -> None:
-        await _await(self._h.cancel.remote(prediction_ids), self.node_id)
+        for channel in list(self._channels.values()):
+            await channel.cancel(prediction_ids)
 
     async def poll(self, router_id: str, max_wait_s: float) -> list[TaskEvent]:
-        return await _await(self._h.poll.remote(router_id, max_wait_s), self.node_id)
+        return await self._channel(router_id).poll(max_wait_s)
 
     async def load_instance(self, instance_id: str, spec: ModelSpec) -> InstanceInfo:
         return await _await(self._h.load_instance.remote(instance_id, spec), self.node_id)
@@ -118,6 +141,7 @@ class RayNodeProvisioner:
 
     def __init__(self) -> None:
         self._started: set[str] = set()
+        self._secret = secrets.token_urlsafe(32)  # admits routers to the agents' data plane
 
     async def provision(self) -> list[RayNodeClient]:
         clients = []
@@ -130,9 +154,10 @@ class RayNodeProvisioner:
                     name=f"warmfleet-agent-{agent_id}", num_cpus=0, num_gpus=1 if node.gpus else 0,
                     max_concurrency=1000,
                     scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
-                ).remote(agent_id, bool(node.gpus))
+                ).remote(agent_id, bool(node.gpus), self._secret)
                 self._started.add(agent_id)
-                clients.append(RayNodeClient(handle, agent_id))
+                address = await _await(handle.data_address.remote(), agent_id)
+                clients.append(RayNodeClient(handle, agent_id, address, self._secret))
         return clients
 
 

@@ -92,6 +92,8 @@ class Router:
             self._by_model.setdefault(info.model, []).append(info.id)
             self._model_of_instance[info.id] = info.model
         for node_id, client in table.nodes.items():
+            if node_id in self._nodes:
+                continue  # keep the client (and its open stream) the pollers already use
             self._nodes[node_id] = client
             if node_id not in self._pollers:
                 self._pollers[node_id] = [asyncio.create_task(self._poll(client), name=f"poll-{node_id}")
