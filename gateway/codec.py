@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import json
+import orjson
 from typing import Any
 
 from warmfleet.domain import FileData, Metrics, Output, Prediction, Status
 
 _FILE_TAG = "$file"
+_FIELDS = [f.name for f in dataclasses.fields(Prediction)]
 
 
 # A client's own keys that start with "$" get one more "$", so that "$file" can only be ours.
@@ -48,17 +49,17 @@ def _decode(value: Any) -> Any:
 
 
 def prediction_to_json(p: Prediction) -> str:
-    doc = {f.name: getattr(p, f.name) for f in dataclasses.fields(p)}
+    doc = {f: getattr(p, f) for f in _FIELDS}
     doc["status"] = p.status.value
     doc["input"] = _encode(p.input)
-    doc["metrics"] = dataclasses.asdict(p.metrics)
+    doc["metrics"] = vars(p.metrics)
     doc["output"] = None if p.output is None else {"value": _encode(p.output.value),
                                                    "files": _encode(p.output.files)}
-    return json.dumps(doc, separators=(",", ":"))
+    return orjson.dumps(doc).decode()
 
 
 def prediction_from_json(text: str) -> Prediction:
-    doc = json.loads(text)
+    doc = orjson.loads(text)
     doc["status"] = Status(doc["status"])
     doc["input"] = _decode(doc["input"])
     doc["metrics"] = Metrics(**doc["metrics"])

@@ -58,4 +58,9 @@ def write_state(settings: Settings, port: int) -> None:
 def main(settings: Settings) -> None:
     settings.home.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(settings))
+    try:
+        import uvloop  # a faster event loop where it is installed (Linux, macOS)
+    except ImportError:
+        asyncio.run(serve(settings))
+    else:
+        uvloop.run(serve(settings))

@@ -1,8 +1,9 @@
 """The router: one queue per model, dispatch to instances with a free slot, cancellation, backpressure.
 
-It lives in the gateway process. Dispatch is batched per node: every prediction that becomes dispatchable
-in one turn of the event loop goes to its node in one ``submit`` call, and one long poll per node brings
-back the events of many predictions, so under load a prediction costs far less than one Ray round trip.
+It lives in the gateway process. Dispatch is batched per node: each node has at most one ``submit`` on
+its way, and whatever becomes dispatchable meanwhile goes in the next one; one ``poll`` per node brings
+back the events of many predictions. So under load the messages per prediction fall well below one.
+The router knows nodes only through ``NodeClient`` (the data plane stream, or an in-process agent).
 
 Every prediction the router accepts ends with exactly one ``Finished`` delivered to ``on_event``:
 succeeded, failed (with a reason), canceled or aborted. None is dropped.
@@ -29,9 +30,6 @@ EventSink = Callable[[str, TaskEventBody], None]
 
 MAX_REJECTIONS = 5  # a prediction bounced this often by agents fails rather than loop forever
 POLL_WAIT_S = 5.0
-# Long polls kept open per node: while one carries events back, the next already waits at the agent,
-# so an event never waits for a poll to be sent.
-POLLS_PER_NODE = 2
 
 
 @dataclass
@@ -68,7 +66,7 @@ class Router:
         self._by_model: dict[str, list[str]] = {}
         self._model_of_instance: dict[str, str] = {}
         self._nodes: dict[str, NodeClient] = {}
-        self._pollers: dict[str, list[asyncio.Task]] = {}
+        self._pollers: dict[str, asyncio.Task] = {}
         self._outgoing: dict[str, list[Task]] = {}
         self._senders: dict[str, asyncio.Task] = {}
         self._dirty_models: set[str] = set()
@@ -96,8 +94,7 @@ class Router:
                 continue  # keep the client (and its open stream) the pollers already use
             self._nodes[node_id] = client
             if node_id not in self._pollers:
-                self._pollers[node_id] = [asyncio.create_task(self._poll(client), name=f"poll-{node_id}")
-                                          for _ in range(POLLS_PER_NODE)]
+                self._pollers[node_id] = asyncio.create_task(self._poll(client), name=f"poll-{node_id}")
         for model in list(self._heaps):
             self._dispatch(model)
 
@@ -286,8 +283,7 @@ class Router:
 
     def _node_lost(self, node_id: str) -> None:
         log.warning("node %s was lost", node_id)
-        if self._nodes.pop(node_id, None) is None:
-            return  # its other poller got here first
+        self._nodes.pop(node_id, None)
         self._pollers.pop(node_id, None)
         for iid in [i for i, load in self._instances.items() if load.node_id == node_id]:
             del self._instances[iid]
@@ -300,7 +296,7 @@ class Router:
             self._finish(pid, Status.FAILED, f"node {node_id} was lost while running the prediction")
 
     async def close(self) -> None:
-        tasks = [t for polls in self._pollers.values() for t in polls] + list(self._senders.values())
+        tasks = list(self._pollers.values()) + list(self._senders.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
