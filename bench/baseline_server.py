@@ -15,7 +15,7 @@ import uuid
 
 import grpc
 
-from warmfleet.v1 import predictions_pb2, predictions_pb2_grpc, types_pb2
+from warmfleet.v1 import predictions_pb2_grpc, types_pb2
 
 
 class EchoPredictions(predictions_pb2_grpc.PredictionsServicer):

@@ -15,6 +15,7 @@ from warmfleet.domain import (
     PredictionEvent, ProgressUpdate, Status,
 )
 from warmfleet.errors import InvalidInput
+from warmfleet.jsonvalues import value_from_pb, value_to_pb
 from warmfleet.v1 import cluster_pb2, predictions_pb2, types_pb2
 
 STATUS_TO_PB = {
@@ -45,28 +46,6 @@ def file_from_pb(f: types_pb2.File) -> FileData:
 def file_to_pb(f: FileData) -> types_pb2.File:
     return types_pb2.File(data=f.data, content_type=f.content_type, name=f.name, width=f.width,
                           height=f.height)
-
-
-# JSON values
-
-
-def _plain(value: Any) -> Any:
-    """Struct numbers are doubles; integral ones become ints, as JSON means them."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
-def value_to_pb(value: Any) -> struct_pb2.Value:
-    return json_format.ParseDict(value, struct_pb2.Value())
-
-
-def value_from_pb(value: struct_pb2.Value) -> Any:
-    return _plain(json_format.MessageToDict(value))
 
 
 # Inputs

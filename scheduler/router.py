@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from scheduler.policies import InstanceLoad, pick_instance
 from scheduler.ports import NodeClient, NodeLost, RoutingTable
-from warmfleet.domain import Finished, Rejected, Started, Status, Task, TaskEventBody
+from warmfleet.domain import Finished, Rejected, Status, Task, TaskEventBody
 from warmfleet.errors import QueueFull
 
 log = logging.getLogger(__name__)

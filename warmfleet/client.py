@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 import grpc
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from warmfleet import launch
+from warmfleet.jsonvalues import plain, value_from_pb, value_to_pb
 from warmfleet.settings import Settings, load_settings
 from warmfleet.v1 import (
     cluster_pb2, cluster_pb2_grpc, models_pb2, models_pb2_grpc, predictions_pb2, predictions_pb2_grpc,
@@ -317,7 +318,7 @@ def input_to_pb(values: Mapping[str, Any]) -> types_pb2.PredictionInput:
             msg.files[name].CopyFrom(file_to_pb(file))
             continue
         try:
-            msg.fields.fields[name].CopyFrom(json_format.ParseDict(value, struct_pb2.Value()))
+            msg.fields.fields[name].CopyFrom(value_to_pb(value))
         except json_format.ParseError as err:
             raise InvalidArgumentError(
                 "INVALID_ARGUMENT", f"input.{name}: not JSON-shaped and not a file ({type(value).__name__}); "
@@ -326,23 +327,6 @@ def input_to_pb(values: Mapping[str, Any]) -> types_pb2.PredictionInput:
 
 
 # Conversions: protobuf to client types
-
-
-def _plain(value: Any) -> Any:
-    """JSON numbers travel as doubles: integral ones come back as ints, as JSON means them."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
-def value_from_pb(value: struct_pb2.Value) -> Any:
-    if value.WhichOneof("kind") is None:
-        return None
-    return _plain(json_format.MessageToDict(value))
 
 
 def status_from_pb(status: int) -> str:
@@ -374,7 +358,7 @@ def input_from_pb(pb: types_pb2.PredictionInput) -> dict[str, Any]:
         return {}
     if kind != "json":
         return _message_to_dict(getattr(pb, kind))
-    values = _plain(json_format.MessageToDict(pb.json.fields))
+    values = plain(json_format.MessageToDict(pb.json.fields))
     values.update({name: file_from_pb(f) for name, f in pb.json.files.items()})
     return values
 
