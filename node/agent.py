@@ -14,6 +14,7 @@ import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from node.instance import InstanceLifecycle, InstanceState
 from node.metrics import Nvml
@@ -21,7 +22,8 @@ from node.outbox import Outbox
 from runners.base import Cancelled, PredictContext, Runner
 from runners.registry import runner_class
 from warmfleet.domain import (
-    Finished, InstanceInfo, ModelSpec, Metrics, NodeInfo, Output, Rejected, Started, Status, Task, TaskEvent,
+    Finished, InstanceInfo, Metrics, MetricsUpdate, ModelSpec, NodeInfo, Output, Rejected, Started, Status,
+    Task, TaskEvent,
 )
 from warmfleet.errors import NotFound
 
@@ -164,9 +166,18 @@ class NodeAgent:
         return await self._outbox(router_id).take(max_wait_s)
 
 
-def _ended(started: float, status: Status, output: Output | None, error: str) -> Finished:
+def _ended(started: float, status: Status, output: Output | None, error: str,
+           reported: dict[str, Any]) -> Finished:
     done = time.time()
-    return Finished(status, started, done, output, error, Metrics(predict_time_s=done - started))
+    return Finished(status, started, done, output, error, Metrics(predict_time_s=done - started, **reported))
+
+
+def _report(task: Task, event: Any, box: Outbox, reported: dict[str, Any]) -> None:
+    """Pass a runner's event on to the router, except metrics, which the agent keeps for ``Finished``."""
+    if isinstance(event, MetricsUpdate):
+        reported.update(event.values)
+    else:
+        box.put(TaskEvent(task.prediction_id, event))
 
 
 def _failed(task: Task, err: Exception) -> tuple[Status, str]:
@@ -179,25 +190,25 @@ async def _run_async(runner: Runner, task: Task, ctx: PredictContext, box: Outbo
     on the agent's event loop; its last yielded ``Output`` is the result. Cancel cancels the task."""
     started = time.time()
     box.put(TaskEvent(task.prediction_id, Started(started)))
-    status, output, error = Status.SUCCEEDED, None, ""
+    status, output, error, reported = Status.SUCCEEDED, None, "", {}
     try:
         async for item in runner.predict(task.input, ctx):
             if isinstance(item, Output):
                 output = item
             else:
-                box.put(TaskEvent(task.prediction_id, item))
+                _report(task, item, box, reported)
     except (asyncio.CancelledError, Cancelled):
         status, error = Status.CANCELED, "canceled while processing"
     except Exception as err:
         status, error = _failed(task, err)
-    return _ended(started, status, output, error)
+    return _ended(started, status, output, error, reported)
 
 
 def _run_task(runner: Runner, task: Task, ctx: PredictContext, box: Outbox) -> Finished:
     """Run one prediction on a worker thread, reporting its events; returns how it ended."""
     started = time.time()
     box.put(TaskEvent(task.prediction_id, Started(started)))
-    status, output, error = Status.SUCCEEDED, None, ""
+    status, output, error, reported = Status.SUCCEEDED, None, "", {}
     try:
         gen = runner.predict(task.input, ctx)
         while True:
@@ -209,9 +220,9 @@ def _run_task(runner: Runner, task: Task, ctx: PredictContext, box: Outbox) -> F
             except StopIteration as stop:
                 output = stop.value
                 break
-            box.put(TaskEvent(task.prediction_id, event))
+            _report(task, event, box, reported)
     except Cancelled:
         status, error = Status.CANCELED, "canceled while processing"
     except Exception as err:
         status, error = _failed(task, err)
-    return _ended(started, status, output, error)
+    return _ended(started, status, output, error, reported)

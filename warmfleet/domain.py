@@ -61,6 +61,7 @@ class Metrics:
     output_token_count: int | None = None
     time_to_first_token_s: float | None = None
     tokens_per_second: float | None = None
+    finish_reason: str | None = None
 
 
 @dataclass
@@ -107,7 +108,15 @@ class ProgressUpdate:
     eta_s: float = 0.0
 
 
-RunnerEvent = Union[LogLine, OutputChunk, ProgressUpdate]
+@dataclass(frozen=True)
+class MetricsUpdate:
+    """Figures a runner reports about its prediction (``Metrics`` field names); the agent merges them
+    into the prediction's metrics. Not streamed to clients."""
+
+    values: dict[str, Any]
+
+
+RunnerEvent = Union[LogLine, OutputChunk, ProgressUpdate, MetricsUpdate]
 
 
 # Events a node agent reports about a task (one prediction on one instance).

@@ -170,7 +170,7 @@ class PredictionOutput(_message.Message):
     def __init__(self, value: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., files: _Optional[_Iterable[_Union[File, _Mapping]]] = ...) -> None: ...
 
 class PredictionMetrics(_message.Message):
-    __slots__ = ("predict_time_s", "total_time_s", "queue_time_s", "input_token_count", "output_token_count", "time_to_first_token_s", "tokens_per_second")
+    __slots__ = ("predict_time_s", "total_time_s", "queue_time_s", "input_token_count", "output_token_count", "time_to_first_token_s", "tokens_per_second", "finish_reason")
     PREDICT_TIME_S_FIELD_NUMBER: _ClassVar[int]
     TOTAL_TIME_S_FIELD_NUMBER: _ClassVar[int]
     QUEUE_TIME_S_FIELD_NUMBER: _ClassVar[int]
@@ -178,6 +178,7 @@ class PredictionMetrics(_message.Message):
     OUTPUT_TOKEN_COUNT_FIELD_NUMBER: _ClassVar[int]
     TIME_TO_FIRST_TOKEN_S_FIELD_NUMBER: _ClassVar[int]
     TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     predict_time_s: float
     total_time_s: float
     queue_time_s: float
@@ -185,7 +186,8 @@ class PredictionMetrics(_message.Message):
     output_token_count: int
     time_to_first_token_s: float
     tokens_per_second: float
-    def __init__(self, predict_time_s: _Optional[float] = ..., total_time_s: _Optional[float] = ..., queue_time_s: _Optional[float] = ..., input_token_count: _Optional[int] = ..., output_token_count: _Optional[int] = ..., time_to_first_token_s: _Optional[float] = ..., tokens_per_second: _Optional[float] = ...) -> None: ...
+    finish_reason: str
+    def __init__(self, predict_time_s: _Optional[float] = ..., total_time_s: _Optional[float] = ..., queue_time_s: _Optional[float] = ..., input_token_count: _Optional[int] = ..., output_token_count: _Optional[int] = ..., time_to_first_token_s: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., finish_reason: _Optional[str] = ...) -> None: ...
 
 class Prediction(_message.Message):
     __slots__ = ("id", "model", "version", "deployment", "input", "output", "logs", "error", "status", "created_at", "started_at", "completed_at", "metrics", "owner")
