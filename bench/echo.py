@@ -11,39 +11,26 @@ interleaving the two targets so that they share the machine's noise. Writes ``ec
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from bench.common import CLUSTER, Target, cluster_settings, machine_info, start_cluster
 from bench.load import WAIT_S, echo_request
 from warmfleet import launch
-from warmfleet.launch import ClusterState
-from warmfleet.settings import Settings
 from warmfleet.v1 import predictions_pb2_grpc, types_pb2
 
-BASELINE, CLUSTER = "baseline", "cluster"
+BASELINE = "baseline"
 GOAL_THROUGHPUT_RATIO_C64 = 0.5
 GOAL_P50_OVERHEAD_MS_C1 = 1.5
-
-
-@dataclass(frozen=True)
-class Target:
-    """A server under load: its name in the results, its address, and the token file it needs."""
-
-    name: str
-    address: str
-    token_file: Path | None = None
 
 
 # Servers
@@ -55,17 +42,6 @@ def start_baseline() -> tuple[subprocess.Popen, Target]:
                             stdout=subprocess.PIPE, text=True)
     port = int(proc.stdout.readline())
     return proc, Target(BASELINE, f"127.0.0.1:{port}")
-
-
-def cluster_settings(home: Path) -> Settings:
-    """A cluster of its own: a fresh home, a free port, and a local Ray that no one else shares."""
-    return Settings(home=home, grpc_port=0, ray_address="local")
-
-
-def start_cluster(settings: Settings) -> tuple[ClusterState, Target]:
-    """``warmfleet up`` in the background (``launch.up``); the target carries its admin token file."""
-    state = launch.up(settings)
-    return state, Target(CLUSTER, state.grpc_target, Path(state.admin_token_path))
 
 
 def wait_until_it_echoes(target: Target, timeout_s: float = 60.0) -> None:
@@ -156,41 +132,6 @@ def compare(summary: dict[str, dict[int, dict[str, float]]]) -> tuple[dict[str, 
                             "met": overhead1 is not None and overhead1 < GOAL_P50_OVERHEAD_MS_C1},
     }
     return ratios, goals
-
-
-def machine_info() -> dict[str, Any]:
-    """Where the numbers come from: the machine, the versions, and the code measured."""
-    return {
-        "nproc": len(os.sched_getaffinity(0)), "cpu": _cpu_model(), "platform": platform.platform(),
-        "python": platform.python_version(),
-        "versions": {name: _version(name) for name in ("warmfleet", "grpcio", "protobuf", "ray")},
-        "git_commit": _git("rev-parse", "--short", "HEAD"),
-        # Tracked files changed since that commit: what is measured is the working tree.
-        "git_modified": _git("diff", "--name-only", "HEAD").split(),
-        "loadavg_1m_at_start": os.getloadavg()[0],
-    }
-
-
-def _cpu_model() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor()
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
-
-
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "absent"
-
-
-def _git(*args: str) -> str:
-    try:
-        return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return ""
 
 
 def print_table(summary: dict[str, dict[int, dict[str, float]]], ratios: dict[str, Any],

@@ -1,0 +1,78 @@
+"""What every bench scenario shares: a private cluster, and a record of the machine and code measured."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from warmfleet import launch
+from warmfleet.launch import ClusterState
+from warmfleet.settings import Settings
+
+CLUSTER = "cluster"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A server under load: its name in the results, its address, and the token file it needs."""
+
+    name: str
+    address: str
+    token_file: Path | None = None
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        token = self.token_file.read_text().strip() if self.token_file else ""
+        return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+def cluster_settings(home: Path) -> Settings:
+    """A cluster of its own: a fresh home, a free port, and a local Ray that no one else shares."""
+    return Settings(home=home, grpc_port=0, ray_address="local")
+
+
+def start_cluster(settings: Settings) -> tuple[ClusterState, Target]:
+    """``warmfleet up`` in the background (``launch.up``); the target carries its admin token file."""
+    state = launch.up(settings)
+    return state, Target(CLUSTER, state.grpc_target, Path(state.admin_token_path))
+
+
+def machine_info() -> dict[str, Any]:
+    """Where the numbers come from: the machine, the versions, and the code measured."""
+    return {
+        "nproc": len(os.sched_getaffinity(0)), "cpu": _cpu_model(), "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": {name: _version(name) for name in ("warmfleet", "grpcio", "protobuf", "ray")},
+        "git_commit": _git("rev-parse", "--short", "HEAD"),
+        # Tracked files changed since that commit: what is measured is the working tree.
+        "git_modified": _git("diff", "--name-only", "HEAD").split(),
+        "loadavg_1m_at_start": os.getloadavg()[0],
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor()
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
