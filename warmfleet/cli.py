@@ -506,6 +506,23 @@ def models_get(obj: CliContext, name: str, as_json: bool) -> None:
         for key, prop in model.input_schema.get("properties", {}).items()])
 
 
+@models.command("make-tiny")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to write (default: <home>/models/tiny-llama).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
+@pass_cli
+def models_make_tiny(obj: CliContext, out_dir: Path | None, seed: int) -> None:
+    """Write a tiny random-weight Llama (tokenizer trained locally, chat template) and print its path.
+
+    It needs no network; a folder that already holds it for the same seed is kept as it is."""
+    from runners.tiny_models import make_tiny_llama  # imports torch: only here
+
+    out_dir = out_dir.expanduser() if out_dir else obj.settings().models_path / "tiny-llama"
+    with _spinner("writing a tiny Llama..."):
+        path = make_tiny_llama(out_dir, seed=seed)
+    click.echo(str(path))
+
+
 @cli.group()
 def tokens() -> None:
     """Access tokens (admin)."""

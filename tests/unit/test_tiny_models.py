@@ -1,0 +1,282 @@
+"""The tiny Llama generator: it loads offline with the libraries' own loaders, has Llama 3's shape,
+special tokens, chat template and eos list, is deterministic, and is written atomically and once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("transformers", reason="the llm extra (torch, transformers) is not installed")
+
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    LlamaForCausalLM,
+)
+
+from runners import tiny_models
+from runners.tiny_models import make_tiny_llama
+from warmfleet import cli
+
+MESSAGES = [
+    {"role": "system", "content": "You are brief."},
+    {"role": "user", "content": "  Say hello.  "},
+    {"role": "assistant", "content": "Hello!"},
+    {"role": "user", "content": "Again, in Japanese?"},
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama", seed=0)
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture
+def tokenizer(tiny_dir: Path, offline: None) -> Any:
+    return AutoTokenizer.from_pretrained(tiny_dir)
+
+
+def _ids(tokenizer: Any, *tokens: str) -> list[int]:
+    ids = tokenizer.convert_tokens_to_ids(list(tokens))
+    assert all(isinstance(i, int) for i in ids) and tokenizer.unk_token_id not in ids, ids
+    return ids
+
+
+# Loading and architecture
+
+
+def test_model_is_a_small_llama_with_grouped_query_attention(tiny_dir: Path, tokenizer: Any,
+                                                             offline: None) -> None:
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    config = model.config
+    assert isinstance(model, LlamaForCausalLM)
+    assert (config.hidden_size, config.intermediate_size, config.num_hidden_layers) == (64, 128, 2)
+    assert (config.num_attention_heads, config.num_key_value_heads) == (4, 2)
+    attention = model.model.layers[0].self_attn
+    head_dim = config.hidden_size // config.num_attention_heads
+    assert attention.q_proj.weight.shape == (4 * head_dim, 64)
+    assert attention.k_proj.weight.shape == (2 * head_dim, 64)  # GQA: half as many key/value heads
+    assert config.max_position_embeddings == 1024
+    assert config.vocab_size == len(tokenizer) == model.get_input_embeddings().weight.shape[0]
+    assert config.tie_word_embeddings is False
+    assert not torch.equal(model.lm_head.weight, model.get_input_embeddings().weight)
+    assert model.dtype == torch.float32
+    assert (tiny_dir / "model.safetensors").is_file()
+    assert not list(tiny_dir.glob("*.bin"))
+
+
+def test_generation_config_stops_on_end_of_text_and_eot(tiny_dir: Path, tokenizer: Any, offline: None) -> None:
+    generation = GenerationConfig.from_pretrained(tiny_dir)
+    end_of_text, eot, bos = _ids(tokenizer, "<|end_of_text|>", "<|eot_id|>", "<|begin_of_text|>")
+    assert isinstance(generation.eos_token_id, list)
+    assert sorted(generation.eos_token_id) == sorted([end_of_text, eot])
+    assert end_of_text != eot
+    assert generation.bos_token_id == bos == tokenizer.bos_token_id
+    assert (generation.do_sample, generation.temperature, generation.top_p) == (True, 0.7, 0.95)
+    assert generation.pad_token_id == tokenizer.pad_token_id  # batched generate pads with it
+    config = AutoModelForCausalLM.from_pretrained(tiny_dir).config
+    assert sorted(config.eos_token_id) == sorted([end_of_text, eot])
+
+
+def test_special_tokens_are_llama3s_and_single_tokens(tokenizer: Any) -> None:
+    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                "<|eot_id|>"]
+    ids = _ids(tokenizer, *specials)
+    assert len(set(ids)) == len(specials)
+    for token, token_id in zip(specials, ids):
+        assert tokenizer.encode(token, add_special_tokens=False) == [token_id]
+    assert tokenizer.bos_token == "<|begin_of_text|>"
+    assert tokenizer.eos_token == "<|eot_id|>"  # as Llama 3 Instruct
+    assert tokenizer.pad_token is not None and tokenizer.pad_token_id not in ids
+    assert tokenizer.encode("hi")[0] == tokenizer.bos_token_id
+
+
+# Tokenizer text handling
+
+
+@pytest.mark.parametrize("text", [
+    "Hello , world !  two  spaces\n\nand a trailing space ",
+    "The café serves crème brûlée; naïve Straße.",
+    "日本語のテキスト and 你好，世界 and 안녕하세요",
+    "emoji 🙂🚀 arrows → ✓ and €5",
+    "mixed:\tПривет Ελληνικά 東京🙂",
+])
+def test_tokenizer_round_trips_text_exactly(tokenizer: Any, text: str) -> None:
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    assert tokenizer.decode(ids) == text
+    with_bos = tokenizer.encode(text)
+    assert with_bos[0] == tokenizer.bos_token_id
+    assert tokenizer.decode(with_bos, skip_special_tokens=True) == text
+
+
+def test_some_multibyte_characters_are_split_across_tokens(tokenizer: Any) -> None:
+    """What streaming detokenization must handle: a token that holds only part of a character."""
+    split = [ch for ch in "日本語🙂€" if len(tokenizer.encode(ch, add_special_tokens=False)) > 1]
+    assert split, "every multi-byte character is a single token"
+    ids = tokenizer.encode(split[0], add_special_tokens=False)
+    assert all("\ufffd" in tokenizer.decode([i]) for i in ids)  # no piece is a whole character
+    assert tokenizer.decode(ids) == split[0]
+
+
+# Chat template
+
+
+def test_chat_template_renders_roles_and_the_generation_prompt(tokenizer: Any) -> None:
+    text = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
+    assert text == (
+        "<|begin_of_text|>"
+        "<|start_header_id|>system<|end_header_id|>\n\nYou are brief.<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nSay hello.<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nAgain, in Japanese?<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+    closed = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=False, tokenize=False)
+    assert closed.endswith("Again, in Japanese?<|eot_id|>")
+
+
+def test_chat_template_tokenizes_to_one_bos_and_header_tokens(tokenizer: Any) -> None:
+    ids = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=True,
+                                        return_dict=False)
+    start, end, eot = _ids(tokenizer, "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
+    assert ids[0] == tokenizer.bos_token_id
+    assert ids.count(tokenizer.bos_token_id) == 1
+    assert ids.count(start) == ids.count(end) == 5
+    assert ids.count(eot) == 4
+
+
+# Determinism and writing
+
+
+def test_same_seed_same_files_other_seed_other_weights(tmp_path: Path, tiny_dir: Path) -> None:
+    again = make_tiny_llama(tmp_path / "again", seed=0)
+    other = make_tiny_llama(tmp_path / "other", seed=1)
+    for name in ["model.safetensors", "tokenizer.json", "config.json", "generation_config.json"]:
+        assert (again / name).read_bytes() == (tiny_dir / name).read_bytes(), name
+    first, second = load_file(tiny_dir / "model.safetensors"), load_file(other / "model.safetensors")
+    assert first.keys() == second.keys()
+    assert not torch.equal(first["model.layers.0.self_attn.q_proj.weight"],
+                           second["model.layers.0.self_attn.q_proj.weight"])
+    assert (other / "tokenizer.json").read_bytes() == (tiny_dir / "tokenizer.json").read_bytes()
+
+
+def test_seeding_leaves_the_callers_random_state_alone(tmp_path: Path) -> None:
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    make_tiny_llama(tmp_path / "m", seed=0)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_complete_folder_is_not_regenerated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = make_tiny_llama(tmp_path / "m", seed=0)
+    mtime_ns = (out / "model.safetensors").stat().st_mtime_ns
+
+    def fail() -> None:
+        raise AssertionError("regenerated a complete folder")
+
+    monkeypatch.setattr(tiny_models, "train_tokenizer", fail)
+    assert make_tiny_llama(out, seed=0) == out
+    assert (out / "model.safetensors").stat().st_mtime_ns == mtime_ns
+
+
+def test_another_seed_replaces_the_generated_folder(tmp_path: Path) -> None:
+    out = make_tiny_llama(tmp_path / "m", seed=0)
+    before = (out / "model.safetensors").read_bytes()
+    make_tiny_llama(out, seed=1)
+    assert (out / "model.safetensors").read_bytes() != before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no staging or old copy left behind
+
+
+def test_a_failed_generation_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: Any) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(tiny_models, "_write_model", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        make_tiny_llama(tmp_path / "m")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_files_are_written_beside_the_folder_and_renamed_in(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the weights are being written, the folder readers look at does not exist yet."""
+    out, seen = tmp_path / "m", []
+    write_model = tiny_models._write_model
+
+    def watched(staging: Path, *args: Any) -> None:
+        seen.append((staging, out.exists()))
+        write_model(staging, *args)
+
+    monkeypatch.setattr(tiny_models, "_write_model", watched)
+    make_tiny_llama(out)
+    [(staging, out_existed)] = seen
+    assert not out_existed
+    assert staging != out and staging.parent == out.parent  # same file system: rename is atomic
+    assert not staging.exists()
+
+
+def test_a_folder_with_other_content_is_refused_and_kept(tmp_path: Path) -> None:
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not written by the tiny model generator"):
+        make_tiny_llama(tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_an_incomplete_folder_is_completed(tmp_path: Path) -> None:
+    """A folder with the marker missing (e.g. emptied by hand) is written again."""
+    (tmp_path / "m").mkdir()
+    out = make_tiny_llama(tmp_path / "m")
+    assert (out / tiny_models.MARKER_NAME).is_file()
+    assert (out / "model.safetensors").is_file()
+
+
+# Generation
+
+
+def test_greedy_generation_returns_new_tokens(tiny_dir: Path, tokenizer: Any, offline: None) -> None:
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    prompt = tokenizer.apply_chat_template(MESSAGES[:2], add_generation_prompt=True, tokenize=True,
+                                           return_dict=True, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**prompt, do_sample=False, max_new_tokens=6, min_new_tokens=6)
+    n_prompt = prompt["input_ids"].shape[1]
+    assert out.shape == (1, n_prompt + 6)
+    assert torch.equal(out[0, :n_prompt], prompt["input_ids"][0])
+    assert int(out[0, n_prompt:].max()) < len(tokenizer)
+    with torch.no_grad():
+        again = model.generate(**prompt, do_sample=False, max_new_tokens=6, min_new_tokens=6)
+    assert torch.equal(out, again)
+
+
+# CLI
+
+
+def test_cli_make_tiny_writes_under_the_home_and_prints_the_path(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli.cli, ["--home", str(tmp_path), "models", "make-tiny", "--seed", "2"])
+    assert result.exit_code == 0, result.output
+    expected = tmp_path / "models" / "tiny-llama"
+    assert result.stdout.strip().splitlines()[-1] == str(expected)
+    assert '"seed": 2' in (expected / tiny_models.MARKER_NAME).read_text()
+
+
+def test_cli_make_tiny_reports_a_refused_folder_as_one_line(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("x")
+    result = CliRunner().invoke(cli.cli, ["models", "make-tiny", "--out", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "error:" in result.stderr and "not written by the tiny model generator" in result.stderr
+    assert os.listdir(tmp_path) == ["notes.txt"]
