@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from runners.base import Runner
 from runners.echo import EchoRunner
+from runners.llm.runner import LLMRunner  # imports torch only when an instance loads
 from warmfleet.errors import InvalidInput
 
 RUNNERS: dict[str, type[Runner]] = {
     EchoRunner.family: EchoRunner,
+    LLMRunner.family: LLMRunner,
 }
 
 

@@ -1,0 +1,267 @@
+"""The ``llm`` runner: Llama-family text generation with transformers, continuously batched.
+
+``load`` builds an ``LLMEngine`` (``runners.llm.engine``) that owns the model on its own thread;
+``predict`` is an async generator on the agent's event loop that submits the request, streams the
+engine's text deltas as output chunks, and reports token counts and timings before the final output.
+This module imports no torch at import time (the registry imports it); ``load`` does.
+
+Options (``ModelSpec.options``):
+
+- ``dtype``: "auto" (float32 on CPU; bfloat16 on a GPU that has it, else float16), "float32",
+  "float16" or "bfloat16".
+- ``max_batch_size``: sequences the engine decodes together (default 32); also the instance's
+  ``max_concurrency``, so the router never sends more than the engine batches.
+- ``max_tokens_in_flight``: bound on the padded KV cache, in tokens (default 65536); a request
+  whose prompt plus ``max_new_tokens`` exceeds it is refused.
+- ``attn_implementation``: passed to ``from_pretrained`` ("sdpa", "eager"...); transformers' choice
+  when unset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from typing import Any
+
+from runners.base import AsyncPredictGenerator, PredictContext, Runner, RunnerPolicy
+from warmfleet.domain import LogLine, MetricsUpdate, ModelSpec, Output, OutputChunk
+from warmfleet.errors import InvalidInput
+
+MAX_NEW_TOKENS = 4096
+MAX_STOP_SEQUENCES = 16
+DEFAULT_MAX_BATCH_SIZE = 32
+DEFAULT_MAX_TOKENS_IN_FLIGHT = 65_536
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+def _number(kind: str, default: Any, description: str, **bounds: Any) -> dict[str, Any]:
+    return {"type": kind, "default": default, "description": description, **bounds}
+
+
+INPUT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "prompt": {
+            "type": "string", "maxLength": 1_000_000,
+            "description": "Text to continue, as is (the tokenizer adds BOS); or, with system_prompt, the "
+                           "user message of a chat. Give either prompt or messages, not both.",
+        },
+        "system_prompt": {
+            "type": "string", "default": "", "maxLength": 1_000_000,
+            "description": "System message; when not empty, the chat template is applied. Empty: none.",
+        },
+        "messages": {
+            "type": "array", "minItems": 1, "maxItems": 1000,
+            "description": "A conversation (alternative to prompt), 1 to 1000 messages, formatted with the "
+                           "model's chat template and an assistant turn to complete.",
+            "items": {
+                "type": "object", "additionalProperties": False, "required": ["role", "content"],
+                "properties": {
+                    "role": {"enum": ["system", "user", "assistant"],
+                             "description": "Who speaks: system, user or assistant."},
+                    "content": {"type": "string", "maxLength": 1_000_000,
+                                "description": "What they say."},
+                },
+            },
+        },
+        "max_new_tokens": _number("integer", 128, f"Most tokens to generate, 1 to {MAX_NEW_TOKENS}.",
+                                  minimum=1, maximum=MAX_NEW_TOKENS),
+        "min_new_tokens": _number("integer", -1, f"Fewest tokens to generate before an end-of-sequence "
+                                  f"token may end the text, -1 (off) to {MAX_NEW_TOKENS}.",
+                                  minimum=-1, maximum=MAX_NEW_TOKENS),
+        "temperature": _number("number", 0.7, "Sampling temperature, 0 to 2; 0 is greedy (always the "
+                               "most likely token).", minimum=0, maximum=2),
+        "top_p": _number("number", 0.95, "Nucleus sampling: sample from the most likely tokens whose "
+                         "probabilities add up to top_p, in (0, 1]; 1 is off.",
+                         exclusiveMinimum=0, maximum=1),
+        "top_k": _number("integer", -1, "Sample from the top_k most likely tokens, -1 to 100000; -1 or 0 "
+                         "is off, 1 is greedy.", minimum=-1, maximum=100_000),
+        "repetition_penalty": _number("number", 1.0, "Penalty on tokens already in the prompt or output "
+                                      "(transformers' semantics: positive logits divided by it, negative "
+                                      "ones multiplied), above 0 and at most 10; 1 is off.",
+                                      exclusiveMinimum=0, maximum=10),
+        "frequency_penalty": _number("number", 0.0, "Subtracted from a token's logit once per time it is "
+                                     "already in the output (OpenAI's semantics), -2 to 2; 0 is off.",
+                                     minimum=-2, maximum=2),
+        "presence_penalty": _number("number", 0.0, "Subtracted from the logit of every token already in "
+                                    "the output (OpenAI's semantics), -2 to 2; 0 is off.",
+                                    minimum=-2, maximum=2),
+        "stop_sequences": {
+            "type": "array", "default": [], "maxItems": MAX_STOP_SEQUENCES,
+            "items": {"type": "string", "minLength": 1, "maxLength": 1000},
+            "description": f"Up to {MAX_STOP_SEQUENCES} strings (1 to 1000 characters each); generation "
+                           "ends where one appears, and it is not included in the output.",
+        },
+        "seed": {
+            "type": "integer", "minimum": 0, "maximum": 2**63 - 1,
+            "description": "Random seed, 0 to 2^63-1, for reproducible sampling whatever else is in the "
+                           "batch. Unset: a random seed (it is logged).",
+        },
+    },
+    # Exactly one of prompt and messages: with messages, prompt must be absent or empty; without, it
+    # is required. (Written so that the validator's message names the field.)
+    "if": {"required": ["messages"]},
+    "then": {"properties": {"prompt": {"maxLength": 0}}},
+    "else": {"required": ["prompt"], "properties": {"prompt": {"minLength": 1}}},
+}
+
+
+class LLMRunner(Runner):
+    family = "llm"
+
+    def __init__(self, spec: ModelSpec, device: str = "cpu") -> None:
+        super().__init__(spec, device)
+        self.model: Any = None
+        self.tokenizer: Any = None
+        self.engine: Any = None
+
+    @classmethod
+    def input_schema(cls, spec: ModelSpec) -> dict[str, Any]:
+        return INPUT_SCHEMA
+
+    @classmethod
+    def output_schema(cls, spec: ModelSpec) -> dict[str, Any]:
+        return {"type": "string", "description": "The generated text (streamed as chunks while generated)."}
+
+    @classmethod
+    def policy(cls, spec: ModelSpec) -> RunnerPolicy:
+        return RunnerPolicy(max_concurrency=int(spec.options.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE)))
+
+    def load(self) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from runners.llm.engine import Capacity, LLMEngine
+
+        options = self.spec.options
+        kwargs: dict[str, Any] = {"dtype": resolve_dtype(options.get("dtype", "auto"), self.device)}
+        if options.get("attn_implementation"):
+            kwargs["attn_implementation"] = options["attn_implementation"]
+        self.tokenizer = AutoTokenizer.from_pretrained(self.spec.weights)
+        self.model = AutoModelForCausalLM.from_pretrained(self.spec.weights, **kwargs).to(self.device).eval()
+        capacity = Capacity(
+            max_sequences=int(options.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE)),
+            max_tokens_in_flight=int(options.get("max_tokens_in_flight", DEFAULT_MAX_TOKENS_IN_FLIGHT)),
+        )
+        self.engine = LLMEngine(self.model, self.tokenizer, capacity=capacity,
+                                eos_token_ids=eos_token_ids(self.model, self.tokenizer))
+        self.engine.start()
+
+    def unload(self) -> None:
+        if self.engine is not None:
+            self.engine.stop()
+        self.engine = self.model = self.tokenizer = None
+        gc.collect()
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+
+    async def predict(self, input: dict[str, Any], ctx: PredictContext) -> AsyncPredictGenerator:
+        # Async, on the agent's loop: tokenizing goes to a worker thread, compute to the engine thread,
+        # and this generator only awaits the engine's events.
+        from runners.llm.engine import Failed, Finished, TextDelta
+
+        engine = self.engine
+        if engine is None:
+            raise RuntimeError("the llm runner is not loaded")
+        params = sampling_params(input)
+        if input.get("seed") is None:
+            yield LogLine(f"Using seed: {params.seed}")
+        prompt_ids = await asyncio.to_thread(self.encode, input)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+
+        def emit(event: Any) -> None:  # on the engine thread
+            if not (isinstance(event, TextDelta) and not event.text):
+                loop.call_soon_threadsafe(events.put_nowait, event)
+
+        request_id = engine.submit(prompt_ids, params, emit)
+        ended = False
+        try:
+            while True:
+                event = await events.get()
+                if isinstance(event, TextDelta):
+                    yield OutputChunk(value=event.text)
+                elif isinstance(event, Finished):
+                    ended = True
+                    yield MetricsUpdate(metrics_of(event))
+                    yield Output(value=event.text)
+                    return
+                elif isinstance(event, Failed):
+                    ended = True
+                    raise RuntimeError(f"generation failed: {event.error}") from event.error  # noqa: TRY004
+        finally:
+            if not ended:  # cancelled (CancelledError) or abandoned (GeneratorExit): free the row
+                engine.cancel(request_id)
+
+    def encode(self, input: dict[str, Any]) -> list[int]:
+        """The prompt's token ids: the chat template with a system prompt or messages, else the raw prompt."""
+        prompt, messages = input.get("prompt") or "", input.get("messages") or []
+        system = input.get("system_prompt") or ""
+        if prompt and messages:
+            raise InvalidInput("input.prompt", "give either prompt or messages, not both")
+        if not prompt and not messages:
+            raise InvalidInput("input.prompt", "give a prompt or messages")
+        if not messages and not system:
+            return list(self.tokenizer(prompt).input_ids)
+        chat = [dict(m) for m in messages] or [{"role": "user", "content": prompt}]
+        if system:
+            if chat[0]["role"] == "system":
+                raise InvalidInput("input.system_prompt", "messages already begin with a system message; "
+                                                          "give one or the other")
+            chat.insert(0, {"role": "system", "content": system})
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise InvalidInput("input.messages" if messages else "input.system_prompt",
+                               "this model has no chat template; give a plain prompt")
+        text = self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+
+def sampling_params(input: dict[str, Any]) -> Any:
+    """A ``SamplingParams`` from a validated input (defaults filled in)."""
+    from runners.llm.sampling import SamplingParams
+
+    fields = {name: input[name] for name in (
+        "max_new_tokens", "min_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty",
+        "frequency_penalty", "presence_penalty") if name in input}
+    fields["stop_sequences"] = tuple(input.get("stop_sequences") or ())
+    if input.get("seed") is not None:
+        fields["seed"] = int(input["seed"])
+    try:
+        return SamplingParams(**fields)
+    except ValueError as err:  # only for inputs that skipped the schema
+        raise InvalidInput("input." + str(err).split()[0], str(err)) from err
+
+
+def metrics_of(done: Any) -> dict[str, Any]:
+    return {
+        "input_token_count": done.input_token_count, "output_token_count": done.output_token_count,
+        "time_to_first_token_s": done.time_to_first_token_s, "tokens_per_second": done.tokens_per_second,
+        "finish_reason": done.finish_reason,
+    }
+
+
+def resolve_dtype(name: str, device: str) -> Any:
+    """The torch dtype an option names; "auto" is float32 on CPU, bfloat16 (or float16) on a GPU."""
+    import torch
+
+    if name not in DTYPES:
+        raise ValueError(f"option dtype must be one of {', '.join(DTYPES)}, not {name!r}")
+    if name != "auto":
+        return getattr(torch, name)
+    if not device.startswith("cuda"):
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Every id that ends a sequence: the generation config's (an int or a list), else the tokenizer's."""
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    if configured is None:
+        configured = getattr(model.config, "eos_token_id", None)
+    if configured is None:
+        configured = tokenizer.eos_token_id
+    if configured is None:
+        return []
+    return [int(i) for i in (configured if isinstance(configured, (list, tuple)) else [configured])]

@@ -1,0 +1,166 @@
+"""Choosing the next token of every sequence in a batch, each with its own sampling parameters and seed.
+
+The processors run in this order, on float32 logits of shape ``[batch, vocab]``, one row per sequence:
+
+1. ``repetition_penalty`` (Hugging Face semantics, CTRL paper): for every token that appears in the
+   prompt or in the output so far, a positive logit is divided by the penalty and a negative one
+   multiplied by it. 1.0 is off.
+2. ``frequency_penalty`` and ``presence_penalty`` (OpenAI semantics), over the output tokens only:
+   ``logit -= frequency_penalty * count + presence_penalty * (count > 0)``. 0 is off.
+3. ``min_new_tokens``: while fewer tokens than that have been generated, every EOS id is masked
+   (-inf), so the sequence cannot end on EOS. -1 (or anything <= the tokens so far) is off.
+4. ``temperature``: logits divided by it. 0 means greedy: the row takes the argmax of the logits as
+   they stand after steps 1 to 3, and steps 4 to 6 do not apply to it.
+5. ``top_k``: only the k largest logits stay. -1 or 0 is off. ``top_k=1`` is greedy.
+6. ``top_p`` (nucleus): only the smallest set of most likely tokens whose probabilities add up to
+   ``top_p`` stays (the most likely token always stays). 1.0 is off.
+7. sample: one draw from the softmax, with the row's own ``torch.Generator``, so that a seeded row
+   draws the same token whatever else is in the batch. Greedy rows draw nothing.
+
+This is the order of ``transformers``' ``generate`` (penalties, then min length, then the warpers
+temperature, top-k, top-p), with OpenAI's penalties placed beside the repetition penalty.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+NEG_INF = float("-inf")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one request chooses its tokens and when it stops (see the module docstring for the order)."""
+
+    max_new_tokens: int = 128
+    min_new_tokens: int = -1
+    temperature: float = 0.7
+    top_p: float = 0.95
+    top_k: int = -1
+    repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    stop_sequences: tuple[str, ...] = ()
+    seed: int = field(default_factory=lambda: random.randrange(2**63))
+
+    def __post_init__(self) -> None:
+        _check(self.max_new_tokens >= 1, "max_new_tokens", "must be at least 1")
+        _check(self.temperature >= 0, "temperature", "must be >= 0")
+        _check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
+        _check(self.top_k >= -1, "top_k", "must be -1, 0 (off) or positive")
+        _check(self.repetition_penalty > 0, "repetition_penalty", "must be > 0")
+        _check(all(self.stop_sequences), "stop_sequences", "must not contain an empty string")
+
+    @property
+    def greedy(self) -> bool:
+        """Temperature 0: the argmax, no draw. (``top_k=1`` gives the same token by sampling.)"""
+        return self.temperature == 0
+
+
+def _check(ok: bool, name: str, rule: str) -> None:
+    if not ok:
+        raise ValueError(f"{name} {rule}")
+
+
+class BatchSampler:
+    """The parameters of the rows of a batch as tensors, built once per batch membership.
+
+    ``__call__`` applies the processors to one step's logits and returns one token per row.
+    """
+
+    def __init__(self, params: Sequence[SamplingParams], generators: Sequence[torch.Generator],
+                 eos_token_ids: Sequence[int], device: torch.device | str) -> None:
+        self.size = len(params)
+        self.generators = list(generators)
+        self.eos = torch.tensor(list(eos_token_ids), dtype=torch.long, device=device)
+
+        def column(values: list[float]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.float32, device=device).unsqueeze(1)
+
+        self.repetition = column([p.repetition_penalty for p in params])
+        self.frequency = column([p.frequency_penalty for p in params])
+        self.presence = column([p.presence_penalty for p in params])
+        self.min_new = torch.tensor([p.min_new_tokens for p in params], device=device)
+        self.uses_repetition = any(p.repetition_penalty != 1.0 for p in params)
+        self.uses_openai = any(p.frequency_penalty or p.presence_penalty for p in params)
+        self.uses_min_new = any(p.min_new_tokens > 0 for p in params)
+        # The rows that sample (temperature > 0), and their warper parameters.
+        sampled = [(i, p) for i, p in enumerate(params) if not p.greedy]
+        self.sampled_rows = [i for i, _ in sampled]
+        self.sampled_index = torch.tensor(self.sampled_rows, dtype=torch.long, device=device)
+        self.temperature = column([p.temperature for _, p in sampled])
+        self.top_k = torch.tensor([max(p.top_k, 0) for _, p in sampled], dtype=torch.long, device=device)
+        self.top_p = column([p.top_p for _, p in sampled])
+        self.uses_top_k_top_p = any(p.top_k > 0 or p.top_p < 1.0 for _, p in sampled)
+
+    def process(self, logits: torch.Tensor, seen: torch.Tensor, counts: torch.Tensor,
+                generated: torch.Tensor) -> torch.Tensor:
+        """Steps 1 to 3 (penalties, min_new_tokens), in place on ``logits``; returns it.
+
+        ``seen``: bool ``[batch, vocab]``, tokens in the prompt or output; ``counts``: float
+        ``[batch, vocab]``, occurrences in the output; ``generated``: ``[batch]`` tokens so far.
+        """
+        if self.uses_repetition:
+            apply_repetition_penalty(logits, seen, self.repetition)
+        if self.uses_openai:
+            apply_frequency_presence(logits, counts, self.frequency, self.presence)
+        if self.uses_min_new:
+            mask_eos(logits, self.eos, generated < self.min_new)
+        return logits
+
+    def choose(self, logits: torch.Tensor) -> torch.Tensor:
+        """Steps 4 to 7: one token per row (``[batch]`` long) from processed logits."""
+        tokens = torch.argmax(logits, dim=-1)
+        if not self.sampled_rows:
+            return tokens
+        warped = logits.index_select(0, self.sampled_index) / self.temperature
+        if self.uses_top_k_top_p:
+            warped = apply_top_k_top_p(warped, self.top_k, self.top_p)
+        probs = torch.softmax(warped, dim=-1)
+        for j, row in enumerate(self.sampled_rows):
+            tokens[row] = torch.multinomial(probs[j], 1, generator=self.generators[row])[0]
+        return tokens
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: torch.Tensor) -> None:
+    """In place: where ``seen``, positive logits are divided by ``penalty`` and negative ones multiplied."""
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    logits.copy_(torch.where(seen, penalised, logits))
+
+
+def apply_frequency_presence(logits: torch.Tensor, counts: torch.Tensor, frequency: torch.Tensor,
+                             presence: torch.Tensor) -> None:
+    """In place: ``logits -= frequency * counts + presence * (counts > 0)``."""
+    logits.sub_(frequency * counts + presence * (counts > 0).to(logits.dtype))
+
+
+def mask_eos(logits: torch.Tensor, eos_token_ids: torch.Tensor, rows: torch.Tensor) -> None:
+    """In place: -inf at every EOS id of the rows where ``rows`` is true."""
+    if eos_token_ids.numel() == 0 or not bool(rows.any()):
+        return
+    row_index = rows.nonzero().squeeze(1)
+    logits[row_index.unsqueeze(1), eos_token_ids.unsqueeze(0)] = NEG_INF
+
+
+def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """A copy of ``logits`` with -inf outside each row's top k (0 = all) and then its top-p nucleus.
+
+    One descending sort serves both: rank >= k is removed; then, on the softmax of what is left, a
+    token is removed when the probability of the tokens ranked above it already reaches ``top_p``
+    (so the first token always stays, as ``min_tokens_to_keep=1`` in transformers).
+    """
+    vocab = logits.shape[-1]
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    ranks = torch.arange(vocab, device=logits.device).unsqueeze(0)
+    k = torch.where(top_k > 0, top_k, vocab).unsqueeze(1)
+    sorted_logits = sorted_logits.masked_fill(ranks >= k, NEG_INF)
+    probs = torch.softmax(sorted_logits, dim=-1)
+    above = torch.cumsum(probs, dim=-1) - probs
+    remove = (above >= top_p) & (top_p < 1.0)
+    remove[:, 0] = False
+    sorted_logits = sorted_logits.masked_fill(remove, NEG_INF)
+    return torch.full_like(logits, NEG_INF).scatter(-1, order, sorted_logits)

@@ -1,0 +1,347 @@
+"""The continuous-batching engine on the tiny Llama (CPU, float32): exactness against ``generate``,
+sampling, stopping, cancelling, joining, batch invariance and streaming of multi-byte text."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import threading
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from runners.llm.engine import Capacity, Failed, Finished, LLMEngine, TextDelta
+from runners.llm.sampling import SamplingParams
+from warmfleet.errors import InvalidInput
+
+PROMPTS = [
+    "The gateway answers every request",
+    "Hello!",
+    "A tired engineer reads the morning news before the rain, and the scheduler keeps the warm cache",
+    "Why?",
+]
+GREEDY = SamplingParams(temperature=0, max_new_tokens=40)
+_ORDER = itertools.count()  # a global order of events, to tell which came first across requests
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from runners.tiny_models import make_tiny_llama
+
+    path = make_tiny_llama(tmp_path_factory.getbasetemp() / "tiny-llama")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return SimpleNamespace(model=model, tokenizer=AutoTokenizer.from_pretrained(path),
+                           eos=list(model.generation_config.eos_token_id))
+
+
+@pytest.fixture
+def make_engine(tiny):
+    engines = []
+
+    def make(model=None, capacity=None, on_step=None) -> LLMEngine:
+        engine = LLMEngine(model or tiny.model, tiny.tokenizer, eos_token_ids=tiny.eos,
+                           capacity=capacity or Capacity(), on_step=on_step)
+        engine.start()
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        engine.stop()
+
+
+class Recorder:
+    """A request's ``emit``: keeps its events (with their global order) and lets the test wait on them."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[int, object]] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, event) -> None:
+        with self._cond:
+            self.events.append((next(_ORDER), event))
+            self._cond.notify_all()
+
+    @property
+    def tokens(self) -> list[int]:
+        return [e.token_id for _, e in self.events if isinstance(e, TextDelta) and e.token_id is not None]
+
+    @property
+    def deltas(self) -> list[str]:
+        return [e.text for _, e in self.events if isinstance(e, TextDelta)]
+
+    def order_of(self, predicate) -> int:
+        return next(n for n, e in self.events if predicate(e))
+
+    def wait_tokens(self, count: int, timeout_s: float = 30) -> int:
+        with self._cond:
+            assert self._cond.wait_for(lambda: len(self.tokens) >= count, timeout_s)
+            return len(self.tokens)
+
+    def result(self, timeout_s: float = 60) -> Finished:
+        with self._cond:
+            assert self._cond.wait_for(
+                lambda: self.events and isinstance(self.events[-1][1], (Finished, Failed)), timeout_s)
+        last = self.events[-1][1]
+        assert isinstance(last, Finished), last
+        return last
+
+
+def run(engine: LLMEngine, requests: list[tuple[list[int], SamplingParams]]) -> list[Finished]:
+    recorders = [Recorder() for _ in requests]
+    for (ids, params), rec in zip(requests, recorders):
+        engine.submit(ids, params, rec)
+    return [rec.result() for rec in recorders]
+
+
+def ids_of(tiny, text: str) -> list[int]:
+    return tiny.tokenizer(text).input_ids
+
+
+def with_bias(model, bias: dict[int, float]):
+    """A copy of ``model`` whose head adds ``bias`` to some logits (making them the greedy choice)."""
+    biased = copy.deepcopy(model)
+    head = biased.lm_head
+    biased.lm_head = torch.nn.Linear(head.in_features, head.out_features, bias=True)
+    with torch.no_grad():
+        biased.lm_head.weight.copy_(head.weight)
+        biased.lm_head.bias.zero_()
+        for token, value in bias.items():
+            biased.lm_head.bias[token] = value
+    return biased
+
+
+# Exactness and sampling
+
+
+def test_greedy_output_equals_generate_token_for_token(tiny, make_engine):
+    engine = make_engine()
+    for prompt in PROMPTS:
+        ids = ids_of(tiny, prompt)
+        [done] = run(engine, [(ids, GREEDY)])
+        with torch.inference_mode():
+            out = tiny.model.generate(
+                torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=GREEDY.max_new_tokens, do_sample=False)
+        expected = out[0, len(ids):].tolist()
+        ended_on_eos = bool(expected) and expected[-1] in tiny.eos
+        assert list(done.token_ids) == (expected[:-1] if ended_on_eos else expected)
+        assert done.finish_reason == ("eos" if ended_on_eos else "length")
+        assert done.input_token_count == len(ids) and done.output_token_count == len(done.token_ids)
+        assert done.text == tiny.tokenizer.decode(done.token_ids, skip_special_tokens=True)
+
+
+def test_same_seed_gives_the_same_text_and_different_seeds_differ(tiny, make_engine):
+    engine = make_engine()
+    ids = ids_of(tiny, PROMPTS[0])
+
+    def sample(seed: int) -> Finished:
+        params = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=24, seed=seed)
+        return run(engine, [(ids, params)])[0]
+
+    first, again, other = sample(5), sample(5), sample(6)
+    assert first.token_ids == again.token_ids and first.text == again.text
+    assert first.token_ids != other.token_ids
+    assert first.token_ids != run(engine, [(ids, GREEDY)])[0].token_ids[:24]  # it did sample
+
+
+def test_top_k_1_equals_greedy(tiny, make_engine):
+    engine = make_engine()
+    ids = ids_of(tiny, PROMPTS[2])
+    [greedy, top1] = run(engine, [(ids, GREEDY), (ids, SamplingParams(temperature=1.3, top_k=1, top_p=1.0,
+                                                                      max_new_tokens=40, seed=3))])
+    assert top1.token_ids == greedy.token_ids
+
+
+def test_each_penalty_covers_the_tokens_it_is_defined_over(tiny, make_engine):
+    ids = ids_of(tiny, PROMPTS[0])
+    favourite = ids[-1]  # a prompt token the biased model always prefers (logit ~2; the others < 1)
+    engine = make_engine(with_bias(tiny.model, {favourite: 2.0}))
+
+    def greedy(**penalty) -> tuple[int, ...]:
+        return run(engine, [(ids, SamplingParams(temperature=0, max_new_tokens=12, **penalty))])[0].token_ids
+
+    assert greedy() == (favourite,) * 12
+    # repetition_penalty counts the prompt: the favourite never comes, and no output token repeats
+    penalised = greedy(repetition_penalty=10.0)
+    assert favourite not in penalised and len(set(penalised)) == len(penalised)
+    # frequency and presence count the output only: the favourite comes once, then its logit drops
+    for penalty in ({"frequency_penalty": 2.0}, {"presence_penalty": 2.0}):
+        tokens = greedy(**penalty)
+        assert tokens[0] == favourite and tokens.count(favourite) == 1, penalty
+
+
+# Stopping
+
+
+def test_a_stop_sequence_ends_the_text_before_it(tiny, make_engine):
+    engine = make_engine()
+    ids = ids_of(tiny, PROMPTS[0])
+    [greedy] = run(engine, [(ids, GREEDY)])
+    text = greedy.text
+    start = len(text) // 2
+    stop = text[start:start + 3]
+    cut = text.index(stop)  # its first occurrence (may lie before the middle)
+    rec = Recorder()
+    engine.submit(ids, SamplingParams(temperature=0, max_new_tokens=40, stop_sequences=("zzzz-none", stop)),
+                  rec)
+    done = rec.result()
+    assert done.finish_reason == "stop"
+    assert done.text == text[:cut]
+    assert "".join(rec.deltas) == done.text  # the stop text was never streamed, not even in part
+    assert len(done.token_ids) < len(greedy.token_ids)
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_every_eos_id_of_the_generation_config_ends_the_sequence(tiny, make_engine, which):
+    engine = make_engine(with_bias(tiny.model, {tiny.eos[which]: 100.0}))
+    [done] = run(engine, [(ids_of(tiny, PROMPTS[0]), GREEDY)])
+    assert (done.finish_reason, done.token_ids, done.text) == ("eos", (), "")
+
+
+def test_min_new_tokens_holds_off_every_eos_id(tiny, make_engine):
+    # Both EOS ids lead by far; masking only the first would let the second end the text.
+    engine = make_engine(with_bias(tiny.model, {tiny.eos[0]: 100.0, tiny.eos[1]: 90.0}))
+    ids = ids_of(tiny, PROMPTS[1])
+    [held, sampled] = run(engine, [(ids, SamplingParams(temperature=0, min_new_tokens=6, max_new_tokens=40)),
+                                   (ids, SamplingParams(temperature=1.0, min_new_tokens=3, max_new_tokens=40,
+                                                        seed=1))])
+    assert (held.finish_reason, held.output_token_count) == ("eos", 6)
+    assert (sampled.finish_reason, sampled.output_token_count) == ("eos", 3)
+    assert not set(held.token_ids + sampled.token_ids) & set(tiny.eos)
+
+
+def test_max_new_tokens_caps_the_output(tiny, make_engine):
+    engine = make_engine(with_bias(tiny.model, {tiny.eos[0]: 100.0}))
+    [done] = run(engine, [(ids_of(tiny, PROMPTS[1]), SamplingParams(temperature=0.8, max_new_tokens=7,
+                                                                    min_new_tokens=50, seed=0))])
+    assert (done.finish_reason, done.output_token_count, len(done.token_ids)) == ("length", 7, 7)
+
+
+def test_metrics_count_tokens_and_time_from_joining(tiny, make_engine):
+    engine = make_engine()
+    ids = ids_of(tiny, PROMPTS[0])
+    [done] = run(engine, [(ids, SamplingParams(temperature=0, max_new_tokens=12, min_new_tokens=12))])
+    assert (done.input_token_count, done.output_token_count) == (len(ids), 12)
+    elapsed = done.output_token_count / done.tokens_per_second
+    assert 0 < done.time_to_first_token_s < elapsed
+
+
+def test_requests_the_engine_can_never_hold_are_refused_naming_the_field(tiny, make_engine):
+    engine = make_engine(capacity=Capacity(max_sequences=2, max_tokens_in_flight=64))
+    ids = ids_of(tiny, PROMPTS[2])
+    with pytest.raises(InvalidInput, match="input.max_new_tokens"):
+        engine.submit(ids, SamplingParams(max_new_tokens=64), Recorder())
+    with pytest.raises(InvalidInput, match="input.prompt"):
+        engine.submit(list(range(5)) * 400, SamplingParams(max_new_tokens=1), Recorder())
+    with pytest.raises(InvalidInput, match="input.prompt"):
+        engine.submit([], SamplingParams(max_new_tokens=1), Recorder())
+
+
+# Continuous batching
+
+
+def test_a_cancelled_request_stops_within_a_step_or_two_and_frees_its_row(tiny, make_engine):
+    engine = make_engine(capacity=Capacity(max_sequences=1))
+    long, short = Recorder(), Recorder()
+    long_id = engine.submit(ids_of(tiny, PROMPTS[0]), SamplingParams(temperature=0, max_new_tokens=900,
+                                                                     min_new_tokens=900), long)
+    at_cancel = long.wait_tokens(3)
+    engine.cancel(long_id)
+    engine.submit(ids_of(tiny, PROMPTS[1]), SamplingParams(temperature=0, max_new_tokens=5, min_new_tokens=5),
+                  short)
+    cancelled = long.result()
+    assert cancelled.finish_reason == "cancelled"
+    assert cancelled.output_token_count <= at_cancel + 2
+    assert short.result().output_token_count == 5
+    # The only row was the cancelled one's: the next request ran after it left.
+    short_began = short.order_of(lambda e: isinstance(e, TextDelta))
+    assert short_began > long.order_of(lambda e: isinstance(e, Finished))
+
+
+def test_a_request_joins_the_running_batch_at_the_next_step(tiny, make_engine):
+    sizes: list[int] = []
+    engine = make_engine(capacity=Capacity(max_sequences=4), on_step=sizes.append)
+    first, joiner = Recorder(), Recorder()
+    first_id = engine.submit(ids_of(tiny, PROMPTS[0]), SamplingParams(temperature=0, max_new_tokens=900,
+                                                                      min_new_tokens=900), first)
+    first.wait_tokens(3)
+    submitted_at = next(_ORDER)
+    engine.submit(ids_of(tiny, PROMPTS[1]), SamplingParams(temperature=0, max_new_tokens=5, min_new_tokens=5),
+                  joiner)
+    assert joiner.result().output_token_count == 5
+    first.wait_tokens(len(first.tokens) + 1)  # a step after the joiner left
+    engine.cancel(first_id)
+    first.result()
+
+    joined_at = joiner.order_of(lambda e: isinstance(e, TextDelta))
+    steps_between = [n for n, e in first.events if isinstance(e, TextDelta) and submitted_at < n < joined_at]
+    assert len(steps_between) <= 1  # at most the step already under way when it was submitted
+    assert sizes[0] == 1 and 2 in sizes
+    assert sizes.index(2) > 0 and sizes[-1] == 1  # rose while the first ran, fell when the joiner left
+
+
+def test_greedy_and_seeded_requests_give_the_same_tokens_alone_and_in_a_mixed_batch_of_16(tiny, make_engine):
+    engine = make_engine(capacity=Capacity(max_sequences=16))
+    words = " ".join(PROMPTS).split()
+    requests = []
+    for i in range(16):
+        ids = ids_of(tiny, " ".join((words * 3)[i % 7: i % 7 + 2 + 3 * i]))  # 2 to 47 words
+        if i % 2 == 0:
+            params = SamplingParams(temperature=0, max_new_tokens=20 + 5 * i,
+                                    repetition_penalty=1.3 if i % 4 == 0 else 1.0)
+        else:
+            params = SamplingParams(temperature=0.5 + i / 16, top_k=(-1, 5, 50)[i % 3],
+                                    top_p=(1.0, 0.9)[(i // 2) % 2],
+                                    frequency_penalty=0.5 if i % 3 == 0 else 0.0,
+                                    max_new_tokens=10 + 6 * i, seed=i)
+        requests.append((ids, params))
+    batched = run(engine, requests)
+    alone = [run(engine, [request])[0] for request in requests]
+
+    same = [b.token_ids == a.token_ids for b, a in zip(batched, alone)]
+    fraction = sum(same) / len(same)
+    print(f"batch invariance: {sum(same)}/{len(same)} requests give the same tokens in a batch of 16")
+    assert fraction == 1.0, f"only {fraction:.0%} of requests match their lone run: {same}"
+
+
+# Streaming multi-byte text
+
+
+class Scripted(torch.nn.Module):
+    """The tiny Llama, run for real (its cache grows as usual), but whose next token is always the next
+    one of ``script``: a model that writes a known multi-byte text."""
+
+    def __init__(self, inner, script: list[int], prompt_length: int) -> None:
+        super().__init__()
+        self.inner, self.config, self.script, self.prompt_length = inner, inner.config, script, prompt_length
+
+    def forward(self, input_ids, position_ids=None, **kwargs):
+        out = self.inner(input_ids=input_ids, position_ids=position_ids, **kwargs)
+        last = position_ids[:, -1].tolist() if position_ids is not None else [input_ids.shape[1] - 1]
+        logits = torch.full_like(out.logits[:, -1:, :], -1e4)
+        for row, position in enumerate(last):
+            logits[row, 0, self.script[min(position + 1 - self.prompt_length, len(self.script) - 1)]] = 0.0
+        return SimpleNamespace(logits=logits)
+
+
+MULTI_BYTE = "Olá, café → 世界 🙂 done"
+
+
+@pytest.mark.parametrize("stops, expected", [((), MULTI_BYTE), (("🙂",), "Olá, café → 世界 ")])
+def test_multi_byte_text_streams_whole_characters_that_make_up_the_final_text(tiny, make_engine, stops,
+                                                                              expected):
+    script = tiny.tokenizer(MULTI_BYTE, add_special_tokens=False).input_ids + [tiny.eos[1]]
+    prompt = ids_of(tiny, "Say it:")
+    engine = make_engine(Scripted(tiny.model, script, len(prompt)))
+    rec = Recorder()
+    params = SamplingParams(temperature=0.7, max_new_tokens=100, stop_sequences=stops, seed=0)
+    engine.submit(prompt, params, rec)
+    done = rec.result()
+    assert not any("\ufffd" in d for d in rec.deltas)
+    assert "".join(rec.deltas) == done.text == expected
+    assert rec.deltas.count("") >= 2  # characters split over tokens were held back until whole
+    assert done.finish_reason == ("stop" if stops else "eos")
