@@ -12,7 +12,7 @@ import time
 
 from gateway.server import Gateway
 from scheduler import ray_adapter
-from warmfleet.defaults import default_models
+from warmfleet.defaults import default_models, prepare_default_weights
 from warmfleet.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -23,6 +23,7 @@ async def serve(settings: Settings) -> None:
     controller = ray_adapter.find_controller()  # another gateway's, when joining a served cluster
     created = controller is None
     if created:
+        prepare_default_weights(settings)
         controller = ray_adapter.start_controller(default_models(settings))
         await controller.start()
     gateway = Gateway(settings, controller)

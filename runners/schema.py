@@ -7,7 +7,7 @@ from typing import Any
 
 import fastjsonschema
 import jsonschema
-from jsonschema import Draft202012Validator
+from jsonschema import Draft7Validator
 
 from warmfleet.domain import FileData
 from warmfleet.errors import InvalidInput
@@ -22,11 +22,13 @@ class InputValidator:
 
     Valid input (the hot path) is checked by code fastjsonschema generates from the schema, ~20x faster
     than jsonschema; only when it fails does jsonschema find the most relevant error, for its message.
+    Both read the schema as JSON Schema draft 7, the newest draft fastjsonschema knows, so that they
+    never disagree on which keywords count.
     """
 
     def __init__(self, schema: dict[str, Any]) -> None:
-        Draft202012Validator.check_schema(schema)
-        self._validator = Draft202012Validator(schema)
+        Draft7Validator.check_schema(schema)
+        self._validator = Draft7Validator(schema)
         self._fast = fastjsonschema.compile(schema, use_default=False)
         props = schema.get("properties", {})
         self._file_fields = {name for name, prop in props.items() if prop.get("format") == FILE_FORMAT}

@@ -20,11 +20,23 @@ from warmfleet.v1 import (
 
 ECHO = "warmfleet/echo"
 NARROW = "test/echo-narrow"  # one prediction at a time: for queueing, cancel and backpressure
+LLM = "warmfleet/tiny-llama"
 
-MODELS = [
-    ModelSpec(ECHO, "echo"),
-    ModelSpec(NARROW, "echo", options={"max_concurrency": 1}),
-]
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    from runners.tiny_models import make_tiny_llama
+
+    return make_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def models(tiny_llama_dir) -> list[ModelSpec]:
+    return [
+        ModelSpec(ECHO, "echo"),
+        ModelSpec(NARROW, "echo", options={"max_concurrency": 1}),
+        ModelSpec(LLM, "llm", weights=str(tiny_llama_dir), options={"max_batch_size": 16}),
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -35,8 +47,8 @@ def ray_session():
 
 
 @pytest.fixture(scope="session")
-async def controller(ray_session):
-    client = ray_adapter.start_controller(MODELS, detached=False)
+async def controller(ray_session, models):
+    client = ray_adapter.start_controller(models, detached=False)
     await client.start()
     yield client
     client.kill()

@@ -1,0 +1,148 @@
+"""The LLM scenario: output tokens/s of 32 concurrent streams through the cluster, against sequential
+``model.generate`` calls on the same prompts and lengths in the same run; TTFT and inter-token latency.
+
+Starts a private cluster (``warmfleet up`` on a temporary home: it generates and serves the tiny Llama as
+``warmfleet/tiny-llama``), measures idle TTFT with one stream at a time, then 32 streams at once, then
+loads the same weights in this process and runs ``generate`` on each prompt in turn. Every request asks
+for exactly ``--tokens`` new tokens (min = max), greedy, so both sides produce the same amount of text.
+
+    python -m bench.llm --streams 32 --tokens 64 --out bench/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from bench.common import Target, cluster_settings, machine_info, start_cluster
+from warmfleet import launch
+from warmfleet.v1 import predictions_pb2 as P, predictions_pb2_grpc, types_pb2 as T
+
+MODEL = "warmfleet/tiny-llama"
+GOAL_SPEEDUP = 10.0
+GOAL_TTFT_RATIO = 3.0
+WORDS = "the quick brown fox jumps over a lazy dog while seven wise owls watch from old oak trees".split()
+
+
+def prompts(count: int) -> list[str]:
+    """Prompts of different lengths (5 to ~40 words), the same in every run."""
+    return [" ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(5 + (i * 11) % 36)) for i in range(count)]
+
+
+def request(prompt: str, tokens: int) -> P.CreatePredictionRequest:
+    gen = T.TextGenerationInput(prompt=prompt, max_new_tokens=tokens, min_new_tokens=tokens, temperature=0.0)
+    return P.CreatePredictionRequest(model=MODEL, input=T.PredictionInput(text_generation=gen))
+
+
+async def one_stream(stub, metadata, prompt: str, tokens: int) -> dict[str, Any]:
+    """Stream one generation; the arrival time of every output chunk, and the final token count."""
+    start = time.perf_counter()
+    arrivals: list[float] = []
+    final = None
+    async for event in stub.CreateAndStreamPrediction(request(prompt, tokens), metadata=metadata):
+        kind = event.WhichOneof("kind")
+        if kind == "output":
+            arrivals.append(time.perf_counter() - start)
+        elif kind == "completed":
+            final = event.completed
+    if final is None or final.status != T.STATUS_SUCCEEDED:
+        raise RuntimeError(f"generation did not succeed: {final}")
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    return {"ttft_s": arrivals[0], "wall_s": time.perf_counter() - start, "gaps_s": gaps,
+            "tokens": final.metrics.output_token_count}
+
+
+async def through_cluster(target: Target, texts: list[str], tokens: int, idle_runs: int) -> dict[str, Any]:
+    async with grpc.aio.insecure_channel(target.address) as channel:
+        stub = predictions_pb2_grpc.PredictionsStub(channel)
+        md = target.metadata()
+        await one_stream(stub, md, texts[0], 4)  # warm-up
+        idle = [await one_stream(stub, md, texts[i % len(texts)], tokens) for i in range(idle_runs)]
+        start = time.perf_counter()
+        loaded = await asyncio.gather(*(one_stream(stub, md, t, tokens) for t in texts))
+        wall = time.perf_counter() - start
+    gaps = sorted(g for r in loaded for g in r["gaps_s"])
+    ttfts = sorted(r["ttft_s"] for r in loaded)
+    return {
+        "wall_s": wall, "output_tokens": sum(r["tokens"] for r in loaded),
+        "tokens_per_s": sum(r["tokens"] for r in loaded) / wall,
+        "idle_ttft_p50_ms": statistics.median(r["ttft_s"] for r in idle) * 1e3,
+        "ttft_p50_ms": _pct(ttfts, 50) * 1e3, "ttft_p99_ms": _pct(ttfts, 99) * 1e3,
+        "itl_p50_ms": _pct(gaps, 50) * 1e3, "itl_p99_ms": _pct(gaps, 99) * 1e3,
+    }
+
+
+def sequential_generate(weights: Path, texts: list[str], tokens: int) -> dict[str, Any]:
+    """The baseline: the same weights in this process, ``generate`` on each prompt in turn."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(weights)
+    model = AutoModelForCausalLM.from_pretrained(weights, dtype=torch.float32).eval()
+    count = 0
+    with torch.inference_mode():
+        model.generate(**tokenizer(texts[0], return_tensors="pt"), max_new_tokens=4, do_sample=False)
+        start = time.perf_counter()
+        for text in texts:
+            ids = tokenizer(text, return_tensors="pt")
+            out = model.generate(**ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+            count += out.shape[1] - ids["input_ids"].shape[1]
+        wall = time.perf_counter() - start
+    return {"wall_s": wall, "output_tokens": count, "tokens_per_s": count / wall}
+
+
+def _pct(values: list[float], p: float) -> float:
+    return values[min(len(values) - 1, int(len(values) * p / 100))]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="llm: continuous batching against sequential generate")
+    parser.add_argument("--streams", type=int, default=32, help="concurrent streams")
+    parser.add_argument("--tokens", type=int, default=64, help="new tokens per request (min = max)")
+    parser.add_argument("--idle-runs", type=int, default=5, help="single streams for the idle TTFT")
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    started, machine = time.time(), machine_info()
+    texts = prompts(args.streams)
+    with tempfile.TemporaryDirectory(prefix="warmfleet-bench-") as home:
+        settings = cluster_settings(Path(home))
+        try:
+            _, target = start_cluster(settings)
+            cluster = asyncio.run(through_cluster(target, texts, args.tokens, args.idle_runs))
+        finally:
+            launch.down(settings)
+        baseline = sequential_generate(settings.models_path / "tiny-llama", texts, args.tokens)
+    speedup = cluster["tokens_per_s"] / baseline["tokens_per_s"]
+    ttft_ratio = cluster["ttft_p50_ms"] / cluster["idle_ttft_p50_ms"]
+    goals = {
+        "throughput": {"goal": f">= {GOAL_SPEEDUP}x sequential generate", "value": speedup,
+                       "met": speedup >= GOAL_SPEEDUP},
+        "ttft_under_load": {"goal": f"p50 <= {GOAL_TTFT_RATIO}x idle", "value": ttft_ratio,
+                            "met": ttft_ratio <= GOAL_TTFT_RATIO},
+    }
+    report = {
+        "scenario": "llm", "command": "python -m bench.llm " + " ".join(sys.argv[1:] if argv is None else argv),
+        "started_at": started, "wall_s": time.time() - started, "machine": machine,
+        "settings": {"streams": args.streams, "tokens": args.tokens, "model": MODEL, "greedy": True},
+        "cluster": cluster, "sequential_generate": baseline, "goals": goals,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "llm.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({"cluster": cluster, "sequential_generate": baseline, "goals": goals}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
