@@ -65,7 +65,7 @@ async def test_create_and_stream_delivers_chunks_in_order_then_completed(api):
     assert kinds[-1] == "completed" and kinds.count("completed") == 1
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     chunks = [e.output.value.string_value for e in events if e.WhichOneof("kind") == "output"]
-    assert len(chunks) == 4 and "".join(chunks) == text
+    assert 2 <= len(chunks) <= 4 and "".join(chunks) == text  # chunks that pile up may travel merged
     assert "log" in kinds and kinds.index("status") < kinds.index("output")
     assert events[-1].completed.status == T.STATUS_SUCCEEDED
     assert events[-1].completed.output.value.string_value == text
