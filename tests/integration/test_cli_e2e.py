@@ -68,3 +68,14 @@ def test_errors_are_one_line_naming_the_problem(cli, args, message):
     assert result.returncode == 1
     assert result.stderr.startswith("error: ") and message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_default_cluster_streams_from_the_tiny_llama(cli):
+    run, home, _ = cli
+    assert (home / "models" / "tiny-llama" / "config.json").exists(), "up generates the tiny model"
+    streamed = run("predict", "warmfleet/tiny-llama", "-i", "prompt=the quick brown fox", "-i", "max_new_tokens=16",
+                   "-i", "min_new_tokens=16", "-i", "temperature=0", "--stream")
+    assert streamed.returncode == 0, streamed.stderr
+    again = run("predict", "warmfleet/tiny-llama", "-i", "prompt=the quick brown fox", "-i", "max_new_tokens=16",
+                "-i", "min_new_tokens=16", "-i", "temperature=0")
+    assert again.returncode == 0 and again.stdout.strip() == streamed.stdout.strip() != ""
