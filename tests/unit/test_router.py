@@ -34,6 +34,14 @@ async def make_router():
         await router.close()
 
 
+def one_instance(make_router, capacity: int) -> tuple[Router, FakeNodeClient, EventLog]:
+    """A router whose table has one instance of MODEL, with ``capacity`` slots, on node A."""
+    node, log = FakeNodeClient("A"), EventLog()
+    router = make_router(log)
+    router.update_table(table(1, [instance("i1", MODEL, "A", capacity)], node))
+    return router, node, log
+
+
 def _input(n: int) -> dict:
     return {"text": f"hello {n}"}
 
@@ -72,9 +80,7 @@ async def test_dispatch_picks_least_loaded_instance_and_never_exceeds_max_concur
 
 
 async def test_a_slot_freed_under_a_backlog_is_filled_and_its_task_reaches_the_node(make_router):
-    a = FakeNodeClient("A")
-    router = make_router(EventLog())
-    router.update_table(table(1, [instance("i1", MODEL, "A", 1)], a))
+    router, a, _ = one_instance(make_router, 1)
     for n in range(3):
         router.enqueue(f"p{n}", MODEL, _input(n))
     await a.wait_submitted(1)
@@ -97,10 +103,7 @@ async def test_a_new_instance_smaller_than_the_backlog_gets_its_tasks(make_route
 
 
 async def test_queued_prediction_waits_for_a_slot_and_takes_the_one_a_finish_frees(make_router):
-    a = FakeNodeClient("A")
-    log = EventLog()
-    router = make_router(log)
-    router.update_table(table(1, [instance("i1", MODEL, "A", 1)], a))
+    router, a, log = one_instance(make_router, 1)
 
     router.enqueue("first", MODEL, _input(1))
     router.enqueue("second", MODEL, _input(2))
@@ -131,9 +134,7 @@ async def test_higher_priority_is_dispatched_first_and_equal_priorities_keep_arr
 
 
 async def test_as_slots_free_one_by_one_the_highest_priority_waiting_goes_next(make_router):
-    a = FakeNodeClient("A")
-    router = make_router(EventLog())
-    router.update_table(table(1, [instance("i1", MODEL, "A", 1)], a))
+    router, a, _ = one_instance(make_router, 1)
     router.enqueue("busy", MODEL, _input(0))
     for pid, priority in [("low", 0), ("high", 5), ("mid", 2)]:
         router.enqueue(pid, MODEL, _input(1), priority=priority)
@@ -165,10 +166,7 @@ async def test_queue_at_its_bound_raises_queue_full_and_accepts_again_once_there
 
 
 async def test_cancel_of_a_queued_prediction_emits_one_canceled_and_it_is_never_dispatched(make_router):
-    a = FakeNodeClient("A")
-    log = EventLog()
-    router = make_router(log)
-    router.update_table(table(1, [instance("i1", MODEL, "A", 1)], a))
+    router, a, log = one_instance(make_router, 1)
     router.enqueue("running", MODEL, _input(1))
     router.enqueue("queued", MODEL, _input(2))
 
@@ -215,10 +213,7 @@ async def test_cancel_of_a_running_prediction_asks_its_node_and_forwards_the_nod
 async def test_a_cancel_in_the_turn_of_dispatch_takes_effect(make_router):
     """The task may not have left for its node yet: the router either takes it back and ends it itself,
     or the node hears the cancel after the submit (never before it, when it would be a no-op)."""
-    a = FakeNodeClient("A")
-    log = EventLog()
-    router = make_router(log)
-    router.update_table(table(1, [instance("i1", MODEL, "A", 1)], a))
+    router, a, log = one_instance(make_router, 1)
 
     router.enqueue("p1", MODEL, _input(1))  # dispatched at once: a slot is free
     router.cancel("p1")
@@ -235,10 +230,7 @@ async def test_a_cancel_in_the_turn_of_dispatch_takes_effect(make_router):
 
 
 async def test_a_slot_freed_by_canceling_an_unsent_task_goes_to_the_next_queued_one(make_router):
-    a = FakeNodeClient("A")
-    log = EventLog()
-    router = make_router(log)
-    router.update_table(table(1, [instance("i1", MODEL, "A", 1)], a))
+    router, a, log = one_instance(make_router, 1)
     router.enqueue("p1", MODEL, _input(1))
     router.enqueue("p2", MODEL, _input(2))
     router.cancel("p1")
@@ -271,10 +263,7 @@ async def test_a_deadline_passing_while_queued_aborts_only_that_prediction(make_
 
 
 async def test_a_deadline_does_not_abort_a_prediction_that_already_started(make_router):
-    a = FakeNodeClient("A")
-    log = EventLog()
-    router = make_router(log)
-    router.update_table(table(1, [instance("i1", MODEL, "A", 1)], a))
+    router, a, log = one_instance(make_router, 1)
     router.enqueue("started", MODEL, _input(1), deadline_at=time.time() + 0.05)
     router.enqueue("queued", MODEL, _input(2), deadline_at=time.time() + 0.15)
 
@@ -285,10 +274,7 @@ async def test_a_deadline_does_not_abort_a_prediction_that_already_started(make_
 
 
 async def test_a_rejected_prediction_is_requeued_and_dispatched_again(make_router):
-    a = FakeNodeClient("A")
-    log = EventLog()
-    router = make_router(log)
-    router.update_table(table(1, [instance("i1", MODEL, "A", 1)], a))
+    router, a, log = one_instance(make_router, 1)
     router.enqueue("p1", MODEL, _input(1))
     await a.wait_submitted(1)
 
@@ -306,10 +292,7 @@ async def test_a_rejected_prediction_is_requeued_and_dispatched_again(make_route
 
 
 async def test_a_prediction_rejected_max_rejections_times_fails_with_the_reason(make_router):
-    a = FakeNodeClient("A")
-    log = EventLog()
-    router = make_router(log)
-    router.update_table(table(1, [instance("i1", MODEL, "A", 1)], a))
+    router, a, log = one_instance(make_router, 1)
     router.enqueue("p1", MODEL, _input(1))
 
     for n in range(1, MAX_REJECTIONS + 1):
@@ -424,10 +407,7 @@ async def test_a_submit_that_fails_for_another_reason_still_ends_each_prediction
 
 
 async def test_enqueues_in_one_loop_turn_reach_the_node_in_one_submit(make_router):
-    a = FakeNodeClient("A")
-    log = EventLog()
-    router = make_router(log)
-    router.update_table(table(1, [instance("i1", MODEL, "A", 8)], a))
+    router, a, log = one_instance(make_router, 8)
     for n in range(5):
         router.enqueue(f"p{n}", MODEL, _input(n))
 
@@ -441,10 +421,7 @@ async def test_enqueues_in_one_loop_turn_reach_the_node_in_one_submit(make_route
 
 
 async def test_events_for_predictions_the_router_is_not_running_are_dropped(make_router):
-    a = FakeNodeClient("A")
-    log = EventLog()
-    router = make_router(log)
-    router.update_table(table(1, [instance("i1", MODEL, "A", 1)], a))
+    router, a, log = one_instance(make_router, 1)
     router.enqueue("p1", MODEL, _input(1))
     await a.wait_submitted(1)
 
