@@ -1,5 +1,6 @@
 """The continuous-batching engine on the tiny Llama (CPU, float32): exactness against ``generate``,
-sampling, stopping, cancelling, joining, batch invariance and streaming of multi-byte text."""
+sampling, stopping, cancelling, joining, batched prefill and its limits, batch invariance and
+streaming of multi-byte text."""
 
 from __future__ import annotations
 
@@ -41,10 +42,13 @@ def tiny(tmp_path_factory):
 def make_engine(tiny):
     engines = []
 
-    def make(model=None, capacity=None, on_step=None) -> LLMEngine:
+    def make(model=None, capacity=None, on_step=None, start=True) -> LLMEngine:
+        """``start`` False: the caller starts it, e.g. after submitting requests that must all be
+        taken in the engine's first turn."""
         engine = LLMEngine(model or tiny.model, tiny.tokenizer, eos_token_ids=tiny.eos,
                            capacity=capacity or Capacity(), on_step=on_step)
-        engine.start()
+        if start:
+            engine.start()
         engines.append(engine)
         return engine
 
@@ -90,11 +94,35 @@ class Recorder:
         return last
 
 
-def run(engine: LLMEngine, requests: list[tuple[list[int], SamplingParams]]) -> list[Finished]:
+def run(engine: LLMEngine, requests: list[tuple[list[int], SamplingParams]], start: bool = False
+        ) -> list[Finished]:
+    """Submit every request, then (``start``) start the engine, so that its first turn takes them all."""
     recorders = [Recorder() for _ in requests]
     for (ids, params), rec in zip(requests, recorders):
         engine.submit(ids, params, rec)
+    if start:
+        engine.start()
     return [rec.result() for rec in recorders]
+
+
+class Counting(torch.nn.Module):
+    """The tiny Llama, recording every forward in ``calls``, in order: ("prefill", rows, columns) for a
+    forward on an empty cache, ("decode", rows) for one on a filled cache."""
+
+    def __init__(self, inner) -> None:
+        super().__init__()
+        self.inner, self.config, self.calls = inner, inner.config, []
+
+    def forward(self, input_ids, past_key_values=None, **kwargs):
+        if past_key_values.get_seq_length() == 0:
+            self.calls.append(("prefill", *input_ids.shape))
+        else:
+            self.calls.append(("decode", input_ids.shape[0]))
+        return self.inner(input_ids=input_ids, past_key_values=past_key_values, **kwargs)
+
+    @property
+    def prefills(self) -> list[tuple[int, int]]:
+        return [call[1:] for call in self.calls if call[0] == "prefill"]
 
 
 def ids_of(tiny, text: str) -> list[int]:
@@ -284,8 +312,8 @@ def test_a_request_joins_the_running_batch_at_the_next_step(tiny, make_engine):
     assert sizes.index(2) > 0 and sizes[-1] == 1  # rose while the first ran, fell when the joiner left
 
 
-def test_greedy_and_seeded_requests_give_the_same_tokens_alone_and_in_a_mixed_batch_of_16(tiny, make_engine):
-    engine = make_engine(capacity=Capacity(max_sequences=16))
+def mixed_requests(tiny) -> list[tuple[list[int], SamplingParams]]:
+    """16 requests of 2 to 47 words, greedy (half with a repetition penalty) and seeded samplers."""
     words = " ".join(PROMPTS).split()
     requests = []
     for i in range(16):
@@ -299,13 +327,119 @@ def test_greedy_and_seeded_requests_give_the_same_tokens_alone_and_in_a_mixed_ba
                                     frequency_penalty=0.5 if i % 3 == 0 else 0.0,
                                     max_new_tokens=10 + 6 * i, seed=i)
         requests.append((ids, params))
-    batched = run(engine, requests)
+    return requests
+
+
+@pytest.mark.parametrize("arrival", ["together", "while_running"])
+def test_greedy_and_seeded_requests_give_the_same_tokens_alone_and_in_a_mixed_batch_of_16(tiny, make_engine,
+                                                                                          arrival):
+    # "together": all 16 are queued before the engine starts, so they are prefilled in one left-padded
+    # forward; "while_running": submitted to a running engine, they join over one or more turns.
+    model = Counting(tiny.model)
+    together = arrival == "together"
+    requests = mixed_requests(tiny)
+    capacity = Capacity(max_sequences=16, max_prefill_tokens=16 * max(len(ids) for ids, _ in requests))
+    engine = make_engine(model, capacity=capacity, start=not together)
+    batched = run(engine, requests, start=together)
+    if together:
+        assert model.prefills[0] == (16, max(len(ids) for ids, _ in requests))
     alone = [run(engine, [request])[0] for request in requests]
 
     same = [b.token_ids == a.token_ids for b, a in zip(batched, alone)]
     fraction = sum(same) / len(same)
-    print(f"batch invariance: {sum(same)}/{len(same)} requests give the same tokens in a batch of 16")
+    print(f"batch invariance ({arrival}): {sum(same)}/{len(same)} requests give the same tokens in a batch "
+          f"of 16")
     assert fraction == 1.0, f"only {fraction:.0%} of requests match their lone run: {same}"
+
+
+# Batched prefill
+
+
+def test_requests_that_arrive_together_are_prefilled_in_one_forward_and_match_their_lone_runs(tiny,
+                                                                                            make_engine):
+    # The longest prompt (and another) ends at its first token: the rows that stay are re-laid out
+    # without the columns only it used, and still decode as they would alone.
+    model = Counting(tiny.model)
+    sizes: list[int] = []
+    engine = make_engine(model, on_step=sizes.append, start=False)
+    prompts = [ids_of(tiny, p) for p in PROMPTS]
+    lengths = [7, 1, 1, 12]
+    requests = [(ids, SamplingParams(temperature=0, max_new_tokens=n)) for ids, n in zip(prompts, lengths)]
+    requests.append((prompts[0], SamplingParams(temperature=0.9, max_new_tokens=9, seed=4)))
+    together = run(engine, requests, start=True)
+    assert model.prefills == [(5, max(len(ids) for ids in prompts))]
+    assert sizes[0] == 3  # the two that ended at their first token never joined the batch
+    for done, request in zip(together, requests):
+        assert done.token_ids == run(engine, [request])[0].token_ids
+        assert done.time_to_first_token_s is not None
+
+
+def test_a_turn_prefills_at_most_max_prefill_tokens_and_the_rest_join_at_the_next_turn(tiny, make_engine):
+    model = Counting(tiny.model)
+    short, long = ids_of(tiny, PROMPTS[0]), ids_of(tiny, PROMPTS[2])
+    params = SamplingParams(temperature=0, max_new_tokens=6, min_new_tokens=6)
+    engine = make_engine(model, capacity=Capacity(max_prefill_tokens=3 * len(long)), start=False)
+    done = run(engine, [(short, params)] * 3 + [(long, params)] * 3, start=True)
+    # 3 short and a long would be 4 rows of the long one's width: the long ones take the next turn,
+    # after a decode step, and join a batch narrower than their cache.
+    assert model.calls[:4] == [("prefill", 3, len(short)), ("decode", 3), ("prefill", 3, len(long)),
+                               ("decode", 6)]
+    alone = [run(engine, [(ids, params)])[0].token_ids for ids in (short, long)]
+    assert [d.token_ids for d in done] == [alone[0]] * 3 + [alone[1]] * 3
+
+
+def test_a_prompt_longer_than_max_prefill_tokens_is_still_prefilled_alone(tiny, make_engine):
+    model = Counting(tiny.model)
+    long, short = ids_of(tiny, PROMPTS[2]), ids_of(tiny, PROMPTS[1])
+    engine = make_engine(model, capacity=Capacity(max_prefill_tokens=len(long) - 1), start=False)
+    params = SamplingParams(temperature=0, max_new_tokens=4, min_new_tokens=4)
+    done = run(engine, [(long, params), (short, params), (short, params)], start=True)
+    assert [d.output_token_count for d in done] == [4, 4, 4]
+    assert model.prefills == [(1, len(long)), (2, len(short))]
+
+
+@pytest.mark.parametrize("limit", ["max_sequences", "max_tokens_in_flight"])
+def test_a_burst_is_admitted_only_as_far_as_the_capacity_allows(tiny, make_engine, limit):
+    model = Counting(tiny.model)
+    sizes: list[int] = []
+    ids = ids_of(tiny, PROMPTS[0])
+    params = SamplingParams(temperature=0, max_new_tokens=5, min_new_tokens=5)
+    reservation = len(ids) + params.max_new_tokens
+    capacity = (Capacity(max_sequences=2) if limit == "max_sequences"
+                else Capacity(max_tokens_in_flight=2 * reservation + reservation // 2))
+    engine = make_engine(model, capacity=capacity, on_step=sizes.append, start=False)
+    done = run(engine, [(ids, params)] * 5, start=True)
+    assert [d.output_token_count for d in done] == [5] * 5
+    assert model.prefills == [(2, len(ids)), (2, len(ids)), (1, len(ids))]
+    assert max(sizes) == 2
+
+
+def test_a_failed_prefill_fails_the_requests_of_its_turn_and_the_running_batch_carries_on(tiny, make_engine):
+    class FailingPrefill(Counting):
+        fail = False
+
+        def forward(self, input_ids, past_key_values=None, **kwargs):
+            if self.fail and past_key_values.get_seq_length() == 0:
+                raise RuntimeError("out of memory, say")
+            return super().forward(input_ids, past_key_values=past_key_values, **kwargs)
+
+    model = FailingPrefill(tiny.model)
+    engine = make_engine(model)
+    running = Recorder()
+    engine.submit(ids_of(tiny, PROMPTS[0]), SamplingParams(temperature=0, max_new_tokens=40, min_new_tokens=40),
+                  running)
+    running.wait_tokens(2)
+    model.fail = True
+    failing = [Recorder(), Recorder()]
+    for rec in failing:
+        engine.submit(ids_of(tiny, PROMPTS[1]), GREEDY, rec)
+    for rec in failing:
+        with rec._cond:
+            assert rec._cond.wait_for(lambda rec=rec: rec.events, 30)
+        assert isinstance(rec.events[-1][1], Failed) and not rec.tokens
+    model.fail = False
+    assert running.result().output_token_count == 40
+    assert run(engine, [(ids_of(tiny, PROMPTS[1]), GREEDY)])[0].finish_reason in ("eos", "length")
 
 
 # Streaming multi-byte text
