@@ -77,7 +77,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from runners.llm.detokenize import IncrementalDetokenizer, StopMatcher
+from runners.llm.detokenize import StopMatcher, make_detokenizer
 from runners.llm.sampling import BatchSampler, SamplingParams
 from warmfleet.errors import InvalidInput
 
@@ -156,7 +156,7 @@ class _Sequence:
         self.emit = emit
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(params.seed)
-        self.detokenizer = IncrementalDetokenizer(tokenizer, prompt_ids) if tokenizer is not None else None
+        self.detokenizer = make_detokenizer(tokenizer, prompt_ids) if tokenizer is not None else None
         self.stop = StopMatcher(params.stop_sequences)
         self.output_ids: list[int] = []
         self.text: list[str] = []

@@ -477,5 +477,7 @@ def test_multi_byte_text_streams_whole_characters_that_make_up_the_final_text(ti
     done = rec.result()
     assert not any("\ufffd" in d for d in rec.deltas)
     assert "".join(rec.deltas) == done.text == expected
-    assert rec.deltas.count("") >= 2  # characters split over tokens were held back until whole
+    # A character split over tokens was held back until whole (the byte-level detokenizer emits the whole
+    # characters of a token at once and holds only the split one's bytes).
+    assert rec.deltas.count("") >= 1
     assert done.finish_reason == ("stop" if stops else "eos")

@@ -191,3 +191,26 @@ def test_stop_matcher_picks_the_earliest_stop_and_passes_text_through_without_st
     stop = StopMatcher(["b", "a"])
     assert stop.push("xxab") == "xx"
     assert StopMatcher([]).push("anything") == "anything"
+
+
+def test_the_byte_level_detokenizer_matches_decode_on_the_tiny_llama(tmp_path):
+    """The O(1) path gives exactly what decoding the ids at once gives, delta by delta, for text with
+    multi-byte characters split over tokens, special tokens in the middle, and invalid byte runs."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    from runners.llm.detokenize import ByteLevelDetokenizer, IncrementalDetokenizer, make_detokenizer
+    from runners.tiny_models import make_tiny_llama
+
+    tok = AutoTokenizer.from_pretrained(make_tiny_llama(tmp_path / "tiny"))
+    assert isinstance(make_detokenizer(tok), ByteLevelDetokenizer)
+    rng = random.Random(3)
+    texts = ["café → 世界 🙂!", "plain words here", "日本語のテキスト"]
+    cases = [tok.encode(t, add_special_tokens=False) for t in texts]
+    cases.append([rng.randrange(len(tok)) for _ in range(300)])  # random ids: specials, broken bytes
+    for ids in cases:
+        fast, slow = make_detokenizer(tok), IncrementalDetokenizer(tok)
+        fast_text = "".join(fast.push(i) for i in ids) + fast.flush()
+        slow_text = "".join(slow.push(i) for i in ids) + slow.flush()
+        assert fast_text == slow_text == tok.decode(ids, skip_special_tokens=True).rstrip("\ufffd")
