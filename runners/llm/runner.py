@@ -142,6 +142,7 @@ class LLMRunner(Runner):
         capacity = Capacity(
             max_sequences=int(options.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE)),
             max_tokens_in_flight=int(options.get("max_tokens_in_flight", DEFAULT_MAX_TOKENS_IN_FLIGHT)),
+            max_prefill_tokens=int(options.get("max_prefill_tokens", Capacity.max_prefill_tokens)),
         )
         self.engine = LLMEngine(self.model, self.tokenizer, capacity=capacity,
                                 eos_token_ids=eos_token_ids(self.model, self.tokenizer))
