@@ -48,7 +48,7 @@ async def test_async_create_then_get(api):
     assert pred.status in (T.STATUS_STARTING, T.STATUS_PROCESSING) and not pred.HasField("output")
     done = await wait_terminal(api, pred.id)
     assert done.status == T.STATUS_SUCCEEDED and done.output.value.string_value == "later"
-    assert done.metrics.predict_time_s >= 0.2
+    assert done.metrics.predict_time_s >= 0.19  # the 200 ms delay (wall clock vs the loop's monotonic clock)
 
 
 async def test_wait_shorter_than_the_prediction_returns_it_unfinished(api):
