@@ -68,7 +68,7 @@ class PredictionService:
                 return self._idempotent(principal, existing, req)
         entry = self._catalog.resolve(req.model, req.version, req.deployment)
         filled = entry.validator.validate(req.input)
-        if entry.spec.name not in self._router.models_with_instances():
+        if not self._router.has_instances(entry.spec.name):
             raise Unavailable(f"model {entry.spec.name!r} has no running instance; see `warmfleet status`")
         now = self._clock()
         pred = Prediction(

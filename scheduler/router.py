@@ -101,6 +101,10 @@ class Router:
     def models_with_instances(self) -> set[str]:
         return set(self._by_model)
 
+    def has_instances(self, model: str) -> bool:
+        """Whether any ready instance serves ``model``."""
+        return model in self._by_model
+
     # Queueing
 
     def enqueue(self, prediction_id: str, model: str, input: dict[str, Any], priority: int = 0,
