@@ -7,8 +7,14 @@ Llama 3's special tokens and chat template, and a ``generation_config.json`` who
 a list (``<|end_of_text|>`` and ``<|eot_id|>``), the trap real Llama 3 checkpoints set for runners.
 
 The output loads with ``AutoModelForCausalLM.from_pretrained`` and ``AutoTokenizer.from_pretrained``
-offline. It is written to a temporary sibling folder and renamed into place, so a reader never sees
-half a model; a folder that already holds this generator's output for the same seed is reused.
+offline.
+
+``make_tiny_esrgan`` writes an ESRGAN upscaler (spandrel's RRDBNet, 16 filters, 2 blocks) as one
+``model.safetensors`` that ``spandrel.ModelLoader`` detects as ESRGAN with its scale.
+
+Every maker writes a folder: to a temporary sibling first, renamed into place with a ``.complete``
+marker, so a reader never sees half a model; a folder that already holds the same generator's output
+for the same arguments is reused.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import os
 import random
 import shutil
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -159,8 +167,7 @@ def _write_model(out_dir: Path, tokenizer: Any, seed: int) -> None:
     eos_ids = [tokenizer.token_to_id(END_OF_TEXT), tokenizer.token_to_id(EOT)]
     config = LlamaConfig(**LLAMA_SHAPE, vocab_size=tokenizer.get_vocab_size(), bos_token_id=bos_id,
                          eos_token_id=eos_ids, pad_token_id=tokenizer.token_to_id(PAD))
-    with torch.random.fork_rng(devices=[]):  # seed the init without disturbing the caller's RNG
-        torch.manual_seed(seed)
+    with _seeded(seed):
         model = LlamaForCausalLM(config).to(torch.float32).eval()
     model.generation_config = GenerationConfig(bos_token_id=bos_id, eos_token_id=eos_ids,
                                                pad_token_id=config.pad_token_id, **SAMPLING_DEFAULTS)
@@ -177,8 +184,81 @@ def make_tiny_llama(out_dir: Path, seed: int = 0) -> Path:
     for the same seed is returned as it is. A folder with other content is refused (FileExistsError)
     rather than replaced, since ``out_dir`` may be a path the user typed.
     """
+    def write(staging: Path) -> None:
+        tokenizer = train_tokenizer()
+        _fast_tokenizer(tokenizer).save_pretrained(staging)
+        _write_model(staging, tokenizer, seed)
+
+    return _write_once(out_dir, {"generator": "tiny-llama", "version": GENERATOR_VERSION, "seed": seed}, write)
+
+
+# The ESRGAN upscaler
+
+ESRGAN_WEIGHTS_NAME = "model.safetensors"
+ESRGAN_SCALES = (1, 2, 4, 8)  # spandrel reads the scale from the number of 2x upsampling stages
+ESRGAN_SHAPE: dict[str, Any] = {"num_filters": 16, "num_blocks": 2}  # real models: 64 and 23
+# The residual-in-residual trunk is scaled down at init as ESRGAN's own training does (x0.1); the
+# main path is a 1x1 identity on the RGB channels plus small noise (x0.05), so that the random model
+# returns a nearest-neighbour upscale of its input with a little noise: an image, not garbage.
+_ESRGAN_TRUNK_SCALE = 0.1
+_ESRGAN_NOISE_SCALE = 0.05
+
+
+def make_tiny_esrgan(out_dir: Path, seed: int = 0, scale: int = 4) -> Path:
+    """Write a tiny random ESRGAN (spandrel's RRDBNet, old-arch keys) to ``out_dir`` and return it.
+
+    The folder holds ``model.safetensors`` (the file to give ``spandrel.ModelLoader().load_from_file``)
+    and the marker; it is written once and atomically as ``make_tiny_llama``'s folder is.
+    """
+    if scale not in ESRGAN_SCALES:
+        raise ValueError(f"scale must be one of {ESRGAN_SCALES}, got {scale}")
+    marker = {"generator": "tiny-esrgan", "version": GENERATOR_VERSION, "seed": seed, "scale": scale}
+    return _write_once(out_dir, marker, lambda staging: _write_esrgan(staging, seed, scale))
+
+
+def _write_esrgan(out_dir: Path, seed: int, scale: int) -> None:
+    import torch
+    from safetensors.torch import save_file
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    with _seeded(seed), torch.no_grad():
+        model = ESRGAN(in_nc=3, out_nc=3, scale=scale, **ESRGAN_SHAPE)
+        state = model.state_dict()
+        for name, tensor in state.items():
+            if ".sub." in name:
+                tensor.mul_(_ESRGAN_TRUNK_SCALE)
+            elif name.endswith(".bias"):
+                tensor.zero_()
+            else:
+                _near_identity_(tensor)
+    save_file({name: tensor.contiguous() for name, tensor in state.items()}, out_dir / ESRGAN_WEIGHTS_NAME)
+
+
+def _near_identity_(weight: Any) -> None:
+    """Make a 3x3 convolution's weight pass its first three channels through, plus small noise."""
+    weight.mul_(_ESRGAN_NOISE_SCALE)
+    for channel in range(min(3, weight.shape[0], weight.shape[1])):
+        weight[channel, channel, 1, 1] += 1.0
+
+
+@contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Seed torch's CPU generator for the block without disturbing the caller's random state."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def _write_once(out_dir: Path, marker: dict[str, Any], write: Callable[[Path], None]) -> Path:
+    """Run ``write`` on a staging folder beside ``out_dir``, then mark it complete and rename it in.
+
+    ``marker`` names the generator, its version and its arguments: a folder already holding the same
+    marker is returned untouched, one holding another marker is replaced, and one without a marker
+    is refused unless empty.
+    """
     out_dir = Path(out_dir).expanduser().absolute()
-    marker = {"generator": "tiny-llama", "version": GENERATOR_VERSION, "seed": seed}
     if _read_marker(out_dir) == marker:
         return out_dir
     _check_replaceable(out_dir)
@@ -186,9 +266,7 @@ def make_tiny_llama(out_dir: Path, seed: int = 0) -> Path:
     staging = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex}")
     try:
         staging.mkdir()
-        tokenizer = train_tokenizer()
-        _fast_tokenizer(tokenizer).save_pretrained(staging)
-        _write_model(staging, tokenizer, seed)
+        write(staging)
         # Written last: its presence says every other file is whole.
         (staging / MARKER_NAME).write_text(json.dumps(marker, sort_keys=True) + "\n")
         _move_into_place(staging, out_dir, marker)

@@ -280,3 +280,59 @@ def test_cli_make_tiny_reports_a_refused_folder_as_one_line(tmp_path: Path) -> N
     assert result.exit_code == 1
     assert "error:" in result.stderr and "not written by the tiny model generator" in result.stderr
     assert os.listdir(tmp_path) == ["notes.txt"]
+
+
+# The tiny ESRGAN (the image extra: spandrel)
+
+
+@pytest.fixture(scope="module")
+def esrgan_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("spandrel", reason="the image extra (spandrel) is not installed")
+    return tiny_models.make_tiny_esrgan(tmp_path_factory.mktemp("esrgan") / "tiny-esrgan", seed=0)
+
+
+def _load_upscaler(path: Path) -> Any:
+    import spandrel
+
+    return spandrel.ModelLoader().load_from_file(path)
+
+
+def test_esrgan_loads_with_spandrel_as_a_4x_esrgan(esrgan_dir: Path) -> None:
+    assert sorted(p.name for p in esrgan_dir.iterdir()) == [".complete", "model.safetensors"]
+    upscaler = _load_upscaler(esrgan_dir / tiny_models.ESRGAN_WEIGHTS_NAME)
+    assert upscaler.architecture.id == "ESRGAN"
+    assert (upscaler.scale, upscaler.input_channels, upscaler.output_channels) == (4, 3, 3)
+    assert upscaler.tags == ["16nf", "2nb"]
+
+
+def test_esrgan_upscales_4x_to_a_noisy_copy_of_its_input(esrgan_dir: Path) -> None:
+    upscaler = _load_upscaler(esrgan_dir / tiny_models.ESRGAN_WEIGHTS_NAME)
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        upscaled = upscaler.model(image)
+    assert upscaled.shape == (1, 3, 64, 64)
+    assert torch.isfinite(upscaled).all()
+    nearest = torch.nn.functional.interpolate(image, scale_factor=4, mode="nearest")
+    error = (upscaled - nearest).abs()
+    assert float(error.mean()) < 0.05 and 0 < float(error.max()) < 0.5  # near, not equal: random
+
+
+def test_esrgan_same_seed_same_bytes_other_seed_other_weights(tmp_path: Path, esrgan_dir: Path) -> None:
+    name = tiny_models.ESRGAN_WEIGHTS_NAME
+    again = tiny_models.make_tiny_esrgan(tmp_path / "again", seed=0)
+    other = tiny_models.make_tiny_esrgan(tmp_path / "other", seed=1)
+    assert (again / name).read_bytes() == (esrgan_dir / name).read_bytes()
+    assert (other / name).read_bytes() != (esrgan_dir / name).read_bytes()
+
+
+def test_esrgan_scale_2_has_one_upsampling_stage(tmp_path: Path, esrgan_dir: Path) -> None:
+    upscaler = _load_upscaler(tiny_models.make_tiny_esrgan(tmp_path / "x2", scale=2) / "model.safetensors")
+    assert upscaler.scale == 2
+    with torch.no_grad():
+        assert upscaler.model(torch.rand(1, 3, 8, 8)).shape == (1, 3, 16, 16)
+
+
+def test_esrgan_refuses_a_scale_spandrel_cannot_detect(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="scale must be one of"):
+        tiny_models.make_tiny_esrgan(tmp_path / "x3", scale=3)
+    assert list(tmp_path.iterdir()) == []
