@@ -30,10 +30,7 @@ class InputValidator:
         Draft7Validator.check_schema(schema)
         self._validator = Draft7Validator(schema)
         self._fast = fastjsonschema.compile(schema, use_default=False)
-        props = schema.get("properties", {})
-        self._file_fields = {name for name, prop in props.items() if prop.get("format") == FILE_FORMAT}
-        self._file_lists = {name for name, prop in props.items()
-                            if prop.get("type") == "array" and prop.get("items", {}).get("format") == FILE_FORMAT}
+        self._schema = schema
         self._defaults = {
             name: prop["default"]
             for name, prop in schema.get("properties", {}).items()
@@ -55,23 +52,25 @@ class InputValidator:
 
     def _files_as_uris(self, input: dict[str, Any]) -> dict[str, Any]:
         """The input with each file replaced by a stand-in URI, so the schema checks the rest of it."""
-        if not any(isinstance(v, (FileData, list)) for v in input.values()):
-            return input
-        out = dict(input)
-        for name, value in input.items():
-            if isinstance(value, FileData):
-                out[name] = self._file_as_uri(name, value, name in self._file_fields)
-            elif isinstance(value, list) and any(isinstance(v, FileData) for v in value):
-                allowed = name in self._file_lists
-                out[name] = [self._file_as_uri(f"{name}[{i}]", v, allowed) if isinstance(v, FileData) else v
-                             for i, v in enumerate(value)]
-        return out
+        if not any(isinstance(v, (FileData, list, dict)) for v in input.values()):
+            return input  # the hot path: flat inputs without files
+        return _replace_files(input, self._schema, "input")
 
-    @staticmethod
-    def _file_as_uri(field: str, value: FileData, allowed: bool) -> str:
-        if not allowed:
-            raise InvalidInput(f"input.{field}", "expected a value, got a file; this field takes no file")
-        return f"file:///{value.name or field}"
+
+def _replace_files(value: Any, schema: dict[str, Any], path: str) -> Any:
+    """``value`` with every file swapped for a URI, where the schema at its place takes a file (a string
+    of format "uri"); a file anywhere else is refused, naming its place."""
+    if isinstance(value, FileData):
+        if schema.get("format") != FILE_FORMAT:
+            raise InvalidInput(path, "expected a value, got a file; this field takes no file")
+        return f"file:///{value.name or path}"
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        return {k: _replace_files(v, props.get(k, {}), f"{path}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        items = schema.get("items", {})
+        return [_replace_files(v, items, f"{path}[{i}]") for i, v in enumerate(value)]
+    return value
 
 
 def _field_of(error: jsonschema.ValidationError) -> str:

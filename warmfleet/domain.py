@@ -62,6 +62,8 @@ class Metrics:
     time_to_first_token_s: float | None = None
     tokens_per_second: float | None = None
     finish_reason: str | None = None
+    image_count: int | None = None
+    batch_size: int | None = None
 
 
 @dataclass

@@ -20,10 +20,10 @@ Options (``ModelSpec.options``):
 from __future__ import annotations
 
 import asyncio
-import gc
 from typing import Any
 
 from runners.base import AsyncPredictGenerator, PredictContext, Runner, RunnerPolicy
+from runners.devices import free_memory, resolve_dtype
 from warmfleet.domain import LogLine, MetricsUpdate, ModelSpec, Output, OutputChunk
 from warmfleet.errors import InvalidInput
 
@@ -31,7 +31,6 @@ MAX_NEW_TOKENS = 4096
 MAX_STOP_SEQUENCES = 16
 DEFAULT_MAX_BATCH_SIZE = 32
 DEFAULT_MAX_TOKENS_IN_FLIGHT = 65_536
-DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
 def _number(kind: str, default: Any, description: str, **bounds: Any) -> dict[str, Any]:
@@ -152,11 +151,7 @@ class LLMRunner(Runner):
         if self.engine is not None:
             self.engine.stop()
         self.engine = self.model = self.tokenizer = None
-        gc.collect()
-        if self.device.startswith("cuda"):
-            import torch
-
-            torch.cuda.empty_cache()
+        free_memory(self.device)
 
     async def predict(self, input: dict[str, Any], ctx: PredictContext) -> AsyncPredictGenerator:
         # Async, on the agent's loop: tokenizing goes to a worker thread, compute to the engine thread,
@@ -241,19 +236,6 @@ def metrics_of(done: Any) -> dict[str, Any]:
         "time_to_first_token_s": done.time_to_first_token_s, "tokens_per_second": done.tokens_per_second,
         "finish_reason": done.finish_reason,
     }
-
-
-def resolve_dtype(name: str, device: str) -> Any:
-    """The torch dtype an option names; "auto" is float32 on CPU, bfloat16 (or float16) on a GPU."""
-    import torch
-
-    if name not in DTYPES:
-        raise ValueError(f"option dtype must be one of {', '.join(DTYPES)}, not {name!r}")
-    if name != "auto":
-        return getattr(torch, name)
-    if not device.startswith("cuda"):
-        return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:

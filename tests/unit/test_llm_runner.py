@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from node.agent import NodeAgent
-from runners.llm.runner import INPUT_SCHEMA, LLMRunner, resolve_dtype
+from runners.devices import resolve_dtype
+from runners.llm.runner import INPUT_SCHEMA, LLMRunner
 from runners.registry import runner_class
 from runners.schema import InputValidator
 from warmfleet.domain import Finished, LogLine, ModelSpec, OutputChunk, Status, Task

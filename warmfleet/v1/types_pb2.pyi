@@ -106,7 +106,7 @@ class TextGenerationInput(_message.Message):
     def __init__(self, prompt: _Optional[str] = ..., system_prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., max_new_tokens: _Optional[int] = ..., min_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., repetition_penalty: _Optional[float] = ..., frequency_penalty: _Optional[float] = ..., presence_penalty: _Optional[float] = ..., stop_sequences: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class ImageGenerationInput(_message.Message):
-    __slots__ = ("prompt", "negative_prompt", "width", "height", "num_inference_steps", "guidance_scale", "scheduler", "seed", "num_outputs", "output_format", "image", "strength")
+    __slots__ = ("prompt", "negative_prompt", "width", "height", "num_inference_steps", "guidance_scale", "scheduler", "seed", "num_outputs", "output_format", "image", "strength", "controlnets", "guess_mode")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -119,6 +119,8 @@ class ImageGenerationInput(_message.Message):
     OUTPUT_FORMAT_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     STRENGTH_FIELD_NUMBER: _ClassVar[int]
+    CONTROLNETS_FIELD_NUMBER: _ClassVar[int]
+    GUESS_MODE_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     negative_prompt: str
     width: int
@@ -131,7 +133,29 @@ class ImageGenerationInput(_message.Message):
     output_format: str
     image: File
     strength: float
-    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., scheduler: _Optional[str] = ..., seed: _Optional[int] = ..., num_outputs: _Optional[int] = ..., output_format: _Optional[str] = ..., image: _Optional[_Union[File, _Mapping]] = ..., strength: _Optional[float] = ...) -> None: ...
+    controlnets: _containers.RepeatedCompositeFieldContainer[ControlNetUnit]
+    guess_mode: bool
+    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., scheduler: _Optional[str] = ..., seed: _Optional[int] = ..., num_outputs: _Optional[int] = ..., output_format: _Optional[str] = ..., image: _Optional[_Union[File, _Mapping]] = ..., strength: _Optional[float] = ..., controlnets: _Optional[_Iterable[_Union[ControlNetUnit, _Mapping]]] = ..., guess_mode: _Optional[bool] = ...) -> None: ...
+
+class ControlNetUnit(_message.Message):
+    __slots__ = ("image", "type", "preprocessor", "conditioning_scale", "guidance_start", "guidance_end", "canny_low_threshold", "canny_high_threshold")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    PREPROCESSOR_FIELD_NUMBER: _ClassVar[int]
+    CONDITIONING_SCALE_FIELD_NUMBER: _ClassVar[int]
+    GUIDANCE_START_FIELD_NUMBER: _ClassVar[int]
+    GUIDANCE_END_FIELD_NUMBER: _ClassVar[int]
+    CANNY_LOW_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    CANNY_HIGH_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    image: File
+    type: str
+    preprocessor: str
+    conditioning_scale: float
+    guidance_start: float
+    guidance_end: float
+    canny_low_threshold: int
+    canny_high_threshold: int
+    def __init__(self, image: _Optional[_Union[File, _Mapping]] = ..., type: _Optional[str] = ..., preprocessor: _Optional[str] = ..., conditioning_scale: _Optional[float] = ..., guidance_start: _Optional[float] = ..., guidance_end: _Optional[float] = ..., canny_low_threshold: _Optional[int] = ..., canny_high_threshold: _Optional[int] = ...) -> None: ...
 
 class UpscaleInput(_message.Message):
     __slots__ = ("image", "scale", "tile", "tile_overlap", "output_format")
@@ -170,7 +194,7 @@ class PredictionOutput(_message.Message):
     def __init__(self, value: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., files: _Optional[_Iterable[_Union[File, _Mapping]]] = ...) -> None: ...
 
 class PredictionMetrics(_message.Message):
-    __slots__ = ("predict_time_s", "total_time_s", "queue_time_s", "input_token_count", "output_token_count", "time_to_first_token_s", "tokens_per_second", "finish_reason")
+    __slots__ = ("predict_time_s", "total_time_s", "queue_time_s", "input_token_count", "output_token_count", "time_to_first_token_s", "tokens_per_second", "finish_reason", "image_count", "batch_size")
     PREDICT_TIME_S_FIELD_NUMBER: _ClassVar[int]
     TOTAL_TIME_S_FIELD_NUMBER: _ClassVar[int]
     QUEUE_TIME_S_FIELD_NUMBER: _ClassVar[int]
@@ -179,6 +203,8 @@ class PredictionMetrics(_message.Message):
     TIME_TO_FIRST_TOKEN_S_FIELD_NUMBER: _ClassVar[int]
     TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     predict_time_s: float
     total_time_s: float
     queue_time_s: float
@@ -187,7 +213,9 @@ class PredictionMetrics(_message.Message):
     time_to_first_token_s: float
     tokens_per_second: float
     finish_reason: str
-    def __init__(self, predict_time_s: _Optional[float] = ..., total_time_s: _Optional[float] = ..., queue_time_s: _Optional[float] = ..., input_token_count: _Optional[int] = ..., output_token_count: _Optional[int] = ..., time_to_first_token_s: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., finish_reason: _Optional[str] = ...) -> None: ...
+    image_count: int
+    batch_size: int
+    def __init__(self, predict_time_s: _Optional[float] = ..., total_time_s: _Optional[float] = ..., queue_time_s: _Optional[float] = ..., input_token_count: _Optional[int] = ..., output_token_count: _Optional[int] = ..., time_to_first_token_s: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., finish_reason: _Optional[str] = ..., image_count: _Optional[int] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class Prediction(_message.Message):
     __slots__ = ("id", "model", "version", "deployment", "input", "output", "logs", "error", "status", "created_at", "started_at", "completed_at", "metrics", "owner")

@@ -1,0 +1,1 @@
+"""The ``diffusion`` runner: Stable Diffusion with ControlNet, via diffusers, dynamically batched."""
