@@ -12,6 +12,11 @@ offline.
 ``make_tiny_esrgan`` writes an ESRGAN upscaler (spandrel's RRDBNet, 16 filters, 2 blocks) as one
 ``model.safetensors`` that ``spandrel.ModelLoader`` detects as ESRGAN with its scale.
 
+``make_tiny_sd_bundle`` writes a Stable Diffusion 1.5 lookalike in diffusers' layout (CLIP tokenizer
+trained here, CLIP text encoder, UNet, a VAE with SD's 8x latent scale, SD 1.5's PNDM scheduler) and
+one ControlNet per ``CONTROLNET_TYPES`` shaped for its UNet; they load with diffusers'
+``from_pretrained`` offline.
+
 Every maker writes a folder: to a temporary sibling first, renamed into place with a ``.complete``
 marker, so a reader never sees half a model; a folder that already holds the same generator's output
 for the same arguments is reused.
@@ -19,6 +24,7 @@ for the same arguments is reused.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -174,7 +180,7 @@ def _write_model(out_dir: Path, tokenizer: Any, seed: int) -> None:
     model.save_pretrained(out_dir, safe_serialization=True)
 
 
-# Writing it in place
+# Writing the Llama
 
 
 def make_tiny_llama(out_dir: Path, seed: int = 0) -> Path:
@@ -239,6 +245,181 @@ def _near_identity_(weight: Any) -> None:
     weight.mul_(_ESRGAN_NOISE_SCALE)
     for channel in range(min(3, weight.shape[0], weight.shape[1])):
         weight[channel, channel, 1, 1] += 1.0
+
+
+# Stable Diffusion 1.5 and its ControlNets
+
+CLIP_BOS = "<|startoftext|>"
+CLIP_EOS = "<|endoftext|>"  # also CLIP's padding and unknown token, as in SD 1.5
+CLIP_VOCAB_SIZE = 1000  # 256 byte symbols, the same 256 ending a word, merges, the two specials
+CLIP_MAX_LENGTH = 77
+CLIP_END_OF_WORD = "</w>"
+PROMPT_CORPUS_SIZE = 2000
+
+CONTROLNET_TYPES = ("canny", "depth", "pose", "scribble", "segmentation", "normal", "mlsd", "hed")
+
+# SD 1.5's shapes, shrunk: the UNet keeps its cross-attention down/up blocks over 2 levels (4 there)
+# and its "attention_head_dim" of 8 (a head count, in diffusers' legacy naming); the VAE keeps four
+# levels, so that latents are 1/8 of the image as in SD; sample_size 8 makes the default image 64x64.
+SD_TEXT_ENCODER_SHAPE: dict[str, Any] = {
+    "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "projection_dim": 32, "max_position_embeddings": CLIP_MAX_LENGTH, "hidden_act": "quick_gelu",
+}
+SD_UNET_SHAPE: dict[str, Any] = {
+    "sample_size": 8, "in_channels": 4, "out_channels": 4, "block_out_channels": (32, 64),
+    "layers_per_block": 1, "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"), "cross_attention_dim": 32,
+    "attention_head_dim": 8,
+}
+SD_VAE_SHAPE: dict[str, Any] = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "sample_size": 64,
+    "block_out_channels": (16, 16, 32, 32), "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4, "layers_per_block": 1, "norm_num_groups": 8,
+}
+# SD 1.5's scheduler_config.json.
+SD_SCHEDULER_CONFIG: dict[str, Any] = {
+    "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000, "skip_prk_steps": True, "steps_offset": 1, "set_alpha_to_one": False,
+}
+# Four stages, as SD's (16, 32, 96, 256): three stride-2 convolutions take the control image down to
+# the latent size. Two stages would leave it 4x too big for the UNet.
+CONTROLNET_EMBEDDING_CHANNELS = (16, 16, 32, 32)
+
+_PROMPT_STYLES = ["a photo of", "a painting of", "an oil painting of", "a watercolor of",
+                  "a pencil sketch of", "a 3d render of", "a close-up photo of", "a cartoon of"]
+_PROMPT_THINGS = ["a cat", "a dog", "a red fox", "an astronaut", "a lighthouse", "a mountain lake",
+                  "an old castle", "a bowl of fruit", "a city street", "a small boat", "a horse",
+                  "a robot", "a forest path", "a cup of coffee", "a sports car", "a woman", "an old man"]
+_PROMPT_SETTINGS = ["at sunset", "in the snow", "on a beach", "in a forest", "under the stars",
+                    "in the rain", "at night", "in a garden"]
+_PROMPT_QUALITIES = ["highly detailed", "4k", "sharp focus", "soft light", "trending on artstation",
+                     "cinematic", "studio lighting", "bokeh"]
+
+
+def build_prompt_corpus(n_prompts: int = PROMPT_CORPUS_SIZE) -> list[str]:
+    """Image prompts ("a photo of a cat at sunset, 4k, bokeh") from the lists above; the same every call."""
+    rng = random.Random(0)
+    return [f"{rng.choice(_PROMPT_STYLES)} {rng.choice(_PROMPT_THINGS)} {rng.choice(_PROMPT_SETTINGS)}, "
+            f"{', '.join(rng.sample(_PROMPT_QUALITIES, 2))}" for _ in range(n_prompts)]
+
+
+def train_clip_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A CLIP BPE vocabulary and merge list trained on the prompts and ``build_corpus()``.
+
+    Training runs through an empty ``CLIPTokenizer``'s own normalizer and pre-tokenizer, so that it
+    splits text as loading will. The vocabulary is in CLIP's order: the 256 byte symbols, the same
+    with ``</w>``, one token per merge, then ``<|startoftext|>`` and ``<|endoftext|>`` last.
+    """
+    from tokenizers import pre_tokenizers, trainers
+    from transformers import CLIPTokenizer
+
+    backend = CLIPTokenizer().backend_tokenizer
+    # Trained past the size wanted, then cut: merges are learnt most frequent first.
+    trainer = trainers.BpeTrainer(vocab_size=2 * CLIP_VOCAB_SIZE, min_frequency=2, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  end_of_word_suffix=CLIP_END_OF_WORD)
+    backend.train_from_iterator(build_prompt_corpus() + build_corpus(), trainer=trainer)
+    n_merges = CLIP_VOCAB_SIZE - 2 * 256 - 2
+    merges = [(left, right) for left, right in json.loads(backend.to_str())["model"]["merges"]][:n_merges]
+    if len(merges) < n_merges:
+        raise RuntimeError(f"the corpus yields {len(merges)} merges, fewer than the {n_merges} wanted")
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())  # code point order is CLIP's byte order
+    tokens = [*alphabet, *(symbol + CLIP_END_OF_WORD for symbol in alphabet),
+              *(left + right for left, right in merges), CLIP_BOS, CLIP_EOS]
+    return {token: token_id for token_id, token in enumerate(tokens)}, merges
+
+
+def _save_clip_vocab(folder: Path, vocab: dict[str, int], merges: list[tuple[str, str]]) -> None:
+    """Leave ``folder`` as SD 1.5's tokenizer folder is: vocab.json and merges.txt, no tokenizer.json,
+    so that the tokenizer loads the way the real one does."""
+    (folder / "tokenizer.json").unlink()
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False) + "\n")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+
+
+def make_tiny_sd(out_dir: Path, seed: int = 0) -> Path:
+    """Write a tiny Stable Diffusion 1.5 lookalike in diffusers' folder layout and return it.
+
+    ``StableDiffusionPipeline.from_pretrained(out_dir)`` loads it offline: CLIP tokenizer and text
+    encoder, UNet, a VAE with SD's 8x latent scale, SD 1.5's PNDM scheduler, and no safety checker.
+    """
+    marker = {"generator": "tiny-sd", "version": GENERATOR_VERSION, "seed": seed}
+    return _write_once(out_dir, marker, lambda staging: _write_sd(staging, seed))
+
+
+def _write_sd(out_dir: Path, seed: int) -> None:
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    vocab, merges = train_clip_vocab()
+    text_config = CLIPTextConfig(**SD_TEXT_ENCODER_SHAPE, vocab_size=len(vocab), bos_token_id=vocab[CLIP_BOS],
+                                 eos_token_id=vocab[CLIP_EOS], pad_token_id=vocab[CLIP_EOS])
+    with _seeded(seed):
+        text_encoder = CLIPTextModel(text_config)
+        unet = UNet2DConditionModel(**SD_UNET_SHAPE)
+        vae = AutoencoderKL(**SD_VAE_SHAPE)
+    pipeline = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, unet=unet, scheduler=PNDMScheduler(**SD_SCHEDULER_CONFIG),
+        tokenizer=CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=CLIP_MAX_LENGTH),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipeline.save_pretrained(out_dir, safe_serialization=True)
+    _save_clip_vocab(out_dir / "tokenizer", vocab, merges)
+
+
+def make_tiny_controlnet(out_dir: Path, sd_dir: Path, seed: int) -> Path:
+    """Write a random ControlNet shaped for the UNet in ``sd_dir`` (a diffusers SD folder) and return it.
+
+    Only the UNet's config is used, not its weights; the marker records a fingerprint of it, so a
+    ControlNet made for another UNet shape is rewritten.
+    """
+    from diffusers import UNet2DConditionModel
+
+    unet_config = UNet2DConditionModel.load_config(Path(sd_dir) / "unet")
+    marker = {"generator": "tiny-controlnet", "version": GENERATOR_VERSION, "seed": seed,
+              "unet": _fingerprint(unet_config)}
+    return _write_once(out_dir, marker, lambda staging: _write_controlnet(staging, unet_config, seed))
+
+
+def _write_controlnet(out_dir: Path, unet_config: dict[str, Any], seed: int) -> None:
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    with _seeded(seed):
+        unet = UNet2DConditionModel.from_config(unet_config)
+        controlnet = ControlNetModel.from_unet(unet, load_weights_from_unet=False,
+                                               conditioning_embedding_out_channels=CONTROLNET_EMBEDDING_CHANNELS)
+        # A new ControlNet's output convolutions are zero, so it changes nothing; a trained one's are
+        # not. Random ones make the control image matter, as a runner's tests need.
+        embedding = controlnet.controlnet_cond_embedding
+        for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block, embedding.conv_out]:
+            conv.reset_parameters()
+    controlnet.save_pretrained(out_dir, safe_serialization=True)
+
+
+def make_tiny_sd_bundle(root: Path, seed: int = 0) -> dict[str, Path]:
+    """Write ``root/tiny-sd`` and one ``root/tiny-controlnet-<type>`` per ``CONTROLNET_TYPES``.
+
+    Returns their folders by name: ``"sd"`` and each type. Each ControlNet has its own seed, drawn
+    from ``seed`` and its type, so no two types share weights.
+    """
+    root = Path(root)
+    folders = {"sd": make_tiny_sd(root / "tiny-sd", seed)}
+    for kind in CONTROLNET_TYPES:
+        folders[kind] = make_tiny_controlnet(root / f"tiny-controlnet-{kind}", folders["sd"],
+                                             _derived_seed(seed, kind))
+    return folders
+
+
+def _derived_seed(seed: int, name: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}/{name}".encode()).digest()[:4], "big")
+
+
+def _fingerprint(config: dict[str, Any]) -> str:
+    """A short hash of a diffusers config, leaving out its bookkeeping keys (``_diffusers_version``...)."""
+    public = {key: value for key, value in config.items() if not key.startswith("_")}
+    return hashlib.sha256(json.dumps(public, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Writing once, in place
 
 
 @contextmanager

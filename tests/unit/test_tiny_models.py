@@ -11,6 +11,7 @@ import pytest
 
 pytest.importorskip("transformers", reason="the llm extra (torch, transformers) is not installed")
 
+import numpy as np
 import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
@@ -336,3 +337,139 @@ def test_esrgan_refuses_a_scale_spandrel_cannot_detect(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="scale must be one of"):
         tiny_models.make_tiny_esrgan(tmp_path / "x3", scale=3)
     assert list(tmp_path.iterdir()) == []
+
+
+# The tiny Stable Diffusion 1.5 and its ControlNets (the image extra: diffusers)
+
+
+@pytest.fixture(scope="module")
+def sd_bundle(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    pytest.importorskip("diffusers", reason="the image extra (diffusers) is not installed")
+    return tiny_models.make_tiny_sd_bundle(tmp_path_factory.mktemp("sd") / "models", seed=0)
+
+
+@pytest.fixture(scope="module")
+def sd_pipeline(sd_bundle: dict[str, Path]) -> Any:
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline.from_pretrained(sd_bundle["sd"])
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _control_image(kind: str) -> Any:
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (64, 64), "black")
+    if kind == "lines":
+        ImageDraw.Draw(image).rectangle((16, 16, 48, 48), outline="white", width=3)
+    return image
+
+
+def test_sd_bundle_has_sd15s_layout_and_one_controlnet_per_type(sd_bundle: dict[str, Path]) -> None:
+    assert list(sd_bundle) == ["sd", *tiny_models.CONTROLNET_TYPES]
+    assert sd_bundle["canny"] == sd_bundle["sd"].parent / "tiny-controlnet-canny"
+    assert sorted(_files(sd_bundle["sd"])) == [
+        ".complete", "model_index.json", "scheduler/scheduler_config.json", "text_encoder/config.json",
+        "text_encoder/model.safetensors", "tokenizer/merges.txt", "tokenizer/tokenizer_config.json",
+        "tokenizer/vocab.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+        "vae/config.json", "vae/diffusion_pytorch_model.safetensors"]
+    assert sorted(_files(sd_bundle["depth"])) == [".complete", "config.json",
+                                                  "diffusion_pytorch_model.safetensors"]
+
+
+def test_sd_pipeline_loads_with_sd15s_components_and_scales(sd_pipeline: Any) -> None:
+    from diffusers import PNDMScheduler
+
+    assert sd_pipeline.vae_scale_factor == 8
+    assert sd_pipeline.unet.config.sample_size * sd_pipeline.vae_scale_factor == 64
+    assert sd_pipeline.safety_checker is None and sd_pipeline.feature_extractor is None
+    scheduler = sd_pipeline.scheduler
+    assert isinstance(scheduler, PNDMScheduler)
+    assert (scheduler.config.beta_start, scheduler.config.beta_end) == (0.00085, 0.012)
+    assert (scheduler.config.beta_schedule, scheduler.config.num_train_timesteps) == ("scaled_linear", 1000)
+    assert (scheduler.config.skip_prk_steps, scheduler.config.steps_offset) == (True, 1)
+    assert scheduler.config.set_alpha_to_one is False
+    text_config = sd_pipeline.text_encoder.config
+    assert text_config.vocab_size == len(sd_pipeline.tokenizer) == tiny_models.CLIP_VOCAB_SIZE
+    assert text_config.max_position_embeddings == 77
+    assert sd_pipeline.unet.config.cross_attention_dim == text_config.hidden_size
+
+
+def test_sd_pipeline_generates_a_64px_image_in_2_steps(sd_pipeline: Any, offline: None) -> None:
+    def generate() -> Any:
+        return sd_pipeline("a photo of a cat", num_inference_steps=2,
+                           generator=torch.Generator().manual_seed(0)).images[0]
+
+    image = generate()
+    assert image.size == (64, 64) and image.mode == "RGB"
+    pixels = np.asarray(image)
+    assert pixels.std() > 1  # not a flat image
+    assert np.array_equal(np.asarray(generate()), pixels)
+
+
+def test_clip_tokenizer_loads_pads_to_77_and_encodes_prompts(sd_bundle: dict[str, Path], offline: None) -> None:
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(sd_bundle["sd"] / "tokenizer")
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    assert (bos, eos) == (998, 999)  # last, as CLIP's 49406 and 49407
+    assert tokenizer.pad_token == tokenizer.unk_token == "<|endoftext|>"
+    ids = tokenizer("a photo of a cat", padding="max_length", max_length=tokenizer.model_max_length).input_ids
+    assert len(ids) == tokenizer.model_max_length == 77
+    assert tokenizer.convert_ids_to_tokens(ids[:7]) == [
+        "<|startoftext|>", "a</w>", "photo</w>", "of</w>", "a</w>", "cat</w>", "<|endoftext|>"]
+    assert ids[7:] == [eos] * 70
+    assert tokenizer("  A PHOTO of a\tCat ").input_ids == ids[:7]  # lowercased, spaces folded
+    rare = tokenizer("zebra quokka 123", add_special_tokens=False).input_ids
+    assert len(rare) > 3 and eos not in rare  # split into pieces, never unknown
+    assert tokenizer.decode(rare) == "zebra quokka 1 2 3"  # CLIP splits digits one by one
+
+
+def test_controlnet_pipeline_follows_the_control_image(sd_bundle: dict[str, Path], sd_pipeline: Any) -> None:
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+
+    controlnet = ControlNetModel.from_pretrained(sd_bundle["canny"])
+    assert list(controlnet.config.conditioning_embedding_out_channels) == [16, 16, 32, 32]
+    pipeline = StableDiffusionControlNetPipeline(**sd_pipeline.components, controlnet=controlnet)
+
+    def generate(control: str) -> Any:
+        return np.asarray(pipeline("a photo of a cat", image=_control_image(control), num_inference_steps=2,
+                                   generator=torch.Generator().manual_seed(0)).images[0])
+
+    lines = generate("lines")
+    assert lines.shape == (64, 64, 3)
+    assert not np.array_equal(generate("blank"), lines)
+
+
+def test_sd_same_seed_same_bytes(tmp_path: Path, sd_bundle: dict[str, Path]) -> None:
+    assert _files(tiny_models.make_tiny_sd(tmp_path / "again", seed=0)) == _files(sd_bundle["sd"])
+    other = _files(tiny_models.make_tiny_sd(tmp_path / "other", seed=1))
+    assert other["tokenizer/vocab.json"] == _files(sd_bundle["sd"])["tokenizer/vocab.json"]
+    assert other["unet/diffusion_pytorch_model.safetensors"] != \
+        _files(sd_bundle["sd"])["unet/diffusion_pytorch_model.safetensors"]
+
+
+def test_controlnets_same_seed_same_bytes_and_each_type_its_own(tmp_path: Path,
+                                                                sd_bundle: dict[str, Path]) -> None:
+    again = tiny_models.make_tiny_controlnet(tmp_path / "again", sd_bundle["sd"], seed=3)
+    assert _files(again) == _files(tiny_models.make_tiny_controlnet(tmp_path / "same", sd_bundle["sd"], seed=3))
+    weights = {(sd_bundle[kind] / "diffusion_pytorch_model.safetensors").read_bytes()
+               for kind in tiny_models.CONTROLNET_TYPES}
+    assert len(weights) == len(tiny_models.CONTROLNET_TYPES)
+
+
+def test_sd_bundle_is_not_regenerated(sd_bundle: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    before = {kind: _files(folder) for kind, folder in sd_bundle.items()}
+    mtimes = {folder: folder.stat().st_mtime_ns for folder in sd_bundle.values()}
+
+    def fail(*args: Any) -> None:
+        raise AssertionError("regenerated a complete folder")
+
+    monkeypatch.setattr(tiny_models, "_write_sd", fail)
+    monkeypatch.setattr(tiny_models, "_write_controlnet", fail)
+    assert tiny_models.make_tiny_sd_bundle(sd_bundle["sd"].parent, seed=0) == sd_bundle
+    assert {kind: _files(folder) for kind, folder in sd_bundle.items()} == before
+    assert {folder: folder.stat().st_mtime_ns for folder in sd_bundle.values()} == mtimes
