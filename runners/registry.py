@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from runners.base import Runner
+from runners.diffusion.runner import DiffusionRunner  # imports torch only when an instance loads
 from runners.echo import EchoRunner
 from runners.llm.runner import LLMRunner  # imports torch only when an instance loads
 from warmfleet.errors import InvalidInput
@@ -10,6 +11,7 @@ from warmfleet.errors import InvalidInput
 RUNNERS: dict[str, type[Runner]] = {
     EchoRunner.family: EchoRunner,
     LLMRunner.family: LLMRunner,
+    DiffusionRunner.family: DiffusionRunner,
 }
 
 

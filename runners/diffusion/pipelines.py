@@ -44,19 +44,26 @@ class Pipelines:
         self.device = device
         self.dtype = dtype
         self.base: Any = None
+        self.scheduler_config: Any = None
         self.controlnets: dict[str, Any] = {}
         self._pipelines: dict[tuple[str, tuple[str, ...]], Any] = {}
 
     def load(self) -> None:
         from diffusers import ControlNetModel, StableDiffusionPipeline
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()  # progress goes to the prediction's events instead
+        diffusers_logging.set_verbosity_error()  # from_pipe's dtype notes would fill the node's log
 
         self.base = StableDiffusionPipeline.from_pretrained(
-            self.weights, torch_dtype=self.dtype, safety_checker=None, feature_extractor=None,
+            self.weights, dtype=self.dtype, safety_checker=None, feature_extractor=None,
             requires_safety_checker=False,
         ).to(self.device)
-        self.base.set_progress_bar_config(disable=True)
+        # The model's own scheduler config: each call's scheduler is built on it (never on the last
+        # call's, whose class-specific settings would leak into the next).
+        self.scheduler_config = self.base.scheduler.config
         self.controlnets = {
-            kind: ControlNetModel.from_pretrained(path, torch_dtype=self.dtype).to(self.device).eval()
+            kind: ControlNetModel.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
             for kind, path in self.controlnet_paths.items()
         }
 
@@ -97,7 +104,7 @@ class Pipelines:
 
         types = tuple(unit[0] for unit in key.controlnets)
         pipe = self._pipeline(key.mode, types)
-        pipe.scheduler = make_scheduler(key.scheduler, self.base.scheduler.config)
+        pipe.scheduler = make_scheduler(key.scheduler, self.scheduler_config)
         per_image = [(r, seed) for r in requests for seed in r.seeds]
 
         def step_end(pipeline: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
