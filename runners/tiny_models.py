@@ -35,6 +35,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from runners.diffusion.controlnet import CONTROLNET_TYPES
+
 # Bump when the output changes, so that folders written by an older generator are rewritten.
 GENERATOR_VERSION = 1
 MARKER_NAME = ".complete"
@@ -256,7 +258,6 @@ CLIP_MAX_LENGTH = 77
 CLIP_END_OF_WORD = "</w>"
 PROMPT_CORPUS_SIZE = 2000
 
-CONTROLNET_TYPES = ("canny", "depth", "pose", "scribble", "segmentation", "normal", "mlsd", "hed")
 
 # SD 1.5's shapes, shrunk: the UNet keeps its cross-attention down/up blocks over 2 levels (4 there)
 # and its "attention_head_dim" of 8 (a head count, in diffusers' legacy naming); the VAE keeps four
