@@ -12,7 +12,7 @@ Every refusal is an ``InvalidInput`` that names the field.
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from warmfleet.domain import FileData
 from warmfleet.errors import InvalidInput
@@ -35,9 +35,18 @@ OUTPUT_FORMAT_SCHEMA = {
 }
 
 
-def decode_image(file: FileData, field: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> "Image.Image":
-    """The file as an upright 8-bit RGB image; ``InvalidInput`` naming ``field`` if it is not one we accept."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+IMAGE_MEDIA_TYPE = "image/*"  # the schema's contentMediaType of a file field that takes an image
+
+
+def image_file_schema(description: str) -> dict[str, Any]:
+    """The JSON Schema of an input field that takes an image file (checked by ``probe_image`` on entry)."""
+    return {"type": "string", "format": "uri", "contentMediaType": IMAGE_MEDIA_TYPE,
+            "description": f"{description} PNG, JPEG or WebP."}
+
+
+def _open(file: FileData, field: str, max_pixels: int) -> "Image.Image":
+    """The image, opened lazily (its header read, no pixel decoded yet) and checked against the bounds."""
+    from PIL import Image, UnidentifiedImageError
 
     if not isinstance(file, FileData) or not file.data:
         raise InvalidInput(field, "expected an image file (PNG, JPEG or WebP), got no data")
@@ -45,6 +54,8 @@ def decode_image(file: FileData, field: str, max_pixels: int = DEFAULT_MAX_PIXEL
         image = Image.open(io.BytesIO(file.data), formats=list(INPUT_FORMATS))
     except UnidentifiedImageError:
         raise InvalidInput(field, "is not a PNG, JPEG or WebP image (the formats accepted)") from None
+    except Image.DecompressionBombError:  # PIL's own bound, far above ours, checked as it opens
+        raise InvalidInput(field, f"has more than {max_pixels} pixels, the most accepted") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise InvalidInput(field, f"is not a readable image: {err}") from None
     width, height = image.size
@@ -53,6 +64,21 @@ def decode_image(file: FileData, field: str, max_pixels: int = DEFAULT_MAX_PIXEL
     if width * height > max_pixels:
         raise InvalidInput(field, f"is {width}x{height} = {width * height} pixels; at most {max_pixels} "
                                   f"are accepted")
+    return image
+
+
+def probe_image(file: FileData, field: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) from the file's header, or ``InvalidInput``: the cheap check made on entry, before
+    a prediction is queued (format, size bound; no pixel is decoded)."""
+    with _open(file, field, max_pixels) as image:
+        return image.size
+
+
+def decode_image(file: FileData, field: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> "Image.Image":
+    """The file as an upright 8-bit RGB image; ``InvalidInput`` naming ``field`` if it is not one we accept."""
+    from PIL import Image, ImageOps
+
+    image = _open(file, field, max_pixels)
     try:
         image.load()
         image = ImageOps.exif_transpose(image)

@@ -9,6 +9,7 @@ import fastjsonschema
 import jsonschema
 from jsonschema import Draft7Validator
 
+from runners.images import IMAGE_MEDIA_TYPE, probe_image
 from warmfleet.domain import FileData
 from warmfleet.errors import InvalidInput
 
@@ -63,6 +64,8 @@ def _replace_files(value: Any, schema: dict[str, Any], path: str) -> Any:
     if isinstance(value, FileData):
         if schema.get("format") != FILE_FORMAT:
             raise InvalidInput(path, "expected a value, got a file; this field takes no file")
+        if schema.get("contentMediaType") == IMAGE_MEDIA_TYPE:
+            probe_image(value, path)  # header only: a bad image is refused before it is queued
         return f"file:///{value.name or path}"
     if isinstance(value, dict):
         props = schema.get("properties", {})

@@ -31,7 +31,9 @@ from runners.diffusion.controlnet import (
     CONTROLNET_TYPES, PREPROCESSORS, UNIT_DEFAULTS, conditioning_image, default_preprocessor,
 )
 from runners.diffusion.schedulers import SCHEDULER_NAMES, canonical_name
-from runners.images import DEFAULT_MAX_PIXELS, OUTPUT_FORMAT_SCHEMA, decode_image, encode_image
+from runners.images import (
+    DEFAULT_MAX_PIXELS, OUTPUT_FORMAT_SCHEMA, decode_image, encode_image, image_file_schema,
+)
 from warmfleet.domain import LogLine, MetricsUpdate, ModelSpec, Output, ProgressUpdate
 from warmfleet.errors import InvalidInput
 
@@ -54,11 +56,10 @@ def input_schema(spec: ModelSpec) -> dict[str, Any]:
     unit = {
         "type": "object", "additionalProperties": False, "required": ["image", "type"],
         "properties": {
-            "image": {"type": "string", "format": "uri",
-                      "description": "The conditioning image (PNG, JPEG or WebP). For canny, a photo (edges "
-                                     "are detected here) or an edge map with preprocessor none. For "
-                                     f"{', '.join(needs_map) or 'the other types'}: a map already made "
-                                     "by that type's annotator, as no annotator weights run here."},
+            "image": image_file_schema(
+                "The conditioning image. For canny, a photo (edges are detected here) or an edge map with "
+                f"preprocessor none. For {', '.join(needs_map) or 'the other types'}: a map already made by "
+                "that type's annotator, as no annotator weights run here."),
             "type": {"enum": types, "description": "Which ControlNet: one this version carries."},
             "preprocessor": {"enum": list(PREPROCESSORS),
                              "description": "canny: detect edges here; none: the image is already a map. "
@@ -105,8 +106,7 @@ def input_schema(spec: ModelSpec) -> dict[str, Any]:
             "num_outputs": {"type": "integer", "minimum": 1, "maximum": int(_option(spec, "max_outputs", 4)),
                             "default": 1, "description": "Images to generate."},
             "output_format": OUTPUT_FORMAT_SCHEMA,
-            "image": {"type": "string", "format": "uri",
-                      "description": "Init image for img2img (PNG, JPEG or WebP); resized to width x height."},
+            "image": image_file_schema("Init image for img2img; resized to width x height."),
             "strength": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.8,
                          "description": "img2img: how much to change the init image, (0, 1]; 1 ignores it."},
             "controlnets": {"type": "array", "items": unit, "maxItems": 4 if types else 0,

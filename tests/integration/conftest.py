@@ -21,6 +21,8 @@ from warmfleet.v1 import (
 ECHO = "warmfleet/echo"
 NARROW = "test/echo-narrow"  # one prediction at a time: for queueing, cancel and backpressure
 LLM = "warmfleet/tiny-llama"
+SD = "warmfleet/tiny-sd"
+ESRGAN = "warmfleet/tiny-esrgan"
 
 
 @pytest.fixture(scope="session")
@@ -31,11 +33,31 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def models(tiny_llama_dir) -> list[ModelSpec]:
+def tiny_sd_paths(tmp_path_factory) -> dict[str, Path]:
+    from runners.tiny_models import make_tiny_sd_bundle
+
+    return make_tiny_sd_bundle(tmp_path_factory.mktemp("sd-models"))
+
+
+@pytest.fixture(scope="session")
+def tiny_esrgan_dir(tmp_path_factory) -> Path:
+    from runners.tiny_models import make_tiny_esrgan
+
+    return make_tiny_esrgan(tmp_path_factory.mktemp("esrgan") / "tiny-esrgan")
+
+
+@pytest.fixture(scope="session")
+def models(tiny_llama_dir, tiny_sd_paths, tiny_esrgan_dir) -> list[ModelSpec]:
+    controlnets = {kind: str(path) for kind, path in tiny_sd_paths.items() if kind != "sd"}
     return [
         ModelSpec(ECHO, "echo"),
         ModelSpec(NARROW, "echo", options={"max_concurrency": 1}),
         ModelSpec(LLM, "llm", weights=str(tiny_llama_dir), options={"max_batch_size": 16}),
+        # Batches gather for up to 200 ms, so predictions sent together reliably share a call.
+        ModelSpec(SD, "diffusion", weights=str(tiny_sd_paths["sd"]),
+                  options={"controlnets": controlnets, "steps": 4, "max_batch_size": 4,
+                           "max_batch_wait_ms": 200}),
+        ModelSpec(ESRGAN, "upscale", weights=str(tiny_esrgan_dir), options={"tile": 32}),
     ]
 
 
