@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Iterable
 
 from runners.registry import runner_class
@@ -31,7 +32,8 @@ class ModelCatalog:
             if entry is None:
                 cls = runner_class(spec.runner)
                 schema = cls.input_schema(spec)
-                entry = CatalogEntry(spec, schema, cls.output_schema(spec), InputValidator(schema))
+                validator = InputValidator(schema, check=partial(cls.check_input, spec))
+                entry = CatalogEntry(spec, schema, cls.output_schema(spec), validator)
             by_name[spec.name] = entry
             by_version[spec.version] = entry
         self._by_name, self._by_version = by_name, by_version

@@ -76,6 +76,12 @@ class Runner(ABC):
         """JSON Schema of the output value."""
 
     @classmethod
+    def check_input(cls, spec: ModelSpec, input: dict[str, Any]) -> None:
+        """Rules JSON Schema cannot state (one field against another), checked where the schema is,
+        before the prediction is queued, on the input with defaults filled in. Raise ``InvalidInput``
+        naming the field."""
+
+    @classmethod
     def policy(cls, spec: ModelSpec) -> RunnerPolicy:
         return RunnerPolicy(max_concurrency=int(spec.options.get("max_concurrency", 1)))
 

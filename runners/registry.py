@@ -6,12 +6,14 @@ from runners.base import Runner
 from runners.diffusion.runner import DiffusionRunner  # imports torch only when an instance loads
 from runners.echo import EchoRunner
 from runners.llm.runner import LLMRunner  # imports torch only when an instance loads
+from runners.upscale import UpscaleRunner
 from warmfleet.errors import InvalidInput
 
 RUNNERS: dict[str, type[Runner]] = {
     EchoRunner.family: EchoRunner,
     LLMRunner.family: LLMRunner,
     DiffusionRunner.family: DiffusionRunner,
+    UpscaleRunner.family: UpscaleRunner,
 }
 
 

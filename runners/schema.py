@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Callable
 
 import fastjsonschema
 import jsonschema
@@ -27,11 +27,12 @@ class InputValidator:
     never disagree on which keywords count.
     """
 
-    def __init__(self, schema: dict[str, Any]) -> None:
+    def __init__(self, schema: dict[str, Any], check: Callable[[dict[str, Any]], None] | None = None) -> None:
         Draft7Validator.check_schema(schema)
         self._validator = Draft7Validator(schema)
         self._fast = fastjsonschema.compile(schema, use_default=False)
         self._schema = schema
+        self._check = check  # the runner's rules across fields, after the schema's
         self._defaults = {
             name: prop["default"]
             for name, prop in schema.get("properties", {}).items()
@@ -48,6 +49,8 @@ class InputValidator:
                 raise InvalidInput(_field_of(error), error.message) from None
         filled = {k: copy.deepcopy(v) for k, v in self._defaults.items() if k not in input}
         filled.update(input)
+        if self._check is not None:
+            self._check(filled)
         return filled
 
 

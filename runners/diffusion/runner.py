@@ -138,6 +138,19 @@ class DiffusionRunner(Runner):
         return {"type": "null", "description": "Nothing: the images are the prediction's output files."}
 
     @classmethod
+    def check_input(cls, spec: ModelSpec, input: dict[str, Any]) -> None:
+        if input.get("image"):
+            steps, strength = input["num_inference_steps"], input["strength"]
+            if int(steps * strength) < 1:
+                raise InvalidInput("input.strength", f"strength {strength} of {steps} steps leaves no step "
+                                                     f"to run; raise strength or num_inference_steps")
+        for i, unit in enumerate(input.get("controlnets") or []):
+            start = unit.get("guidance_start", UNIT_DEFAULTS["guidance_start"])
+            if unit.get("guidance_end", UNIT_DEFAULTS["guidance_end"]) < start:
+                raise InvalidInput(f"input.controlnets[{i}].guidance_end", f"must be at least guidance_start "
+                                                                           f"({start})")
+
+    @classmethod
     def policy(cls, spec: ModelSpec) -> RunnerPolicy:
         batch = int(_option(spec, "max_batch_size", DEFAULT_MAX_BATCH_SIZE))
         return RunnerPolicy(max_concurrency=int(_option(spec, "max_concurrency", 2 * batch)))
@@ -201,6 +214,8 @@ class DiffusionRunner(Runner):
         """The job's batch key and request: images decoded, resized and preprocessed, seeds expanded."""
         from runners.diffusion.pipelines import ImageRequest
 
+        self.check_input(self.spec, input)  # the gateway checked too; a direct caller may not have
+
         max_pixels = int(_option(self.spec, "max_input_pixels", DEFAULT_MAX_PIXELS))
         init = decode_image(input["image"], "input.image", max_pixels) if input.get("image") else None
         width, height = self._size(input, init)
@@ -209,17 +224,12 @@ class DiffusionRunner(Runner):
             from PIL import Image
 
             init = init.resize((width, height), Image.Resampling.LANCZOS)
-            if int(steps * strength) < 1:
-                raise InvalidInput("input.strength", f"strength {strength} of {steps} steps leaves no step "
-                                                     f"to run; raise strength or num_inference_steps")
         units, controls = [], []
         for i, raw in enumerate(input.get("controlnets") or []):
             unit = {**UNIT_DEFAULTS, **raw}
             field = f"input.controlnets[{i}]"
             if unit["type"] not in self.pipelines.controlnets:
                 raise InvalidInput(f"{field}.type", f"this version carries no {unit['type']!r} ControlNet")
-            if unit["guidance_end"] < unit["guidance_start"]:
-                raise InvalidInput(f"{field}.guidance_end", "must be at least guidance_start")
             image = decode_image(unit["image"], f"{field}.image", max_pixels)
             controls.append(conditioning_image(unit, image, width, height))
             units.append((unit["type"], float(unit["conditioning_scale"]), float(unit["guidance_start"]),

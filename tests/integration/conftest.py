@@ -57,7 +57,7 @@ def models(tiny_llama_dir, tiny_sd_paths, tiny_esrgan_dir) -> list[ModelSpec]:
         ModelSpec(SD, "diffusion", weights=str(tiny_sd_paths["sd"]),
                   options={"controlnets": controlnets, "steps": 4, "max_batch_size": 4,
                            "max_batch_wait_ms": 200}),
-        ModelSpec(ESRGAN, "upscale", weights=str(tiny_esrgan_dir), options={"tile": 32}),
+        ModelSpec(ESRGAN, "upscale", weights=str(tiny_esrgan_dir), options={"tile": 64}),
     ]
 
 

@@ -63,13 +63,17 @@ async def test_the_same_seed_gives_the_same_bytes_and_another_seed_differs(api):
 
 
 async def test_a_batched_prediction_equals_the_same_request_run_alone(api):
+    """Each image has its own generator, so its noise does not depend on its batch."""
     seeds = [101, 102, 103, 104]
     together = await asyncio.gather(*(generate(api, seed=s, prompt=f"fox number {s}") for s in seeds))
     assert max(p.metrics.batch_size for p in together) > 1, "the predictions did not share a pipeline call"
     for seed, batched in zip(seeds, together):
         alone = await generate(api, seed=seed, prompt=f"fox number {seed}")
         assert alone.metrics.batch_size == 1
-        assert batched.output.files[0].data == alone.output.files[0].data
+        # Equal up to float rounding: a batch of 4 runs other CPU kernels than a batch of 1, and a
+        # last-bit difference can flip an 8-bit rounding. Measured: 0-2 of 12288 values off by one level.
+        diff = np.abs(pixels(batched.output.files[0]) - pixels(alone.output.files[0]))
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.005, (diff.max(), (diff > 0).mean())
 
 
 async def test_num_outputs_gives_consecutive_seeds(api):
@@ -161,9 +165,10 @@ async def test_several_controlnets_at_once_with_guidance_windows(api):
     ({"controlnets": [T.ControlNetUnit(image=T.File(data=b"\x89PNG\r\n\x1a\n broken"), type="canny")]},
      "input.controlnets[0].image"),
     ({"controlnets": [T.ControlNetUnit(type="canny")]}, "input.controlnets[0].image"),
-    ({"controlnets": [T.ControlNetUnit(image=T.File(data=b"x"), type="lineart")]}, "input.controlnets[0].type"),
-    ({"controlnets": [T.ControlNetUnit(image=T.File(data=b"x"), type="depth", guidance_start=0.8,
+    ({"controlnets": [T.ControlNetUnit(image=png(shapes()), type="lineart")]}, "input.controlnets[0].type"),
+    ({"controlnets": [T.ControlNetUnit(image=png(shapes()), type="depth", guidance_start=0.8,
                                        guidance_end=0.2)]}, "input.controlnets[0].guidance_end"),
+    ({"image": png(shapes()), "strength": 0.1, "num_inference_steps": 5}, "input.strength"),
 ])
 async def test_bad_image_input_is_invalid_argument_naming_the_field(api, fields, field):
     with pytest.raises(grpc.aio.AioRpcError) as err:
