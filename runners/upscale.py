@@ -106,6 +106,11 @@ class UpscaleRunner(Runner):
         }
 
     @classmethod
+    def check_input(cls, spec: ModelSpec, input: dict[str, Any]) -> None:
+        """On entry, the rules across fields that need no image: tile_overlap against tile."""
+        check_tiling(input, int(spec.options.get("tile", DEFAULT_TILE)))
+
+    @classmethod
     def output_schema(cls, spec: ModelSpec) -> dict[str, Any]:
         return {"type": "null", "description": "No value: the upscaled image is the output's one file."}
 
@@ -200,14 +205,7 @@ def plan_upscale(size: tuple[int, int], native_scale: int, input: dict[str, Any]
     scale = native_scale if scale is None else scale
     if not MIN_SCALE <= scale <= MAX_SCALE:
         raise InvalidInput("input.scale", f"must be {MIN_SCALE} to {MAX_SCALE}, not {scale}")
-    tile = int(input.get("tile", default_tile))
-    if tile != 0 and not MIN_TILE <= tile <= MAX_TILE:
-        raise InvalidInput("input.tile", f"must be 0 (no tiling) or {MIN_TILE} to {MAX_TILE}, not {tile}")
-    overlap = int(input.get("tile_overlap", DEFAULT_OVERLAP))
-    if not 0 <= overlap <= MAX_OVERLAP:
-        raise InvalidInput("input.tile_overlap", f"must be 0 to {MAX_OVERLAP}, not {overlap}")
-    if tile and 2 * overlap >= tile:
-        raise InvalidInput("input.tile_overlap", f"must be less than half of tile ({tile}), not {overlap}")
+    tile, overlap = check_tiling(input, default_tile)
     output_format = input.get("output_format", "png")
     if output_format not in OUTPUT_FORMATS:
         raise InvalidInput("input.output_format", f"must be one of {', '.join(OUTPUT_FORMATS)}, "
@@ -219,6 +217,19 @@ def plan_upscale(size: tuple[int, int], native_scale: int, input: dict[str, Any]
                                           f"makes {largest} output pixels; at most {max_output_pixels} are "
                                           "allowed: give a smaller image or scale")
     return UpscalePlan(out_w, out_h, tile, overlap)
+
+
+def check_tiling(input: dict[str, Any], default_tile: int = DEFAULT_TILE) -> tuple[int, int]:
+    """The input's (tile, tile_overlap), or ``InvalidInput`` naming the one that breaks a rule."""
+    tile = int(input.get("tile", default_tile))
+    if tile != 0 and not MIN_TILE <= tile <= MAX_TILE:
+        raise InvalidInput("input.tile", f"must be 0 (no tiling) or {MIN_TILE} to {MAX_TILE}, not {tile}")
+    overlap = int(input.get("tile_overlap", DEFAULT_OVERLAP))
+    if not 0 <= overlap <= MAX_OVERLAP:
+        raise InvalidInput("input.tile_overlap", f"must be 0 to {MAX_OVERLAP}, not {overlap}")
+    if tile and 2 * overlap >= tile:
+        raise InvalidInput("input.tile_overlap", f"must be less than half of tile ({tile}), not {overlap}")
+    return tile, overlap
 
 
 def weights_file(weights: str) -> Path:

@@ -414,6 +414,12 @@ def test_the_schema_refuses_each_field_out_of_range_by_name(runner, fields, fiel
 def test_tile_overlap_must_be_less_than_half_the_tile(runner):
     err = refused(runner, image=png(picture(24, 20)), tile=32, tile_overlap=16)
     assert err.field == "input.tile_overlap" and "less than half of tile (32)" in str(err)
+    # The same rule on entry, before queueing (the runner's check_input), against the option's tile.
+    spec = ModelSpec("m", "upscale", options={"tile": 40})
+    with pytest.raises(InvalidInput) as on_entry:
+        UpscaleRunner.check_input(spec, {"tile_overlap": 20})
+    assert on_entry.value.field == "input.tile_overlap" and "(40)" in str(on_entry.value)
+    UpscaleRunner.check_input(spec, {"tile_overlap": 19})
     _, output = run(runner, image=png(picture(24, 20)), tile=32, tile_overlap=15)
     assert output.files[0].width == 96
     _, output = run(runner, image=png(picture(24, 20)), tile=0, tile_overlap=200)  # no tiles: no overlap
