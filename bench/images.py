@@ -43,7 +43,7 @@ def prompt(i: int) -> str:
 def generation(i: int, steps: int, size: int) -> P.CreatePredictionRequest:
     gen = T.ImageGenerationInput(prompt=prompt(i), seed=i, num_inference_steps=steps, width=size, height=size,
                                  scheduler=SCHEDULER)
-    return P.CreatePredictionRequest(model=TINY_SD, wait_s=120, input=T.PredictionInput(image_generation=gen))
+    return P.CreatePredictionRequest(model=TINY_SD, wait_s=60, input=T.PredictionInput(image_generation=gen))
 
 
 async def generate_through_cluster(target: Target, count: int, concurrency: int, steps: int, size: int,
@@ -119,7 +119,7 @@ def test_image(size: int) -> bytes:
 
 async def upscale_through_cluster(target: Target, size: int, tile: int, runs: int) -> dict[str, Any]:
     image = T.File(data=test_image(size), content_type="image/png")
-    request = P.CreatePredictionRequest(model=TINY_ESRGAN, wait_s=300, input=T.PredictionInput(
+    request = P.CreatePredictionRequest(model=TINY_ESRGAN, wait_s=60, input=T.PredictionInput(
         upscale=T.UpscaleInput(image=image, tile=tile)))
     options = [("grpc.max_receive_message_length", 256 * 1024 * 1024)]
     async with grpc.aio.insecure_channel(target.address, options=options) as channel:

@@ -169,7 +169,7 @@ class NodeAgent:
 def _ended(started: float, status: Status, output: Output | None, error: str,
            reported: dict[str, Any]) -> Finished:
     done = time.time()
-    return Finished(status, started, done, output, error, Metrics(predict_time_s=done - started, **reported))
+    return Finished(status, started, done, output, error, Metrics(**{**reported, "predict_time_s": done - started}))
 
 
 def _report(task: Task, event: Any, box: Outbox, reported: dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ Options (``ModelSpec.options``):
 - ``tile``: default of the ``tile`` input (256).
 - ``dtype``: "auto" (float16 on CUDA when the architecture supports it, else float32), "float32",
   "float16" or "bfloat16".
-- ``max_pixels``: largest input image, in pixels (default ``runners.images.DEFAULT_MAX_PIXELS``).
+- ``max_input_pixels``: largest input image, in pixels (default ``runners.images.DEFAULT_MAX_PIXELS``).
 - ``max_output_pixels``: largest output, in pixels, counting the model's native-scale canvas too
   (default 64 Mpx).
 - ``max_concurrency``: predictions an instance runs at once (default 1).
@@ -29,7 +29,6 @@ Options (``ModelSpec.options``):
 
 from __future__ import annotations
 
-import gc
 import math
 import time
 from collections.abc import Callable, Generator
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runners.base import PredictContext, PredictGenerator, Runner
+from runners.devices import free_memory, resolve_dtype
 from runners.images import (
     DEFAULT_MAX_PIXELS,
     OUTPUT_FORMAT_SCHEMA,
@@ -63,7 +63,6 @@ MIN_SCALE, MAX_SCALE = 1, 8
 # 64 megapixels out: the float32 canvas is then 768 MB, the largest this runner holds by default.
 DEFAULT_MAX_OUTPUT_PIXELS = 64 * 1024 * 1024
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt")
-DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 ModelFn = Callable[["torch.Tensor"], "torch.Tensor"]
 
@@ -128,16 +127,13 @@ class UpscaleRunner(Runner):
         if model.input_channels not in (1, 3) or model.output_channels != model.input_channels:
             raise ValueError(f"{path}: {model.architecture.name} maps {model.input_channels} channels to "
                              f"{model.output_channels}; the upscale runner takes RGB or greyscale models")
-        dtype = resolve_dtype(self.spec.options.get("dtype", "auto"), self.device, model.supports_half)
+        dtype = resolve_dtype(self.spec.options.get("dtype", "auto"), self.device,
+                              gpu_auto="float16" if model.supports_half else "float32")
         self.model = model.to(self.device, dtype).eval()
 
     def unload(self) -> None:
         self.model = None
-        gc.collect()
-        if self.device.startswith("cuda"):
-            import torch
-
-            torch.cuda.empty_cache()
+        free_memory(self.device)
 
     def predict(self, input: dict[str, Any], ctx: PredictContext) -> PredictGenerator:
         from spandrel import ModelTiling
@@ -147,7 +143,7 @@ class UpscaleRunner(Runner):
             raise RuntimeError("the upscale runner is not loaded")
         options = self.spec.options
         image = decode_image(input.get("image"), "input.image",  # type: ignore[arg-type]
-                             int(options.get("max_pixels", DEFAULT_MAX_PIXELS)))
+                             int(options.get("max_input_pixels", DEFAULT_MAX_PIXELS)))
         plan = plan_upscale(image.size, model.scale, input,
                             int(options.get("max_output_pixels", DEFAULT_MAX_OUTPUT_PIXELS)),
                             int(options.get("tile", DEFAULT_TILE)))
@@ -247,17 +243,6 @@ def weights_file(weights: str) -> Path:
         raise ValueError(f"{path} must hold exactly one weights file ({', '.join(WEIGHT_SUFFIXES)}); "
                          f"found {names}")
     return found[0]
-
-
-def resolve_dtype(name: str, device: str, supports_half: bool) -> Any:
-    """The torch dtype an option names; "auto" is float16 on CUDA for models that support it, else float32."""
-    import torch
-
-    if name not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {name!r}")
-    if name == "auto":
-        return torch.float16 if device.startswith("cuda") and supports_half else torch.float32
-    return getattr(torch, name)
 
 
 # Tiling: pure functions over tensors, testable with any model_fn.

@@ -13,7 +13,7 @@ from node.agent import NodeAgent
 from runners import registry
 from runners.base import PredictContext, PredictGenerator, Runner
 from warmfleet.domain import (
-    Finished, LogLine, ModelSpec, Output, OutputChunk, Rejected, Started, Status, Task, TaskEvent,
+    Finished, LogLine, MetricsUpdate, ModelSpec, Output, OutputChunk, Rejected, Started, Status, Task, TaskEvent,
 )
 from warmfleet.errors import InvalidInput, NotFound
 
@@ -48,6 +48,16 @@ class RaisesBeforeItsFirstEvent(_Fixture):
 
     def predict(self, input: dict[str, Any], ctx: PredictContext) -> PredictGenerator:
         raise ValueError("bad input shape")
+
+
+class ReportsMetrics(_Fixture):
+    """Reports its own figures, including one (predict_time_s) that the agent measures itself."""
+
+    family = "reports-metrics"
+
+    def predict(self, input: dict[str, Any], ctx: PredictContext) -> PredictGenerator:
+        yield MetricsUpdate({"image_count": 3, "predict_time_s": 1234.0})
+        return Output(value="done")
 
 
 class RaisesOnLoad(_Fixture):
@@ -217,6 +227,18 @@ async def test_a_runner_that_raises_ends_failed_with_the_error_text(agent, regis
     assert bodies[-1].error == "RuntimeError: the model exploded"
     [info] = await agent.instances()
     assert (info.state, info.in_flight) == ("idle", 0)  # one failed prediction does not fail the instance
+
+
+async def test_runner_metrics_are_kept_and_the_agent_measures_predict_time_itself(agent, register):
+    register(ReportsMetrics)
+    await agent.load_instance("m-1", ModelSpec("acme/metrics", ReportsMetrics.family))
+    await agent.submit(ROUTER, [Task("p1", "m-1", {})])
+
+    finished = _of(await collect(agent, {"p1"}), "p1")[-1]
+
+    assert finished.status is Status.SUCCEEDED
+    assert finished.metrics.image_count == 3
+    assert 0 <= finished.metrics.predict_time_s < 60
 
 
 async def test_a_predict_that_raises_when_called_still_ends_failed(agent, register):

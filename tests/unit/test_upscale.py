@@ -28,11 +28,11 @@ from spandrel.architectures.ESRGAN import ESRGAN
 from runners import tiny_models
 from runners.base import Cancelled, PredictContext
 from runners.schema import InputValidator
+from runners.devices import resolve_dtype
 from runners.upscale import (
     UpscaleRunner,
     image_to_tensor,
     plan_upscale,
-    resolve_dtype,
     tile_count,
     tile_spans,
     upscale_tiled,
@@ -177,12 +177,12 @@ def test_refuses_weights_that_are_not_one_image_to_image_model(tmp_path, monkeyp
 
 
 def test_dtype_auto_is_half_only_on_cuda_for_models_that_support_it():
-    assert resolve_dtype("auto", "cpu", supports_half=True) is torch.float32
-    assert resolve_dtype("auto", "cuda:0", supports_half=True) is torch.float16
-    assert resolve_dtype("auto", "cuda:0", supports_half=False) is torch.float32
-    assert resolve_dtype("bfloat16", "cpu", supports_half=False) is torch.bfloat16
+    assert resolve_dtype("auto", "cpu", gpu_auto="float16") is torch.float32
+    assert resolve_dtype("auto", "cuda:0", gpu_auto="float16") is torch.float16
+    assert resolve_dtype("auto", "cuda:0", gpu_auto="float32") is torch.float32
+    assert resolve_dtype("bfloat16", "cpu") is torch.bfloat16
     with pytest.raises(ValueError, match="dtype must be one of"):
-        resolve_dtype("fp8", "cpu", supports_half=True)
+        resolve_dtype("fp8", "cpu")
 
 
 def test_options_set_the_tile_default_and_the_concurrency():
@@ -377,7 +377,7 @@ def test_a_file_that_is_not_an_image_is_refused_naming_the_field(runner):
 
 
 def test_an_image_over_the_pixel_bound_is_refused_before_decoding(esrgan_dir):
-    small = UpscaleRunner(ModelSpec("m", "upscale", weights=str(esrgan_dir), options={"max_pixels": 400}))
+    small = UpscaleRunner(ModelSpec("m", "upscale", weights=str(esrgan_dir), options={"max_input_pixels": 400}))
     small.load()
     err = refused(small, image=png(picture(24, 20)))
     assert err.field == "input.image" and "24x20 = 480 pixels" in str(err)
