@@ -15,7 +15,7 @@ from warmfleet.domain import (
     PredictionEvent, ProgressUpdate, Status,
 )
 from warmfleet.errors import InvalidInput
-from warmfleet.jsonvalues import value_from_pb, value_to_pb
+from warmfleet.jsonvalues import place_files, split_files, value_from_pb, value_to_pb
 from warmfleet.v1 import cluster_pb2, predictions_pb2, types_pb2
 
 STATUS_TO_PB = {
@@ -99,19 +99,20 @@ def input_from_pb(pb: types_pb2.PredictionInput) -> tuple[dict[str, Any], str]:
         raise InvalidInput("input", "is required: set one of json, echo, text_generation, ...")
     if kind == "json":
         values = value_from_pb(struct_pb2.Value(struct_value=pb.json.fields))
-        for name, f in pb.json.files.items():
-            values[name] = file_from_pb(f)
-        return values, kind
+        try:
+            return place_files(values, {path: file_from_pb(f) for path, f in pb.json.files.items()}), kind
+        except ValueError as err:
+            raise InvalidInput("input.files", str(err)) from None
     return _message_to_dict(getattr(pb, kind)), kind
 
 
 def input_to_pb(values: dict[str, Any], kind: str) -> types_pb2.PredictionInput:
     if kind in _TYPED_INPUTS:
         return types_pb2.PredictionInput(**{kind: _dict_to_message(values, _TYPED_INPUTS[kind])})
-    plain = {k: v for k, v in values.items() if not isinstance(v, FileData)}
-    files = {k: file_to_pb(v) for k, v in values.items() if isinstance(v, FileData)}
-    struct = json_format.ParseDict(plain, struct_pb2.Struct())
-    return types_pb2.PredictionInput(json=types_pb2.JsonInput(fields=struct, files=files))
+    rest, files = split_files(values, lambda v: v if isinstance(v, FileData) else None)
+    struct = json_format.ParseDict(rest, struct_pb2.Struct())
+    return types_pb2.PredictionInput(json=types_pb2.JsonInput(
+        fields=struct, files={path: file_to_pb(f) for path, f in files.items()}))
 
 
 def create_from_pb(req: predictions_pb2.CreatePredictionRequest) -> CreateRequest:

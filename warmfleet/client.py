@@ -28,7 +28,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from warmfleet import launch
-from warmfleet.jsonvalues import plain, value_from_pb, value_to_pb
+from warmfleet.jsonvalues import place_files, plain, split_files, value_from_pb, value_to_pb
 from warmfleet.settings import Settings, load_settings
 from warmfleet.v1 import (
     cluster_pb2, cluster_pb2_grpc, models_pb2, models_pb2_grpc, predictions_pb2, predictions_pb2_grpc,
@@ -308,21 +308,22 @@ def file_to_pb(f: File) -> types_pb2.File:
 
 
 def input_to_pb(values: Mapping[str, Any]) -> types_pb2.PredictionInput:
-    """A plain dict as the generic JSON input form: JSON values in ``fields``, files in ``files``."""
-    msg = types_pb2.JsonInput()
-    for name, value in values.items():
+    """A plain dict as the generic JSON input form: JSON values in ``fields``, files (at any depth, or
+    under a path key such as "controlnets[0].image") in ``files``."""
+    for name in values:
         if not isinstance(name, str):
             raise InvalidArgumentError("INVALID_ARGUMENT", f"input: field names must be strings: {name!r}")
-        file = as_file(value)
-        if file is not None:
-            msg.files[name].CopyFrom(file_to_pb(file))
-            continue
+    rest, files = split_files(dict(values), as_file)
+    msg = types_pb2.JsonInput()
+    for path, file in files.items():
+        msg.files[path].CopyFrom(file_to_pb(file))
+    for name, value in rest.items():
         try:
             msg.fields.fields[name].CopyFrom(value_to_pb(value))
         except json_format.ParseError as err:
             raise InvalidArgumentError(
-                "INVALID_ARGUMENT", f"input.{name}: not JSON-shaped and not a file ({type(value).__name__}); "
-                "files go only in top-level fields") from err
+                "INVALID_ARGUMENT", f"input.{name}: not JSON-shaped and not a file ({type(value).__name__})"
+            ) from err
     return types_pb2.PredictionInput(json=msg)
 
 
@@ -359,8 +360,7 @@ def input_from_pb(pb: types_pb2.PredictionInput) -> dict[str, Any]:
     if kind != "json":
         return _message_to_dict(getattr(pb, kind))
     values = plain(json_format.MessageToDict(pb.json.fields))
-    values.update({name: file_from_pb(f) for name, f in pb.json.files.items()})
-    return values
+    return place_files(values, {path: file_from_pb(f) for path, f in pb.json.files.items()})
 
 
 def _time_from_pb(pb: Message, name: str) -> datetime | None:

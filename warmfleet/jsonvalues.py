@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Callable
 
 from google.protobuf import json_format, struct_pb2
 
@@ -28,3 +29,68 @@ def value_from_pb(value: struct_pb2.Value) -> Any:
     if value.WhichOneof("kind") is None:
         return None
     return plain(json_format.MessageToDict(value))
+
+
+# Files inside JSON inputs. The JSON input form carries files beside the JSON fields, keyed by the
+# place they go: a top-level name ("image") or a path into nested objects and arrays
+# ("controlnets[0].image"). ``split_files`` takes them out of a value; ``place_files`` puts them back.
+
+MAX_LIST_INDEX = 1000
+_PATH_PART = re.compile(r"\.?([A-Za-z_][A-Za-z0-9_-]*)|\[(\d+)\]")
+
+
+def split_files(values: dict[str, Any], as_file: Callable[[Any], Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``values`` without its files (a nested file leaves null in its place, so that list positions
+    stay), and the files by path. ``as_file`` is called once per value: the file it is, or None."""
+    files: dict[str, Any] = {}
+
+    def walk(value: Any, path: str) -> Any:
+        file = as_file(value)
+        if file is not None:
+            files[path] = file
+            return None
+        if isinstance(value, dict):
+            return {k: walk(v, f"{path}.{k}") for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [walk(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    rest = {name: walk(value, name) for name, value in values.items()}
+    return {name: v for name, v in rest.items() if name not in files}, files  # no null for a top-level file
+
+
+def parse_path(path: str) -> list[str | int]:
+    """"controlnets[0].image" -> ["controlnets", 0, "image"]; ValueError for anything else."""
+    parts: list[str | int] = []
+    at = 0
+    while at < len(path):
+        match = _PATH_PART.match(path, at)
+        if match is None or (at == 0 and path.startswith((".", "["))):
+            raise ValueError(f"{path!r} is not a field path such as image or controlnets[0].image")
+        parts.append(match.group(1) if match.group(1) is not None else int(match.group(2)))
+        at = match.end()
+    if not parts:
+        raise ValueError("an empty field path")
+    return parts
+
+
+def place_files(values: dict[str, Any], files: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with each file put at its path, creating the objects and list slots on the way.
+    ValueError names a path that is malformed or that crosses a value of another shape."""
+    # In path order, numerically by index, so that [2] comes before [10] and fills its slot first.
+    for path, file in sorted(files.items(), key=lambda item: [(isinstance(p, str), p) for p in parse_path(item[0])]):
+        parts = parse_path(path)
+        node: Any = values
+        for part, following in zip(parts, parts[1:] + [None]):
+            if isinstance(part, int) and isinstance(node, list) and part <= min(len(node), MAX_LIST_INDEX):
+                if part == len(node):
+                    node.append(None)
+            elif not (isinstance(part, str) and isinstance(node, dict)):
+                raise ValueError(f"file path {path!r} does not fit the shape of the other fields")
+            if following is None:
+                node[part] = file
+            else:
+                if (node[part] if isinstance(node, list) else node.get(part)) is None:
+                    node[part] = [] if isinstance(following, int) else {}
+                node = node[part]
+    return values

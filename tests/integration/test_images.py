@@ -209,3 +209,18 @@ async def test_upscale_refuses_a_bad_image_naming_the_field(api):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await api.predictions.CreatePrediction(upscale(image=T.File(data=b"not an image")), metadata=api.md)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "input.image" in err.value.details()
+
+
+async def test_the_json_form_takes_nested_files_by_path_and_equals_the_typed_form(api):
+    from google.protobuf import json_format, struct_pb2
+
+    fields = json_format.ParseDict({"prompt": "a fox", "seed": 21, "controlnets": [{"type": "canny"}]},
+                                   struct_pb2.Struct())
+    as_json = T.PredictionInput(json=T.JsonInput(fields=fields, files={"controlnets[0].image": png(shapes())}))
+    pred = await api.predictions.CreatePrediction(P.CreatePredictionRequest(model=SD, wait_s=60, input=as_json),
+                                                  metadata=api.md)
+    assert pred.status == T.STATUS_SUCCEEDED, pred.error
+    typed = await generate(api, prompt="a fox", seed=21, controlnets=[T.ControlNetUnit(image=png(shapes()),
+                                                                                       type="canny")])
+    assert pred.output.files[0].data == typed.output.files[0].data
+    assert pred.input.json.files["controlnets[0].image"].data == png(shapes()).data

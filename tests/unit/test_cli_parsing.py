@@ -214,8 +214,35 @@ def test_input_round_trips_through_protobuf() -> None:
 
 
 def test_a_value_that_is_neither_json_nor_a_file_names_the_field() -> None:
-    with pytest.raises(InvalidArgumentError, match=r"input\.images: .*files go only in top-level fields"):
-        client.input_to_pb({"images": [b"a", b"b"]})
+    with pytest.raises(InvalidArgumentError, match=r"input\.when: not JSON-shaped and not a file"):
+        client.input_to_pb({"when": object()})
+
+
+def test_nested_files_travel_under_their_paths_and_come_back_in_place() -> None:
+    values = {"prompt": "a cat", "images": [b"a", b"b"],
+              "controlnets": [{"type": "canny", "image": b"edges"}, {"type": "depth", "image": b"map"}]}
+    pb = client.input_to_pb(values)
+    assert set(pb.json.files) == {"images[0]", "images[1]", "controlnets[0].image", "controlnets[1].image"}
+    assert pb.json.fields["controlnets"][0]["type"] == "canny"
+    back = client.input_from_pb(pb)
+    assert [f.data for f in back["images"]] == [b"a", b"b"]
+    assert [(u["type"], u["image"].data) for u in back["controlnets"]] == [("canny", b"edges"), ("depth", b"map")]
+
+
+def test_a_path_key_puts_a_file_into_the_json_fields() -> None:
+    """As the CLI sends ``-i controlnets='[{"type": "canny"}]' -i controlnets[0].image=@edges.png``."""
+    pb = client.input_to_pb({"controlnets": [{"type": "canny"}], "controlnets[0].image": b"edges"})
+    back = client.input_from_pb(pb)
+    assert back["controlnets"][0]["type"] == "canny" and back["controlnets"][0]["image"].data == b"edges"
+    assert set(back) == {"controlnets"}
+
+
+@pytest.mark.parametrize("path", ["a..b", "[0]", "a[x]", "a.", "a[5000]", "prompt.x"])
+def test_a_file_path_that_does_not_fit_is_refused(path) -> None:
+    from warmfleet.jsonvalues import place_files
+
+    with pytest.raises(ValueError, match="path"):
+        place_files({"prompt": "text"}, {path: b"x"})
 
 
 # Protobuf to client types

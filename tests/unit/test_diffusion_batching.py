@@ -58,11 +58,12 @@ def test_a_job_bigger_than_a_batch_runs_alone():
 
 @given(st.lists(st.tuples(st.sampled_from("abc"), st.integers(1, 5), st.floats(0, 1)), max_size=30),
        st.floats(0, 2), st.integers(1, 8), st.floats(0.001, 1))
-def test_policy_guarantees(specs, now, max_images, max_wait_s):
+def test_policy_guarantees(specs, since_last, max_images, max_wait_s):
     """What the policy guarantees, for any queue: a batch has one key, the oldest job's, and is in
     arrival order; it holds at most max_images images unless it is one job; it is never empty when the
     leader has waited its time; and a wait is never longer than the leader's remaining time."""
     waiting = [job(k, n, at) for k, n, at in sorted(specs, key=lambda s: s[2])]
+    now = (waiting[-1].arrived_at if waiting else 0.0) + since_last
     decision = take_batch(waiting, now, max_images, max_wait_s)
     if decision.batch:
         assert decision.batch[0] is waiting[0]
