@@ -79,3 +79,24 @@ def test_the_default_cluster_streams_from_the_tiny_llama(cli):
     again = run("predict", "warmfleet/tiny-llama", "-i", "prompt=the quick brown fox", "-i", "max_new_tokens=16",
                 "-i", "min_new_tokens=16", "-i", "temperature=0")
     assert again.returncode == 0 and again.stdout.strip() == streamed.stdout.strip() != ""
+
+
+def test_the_default_cluster_draws_with_a_controlnet_then_upscales_from_the_cli(cli, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    run, _, _ = cli
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.kron(np.eye(4, dtype=np.uint8) * 255, np.ones((16, 16), np.uint8))).save(photo)
+    drawn = run("predict", "warmfleet/tiny-sd", "-i", "prompt=a lighthouse", "-i", "seed=1",
+                "-i", 'controlnets=[{"type": "canny"}]', "-i", f"controlnets[0].image=@{photo}",
+                "-o", str(tmp_path / "drawn"), "--stream")
+    assert drawn.returncode == 0, drawn.stderr
+    assert "progress 10/10" in drawn.stderr  # the default version's 10 steps, one event each
+    [image] = sorted((tmp_path / "drawn").iterdir())
+    assert Image.open(image).size == (64, 64)
+    upscaled = run("predict", "warmfleet/tiny-esrgan", "-i", f"image=@{image}", "-i", "scale=2",
+                   "-o", str(tmp_path / "big"))
+    assert upscaled.returncode == 0, upscaled.stderr
+    [big] = sorted((tmp_path / "big").iterdir())
+    assert Image.open(big).size == (128, 128)
