@@ -4,15 +4,13 @@ SIGTERM or SIGINT, then shuts down in order. `warmfleet up` runs this in the bac
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import signal
-import time
 
 from gateway.server import Gateway
 from scheduler import ray_adapter
 from warmfleet.defaults import default_models, prepare_default_weights
+from warmfleet.launch import write_state
 from warmfleet.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,7 +26,7 @@ async def serve(settings: Settings) -> None:
         await controller.start()
     gateway = Gateway(settings, controller)
     port = await gateway.start()
-    write_state(settings, port)
+    write_state(settings, port, gateway.http_port)
     log.info("serving gRPC on %s:%d", settings.grpc_host, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -41,19 +39,6 @@ async def serve(settings: Settings) -> None:
         controller.kill()
     settings.state_path.unlink(missing_ok=True)
     ray_adapter.shutdown()
-
-
-def write_state(settings: Settings, port: int) -> None:
-    """Record where this cluster serves, for the CLI on this machine and for `warmfleet down`."""
-    state = {
-        "pid": os.getpid(),
-        "grpc_target": f"{settings.grpc_host}:{port}",
-        "admin_token_path": str(settings.admin_token_path),
-        "started_at": time.time(),
-    }
-    tmp = settings.state_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    tmp.replace(settings.state_path)
 
 
 def main(settings: Settings) -> None:

@@ -16,6 +16,7 @@ from typing import Any, AsyncIterator, Callable
 from gateway.auth import Principal
 from gateway.catalog import ModelCatalog
 from gateway.events import EventHub
+from gateway.metrics import PredictionMetrics
 from gateway.store import PredictionStore
 from scheduler.router import Router
 from warmfleet.domain import (
@@ -50,12 +51,13 @@ def new_prediction_id() -> str:
 
 class PredictionService:
     def __init__(self, store: PredictionStore, router: Router, catalog: ModelCatalog, hub: EventHub,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, metrics: PredictionMetrics | None = None) -> None:
         self._store = store
         self._router = router
         self._catalog = catalog
         self._hub = hub
         self._clock = clock
+        self._metrics = metrics or PredictionMetrics()
         self._active: dict[str, Prediction] = {}
 
     # Create
@@ -77,6 +79,7 @@ class PredictionService:
             deadline_at=now + req.deadline_s if req.deadline_s else None, priority=req.priority,
         )
         self._router.enqueue(pred.id, pred.model, filled, pred.priority, pred.deadline_at)
+        self._metrics.observe_created(pred)
         self._active[pred.id] = pred
         self._hub.open(pred.id)
         self._store.save(pred)
@@ -154,6 +157,7 @@ class PredictionService:
         if pred.started_at is not None:
             metrics.queue_time_s = pred.started_at - pred.created_at
         pred.metrics = metrics
+        self._metrics.observe_finished(pred)
         self._store.save(pred)
         self._hub.publish(pred.id, Completed(pred))
 

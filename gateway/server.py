@@ -1,5 +1,5 @@
 """The gateway process: the grpc.aio server, with health checking and reflection, wired to the store,
-the router and the controller."""
+the router and the controller; and beside it, on the same loop, the HTTP side (``/metrics``, ``/healthz``)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from grpc_reflection.v1alpha import reflection
 from gateway.auth import TokenRegistry
 from gateway.catalog import ModelCatalog
 from gateway.events import EventHub
+from gateway.http import HttpServer, build_app
 from gateway.interceptors import GatewayInterceptor
+from gateway.metrics import GatewayMetrics
 from gateway.predictions import PredictionService
 from gateway.servicers import ClusterServicer, ModelsServicer, PredictionsServicer
 from gateway.store import PredictionStore
@@ -37,7 +39,8 @@ SHUTDOWN_REASON = "the gateway shut down while the prediction was in flight; run
 
 
 class Gateway:
-    """Everything one gateway process serves. ``start`` binds and returns the gRPC port."""
+    """Everything one gateway process serves. ``start`` binds and returns the gRPC port; ``http_port`` is the
+    HTTP side's bound port (None when it could not bind)."""
 
     def __init__(self, settings: Settings, controller: ControllerClient) -> None:
         self.settings = settings
@@ -50,7 +53,11 @@ class Gateway:
         self.service: PredictionService | None = None
         self.server: grpc.aio.Server | None = None
         self.health = health.aio.HealthServicer()
+        self.metrics: GatewayMetrics | None = None
+        self.http: HttpServer | None = None
         self.port = 0
+        self.http_port: int | None = None
+        self._serving = False
         self._refresher: asyncio.Task | None = None
 
     async def start(self) -> int:
@@ -61,7 +68,9 @@ class Gateway:
         await self.ensure_admin_token()
         self.router = Router(f"gateway-{uuid.uuid4().hex[:8]}", self._on_task_event,
                              self.settings.max_queue_per_model)
-        self.service = PredictionService(self.store, self.router, self.catalog, self.hub)
+        self.metrics = GatewayMetrics(self.controller, self.router)
+        self.service = PredictionService(self.store, self.router, self.catalog, self.hub,
+                                         metrics=self.metrics.predictions)
         self.catalog.update(await self.controller.models())
         self.router.update_table(await self.controller.routing_table(-1, 0.0))
         self._refresher = asyncio.create_task(self._follow_routing_table(), name="routing-table")
@@ -70,7 +79,23 @@ class Gateway:
         await self.server.start()
         for name in ("",) + SERVICE_NAMES:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._serving = True
+        await self._start_http()
         return self.port
+
+    async def _start_http(self) -> None:
+        """Serve /metrics and /healthz. A port already taken costs the metrics, not the predictions: the
+        gateway serves gRPC without them and says so."""
+        host, port = self.settings.http_host, self.settings.http_port
+        http = HttpServer(build_app(self.metrics, lambda: self._serving))
+        try:
+            self.http_port = await http.start(host, port)
+        except OSError as err:
+            log.error("could not serve HTTP on %s:%d (%s): this gateway serves no /metrics or /healthz; "
+                      "set http_port (WARMFLEET_HTTP_PORT) to a free port, or 0", host, port, err)
+            return
+        self.http = http
+        log.info("serving HTTP (/metrics, /healthz) on %s:%d", host, self.http_port)
 
     def _on_task_event(self, prediction_id, body) -> None:
         self.service.on_task_event(prediction_id, body)
@@ -113,10 +138,13 @@ class Gateway:
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Stop serving: finish RPCs within ``grace_s``, fail what is still active (persisted), close."""
+        self._serving = False
         for name in ("",) + SERVICE_NAMES:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self.server:
             await self.server.stop(grace_s)
+        if self.http:
+            await self.http.stop()
         if self._refresher:
             self._refresher.cancel()
         if self.service:

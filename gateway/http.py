@@ -1,0 +1,64 @@
+"""The gateway's HTTP side: one aiohttp application, served on the gateway's own event loop.
+
+Routes today: ``GET /metrics`` (Prometheus exposition) and ``GET /healthz``. Other HTTP surfaces (the REST
+API) add their routes to the application ``build_app`` returns, before ``HttpServer.start``: aiohttp
+freezes an application's routes once it serves.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from aiohttp import web
+
+from gateway.metrics import GatewayMetrics
+
+log = logging.getLogger(__name__)
+
+METRICS = web.AppKey("metrics", GatewayMetrics)
+SERVING = web.AppKey("serving", Callable[[], bool])
+
+
+def build_app(metrics: GatewayMetrics, serving: Callable[[], bool]) -> web.Application:
+    """The gateway's HTTP application. ``serving`` says whether the gateway serves (False while it stops)."""
+    app = web.Application()
+    app[METRICS] = metrics
+    app[SERVING] = serving
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/healthz", _healthz)
+    return app
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body, content_type = await request.app[METRICS].exposition(request.headers.get("Accept", ""))
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    if request.app[SERVING]():
+        return web.json_response({"status": "serving"})
+    return web.json_response({"status": "not serving"}, status=503)
+
+
+class HttpServer:
+    """Serves one aiohttp application on a host and port (0 picks a free one) until ``stop``."""
+
+    def __init__(self, app: web.Application, shutdown_timeout_s: float = 5.0) -> None:
+        # No access log: a scrape every few seconds is not news.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout_s)
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> int:
+        """Bind and serve; returns the bound port. Raises OSError (and holds nothing) if it cannot bind."""
+        await self._runner.setup()
+        try:
+            await web.TCPSite(self._runner, host, port).start()
+        except OSError:
+            await self._runner.cleanup()
+            raise
+        self.port = self._runner.addresses[0][1]
+        return self.port
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
