@@ -45,6 +45,9 @@ class RoutingTable:
     revision: int
     instances: list[InstanceInfo] = field(default_factory=list)
     nodes: dict[str, NodeClient] = field(default_factory=dict)
+    # Models whose last instance load failed, with the error: a prediction waiting for one of them with
+    # no instance to go to fails with that reason instead of waiting for a boot that is not coming.
+    load_failures: dict[str, str] = field(default_factory=dict)
 
 
 class ControllerClient(Protocol):
@@ -57,6 +60,8 @@ class ControllerClient(Protocol):
     async def nodes(self) -> list[NodeInfo]: ...
 
     async def instances(self) -> list[InstanceInfo]: ...
+
+    async def report_load(self, router_id: str, ongoing: dict[str, int]) -> None: ...
 
 
 class NodeProvisioner(Protocol):

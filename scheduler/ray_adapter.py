@@ -193,6 +193,12 @@ class RayControllerClient:
     async def instances(self) -> list[InstanceInfo]:
         return await _await(self._h.instances.remote())
 
+    async def report_load(self, router_id: str, ongoing: dict[str, int]) -> None:
+        await _await(self._h.report_load.remote(router_id, ongoing))
+
+    async def scaling(self) -> dict[str, int]:
+        return await _await(self._h.scaling.remote())
+
     def kill(self) -> None:
         ray.kill(self._h, no_restart=True)
 

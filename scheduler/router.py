@@ -97,6 +97,23 @@ class Router:
                 self._pollers[node_id] = asyncio.create_task(self._poll(client), name=f"poll-{node_id}")
         for model in list(self._heaps):
             self._dispatch(model)
+        for model, error in table.load_failures.items():
+            if model not in self._by_model:
+                self._fail_queued(model, f"no instance of {model} could be loaded: {error}")
+
+    def _fail_queued(self, model: str, reason: str) -> None:
+        """End every prediction queued for ``model``, with ``reason``."""
+        while (item := self._pop(model)) is not None:
+            if item.deadline_timer:
+                item.deadline_timer.cancel()
+            self._finish(item.prediction_id, Status.FAILED, reason)
+
+    def ongoing(self) -> dict[str, int]:
+        """Predictions per model that are queued or in flight here: what the autoscaler scales on."""
+        counts = {model: n for model, n in self._queue_len.items() if n}
+        for running in self._running.values():
+            counts[running.item.model] = counts.get(running.item.model, 0) + 1
+        return counts
 
     def models_with_instances(self) -> set[str]:
         return set(self._by_model)

@@ -62,6 +62,7 @@ class Metrics:
     time_to_first_token_s: float | None = None
     tokens_per_second: float | None = None
     finish_reason: str | None = None
+    boot_time_s: float | None = None
     image_count: int | None = None
     batch_size: int | None = None
 
@@ -206,6 +207,11 @@ class ModelSpec:
     options: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     min_instances: int = 1
+    # Most instances the autoscaler may run; None: max(1, min_instances) (a fixed size).
+    max_instances: int | None = None
+    # The autoscaler's other knobs (scheduler.autoscaling.AutoscalingConfig's names):
+    # target_ongoing_requests, upscale_delay_s, downscale_delay_s, scale_to_zero_delay_s.
+    autoscaling: dict[str, float] = field(default_factory=dict)
 
     @property
     def version(self) -> str:

@@ -194,7 +194,7 @@ class PredictionOutput(_message.Message):
     def __init__(self, value: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., files: _Optional[_Iterable[_Union[File, _Mapping]]] = ...) -> None: ...
 
 class PredictionMetrics(_message.Message):
-    __slots__ = ("predict_time_s", "total_time_s", "queue_time_s", "input_token_count", "output_token_count", "time_to_first_token_s", "tokens_per_second", "finish_reason", "image_count", "batch_size")
+    __slots__ = ("predict_time_s", "total_time_s", "queue_time_s", "input_token_count", "output_token_count", "time_to_first_token_s", "tokens_per_second", "finish_reason", "image_count", "batch_size", "boot_time_s")
     PREDICT_TIME_S_FIELD_NUMBER: _ClassVar[int]
     TOTAL_TIME_S_FIELD_NUMBER: _ClassVar[int]
     QUEUE_TIME_S_FIELD_NUMBER: _ClassVar[int]
@@ -205,6 +205,7 @@ class PredictionMetrics(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     IMAGE_COUNT_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    BOOT_TIME_S_FIELD_NUMBER: _ClassVar[int]
     predict_time_s: float
     total_time_s: float
     queue_time_s: float
@@ -215,7 +216,8 @@ class PredictionMetrics(_message.Message):
     finish_reason: str
     image_count: int
     batch_size: int
-    def __init__(self, predict_time_s: _Optional[float] = ..., total_time_s: _Optional[float] = ..., queue_time_s: _Optional[float] = ..., input_token_count: _Optional[int] = ..., output_token_count: _Optional[int] = ..., time_to_first_token_s: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., finish_reason: _Optional[str] = ..., image_count: _Optional[int] = ..., batch_size: _Optional[int] = ...) -> None: ...
+    boot_time_s: float
+    def __init__(self, predict_time_s: _Optional[float] = ..., total_time_s: _Optional[float] = ..., queue_time_s: _Optional[float] = ..., input_token_count: _Optional[int] = ..., output_token_count: _Optional[int] = ..., time_to_first_token_s: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., finish_reason: _Optional[str] = ..., image_count: _Optional[int] = ..., batch_size: _Optional[int] = ..., boot_time_s: _Optional[float] = ...) -> None: ...
 
 class Prediction(_message.Message):
     __slots__ = ("id", "model", "version", "deployment", "input", "output", "logs", "error", "status", "created_at", "started_at", "completed_at", "metrics", "owner")
