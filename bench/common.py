@@ -32,7 +32,7 @@ class Target:
 
 def cluster_settings(home: Path) -> Settings:
     """A cluster of its own: a fresh home, a free port, and a local Ray that no one else shares."""
-    return Settings(home=home, grpc_port=0, ray_address="local")
+    return Settings(home=home, grpc_port=0, http_port=0, ray_address="local")
 
 
 def start_cluster(settings: Settings) -> tuple[ClusterState, Target]:

@@ -23,7 +23,7 @@ from warmfleet.domain import (
     Completed, Finished, LogLine, OutputChunk, Prediction, PredictionEvent, ProgressUpdate, Started, Status,
     TaskEventBody,
 )
-from warmfleet.errors import AlreadyExists, InvalidInput, NotFound, Unavailable
+from warmfleet.errors import AlreadyExists, InvalidInput, NotFound
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_WAIT_S = 60.0
@@ -51,7 +51,8 @@ def new_prediction_id() -> str:
 
 class PredictionService:
     def __init__(self, store: PredictionStore, router: Router, catalog: ModelCatalog, hub: EventHub,
-                 clock: Callable[[], float] = time.time, metrics: PredictionMetrics | None = None) -> None:
+                 clock: Callable[[], float] = time.time, metrics: PredictionMetrics | None = None,
+                 on_cold: Callable[[], None] = lambda: None) -> None:
         self._store = store
         self._router = router
         self._catalog = catalog
@@ -59,6 +60,8 @@ class PredictionService:
         self._clock = clock
         self._metrics = metrics or PredictionMetrics()
         self._active: dict[str, Prediction] = {}
+        self._on_cold = on_cold  # a prediction waits for a cold boot: tell the autoscaler now
+        self._cold: set[str] = set()
 
     # Create
 
@@ -70,8 +73,7 @@ class PredictionService:
                 return self._idempotent(principal, existing, req)
         entry = self._catalog.resolve(req.model, req.version, req.deployment)
         filled = entry.validator.validate(req.input)
-        if not self._router.has_instances(entry.spec.name):
-            raise Unavailable(f"model {entry.spec.name!r} has no running instance; see `warmfleet status`")
+        cold = not self._router.has_instances(entry.spec.name)
         now = self._clock()
         pred = Prediction(
             id=req.id or new_prediction_id(), model=entry.spec.name, version=entry.spec.version,
@@ -82,6 +84,10 @@ class PredictionService:
         self._metrics.observe_created(pred)
         self._active[pred.id] = pred
         self._hub.open(pred.id)
+        if cold:  # scaled to zero (or not loaded yet): it waits in starting while an instance boots
+            self._cold.add(pred.id)
+            pred.logs.append(f"Booting {pred.model}: no instance was warm; waiting for one to load")
+            self._on_cold()
         self._store.save(pred)
         if req.wait_s <= 0 or not await self._hub.wait(pred.id, req.wait_s):
             await self._store.flush()  # the client may come back for it: make it durable first
@@ -137,6 +143,8 @@ class PredictionService:
         if isinstance(body, Started):
             pred.status, pred.started_at = Status.PROCESSING, body.at
             pred.metrics.queue_time_s = body.at - pred.created_at
+            if pred.id in self._cold:
+                pred.metrics.boot_time_s = body.at - pred.created_at
             self._hub.publish(pred.id, Status.PROCESSING)
         elif isinstance(body, LogLine):
             pred.logs.append(body.text)
@@ -148,6 +156,10 @@ class PredictionService:
 
     def _complete(self, pred: Prediction, body: Finished) -> None:
         del self._active[pred.id]
+        if pred.id in self._cold:
+            self._cold.discard(pred.id)
+            if pred.started_at is not None or body.started_at is not None:
+                body.metrics.boot_time_s = (body.started_at or pred.started_at) - pred.created_at
         pred.status, pred.error, pred.completed_at = body.status, body.error, body.completed_at
         pred.output = body.output
         if body.started_at is not None:

@@ -17,6 +17,7 @@ from gateway.catalog import ModelCatalog
 from gateway.events import EventHub
 from gateway.http import HttpServer, build_app
 from gateway.interceptors import GatewayInterceptor
+from gateway.load_report import LoadReporter
 from gateway.metrics import GatewayMetrics
 from gateway.predictions import PredictionService
 from gateway.servicers import ClusterServicer, ModelsServicer, PredictionsServicer
@@ -55,6 +56,7 @@ class Gateway:
         self.health = health.aio.HealthServicer()
         self.metrics: GatewayMetrics | None = None
         self.http: HttpServer | None = None
+        self.load_reporter: LoadReporter | None = None
         self.port = 0
         self.http_port: int | None = None
         self._serving = False
@@ -69,11 +71,14 @@ class Gateway:
         self.router = Router(f"gateway-{uuid.uuid4().hex[:8]}", self._on_task_event,
                              self.settings.max_queue_per_model)
         self.metrics = GatewayMetrics(self.controller, self.router)
+        self.load_reporter = LoadReporter(self.router, self.controller)
         self.service = PredictionService(self.store, self.router, self.catalog, self.hub,
-                                         metrics=self.metrics.predictions)
+                                         metrics=self.metrics.predictions,
+                                         on_cold=self.load_reporter.report_now)
         self.catalog.update(await self.controller.models())
         self.router.update_table(await self.controller.routing_table(-1, 0.0))
         self._refresher = asyncio.create_task(self._follow_routing_table(), name="routing-table")
+        self.load_reporter.start()
         self.server = self._build_server()
         self.port = self.server.add_insecure_port(f"{self.settings.grpc_host}:{self.settings.grpc_port}")
         await self.server.start()
@@ -147,6 +152,8 @@ class Gateway:
             await self.http.stop()
         if self._refresher:
             self._refresher.cancel()
+        if self.load_reporter:
+            await self.load_reporter.stop()
         if self.service:
             await self.service.fail_all_active(SHUTDOWN_REASON)
         if self.router:

@@ -279,6 +279,7 @@ def up(obj: CliContext, grpc_port: int | None, ray_address: str | None) -> None:
     click.echo(f"warmfleet {verb} at {state.grpc_target}")
     click.echo(f"  log:         {launch.log_path(settings)}")
     click.echo(f"  admin token: {state.admin_token_path}")
+    click.echo(f"  metrics:     {state.metrics_url or 'not served (see the log)'}")
     click.echo(f"try: {obj.command_prefix()} {ECHO_HINT}")
 
 
@@ -309,6 +310,8 @@ def status(obj: CliContext) -> None:
     click.echo(f"process:  pid {state.pid}" if state else f"process:  none started from {settings.home}")
     client = obj.client()
     click.echo(f"gateway:  {client.target}")
+    if state is not None:
+        click.echo(f"metrics:  {state.metrics_url or 'not served (see the log)'}")
     if not launch.healthy(client.target):
         raise CliError(f"no gateway at {client.target}: is `warmfleet up` running?")
     click.echo("health:   serving")

@@ -23,6 +23,7 @@ NARROW = "test/echo-narrow"  # one prediction at a time: for queueing, cancel an
 LLM = "warmfleet/tiny-llama"
 SD = "warmfleet/tiny-sd"
 ESRGAN = "warmfleet/tiny-esrgan"
+AUTOSCALED = "test/echo-autoscaled"  # min 0, max 2, one prediction per instance, short delays
 
 
 @pytest.fixture(scope="session")
@@ -58,6 +59,9 @@ def models(tiny_llama_dir, tiny_sd_paths, tiny_esrgan_dir) -> list[ModelSpec]:
                   options={"controlnets": controlnets, "steps": 4, "max_batch_size": 4,
                            "max_batch_wait_ms": 200}),
         ModelSpec(ESRGAN, "upscale", weights=str(tiny_esrgan_dir), options={"tile": 64}),
+        ModelSpec(AUTOSCALED, "echo", options={"max_concurrency": 1}, min_instances=0, max_instances=2,
+                  autoscaling={"target_ongoing_requests": 1, "upscale_delay_s": 0.3, "downscale_delay_s": 1.5,
+                               "scale_to_zero_delay_s": 2.5}),
     ]
 
 
@@ -118,7 +122,7 @@ class RunningGateway:
     """A gateway in this process, with a channel to it; restartable on the same home."""
 
     def __init__(self, home: Path, controller, **settings) -> None:
-        self.settings = Settings(home=home, grpc_port=0, **settings)
+        self.settings = Settings(home=home, grpc_port=0, http_port=0, **settings)
         self.controller = controller
         self.gateway: Gateway | None = None
         self.api: Api | None = None

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 def cli(tmp_path_factory):
     home = tmp_path_factory.mktemp("cli-home")
     env = {k: v for k, v in os.environ.items() if not k.startswith("WARMFLEET_")}
-    env.update(WARMFLEET_HOME=str(home), WARMFLEET_GRPC_PORT="0")
+    env.update(WARMFLEET_HOME=str(home), WARMFLEET_GRPC_PORT="0", WARMFLEET_HTTP_PORT="0")
 
     def run(*args: str, timeout_s: float = 180) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "warmfleet.cli", *args], env=env, capture_output=True,

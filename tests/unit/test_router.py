@@ -537,3 +537,29 @@ async def test_every_accepted_prediction_ends_with_exactly_one_finished(ops, cap
             assert isinstance(log.bodies(pid)[-1], Finished)  # nothing follows the end
     finally:
         await router.close()
+
+
+async def test_ongoing_counts_queued_and_in_flight_per_model_for_the_autoscaler(make_router):
+    router, _, log = one_instance(make_router, capacity=2)
+    for n in range(5):
+        router.enqueue(f"p{n}", MODEL, _input(n))
+    router.enqueue("cold", "acme/cold", _input(9))  # no instance yet: queued, and counted
+
+    assert router.ongoing() == {MODEL: 5, "acme/cold": 1}
+
+
+async def test_a_model_whose_load_failed_fails_its_waiting_predictions_with_the_error(make_router):
+    node, log = FakeNodeClient("A"), EventLog()
+    router = make_router(log)
+    router.update_table(table(1, [], node))
+    router.enqueue("p1", "acme/broken", _input(1))
+    router.enqueue("p2", MODEL, _input(2))
+
+    failed = table(2, [], node)
+    failed.load_failures = {"acme/broken": "OSError: weights not found"}
+    router.update_table(failed)
+
+    [finished] = log.finished("p1")
+    assert finished.status is Status.FAILED
+    assert finished.error == "no instance of acme/broken could be loaded: OSError: weights not found"
+    assert not log.finished("p2") and router.ongoing() == {MODEL: 1}  # other models keep waiting
