@@ -122,7 +122,7 @@ class RunningGateway:
     """A gateway in this process, with a channel to it; restartable on the same home."""
 
     def __init__(self, home: Path, controller, **settings) -> None:
-        self.settings = Settings(home=home, grpc_port=0, http_port=0, **settings)
+        self.settings = Settings(home=home, grpc_port=0, **{"http_port": 0, **settings})
         self.controller = controller
         self.gateway: Gateway | None = None
         self.api: Api | None = None
