@@ -181,7 +181,8 @@ def node_to_pb(n: NodeInfo) -> cluster_pb2.Node:
         id=n.id, ray_node_id=n.ray_node_id, address=n.address, accelerator=n.accelerator,
         memory_total_bytes=n.memory_total_bytes, memory_used_bytes=n.memory_used_bytes,
         utilization_percent=n.utilization_percent, metrics_note=n.metrics_note,
-        instance_count=n.instance_count,
+        instance_count=n.instance_count, hardware=n.hardware, gpu_index=n.gpu_index, gpu_uuid=n.gpu_uuid,
+        temperature_c=n.temperature_c, power_w=n.power_w,
     )
 
 

@@ -2,8 +2,9 @@
 GPUs and instances, for ``GET /metrics``.
 
 Names follow Ray Serve's and Triton's style: a ``warmfleet_`` prefix, base units in the name (seconds,
-bytes, ratio), and the labels ``model``, ``status``, ``node``, ``gpu``, ``state``. Each ``Gateway`` has its
-own ``CollectorRegistry``, so several gateways in one process (the tests) keep separate figures.
+bytes, ratio), and the labels ``model``, ``status``, ``node``, ``gpu`` (its NVML index), ``hardware`` (a
+SKU), ``state``. Each ``Gateway`` has its own ``CollectorRegistry``, so several gateways in one process (the
+tests) keep separate figures.
 
 The hot path is one call when a prediction is created and one when it ends. Both only add to plain
 per-model tallies; the exposition is built from the tallies when Prometheus scrapes (custom collectors, the
@@ -226,27 +227,37 @@ class ClusterMetrics:
 
 
 def _node_families(nodes: list[NodeInfo]) -> Iterator[Metric]:
-    info = GaugeMetricFamily("warmfleet_node_info", "A node agent and the hardware it runs on (always 1).",
+    """One ``warmfleet_node_info`` per agent, labelled with its hardware SKU, and each GPU's NVML figures.
+
+    A GPU is labelled by its NVML index (``gpu``, unique within its ``node``); ``warmfleet_gpu_info`` joins
+    that to the board's UUID and name, which is how DCGM's exporter names the same GPU.
+    """
+    info = GaugeMetricFamily("warmfleet_node_info", "A node agent and the hardware SKU it runs on (always 1).",
                              labels=("node", "hardware"))
     gpu = ("node", "gpu")
+    gpu_info = GaugeMetricFamily("warmfleet_gpu_info", "A node agent's GPU: its NVML UUID and name (always 1).",
+                                 labels=("node", "gpu", "uuid", "accelerator"))
     util = GaugeMetricFamily("warmfleet_gpu_utilization_ratio", "GPU busy time, 0 to 1 (NVML).", labels=gpu)
     used = GaugeMetricFamily("warmfleet_gpu_memory_used_bytes", "GPU memory in use (NVML).", labels=gpu)
     total = GaugeMetricFamily("warmfleet_gpu_memory_total_bytes", "GPU memory in all (NVML).", labels=gpu)
-    # The agents read temperature and power (node/metrics.py) but NodeInfo does not carry them yet: these
-    # two are declared, with no samples, until it does.
     temperature = GaugeMetricFamily("warmfleet_gpu_temperature_celsius", "GPU temperature (NVML).", labels=gpu)
     power = GaugeMetricFamily("warmfleet_gpu_power_watts", "GPU power draw (NVML).", labels=gpu)
     for node in sorted(nodes, key=lambda n: n.id):
-        info.add_metric((node.id, node.accelerator), 1)
-        if node.accelerator == "cpu":  # no GPU, or NVML could not read it (metrics_note says which)
+        info.add_metric((node.id, node.hardware), 1)
+        if node.gpu_index is None or not node.memory_total_bytes:  # CPU node, or NVML could not read it
             continue
-        # One node agent serves one GPU; NodeInfo names no index, so "0" is the agent's only GPU.
-        labels = (node.id, "0")
-        if node.utilization_percent is not None:
-            util.add_metric(labels, node.utilization_percent / 100.0)
+        labels = (node.id, str(node.gpu_index))
+        gpu_info.add_metric((*labels, node.gpu_uuid, node.accelerator), 1)
         used.add_metric(labels, node.memory_used_bytes)
         total.add_metric(labels, node.memory_total_bytes)
-    yield from (info, util, used, total, temperature, power)
+        # A figure the board does not report has no sample, rather than a 0 that reads as idle or cold.
+        if node.utilization_percent is not None:
+            util.add_metric(labels, node.utilization_percent / 100.0)
+        if node.temperature_c is not None:
+            temperature.add_metric(labels, node.temperature_c)
+        if node.power_w is not None:
+            power.add_metric(labels, node.power_w)
+    yield from (info, gpu_info, util, used, total, temperature, power)
 
 
 class GatewayMetrics:

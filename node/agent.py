@@ -13,11 +13,11 @@ import logging
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from node.instance import InstanceLifecycle, InstanceState
-from node.metrics import Nvml
+from node.metrics import GPU_UNKNOWN, Nvml, host_memory
 from node.outbox import Outbox
 from runners.base import Cancelled, PredictContext, Runner
 from runners.registry import runner_class
@@ -105,15 +105,24 @@ class NodeAgent:
         return [inst.info(self.node_id) for inst in self._instances.values()]
 
     async def info(self) -> NodeInfo:
+        """What this node is and how busy: one NVML reading of its GPU, or the host's RAM on a CPU node.
+
+        A GPU that NVML cannot read is ``gpu-unknown`` with no figures, so nothing is placed on memory
+        it cannot see; ``metrics_note`` says why. Never raises for NVML's sake.
+        """
+        node = NodeInfo(id=self.node_id, ray_node_id=self.ray_node_id, address=self.address,
+                        gpu_index=self._nvml.gpu_index, instance_count=len(self._instances))
         gpu = self._nvml.read()
-        return NodeInfo(
-            id=self.node_id, ray_node_id=self.ray_node_id, address=self.address,
-            accelerator=gpu.name if gpu else "cpu",
-            memory_total_bytes=gpu.memory_total_bytes if gpu else 0,
-            memory_used_bytes=gpu.memory_used_bytes if gpu else 0,
-            utilization_percent=gpu.utilization_percent if gpu else None,
-            metrics_note=self._nvml.note, instance_count=len(self._instances),
-        )
+        if gpu is not None:
+            return replace(
+                node, accelerator=gpu.name, hardware=gpu.hardware, gpu_uuid=gpu.uuid,
+                memory_total_bytes=gpu.memory_total_bytes, memory_used_bytes=gpu.memory_used_bytes,
+                utilization_percent=gpu.utilization_percent, temperature_c=gpu.temperature_c, power_w=gpu.power_w,
+            )
+        if self._nvml.gpu_index is not None:
+            return replace(node, accelerator="gpu", hardware=GPU_UNKNOWN, metrics_note=self._nvml.note)
+        total, used = host_memory()
+        return replace(node, memory_total_bytes=total, memory_used_bytes=used, metrics_note=self._nvml.note)
 
     # Predictions
 

@@ -157,7 +157,11 @@ class Model:
 
 @dataclass(frozen=True)
 class Node:
-    """A node agent and what it reports; ``utilization_percent`` is None where there is no NVML."""
+    """A node agent and what it reports; a figure NVML does not give (or a CPU node lacks) is None.
+
+    ``hardware`` is the SKU deployments ask for ("cpu", "gpu-nvidia-h100-80gb"); memory is the GPU's, or
+    the host's RAM on a CPU node; temperature in degrees Celsius, power in watts.
+    """
 
     id: str
     ray_node_id: str
@@ -168,6 +172,11 @@ class Node:
     utilization_percent: float | None
     metrics_note: str
     instance_count: int
+    hardware: str
+    gpu_index: int | None
+    gpu_uuid: str
+    temperature_c: float | None
+    power_w: float | None
 
 
 @dataclass(frozen=True)

@@ -237,7 +237,12 @@ class InstanceInfo:
 
 @dataclass(frozen=True)
 class NodeInfo:
-    """A node agent and what it reports."""
+    """A node agent and what it reports.
+
+    ``hardware`` is the SKU deployments ask for ("cpu", "gpu-nvidia-h100-80gb"; ``node.metrics.hardware_sku``);
+    ``accelerator`` the name NVML gives. Memory is the GPU's, or the host's RAM on a CPU node. Figures a
+    board does not report, or that NVML could not read, are None (``metrics_note`` says why).
+    """
 
     id: str
     ray_node_id: str
@@ -248,3 +253,8 @@ class NodeInfo:
     utilization_percent: float | None = None
     metrics_note: str = ""
     instance_count: int = 0
+    hardware: str = "cpu"
+    gpu_index: int | None = None  # NVML index of the agent's GPU; None on a CPU node
+    gpu_uuid: str = ""  # NVML's "GPU-..." id, stable across reboots and index order; "" where unread
+    temperature_c: float | None = None
+    power_w: float | None = None

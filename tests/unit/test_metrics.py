@@ -16,9 +16,17 @@ from warmfleet.domain import InstanceInfo, Metrics, ModelSpec, NodeInfo, Predict
 from warmfleet.launch import read_state, write_state
 from warmfleet.settings import Settings
 
-GPU_NODE = NodeInfo("host1-gpu0", "ray1", "10.0.0.1", accelerator="NVIDIA H100 80GB HBM3",
-                    memory_total_bytes=80 * 2**30, memory_used_bytes=20 * 2**30, utilization_percent=75.0)
-CPU_NODE = NodeInfo("host2-cpu", "ray2", "10.0.0.2", metrics_note="cpu node: no accelerator assigned")
+GPU_NODE = NodeInfo("host1-gpu3", "ray1", "10.0.0.1", accelerator="NVIDIA H100 80GB HBM3",
+                    memory_total_bytes=80 * 2**30, memory_used_bytes=20 * 2**30, utilization_percent=75.0,
+                    hardware="gpu-nvidia-h100-80gb", gpu_index=3, gpu_uuid="GPU-5d2c0f0e-h100",
+                    temperature_c=61.0, power_w=412.5)
+T4_NODE = NodeInfo("host3-gpu0", "ray3", "10.0.0.3", accelerator="Tesla T4", memory_total_bytes=15 * 2**30,
+                   memory_used_bytes=2**30, hardware="gpu-nvidia-t4-16gb", gpu_index=0, gpu_uuid="GPU-t4",
+                   utilization_percent=0.0)  # a board that reports neither temperature nor power
+LOST_NODE = NodeInfo("host4-gpu1", "ray4", "10.0.0.4", accelerator="gpu", hardware="gpu-unknown", gpu_index=1,
+                     metrics_note="NVML read failed: NVMLError_GpuIsLost: GPU is lost")
+CPU_NODE = NodeInfo("host2-cpu", "ray2", "10.0.0.2", memory_total_bytes=64 * 2**30,
+                    memory_used_bytes=8 * 2**30, metrics_note="cpu node: no accelerator assigned")
 INSTANCES = [
     InstanceInfo("i1", "acme/echo", "v1", GPU_NODE.id, "idle", 8),
     InstanceInfo("i2", "acme/echo", "v1", GPU_NODE.id, "processing", 8),
@@ -47,7 +55,7 @@ class FakeController(ControllerClient):
             await asyncio.Event().wait()
         if self.error:
             raise self.error
-        return [GPU_NODE, CPU_NODE]
+        return [GPU_NODE, CPU_NODE, T4_NODE, LOST_NODE]
 
     async def instances(self) -> list[InstanceInfo]:
         return INSTANCES
@@ -155,15 +163,27 @@ async def test_cluster_gauges_show_instances_by_state_and_each_gpu():
     assert at(s, "warmfleet_instances", model="acme/echo", state="processing") == 2
     assert at(s, "warmfleet_instances", model="acme/echo", state="idle") == 1
     assert at(s, "warmfleet_instances", model="acme/llm", state="starting") == 1
-    assert at(s, "warmfleet_node_info", node="host1-gpu0", hardware="NVIDIA H100 80GB HBM3") == 1
+    assert at(s, "warmfleet_node_info", node="host1-gpu3", hardware="gpu-nvidia-h100-80gb") == 1
     assert at(s, "warmfleet_node_info", node="host2-cpu", hardware="cpu") == 1
-    gpu = {"node": "host1-gpu0", "gpu": "0"}
+    assert at(s, "warmfleet_node_info", node="host4-gpu1", hardware="gpu-unknown") == 1
+    gpu = {"node": "host1-gpu3", "gpu": "3"}  # labelled by the GPU's NVML index
+    assert at(s, "warmfleet_gpu_info", **gpu, uuid="GPU-5d2c0f0e-h100", accelerator="NVIDIA H100 80GB HBM3") == 1
     assert at(s, "warmfleet_gpu_utilization_ratio", **gpu) == 0.75
     assert at(s, "warmfleet_gpu_memory_used_bytes", **gpu) == 20 * 2**30
     assert at(s, "warmfleet_gpu_memory_total_bytes", **gpu) == 80 * 2**30
-    gpu_series = [labels for name, labels in s if name.startswith("warmfleet_gpu_")]
-    assert gpu_series and all(dict(labels)["node"] == "host1-gpu0" for labels in gpu_series)  # no CPU node
+    assert at(s, "warmfleet_gpu_temperature_celsius", **gpu) == 61.0
+    assert at(s, "warmfleet_gpu_power_watts", **gpu) == 412.5
     assert at(s, "warmfleet_cluster_scrape_errors_total") == 0
+
+
+async def test_gpu_series_only_for_gpus_nvml_read_and_only_the_figures_they_report():
+    s = await scrape(GatewayMetrics(FakeController()))
+    gpu_nodes = {dict(labels)["node"] for name, labels in s if name.startswith("warmfleet_gpu_")}
+    assert gpu_nodes == {"host1-gpu3", "host3-gpu0"}  # not the CPU node, not the GPU NVML lost
+    t4 = {"node": "host3-gpu0", "gpu": "0"}
+    assert at(s, "warmfleet_gpu_utilization_ratio", **t4) == 0.0  # a reported 0 is kept
+    series_of_t4 = {name for name, labels in s if dict(labels).get("node") == "host3-gpu0"}
+    assert not series_of_t4 & {"warmfleet_gpu_temperature_celsius", "warmfleet_gpu_power_watts"}
 
 
 async def test_the_controller_is_asked_at_most_once_per_max_age_even_by_concurrent_scrapes():

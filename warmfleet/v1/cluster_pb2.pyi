@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Node(_message.Message):
-    __slots__ = ("id", "ray_node_id", "address", "accelerator", "memory_total_bytes", "memory_used_bytes", "utilization_percent", "metrics_note", "instance_count")
+    __slots__ = ("id", "ray_node_id", "address", "accelerator", "memory_total_bytes", "memory_used_bytes", "utilization_percent", "metrics_note", "instance_count", "hardware", "gpu_index", "gpu_uuid", "temperature_c", "power_w")
     ID_FIELD_NUMBER: _ClassVar[int]
     RAY_NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +17,11 @@ class Node(_message.Message):
     UTILIZATION_PERCENT_FIELD_NUMBER: _ClassVar[int]
     METRICS_NOTE_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    HARDWARE_FIELD_NUMBER: _ClassVar[int]
+    GPU_INDEX_FIELD_NUMBER: _ClassVar[int]
+    GPU_UUID_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_C_FIELD_NUMBER: _ClassVar[int]
+    POWER_W_FIELD_NUMBER: _ClassVar[int]
     id: str
     ray_node_id: str
     address: str
@@ -26,7 +31,12 @@ class Node(_message.Message):
     utilization_percent: float
     metrics_note: str
     instance_count: int
-    def __init__(self, id: _Optional[str] = ..., ray_node_id: _Optional[str] = ..., address: _Optional[str] = ..., accelerator: _Optional[str] = ..., memory_total_bytes: _Optional[int] = ..., memory_used_bytes: _Optional[int] = ..., utilization_percent: _Optional[float] = ..., metrics_note: _Optional[str] = ..., instance_count: _Optional[int] = ...) -> None: ...
+    hardware: str
+    gpu_index: int
+    gpu_uuid: str
+    temperature_c: float
+    power_w: float
+    def __init__(self, id: _Optional[str] = ..., ray_node_id: _Optional[str] = ..., address: _Optional[str] = ..., accelerator: _Optional[str] = ..., memory_total_bytes: _Optional[int] = ..., memory_used_bytes: _Optional[int] = ..., utilization_percent: _Optional[float] = ..., metrics_note: _Optional[str] = ..., instance_count: _Optional[int] = ..., hardware: _Optional[str] = ..., gpu_index: _Optional[int] = ..., gpu_uuid: _Optional[str] = ..., temperature_c: _Optional[float] = ..., power_w: _Optional[float] = ...) -> None: ...
 
 class Instance(_message.Message):
     __slots__ = ("id", "model", "version", "node_id", "state", "in_flight", "max_concurrency")
