@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import mimetypes
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, is_dataclass
@@ -24,6 +25,7 @@ from warmfleet.errors import WarmfleetError
 from warmfleet.settings import Settings, load_settings
 
 ECHO_HINT = "predict warmfleet/echo -i text=hello"
+PIPE_WIDTH = 140  # columns of tables printed into a pipe
 
 
 # Errors
@@ -321,6 +323,8 @@ def status(obj: CliContext) -> None:
 
 
 def _show_fleet(client: Client) -> None:
+    from warmfleet.top import instances_table, nodes_table
+
     try:
         nodes, instances = client.cluster.nodes(), client.cluster.instances()
     except WarmfleetClientError as err:
@@ -328,12 +332,97 @@ def _show_fleet(client: Client) -> None:
             raise
         click.echo("(nodes and instances need an admin token)")
         return
-    _table("nodes", ["id", "accelerator", "memory used", "utilization", "instances"], [
-        [n.id, n.accelerator, f"{n.memory_used_bytes / 2**30:.1f} / {n.memory_total_bytes / 2**30:.1f} GiB",
-         "-" if n.utilization_percent is None else f"{n.utilization_percent:.0f}%", str(n.instance_count)]
-        for n in nodes])
-    _table("instances", ["id", "model", "node", "state", "in flight"], [
-        [i.id, i.model, i.node_id, i.state, f"{i.in_flight}/{i.max_concurrency}"] for i in instances])
+    _print(nodes_table(nodes))
+    _print(instances_table(instances))
+
+
+def _print(renderable: Any) -> None:
+    """Print a rich table or frame; into a pipe, PIPE_WIDTH wide (not rich's 80) so that rows stay whole."""
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=PIPE_WIDTH)
+    console.print(renderable)
+
+
+# Nodes, instances and a live view (admin)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_cli
+def nodes(obj: CliContext, as_json: bool) -> None:
+    """List the nodes: accelerator, memory, utilization, instances (admin)."""
+    from warmfleet.top import nodes_table
+
+    found = obj.client().cluster.nodes()
+    if as_json:
+        echo_json(found)
+    else:
+        _print(nodes_table(found))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_cli
+def instances(obj: CliContext, as_json: bool) -> None:
+    """List the model instances: model, version, node, state, in-flight predictions (admin)."""
+    from warmfleet.top import instances_table
+
+    found = obj.client().cluster.instances()
+    if as_json:
+        echo_json(found)
+    else:
+        _print(instances_table(found))
+
+
+@cli.command()
+@click.option("--interval", "interval_s", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+              help="Seconds between refreshes.")
+@click.option("--once", is_flag=True, help="Print one frame and exit (1 if the gateway answered an error).")
+@click.option("--metrics-url", help="The gateway's Prometheus URL (default: what `up` recorded for it).")
+@pass_cli
+def top(obj: CliContext, interval_s: float, once: bool, metrics_url: str | None) -> None:
+    """A live view of nodes, GPUs, instances and queues, refreshed every --interval seconds until Ctrl-C."""
+    from rich.console import Console
+    from rich.live import Live
+
+    from warmfleet.top import Snapshot, render, take_snapshot
+
+    client = _top_client(obj, interval_s)
+    url = _metrics_url(obj, client) if metrics_url is None else metrics_url
+
+    def snapshot() -> Snapshot:
+        return take_snapshot(client, url, datetime.now().astimezone(), timeout_s=max(interval_s, 1.0))
+
+    if once:
+        first = snapshot()
+        _print(render(first))
+        if first.error:
+            raise click.exceptions.Exit(1)
+        return
+    try:
+        with Live(render(snapshot()), console=Console(), screen=True, auto_refresh=False) as live:
+            while True:
+                time.sleep(interval_s)
+                live.update(render(snapshot()), refresh=True)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how one leaves `top`
+
+
+def _top_client(obj: CliContext, interval_s: float) -> Client:
+    """A client whose calls give up within a few refreshes, so that a stuck gateway shows as an error."""
+    try:
+        return Client(url=obj.url, settings=obj.settings(), timeout_s=max(2.0, 2 * interval_s))
+    except ValueError as err:  # a malformed --url
+        raise CliError(str(err)) from err
+
+
+def _metrics_url(obj: CliContext, client: Client) -> str:
+    """The metrics URL `up` recorded, if the client talks to the gateway `up` started."""
+    state = launch.running(obj.settings())
+    return state.metrics_url if state is not None and state.grpc_target == client.target else ""
 
 
 # Predictions

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
+import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -100,3 +104,89 @@ def test_the_default_cluster_draws_with_a_controlnet_then_upscales_from_the_cli(
     assert upscaled.returncode == 0, upscaled.stderr
     [big] = sorted((tmp_path / "big").iterdir())
     assert Image.open(big).size == (128, 128)
+
+
+DEFAULT_MODELS = {"warmfleet/echo", "warmfleet/tiny-llama", "warmfleet/tiny-sd", "warmfleet/tiny-esrgan"}
+
+
+def test_nodes_and_instances_list_the_fleet_serving_the_default_models(cli):
+    run, _, _ = cli
+    listed = run("instances", "--json")
+    assert listed.returncode == 0, listed.stderr
+    instances = json.loads(listed.stdout)
+    assert {i["model"] for i in instances} >= DEFAULT_MODELS  # each keeps min_instances=1 warm
+    assert all(i["max_concurrency"] >= 1 and 0 <= i["in_flight"] <= i["max_concurrency"] for i in instances)
+    nodes = json.loads(run("nodes", "--json").stdout)
+    assert {i["node_id"] for i in instances} <= {n["id"] for n in nodes}
+    assert sum(n["instance_count"] for n in nodes) == len(instances)
+    table = run("nodes")
+    assert table.returncode == 0, table.stderr
+    assert all(n["id"] in table.stdout and n["accelerator"] in table.stdout for n in nodes)
+    rows = run("instances").stdout
+    echo = next(i for i in instances if i["model"] == "warmfleet/echo")
+    assert f"│ {echo['id']} " in rows and echo["version"][:12] in rows
+
+
+def test_top_once_prints_one_frame_of_nodes_instances_and_queues(cli):
+    run, _, _ = cli
+    assert run("predict", "warmfleet/echo", "-i", "text=for top").returncode == 0
+    frame = run("top", "--once")
+    assert frame.returncode == 0, frame.stderr
+    out = frame.stdout
+    assert "warmfleet top  gateway 127.0.0.1:" in out and "error:" not in out
+    nodes = json.loads(run("nodes", "--json").stdout)
+    assert all(n["id"] in out for n in nodes)
+    by_model = out[out.index("instances by model"):out.index("\nqueues")]
+    assert all(model in by_model for model in DEFAULT_MODELS)
+    queues = out[out.index("\nqueues"):]
+    echo_row = next(line for line in queues.splitlines() if "│ warmfleet/echo " in line)
+    succeeded = int(echo_row.strip("│ ").split("│")[3])
+    assert succeeded >= 1, echo_row  # the gateway's metrics were read, not "metrics not available"
+
+
+def _tmux_capture(tmux, session: str) -> str:
+    return tmux("capture-pane", "-p", "-t", session).stdout
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None,
+                    reason="tmux is not installed, so `top` cannot be shown in a terminal")
+def test_top_refreshes_in_a_terminal_and_quits_on_ctrl_c(cli, tmp_path):
+    run, home, _ = cli
+    socket, session = f"warmfleet-test-{os.getpid()}", "top"
+
+    def tmux(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["tmux", "-L", socket, *args], capture_output=True, text=True, timeout=10)
+
+    command = (f"env WARMFLEET_HOME={shlex.quote(str(home))} {shlex.quote(sys.executable)} -m warmfleet.cli "
+               "top --interval 0.5; echo top exited $?; sleep 60")
+    started = tmux("new-session", "-d", "-s", session, "-x", "140", "-y", "45", "-c", os.getcwd(), command)
+    assert started.returncode == 0, started.stderr
+    try:
+        first = _wait_for(lambda: _tmux_capture(tmux, session), "warmfleet/tiny-esrgan", timeout_s=30)
+        time.sleep(1.5)
+        second = _tmux_capture(tmux, session)
+        (tmp_path / "top_capture.txt").write_text(second)
+        nodes = json.loads(run("nodes", "--json").stdout)
+        assert all(n["id"] in second for n in nodes), second
+        assert all(model in second for model in DEFAULT_MODELS), second
+        assert _clock(second) > _clock(first), f"no refresh in 1.5 s:\n{first}\n{second}"
+        tmux("send-keys", "-t", session, "C-c")
+        _wait_for(lambda: _tmux_capture(tmux, session), "top exited 0", timeout_s=10)
+    finally:
+        tmux("kill-server")
+
+
+def _clock(capture: str) -> str:
+    match = re.search(r"warmfleet top  gateway \S+  (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)", capture)
+    assert match, f"no header line in:\n{capture}"
+    return match.group(1)
+
+
+def _wait_for(read, text: str, timeout_s: float) -> str:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        seen = read()
+        if text in seen:
+            return seen
+        assert time.monotonic() < deadline, f"{text!r} not shown in {timeout_s} s:\n{seen}"
+        time.sleep(0.2)
