@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Iterable
 
@@ -21,41 +21,67 @@ class CatalogEntry:
 
 
 class ModelCatalog:
+    """Routes by name (models and deployments), with each version's compiled validator, built once per
+    version and shared by the routes that serve it."""
+
     def __init__(self) -> None:
         self._by_name: dict[str, CatalogEntry] = {}
-        self._by_version: dict[str, CatalogEntry] = {}
+        self._by_version: dict[str, CatalogEntry] = {}  # a model's own route first, else any
 
     def update(self, specs: Iterable[ModelSpec]) -> None:
-        by_name, by_version = {}, {}
+        by_name: dict[str, CatalogEntry] = {}
+        by_version: dict[str, CatalogEntry] = {}
+        known = {e.spec.version: e for e in self._by_name.values()}
         for spec in specs:
-            entry = self._by_version.get(spec.version)
-            if entry is None:
+            compiled = known.get(spec.version) or by_version.get(spec.version)
+            if compiled is None:
                 cls = runner_class(spec.runner)
                 schema = cls.input_schema(spec)
-                validator = InputValidator(schema, check=partial(cls.check_input, spec))
-                entry = CatalogEntry(spec, schema, cls.output_schema(spec), validator)
+                compiled = CatalogEntry(spec, schema, cls.output_schema(spec),
+                                        InputValidator(schema, check=partial(cls.check_input, spec)))
+            entry = replace(compiled, spec=spec)
             by_name[spec.name] = entry
-            by_version[spec.version] = entry
+            if spec.version not in by_version or not spec.is_deployment:
+                by_version[spec.version] = entry
         self._by_name, self._by_version = by_name, by_version
 
     def entries(self) -> list[CatalogEntry]:
         return sorted(self._by_name.values(), key=lambda e: e.spec.name)
 
+    def models(self) -> list[CatalogEntry]:
+        """Each model's own route (deployments left out)."""
+        return [e for e in self.entries() if not e.spec.is_deployment]
+
+    def deployments(self) -> list[CatalogEntry]:
+        return [e for e in self.entries() if e.spec.is_deployment]
+
+    def has_route(self, name: str) -> bool:
+        return name in self._by_name
+
+    def has_deployment(self, name: str) -> bool:
+        return name in self._by_name and self._by_name[name].spec.is_deployment
+
     def by_name(self, name: str) -> CatalogEntry:
         entry = self._by_name.get(name)
-        if entry is None:
+        if entry is None or entry.spec.is_deployment:
             raise NotFound(f"model {name!r} not found; `warmfleet models list` shows what is served")
         return entry
 
+    def deployment(self, name: str) -> CatalogEntry:
+        entry = self._by_name.get(name)
+        if entry is None or not entry.spec.is_deployment:
+            raise NotFound(f"deployment {name!r} not found; `warmfleet deployments list` shows them")
+        return entry
+
     def resolve(self, model: str, version: str, deployment: str) -> CatalogEntry:
-        """The entry a create request targets: a version beats a model name."""
+        """The route a create request targets: a deployment, else a version, else a model's latest."""
         if deployment:
-            raise InvalidInput("deployment", "deployments are not served by this cluster yet; use model")
+            return self.deployment(deployment)
         if version:
             entry = self._by_version.get(version)
             if entry is None:
-                raise NotFound(f"version {version!r} not found")
+                raise NotFound(f"version {version!r} is not served; deploy it, or name the model")
             return entry
         if not model:
-            raise InvalidInput("model", "is required (or version)")
+            raise InvalidInput("model", "is required (or version, or deployment)")
         return self.by_name(model)

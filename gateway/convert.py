@@ -11,12 +11,12 @@ from google.protobuf.message_factory import GetMessageClass
 
 from gateway.predictions import CreateRequest
 from warmfleet.domain import (
-    Completed, FileData, InstanceInfo, LogLine, Metrics, NodeInfo, Output, OutputChunk, Prediction,
+    Completed, FileData, InstanceInfo, LogLine, Metrics, ModelSpec, NodeInfo, Output, OutputChunk, Prediction,
     PredictionEvent, ProgressUpdate, Status,
 )
 from warmfleet.errors import InvalidInput
 from warmfleet.jsonvalues import place_files, split_files, value_from_pb, value_to_pb
-from warmfleet.v1 import cluster_pb2, predictions_pb2, types_pb2
+from warmfleet.v1 import cluster_pb2, deployments_pb2, models_pb2, predictions_pb2, types_pb2
 
 STATUS_TO_PB = {
     Status.STARTING: types_pb2.STATUS_STARTING,
@@ -190,4 +190,33 @@ def instance_to_pb(i: InstanceInfo) -> cluster_pb2.Instance:
     return cluster_pb2.Instance(
         id=i.id, model=i.model, version=i.version, node_id=i.node_id, state=i.state,
         in_flight=i.in_flight, max_concurrency=i.max_concurrency,
+    )
+
+
+# Models and deployments
+
+
+AUTOSCALING_FIELDS = ("target_ongoing_requests", "upscale_delay_s", "downscale_delay_s", "scale_to_zero_delay_s")
+
+
+def autoscaling_from_pb(pb: deployments_pb2.Autoscaling) -> dict[str, float]:
+    return {name: getattr(pb, name) for name in AUTOSCALING_FIELDS if pb.HasField(name)}
+
+
+def model_spec_from_pb(req: models_pb2.CreateModelRequest) -> ModelSpec:
+    return ModelSpec(
+        name=req.name, runner=req.runner, weights=req.weights,
+        options=value_from_pb(struct_pb2.Value(struct_value=req.options)) if req.HasField("options") else {},
+        description=req.description, min_instances=req.min_instances,
+        max_instances=req.max_instances if req.HasField("max_instances") else None,
+    )
+
+
+def deployment_to_pb(spec: ModelSpec, target: int) -> deployments_pb2.Deployment:
+    maximum = spec.max_instances if spec.max_instances is not None else max(1, spec.min_instances)
+    return deployments_pb2.Deployment(
+        name=spec.name, model=spec.model, version=spec.version, hardware=spec.hardware,
+        min_instances=spec.min_instances, max_instances=maximum,
+        autoscaling=deployments_pb2.Autoscaling(**spec.autoscaling), current_release=spec.release,
+        target_instances=target, runner=spec.runner,
     )

@@ -76,17 +76,18 @@ class PredictionService:
         cold = not self._router.has_instances(entry.spec.name)
         now = self._clock()
         pred = Prediction(
-            id=req.id or new_prediction_id(), model=entry.spec.name, version=entry.spec.version,
+            id=req.id or new_prediction_id(), model=entry.spec.model_name, version=entry.spec.version,
+            deployment=entry.spec.name if entry.spec.is_deployment else "",
             input=req.input, input_kind=req.input_kind, owner=principal.name, created_at=now,
             deadline_at=now + req.deadline_s if req.deadline_s else None, priority=req.priority,
         )
-        self._router.enqueue(pred.id, pred.model, filled, pred.priority, pred.deadline_at)
+        self._router.enqueue(pred.id, entry.spec.name, filled, pred.priority, pred.deadline_at)
         self._metrics.observe_created(pred)
         self._active[pred.id] = pred
         self._hub.open(pred.id)
         if cold:  # scaled to zero (or not loaded yet): it waits in starting while an instance boots
             self._cold.add(pred.id)
-            pred.logs.append(f"Booting {pred.model}: no instance was warm; waiting for one to load")
+            pred.logs.append(f"Booting {entry.spec.name}: no instance was warm; waiting for one to load")
             self._on_cold()
         self._store.save(pred)
         if req.wait_s <= 0 or not await self._hub.wait(pred.id, req.wait_s):

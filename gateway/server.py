@@ -20,13 +20,15 @@ from gateway.interceptors import GatewayInterceptor
 from gateway.load_report import LoadReporter
 from gateway.metrics import GatewayMetrics
 from gateway.predictions import PredictionService
-from gateway.servicers import ClusterServicer, ModelsServicer, PredictionsServicer
+from gateway.deployments import RouteService
+from gateway.servicers import ClusterServicer, DeploymentsServicer, ModelsServicer, PredictionsServicer
 from gateway.store import PredictionStore
 from scheduler.ports import ControllerClient
 from scheduler.router import Router
 from warmfleet.settings import Settings
 from warmfleet.v1 import (
-    cluster_pb2, cluster_pb2_grpc, models_pb2, models_pb2_grpc, predictions_pb2, predictions_pb2_grpc,
+    cluster_pb2, cluster_pb2_grpc, deployments_pb2, deployments_pb2_grpc, models_pb2, models_pb2_grpc,
+    predictions_pb2, predictions_pb2_grpc,
 )
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ SERVICE_NAMES = (
     predictions_pb2.DESCRIPTOR.services_by_name["Predictions"].full_name,
     models_pb2.DESCRIPTOR.services_by_name["Models"].full_name,
     cluster_pb2.DESCRIPTOR.services_by_name["Cluster"].full_name,
+    deployments_pb2.DESCRIPTOR.services_by_name["Deployments"].full_name,
 )
 SHUTDOWN_REASON = "the gateway shut down while the prediction was in flight; run it again"
 
@@ -111,7 +114,10 @@ class Gateway:
                                           ("grpc.max_receive_message_length", self.settings.max_message_bytes),
                                           ("grpc.max_send_message_length", self.settings.max_message_bytes)])
         predictions_pb2_grpc.add_PredictionsServicer_to_server(PredictionsServicer(self.service), server)
-        models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(self.catalog), server)
+        routes = RouteService(self.controller, self.catalog)
+        models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(self.catalog, routes), server)
+        deployments_pb2_grpc.add_DeploymentsServicer_to_server(
+            DeploymentsServicer(self.catalog, routes, self.controller), server)
         cluster_pb2_grpc.add_ClusterServicer_to_server(ClusterServicer(self.controller, self.tokens), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -134,6 +140,8 @@ class Gateway:
         while True:
             try:
                 table = await self.controller.routing_table(self.router.revision, 30.0)
+                if table.models is not None:
+                    self.catalog.update(table.models)  # before the router: a new route validates at once
                 self.router.update_table(table)
             except asyncio.CancelledError:
                 raise

@@ -7,10 +7,13 @@ import json
 from gateway import convert
 from gateway.auth import TokenRegistry, current_principal, require_admin
 from gateway.catalog import ModelCatalog
+from gateway.deployments import RouteService, Scale
 from gateway.predictions import PredictionService
 from scheduler.ports import ControllerClient
+from warmfleet.errors import InvalidInput
 from warmfleet.v1 import (
-    cluster_pb2, cluster_pb2_grpc, models_pb2, models_pb2_grpc, predictions_pb2, predictions_pb2_grpc,
+    cluster_pb2, cluster_pb2_grpc, deployments_pb2, deployments_pb2_grpc, models_pb2, models_pb2_grpc,
+    predictions_pb2, predictions_pb2_grpc,
 )
 
 
@@ -47,14 +50,67 @@ class PredictionsServicer(predictions_pb2_grpc.PredictionsServicer):
 
 
 class ModelsServicer(models_pb2_grpc.ModelsServicer):
-    def __init__(self, catalog: ModelCatalog) -> None:
+    def __init__(self, catalog: ModelCatalog, routes: RouteService) -> None:
         self._catalog = catalog
+        self._routes = routes
 
     async def ListModels(self, request, context):
-        return models_pb2.ListModelsResponse(models=[_model_pb(e) for e in self._catalog.entries()])
+        return models_pb2.ListModelsResponse(models=[_model_pb(e) for e in self._catalog.models()])
 
     async def GetModel(self, request, context):
         return _model_pb(self._catalog.by_name(request.name))
+
+    async def CreateModel(self, request, context):
+        require_admin()
+        spec = await self._routes.create_model(convert.model_spec_from_pb(request))
+        return _model_pb(self._catalog.by_name(spec.name))
+
+    async def DeleteModel(self, request, context):
+        require_admin()
+        model = _model_pb(self._catalog.by_name(request.name))
+        await self._routes.delete_model(request.name)
+        return models_pb2.DeleteModelResponse(model=model)
+
+
+class DeploymentsServicer(deployments_pb2_grpc.DeploymentsServicer):
+    def __init__(self, catalog: ModelCatalog, routes: RouteService, controller: ControllerClient) -> None:
+        self._catalog = catalog
+        self._routes = routes
+        self._controller = controller
+
+    async def _pb(self, spec) -> deployments_pb2.Deployment:
+        targets = await self._controller.scaling()
+        return convert.deployment_to_pb(spec, targets.get(spec.name, 0))
+
+    async def CreateDeployment(self, request, context):
+        require_admin()
+        scale = Scale(request.min_instances,
+                      request.max_instances if request.HasField("max_instances") else None,
+                      convert.autoscaling_from_pb(request.autoscaling), request.hardware)
+        spec = await self._routes.create_deployment(request.name, request.model, request.version, scale)
+        return await self._pb(spec)
+
+    async def GetDeployment(self, request, context):
+        return await self._pb(self._catalog.deployment(request.name).spec)
+
+    async def ListDeployments(self, request, context):
+        targets = await self._controller.scaling()
+        return deployments_pb2.ListDeploymentsResponse(deployments=[
+            convert.deployment_to_pb(e.spec, targets.get(e.spec.name, 0)) for e in self._catalog.deployments()])
+
+    async def UpdateDeployment(self, request, context):
+        require_admin()
+        scale = Scale(*(getattr(request, f) if request.HasField(f) else None
+                        for f in ("min_instances", "max_instances")),
+                      convert.autoscaling_from_pb(request.autoscaling),
+                      request.hardware if request.HasField("hardware") else None)
+        version = request.version if request.HasField("version") else None
+        return await self._pb(await self._routes.update_deployment(request.name, version, scale))
+
+    async def DeleteDeployment(self, request, context):
+        require_admin()
+        spec = await self._routes.delete_deployment(request.name)
+        return deployments_pb2.DeleteDeploymentResponse(deployment=convert.deployment_to_pb(spec, 0))
 
 
 def _model_pb(entry) -> models_pb2.Model:
@@ -83,3 +139,11 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
         require_admin()
         token = await self._tokens.create(request.name, request.role or "user")
         return cluster_pb2.CreateTokenResponse(token=token, name=request.name, role=request.role or "user")
+
+    async def DrainNode(self, request, context):
+        require_admin()
+        if not request.node_id:
+            raise InvalidInput("node_id", "must name a node (see ListNodes)")
+        drain = await self._controller.drain_node(request.node_id, request.wait)
+        return cluster_pb2.DrainNodeResponse(node_id=drain.node_id, instances_left=drain.instances_left,
+                                             done=drain.done)

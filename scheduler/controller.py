@@ -11,12 +11,13 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from dataclasses import replace
-from typing import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Awaitable, Callable, Iterable
 
 from scheduler.autoscaling import AutoscalingConfig, ScalingState, decide
-from scheduler.ports import NodeClient, NodeProvisioner, RoutingTable
+from scheduler.ports import NodeClient, NodeLost, NodeProvisioner, RoutingTable
 from warmfleet.domain import InstanceInfo, ModelSpec, NodeInfo
+from warmfleet.errors import FailedPrecondition, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,8 @@ LIVE_STATES = ("starting", "idle", "processing")
 AUTOSCALE_INTERVAL_S = 0.5
 # A router's load report counts for this long; a gateway that stopped reporting stops counting.
 LOAD_REPORT_TTL_S = 3.0
+MEMBERSHIP_INTERVAL_S = 1.0  # how often the controller looks for nodes that joined or left
+DRAIN_POLL_S = 0.2  # how often a drain re-checks what it waits for
 
 
 def scaling_config(spec: ModelSpec) -> AutoscalingConfig:
@@ -32,10 +35,21 @@ def scaling_config(spec: ModelSpec) -> AutoscalingConfig:
     return AutoscalingConfig(min_instances=spec.min_instances, max_instances=maximum, **spec.autoscaling)
 
 
+@dataclass(frozen=True)
+class DrainStatus:
+    """How far the drain of a node has come."""
+
+    node_id: str
+    instances_left: int  # on the node still: waiting for their replacements, or finishing their predictions
+    done: bool  # every instance has left; the node stays, and takes no new one
+
+
 class Controller:
     def __init__(self, models: list[ModelSpec], provisioner: NodeProvisioner,
                  clock: Callable[[], float] = time.monotonic,
-                 autoscale_interval_s: float = AUTOSCALE_INTERVAL_S) -> None:
+                 autoscale_interval_s: float = AUTOSCALE_INTERVAL_S,
+                 membership_interval_s: float | None = MEMBERSHIP_INTERVAL_S) -> None:
+        """``membership_interval_s``: how often to look for nodes that joined or left; None, never."""
         self._models = {m.name: m for m in models}
         self._scaling_configs = {m.name: scaling_config(m) for m in models}  # refuses bad knobs at once
         self._provisioner = provisioner
@@ -51,9 +65,13 @@ class Controller:
         self._loads: dict[str, tuple[float, dict[str, int]]] = {}  # router id -> (reported at, ongoing)
         self._kick = asyncio.Event()
         self._autoscaler: asyncio.Task | None = None
+        self._membership_interval_s = membership_interval_s
+        self._membership: asyncio.Task | None = None
+        self._drains: dict[str, asyncio.Task] = {}  # node id -> its drain (kept when done: it stays drained)
         self._removing: set[str] = set()
         self._failures: dict[str, tuple[int, str]] = {}  # model -> (loads failed in a row, last error)
         self._retry_at: dict[str, float] = {}  # model -> no new load before (backoff after failures)
+        self._versions = {m.version: m for m in models}  # every version served, by id
 
     async def start(self) -> None:
         """Provision agents, then load every model's minimum instances; returns when they are warm."""
@@ -64,6 +82,8 @@ class Controller:
         await asyncio.gather(*(self._load(spec) for spec in self._models.values()
                                for _ in range(spec.min_instances)))
         self._autoscaler = asyncio.create_task(self._autoscale_loop(), name="autoscaler")
+        if self._membership_interval_s is not None:
+            self._membership = asyncio.create_task(self._membership_loop(), name="membership")
 
     # Autoscaling
 
@@ -99,7 +119,9 @@ class Controller:
         """One autoscaling decision per model, then instances loaded or removed to match."""
         now = self._clock()
         ongoing = self._ongoing(now)
-        for name, spec in self._models.items():
+        for name, spec in list(self._models.items()):
+            if self._models.get(name) is not spec:
+                continue  # deleted or updated during this turn; the next turn sees the new state
             target, self._scaling_states[name] = decide(
                 self._scaling_configs[name], self._targets[name], ongoing[name], self._scaling_states[name], now)
             if target != self._targets[name]:
@@ -109,24 +131,34 @@ class Controller:
             await self._reconcile(spec, target)
 
     def _live(self, name: str) -> list[InstanceInfo]:
+        """The model's instances that count towards its target. One on a draining node does not: the
+        autoscaler starts its replacement elsewhere, and the drain removes it once that is ready."""
         return [i for i in self._instances.values()
-                if i.model == name and i.state in LIVE_STATES and i.id not in self._removing]
+                if i.model == name and i.state in LIVE_STATES and i.id not in self._removing
+                and i.node_id not in self._drains]
 
     async def _reconcile(self, spec: ModelSpec, target: int) -> None:
+        """Bring the route to ``target`` instances of its current version. Instances of an older version
+        (the route was updated) keep serving until as many of the new one are ready, then drain: a
+        rolling update that never leaves the route without an instance it had."""
         live = self._live(spec.name)
-        if len(live) < target and self._clock() >= self._retry_at.get(spec.name, 0.0):
-            for _ in range(target - len(live)):
+        current = [i for i in live if i.version == spec.version]
+        stale = [i for i in live if i.version != spec.version and i.state != "starting"]
+        if len(current) < target and self._clock() >= self._retry_at.get(spec.name, 0.0):
+            for _ in range(target - len(current)):
                 self._start_load(spec)
-        ready = [i for i in live if i.state != "starting"]  # a loading instance is left to finish
-        if len(live) > target and ready:
-            for info in (await self._removal_order(ready))[: len(live) - target]:
+        ready = [i for i in current if i.state != "starting"]  # a loading instance is left to finish
+        if stale and len(ready) >= target:
+            for info in stale:
+                asyncio.create_task(self._remove(info), name=f"remove-{info.id}")
+        if len(current) > target and ready:
+            for info in (await self._removal_order(ready))[: len(current) - target]:
                 asyncio.create_task(self._remove(info), name=f"remove-{info.id}")
 
     async def _removal_order(self, ready: list[InstanceInfo]) -> list[InstanceInfo]:
         """Instances to remove first: the least busy, by the agents' own figures."""
-        nodes = {i.node_id for i in ready}
-        fresh = {i.id: i for per_node in await asyncio.gather(*(self._nodes[n].instances() for n in nodes))
-                 for i in per_node}
+        answers = await self._ask_agents({i.node_id for i in ready}, lambda node: node.instances())
+        fresh = {i.id: i for per_node in answers.values() for i in per_node}
         return sorted(ready, key=lambda i: (fresh.get(i.id, i).in_flight, i.id))
 
     async def _remove(self, info: InstanceInfo) -> None:
@@ -144,16 +176,21 @@ class Controller:
             await self._bump()
 
     async def stop(self) -> None:
-        if self._autoscaler is not None:
-            self._autoscaler.cancel()
+        for task in (self._autoscaler, self._membership, *self._drains.values()):
+            if task is not None:
+                task.cancel()
 
     def _next_instance_id(self, spec: ModelSpec) -> str:
         self._serial[spec.name] += 1
         return f"{spec.name.replace('/', '.')}-{self._serial[spec.name]}"
 
     def _least_loaded_node(self) -> NodeClient:
+        """The node with the fewest instances, of those not draining (a node that left is already gone)."""
         counts = Counter(i.node_id for i in self._instances.values())
-        return min(self._nodes.values(), key=lambda n: (counts[n.node_id], n.node_id))
+        open_nodes = [n for n in self._nodes.values() if n.node_id not in self._drains]
+        if not open_nodes:
+            raise Unavailable("no node can take a new instance: every node is draining")
+        return min(open_nodes, key=lambda n: (counts[n.node_id], n.node_id))
 
     async def _load(self, spec: ModelSpec) -> None:
         await self._start_load(spec)
@@ -169,6 +206,9 @@ class Controller:
     async def _complete_load(self, spec: ModelSpec, node: NodeClient, instance_id: str) -> None:
         try:
             info = await node.load_instance(instance_id, spec)
+        except NodeLost as err:  # the node's fault, not the model's: no backoff, the autoscaler places it again
+            await self._lose_node(node.node_id, f"lost while loading {instance_id}: {err}")
+            return
         except Exception as err:
             log.error("instance %s of %s failed to load on %s: %s", instance_id, spec.name, node.node_id, err)
             info = InstanceInfo(instance_id, spec.name, spec.version, node.node_id, "failed", 1)
@@ -177,6 +217,8 @@ class Controller:
             self._retry_at[spec.name] = self._clock() + min(60.0, 2.0 ** self._failures[spec.name][0])
         else:
             self._failures.pop(spec.name, None)
+        if self._nodes.get(node.node_id) is not node:
+            return  # its node left while it loaded, and took the instance with it
         self._instances[instance_id] = info
         await self._bump()
 
@@ -194,18 +236,57 @@ class Controller:
             except TimeoutError:
                 pass
             return RoutingTable(self._revision, list(self._instances.values()), dict(self._nodes),
-                                {m: err for m, (_, err) in self._failures.items()})
+                                {m: err for m, (_, err) in self._failures.items()},
+                                models=list(self._models.values()))
+
+    # The desired state: routes (models and deployments) and their versions
+
+    async def put_route(self, spec: ModelSpec) -> ModelSpec:
+        """Serve ``spec`` under its name: a new route, or an update of one (a new version rolls out, a new
+        size is scaled to). The answer carries the release number (deployments count their updates)."""
+        config = scaling_config(spec)  # ValueError naming a bad knob, before anything changes
+        previous = self._models.get(spec.name)
+        if spec.is_deployment:
+            spec = replace(spec, release=previous.release + 1 if previous else 1)
+        self._models[spec.name] = spec
+        self._versions[spec.version] = spec
+        self._scaling_configs[spec.name] = config
+        self._targets[spec.name] = config.clamp(self._targets.get(spec.name, spec.min_instances))
+        self._scaling_states.setdefault(spec.name, ScalingState())
+        if previous is None or previous.version != spec.version:
+            self._failures.pop(spec.name, None)
+            self._retry_at.pop(spec.name, None)
+        await self._bump()
+        self._kick.set()
+        return spec
+
+    async def delete_route(self, name: str) -> ModelSpec | None:
+        """Stop serving ``name``: its instances drain and unload; predictions still queued for it fail."""
+        spec = self._models.pop(name, None)
+        if spec is None:
+            return None
+        for key in (self._scaling_configs, self._targets, self._scaling_states, self._failures, self._retry_at):
+            key.pop(name, None)
+        for info in self._live(name):
+            if info.state != "starting":
+                asyncio.create_task(self._remove(info), name=f"remove-{info.id}")
+        await self._bump()
+        return spec
+
+    async def version(self, version_id: str) -> ModelSpec | None:
+        """A version this controller has served, by id (versions are immutable)."""
+        return self._versions.get(version_id)
 
     async def models(self) -> list[ModelSpec]:
         return list(self._models.values())
 
     async def nodes(self) -> list[NodeInfo]:
-        return list(await asyncio.gather(*(n.info() for n in self._nodes.values())))
+        return list((await self._ask_agents(list(self._nodes), lambda node: node.info())).values())
 
     async def instances(self) -> list[InstanceInfo]:
         """Live instance figures from the agents, plus any that are still starting or failed to load."""
-        live = {i.id: i for per_node in await asyncio.gather(*(n.instances() for n in self._nodes.values()))
-                for i in per_node}
+        answers = await self._ask_agents(list(self._nodes), lambda node: node.instances())
+        live = {i.id: i for per_node in answers.values() for i in per_node}
         return [live.get(i.id, i) for i in self._instances.values()]
 
     async def scaling(self) -> dict[str, int]:
@@ -214,3 +295,126 @@ class Controller:
 
     async def ready(self) -> bool:
         return True
+
+    # Membership: a node that joins gets its agents; a node that leaves is removed with its instances
+
+    async def _membership_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._membership_interval_s)
+            try:
+                await self.membership_once()
+            except Exception:  # noqa: BLE001 - the loop must outlive one bad turn; the next retries
+                log.exception("membership turn failed")
+
+    async def membership_once(self) -> None:
+        """Remove the nodes that left the cluster, then take in agents on the nodes that joined it."""
+        for node_id in await self._provisioner.departed():
+            await self._lose_node(node_id, "its node left the cluster")
+        joined = [n for n in await self._provisioner.provision() if n.node_id not in self._nodes]
+        for node in joined:
+            self._nodes[node.node_id] = node
+        if joined:
+            log.info("node(s) joined: %s", ", ".join(n.node_id for n in joined))
+            await self._bump()
+            self._kick.set()  # a model short of instances is placed now, not at the next tick
+
+    async def _lose_node(self, node_id: str, reason: str) -> None:
+        """Forget a node that is gone. Its instances leave the routing table, so routers send it nothing
+        more (each router fails what was running there when its own stream to the node breaks), and the
+        autoscaler, kicked, starts as many on the nodes that remain. Idempotent."""
+        node = self._nodes.pop(node_id, None)
+        self._drains.pop(node_id, None)
+        lost = [i for i in self._instances.values() if i.node_id == node_id]
+        for info in lost:
+            del self._instances[info.id]
+            self._removing.discard(info.id)
+        await self._provisioner.release(node_id)
+        if node is None:
+            return
+        log.warning("node %s is gone (%s); its instances went with it: %s",
+                    node_id, reason, ", ".join(i.id for i in lost) or "none")
+        await self._bump()
+        self._kick.set()
+
+    async def _ask_agents(self, node_ids: Iterable[str],
+                          ask: Callable[[NodeClient], Awaitable[Any]]) -> dict[str, Any]:
+        """``ask`` these agents at once; answers by node id. An agent found gone is removed (see
+        ``_lose_node``) and left out, so one lost node fails no caller."""
+        nodes = [self._nodes[n] for n in node_ids if n in self._nodes]
+        answers = await asyncio.gather(*(ask(node) for node in nodes), return_exceptions=True)
+        result: dict[str, Any] = {}
+        for node, answer in zip(nodes, answers):
+            if isinstance(answer, NodeLost):
+                await self._lose_node(node.node_id, f"it did not answer: {answer}")
+            elif isinstance(answer, BaseException):
+                raise answer
+            else:
+                result[node.node_id] = answer
+        return result
+
+    # Draining: every instance moves off a node, which then takes no new one
+
+    async def drain_node(self, node_id: str, wait: bool = True) -> DrainStatus:
+        """Move every instance off ``node_id``, finishing the predictions they run, and place nothing new
+        there.
+
+        The node's instances keep serving while the autoscaler, which no longer counts them, starts
+        their replacements on other nodes; once every model they serve has its target of ready instances
+        elsewhere, they leave the routing table and unload, each after its last prediction. So capacity
+        does not dip while a replacement boots, and no prediction is lost. With ``wait``, returns when
+        the node is empty; else at once. Asking again reports (or waits for) the same drain; the node
+        stays drained until it leaves the cluster.
+        """
+        if node_id not in self._nodes:
+            raise NotFound(f"node {node_id} is not in the cluster")
+        if node_id not in self._drains:
+            if not [n for n in self._nodes if n != node_id and n not in self._drains]:
+                raise FailedPrecondition(f"node {node_id} is the last node that takes instances: its own "
+                                         "would have nowhere to go, nor would new ones; add a node first")
+            self._drains[node_id] = asyncio.create_task(self._drain(node_id), name=f"drain-{node_id}")
+            self._kick.set()  # the replacements start now
+        drain = self._drains[node_id]
+        if wait:
+            await asyncio.shield(drain)  # a caller that gives up does not stop the drain
+        return await self._drain_status(node_id)
+
+    def _on(self, node_id: str) -> list[InstanceInfo]:
+        """The node's instances that are not being removed already."""
+        return [i for i in self._instances.values() if i.node_id == node_id and i.id not in self._removing]
+
+    async def _drain(self, node_id: str) -> None:
+        started = self._clock()
+        log.info("draining node %s: %d instance(s) to move", node_id, len(self._on(node_id)))
+        await self._until(lambda: node_id not in self._nodes or self._replaced(node_id))
+        await asyncio.gather(*(self._remove(info) for info in self._on(node_id)))
+        # An unloaded instance stays on its agent until its last prediction ends.
+        while (await self._ask_agents([node_id], lambda node: node.instances())).get(node_id):
+            await asyncio.sleep(DRAIN_POLL_S)
+        log.info("node %s drained in %.1f s", node_id, self._clock() - started)
+
+    def _replaced(self, node_id: str) -> bool:
+        """Whether the node's instances may go now: none of them is still loading, and every model they
+        serve has its target of ready instances on other nodes."""
+        here = self._on(node_id)
+        if any(i.state == "starting" for i in here):
+            return False
+        return all(sum(i.state != "starting" for i in self._live(model)) >= self._targets.get(model, 0)
+                   for model in {i.model for i in here})
+
+    async def _until(self, predicate: Callable[[], bool]) -> None:
+        """Wait until ``predicate()`` holds: checked at every change of the routing table, and every
+        ``DRAIN_POLL_S`` (the autoscaler's targets change without one)."""
+        while not predicate():
+            async with self._changed:
+                try:
+                    await asyncio.wait_for(self._changed.wait(), DRAIN_POLL_S)
+                except TimeoutError:
+                    pass
+
+    async def _drain_status(self, node_id: str) -> DrainStatus:
+        drain = self._drains.get(node_id)
+        if drain is None:  # the node left the cluster (during its drain or before): nothing is left on it
+            return DrainStatus(node_id, 0, True)
+        on_agent = (await self._ask_agents([node_id], lambda node: node.instances())).get(node_id, [])
+        left = {i.id for i in self._on(node_id)} | {i.id for i in on_agent}
+        return DrainStatus(node_id, len(left), drain.done())

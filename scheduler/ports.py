@@ -48,6 +48,9 @@ class RoutingTable:
     # Models whose last instance load failed, with the error: a prediction waiting for one of them with
     # no instance to go to fails with that reason instead of waiting for a boot that is not coming.
     load_failures: dict[str, str] = field(default_factory=dict)
+    # Every route (model or deployment) served, when the controller sends them: the gateway's catalog
+    # follows it, and predictions still queued for a route that is gone fail.
+    models: list[ModelSpec] | None = None
 
 
 class ControllerClient(Protocol):
@@ -63,10 +66,29 @@ class ControllerClient(Protocol):
 
     async def report_load(self, router_id: str, ongoing: dict[str, int]) -> None: ...
 
+    async def put_route(self, spec: ModelSpec) -> ModelSpec: ...
+
+    async def delete_route(self, name: str) -> ModelSpec | None: ...
+
+    async def version(self, version_id: str) -> ModelSpec | None: ...
+
 
 class NodeProvisioner(Protocol):
-    """Starts node agents where the cluster has room for them."""
+    """Starts node agents where the cluster has room for them, and says when their nodes leave.
+
+    The controller calls ``provision`` and ``departed`` every membership turn, so both are cheap when
+    nothing changed.
+    """
 
     async def provision(self) -> list[NodeClient]:
         """Agents for every node (one per GPU, or one per host without one) not yet provisioned."""
+        ...
+
+    async def departed(self) -> set[str]:
+        """The ids of provisioned agents whose node has left the cluster (until ``release``d)."""
+        ...
+
+    async def release(self, node_id: str) -> None:
+        """Let go of an agent that is gone or given up on: stop it if it still runs, and forget it, so a
+        later ``provision`` may start a new one on its node if that node is still in the cluster."""
         ...

@@ -6,6 +6,7 @@ wraps their handles in the ports of ``scheduler.ports``, translating Ray's failu
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from node.agent import NodeAgent
 from node.data_server import DataServer
-from scheduler.controller import Controller
+from scheduler.controller import Controller, DrainStatus
 from scheduler.data_channel import DataChannel
 from scheduler.ports import NodeLost, RoutingTable
 from warmfleet.domain import InstanceInfo, ModelSpec, NodeInfo, Task, TaskEvent
@@ -136,29 +137,68 @@ def alive_nodes() -> list[RayNode]:
     ]
 
 
+def node_liveness() -> dict[str, bool]:
+    """Every Ray node the cluster lists (the dead ones for a while after they left), alive or not."""
+    return {n["NodeID"]: bool(n.get("Alive")) for n in ray.nodes()}
+
+
+AGENT_START_TIMEOUT_S = 60.0  # an agent not serving by then is stopped, and tried again next turn
+
+
 class RayNodeProvisioner:
-    """One agent actor per GPU of every alive node, or one per node without a GPU, pinned to it."""
+    """One agent actor per GPU of every alive node, or one per node without a GPU, pinned to it.
+
+    The controller asks again every membership turn: a node that joined gets its agents, and an agent
+    whose Ray node is listed dead (or no longer listed) is reported ``departed``.
+    """
 
     def __init__(self) -> None:
-        self._started: set[str] = set()
+        self._agents: dict[str, tuple[str, Any]] = {}  # agent id -> (its Ray node id, its actor handle)
         self._secret = secrets.token_urlsafe(32)  # admits routers to the agents' data plane
 
     async def provision(self) -> list[RayNodeClient]:
-        clients = []
-        for node in alive_nodes():
+        """Start agents on the nodes that have none yet, all at once; one that fails to start is
+        stopped and forgotten, so the next call tries again."""
+        starting = []
+        for node in await asyncio.to_thread(alive_nodes):  # a GCS round trip: off the event loop
             for slot in range(max(node.gpus, 1)):
                 agent_id = f"{node.node_id[:8]}-{'gpu' + str(slot) if node.gpus else 'cpu'}"
-                if agent_id in self._started:
+                if agent_id in self._agents:
                     continue
                 handle = _AgentActor.options(
                     name=f"warmfleet-agent-{agent_id}", num_cpus=0, num_gpus=1 if node.gpus else 0,
                     max_concurrency=1000,
                     scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
                 ).remote(agent_id, bool(node.gpus), self._secret)
-                self._started.add(agent_id)
-                address = await _await(handle.data_address.remote(), agent_id)
+                self._agents[agent_id] = (node.node_id, handle)
+                starting.append((agent_id, handle))
+        addresses = await asyncio.gather(*(
+            asyncio.wait_for(_await(handle.data_address.remote(), agent_id), AGENT_START_TIMEOUT_S)
+            for agent_id, handle in starting), return_exceptions=True)
+        clients = []
+        for (agent_id, handle), address in zip(starting, addresses):
+            if isinstance(address, BaseException):
+                log.warning("the agent %s did not start: %r", agent_id, address)
+                await self.release(agent_id)
+            else:
                 clients.append(RayNodeClient(handle, agent_id, address, self._secret))
         return clients
+
+    async def departed(self) -> set[str]:
+        """Agents whose Ray node is dead. An empty node list (the GCS did not answer) departs no one."""
+        liveness = await asyncio.to_thread(node_liveness)
+        if not liveness:
+            return set()
+        return {agent_id for agent_id, (ray_node_id, _) in self._agents.items()
+                if not liveness.get(ray_node_id, False)}
+
+    async def release(self, node_id: str) -> None:
+        entry = self._agents.pop(node_id, None)
+        if entry is not None:
+            try:
+                ray.kill(entry[1], no_restart=True)
+            except Exception as err:  # noqa: BLE001 - an actor that died with its node needs no killing
+                log.debug("stopping the agent %s: %r", node_id, err)
 
 
 # The controller
@@ -199,13 +239,29 @@ class RayControllerClient:
     async def scaling(self) -> dict[str, int]:
         return await _await(self._h.scaling.remote())
 
+    async def drain_node(self, node_id: str, wait: bool = True) -> DrainStatus:
+        return await _await(self._h.drain_node.remote(node_id, wait))
+
+    async def put_route(self, spec: ModelSpec) -> ModelSpec:
+        return await _await(self._h.put_route.remote(spec))
+
+    async def delete_route(self, name: str) -> ModelSpec | None:
+        return await _await(self._h.delete_route.remote(name))
+
+    async def version(self, version_id: str) -> ModelSpec | None:
+        return await _await(self._h.version.remote(version_id))
+
     def kill(self) -> None:
         ray.kill(self._h, no_restart=True)
 
 
 def start_controller(models: list[ModelSpec], detached: bool = True) -> RayControllerClient:
-    """Create the named controller actor (``start`` it before use)."""
-    options: dict[str, Any] = dict(name=CONTROLLER_NAME, num_cpus=0, max_concurrency=1000)
+    """Create the named controller actor (``start`` it before use), on this process's node: a node with
+    no actor of its own may be any other, and any other may leave the cluster (Ray Serve pins its
+    controller to the head node for the same reason)."""
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    options: dict[str, Any] = dict(name=CONTROLLER_NAME, num_cpus=0, max_concurrency=1000,
+                                   scheduling_strategy=here)
     if detached:
         options["lifetime"] = "detached"
     return RayControllerClient(_ControllerActor.options(**options).remote(models))

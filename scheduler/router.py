@@ -100,6 +100,10 @@ class Router:
         for model, error in table.load_failures.items():
             if model not in self._by_model:
                 self._fail_queued(model, f"no instance of {model} could be loaded: {error}")
+        if table.models is not None:
+            served = {m.name for m in table.models}
+            for model in [m for m, n in self._queue_len.items() if n and m not in served]:
+                self._fail_queued(model, f"{model} is no longer served (it was deleted)")
 
     def _fail_queued(self, model: str, reason: str) -> None:
         """End every prediction queued for ``model``, with ``reason``."""

@@ -230,7 +230,6 @@ def _seconds(value: float | int | None) -> str:
 
 
 def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
@@ -240,7 +239,7 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*row)
-    Console().print(table)
+    _print(table)
 
 
 def _spinner(message: str) -> Any:
@@ -613,6 +612,147 @@ def models_make_tiny(obj: CliContext, out_dir: Path | None, seed: int) -> None:
     with _spinner("writing a tiny Llama..."):
         path = make_tiny_llama(out_dir, seed=seed)
     click.echo(str(path))
+
+
+@models.command("create")
+@click.argument("name")
+@click.option("--runner", required=True, help="Runner family: echo, llm, diffusion, upscale.")
+@click.option("--weights", default="", help="Where the weights are (a local path).")
+@click.option("-O", "--option", "options", type=InputParam(), multiple=True, callback=inputs_to_dict,
+              help="A runner option, key=value (JSON if it parses). Repeatable.")
+@click.option("--min", "min_instances", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--max", "max_instances", type=click.IntRange(min=1), help="Default: max(1, --min).")
+@click.option("--description", default="")
+@pass_cli
+def models_create(obj: CliContext, name: str, runner: str, weights: str, options: dict[str, Any],
+                  min_instances: int, max_instances: int | None, description: str) -> None:
+    """Create a model, or a new version of it (admin): the new version rolls out on its route."""
+    model = obj.client().models.create(name, runner, weights, options, description=description,
+                                       min_instances=min_instances, max_instances=max_instances)
+    click.echo(f"{model.name} version {model.version}")
+
+
+@models.command("delete")
+@click.argument("name")
+@pass_cli
+def models_delete(obj: CliContext, name: str) -> None:
+    """Stop serving a model (admin); refused while a deployment serves it."""
+    click.echo(f"deleted {obj.client().models.delete(name).name}")
+
+
+# Deployments
+
+_SCALING_OPTIONS = [
+    click.option("--min", "min_instances", type=click.IntRange(min=0), help="Fewest instances (0: may scale to zero)."),
+    click.option("--max", "max_instances", type=click.IntRange(min=1), help="Most instances."),
+    click.option("--hardware", help="Hardware SKU to run on (`warmfleet hardware` lists them)."),
+    click.option("--target", "target_ongoing_requests", type=click.FloatRange(min=0, min_open=True),
+                 help="Ongoing predictions per instance to aim for."),
+    click.option("--upscale-delay", "upscale_delay_s", type=click.FloatRange(min=0), help="Seconds."),
+    click.option("--downscale-delay", "downscale_delay_s", type=click.FloatRange(min=0), help="Seconds."),
+    click.option("--scale-to-zero-delay", "scale_to_zero_delay_s", type=click.FloatRange(min=0), help="Seconds."),
+]
+
+
+def scaling_options(f: Any) -> Any:
+    for option in reversed(_SCALING_OPTIONS):
+        f = option(f)
+    return f
+
+
+def _autoscaling(knobs: dict[str, Any]) -> dict[str, float]:
+    names = ("target_ongoing_requests", "upscale_delay_s", "downscale_delay_s", "scale_to_zero_delay_s")
+    return {k: knobs[k] for k in names if knobs.get(k) is not None}
+
+
+def _show_deployments(deployments: list[Any]) -> None:
+    _table("deployments", ["name", "model", "version", "release", "instances", "hardware", "autoscaling"], [
+        [d.name, d.model, d.version[:12], str(d.current_release),
+         f"{d.target_instances} (min {d.min_instances}, max {d.max_instances})", d.hardware or "any",
+         ", ".join(f"{k}={v:g}" for k, v in d.autoscaling.items()) or "-"] for d in deployments])
+
+
+@cli.group()
+def deployments() -> None:
+    """Named routes to a model version, with their own size and autoscaling."""
+
+
+@deployments.command("create")
+@click.argument("name")
+@click.option("--model", required=True, help="The model to deploy, owner/name.")
+@click.option("--version", default="", help="The version; default: the model's latest.")
+@scaling_options
+@pass_cli
+def deployments_create(obj: CliContext, name: str, model: str, version: str, min_instances: int | None,
+                       max_instances: int | None, hardware: str | None, **knobs: Any) -> None:
+    """Create a deployment (admin)."""
+    dep = obj.client().deployments.create(name, model, version, hardware=hardware or "",
+                                          min_instances=min_instances or 0, max_instances=max_instances,
+                                          **_autoscaling(knobs))
+    _show_deployments([dep])
+
+
+@deployments.command("update")
+@click.argument("name")
+@click.option("--version", help="A new version to roll out (no prediction is dropped).")
+@scaling_options
+@pass_cli
+def deployments_update(obj: CliContext, name: str, version: str | None, min_instances: int | None,
+                       max_instances: int | None, hardware: str | None, **knobs: Any) -> None:
+    """Change a deployment (admin): a new release."""
+    dep = obj.client().deployments.update(name, version=version, hardware=hardware, min_instances=min_instances,
+                                          max_instances=max_instances, **_autoscaling(knobs))
+    _show_deployments([dep])
+
+
+@deployments.command("get")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_cli
+def deployments_get(obj: CliContext, name: str, as_json: bool) -> None:
+    """Show a deployment."""
+    dep = obj.client().deployments.get(name)
+    echo_json(dep) if as_json else _show_deployments([dep])
+
+
+@deployments.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_cli
+def deployments_list(obj: CliContext, as_json: bool) -> None:
+    """List the deployments."""
+    deps = obj.client().deployments.list()
+    echo_json(deps) if as_json else _show_deployments(deps)
+
+
+@deployments.command("delete")
+@click.argument("name")
+@pass_cli
+def deployments_delete(obj: CliContext, name: str) -> None:
+    """Delete a deployment (admin): its instances drain; predictions queued for it fail with a reason."""
+    click.echo(f"deleted {obj.client().deployments.delete(name).name}")
+
+
+@cli.command()
+@click.argument("deployment")
+@click.option("--min", "min_instances", type=click.IntRange(min=0))
+@click.option("--max", "max_instances", type=click.IntRange(min=1))
+@pass_cli
+def scale(obj: CliContext, deployment: str, min_instances: int | None, max_instances: int | None) -> None:
+    """Set a deployment's instance bounds (admin): `scale acme/app --min 2 --max 4`."""
+    if min_instances is None and max_instances is None:
+        raise click.UsageError("give --min, --max or both")
+    _show_deployments([obj.client().deployments.update(deployment, min_instances=min_instances,
+                                                       max_instances=max_instances)])
+
+
+@cli.command()
+@pass_cli
+def hardware(obj: CliContext) -> None:
+    """The hardware SKUs present in the cluster, with how many nodes have each (admin)."""
+    counts: dict[str, int] = {}
+    for node in obj.client().cluster.nodes():
+        counts[node.hardware] = counts.get(node.hardware, 0) + 1
+    _table("hardware", ["sku", "nodes"], [[sku, str(n)] for sku, n in sorted(counts.items())])
 
 
 @cli.group()

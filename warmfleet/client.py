@@ -31,8 +31,8 @@ from warmfleet import launch
 from warmfleet.jsonvalues import place_files, plain, split_files, value_from_pb, value_to_pb
 from warmfleet.settings import Settings, load_settings
 from warmfleet.v1 import (
-    cluster_pb2, cluster_pb2_grpc, models_pb2, models_pb2_grpc, predictions_pb2, predictions_pb2_grpc,
-    types_pb2,
+    cluster_pb2, cluster_pb2_grpc, deployments_pb2, deployments_pb2_grpc, models_pb2, models_pb2_grpc,
+    predictions_pb2, predictions_pb2_grpc, types_pb2,
 )
 
 URL_SCHEME = "grpc://"
@@ -156,6 +156,22 @@ class Model:
 
 
 @dataclass(frozen=True)
+class Deployment:
+    """A deployment as it is now: the model and version it serves, its size and its current release."""
+
+    name: str
+    model: str
+    version: str
+    runner: str
+    hardware: str
+    min_instances: int
+    max_instances: int
+    autoscaling: dict[str, float]
+    current_release: int
+    target_instances: int
+
+
+@dataclass(frozen=True)
 class Node:
     """A node agent and what it reports; a figure NVML does not give (or a CPU node lacks) is None.
 
@@ -199,6 +215,15 @@ class Token:
     token: str
     name: str
     role: str
+
+
+@dataclass(frozen=True)
+class NodeDrain:
+    """How far a node's drain has come: instances still on it, and whether it is empty."""
+
+    node_id: str
+    instances_left: int
+    done: bool
 
 
 # Errors
@@ -416,6 +441,12 @@ def model_from_pb(pb: models_pb2.Model) -> Model:
                  _schema(pb.input_schema_json), _schema(pb.output_schema_json))
 
 
+def deployment_from_pb(pb: deployments_pb2.Deployment) -> Deployment:
+    autoscaling = {fd.name: value for fd, value in pb.autoscaling.ListFields()}
+    return Deployment(pb.name, pb.model, pb.version, pb.runner, pb.hardware, pb.min_instances,
+                      pb.max_instances, autoscaling, pb.current_release, pb.target_instances)
+
+
 def _schema(text: str) -> dict[str, Any]:
     return json.loads(text) if text else {}
 
@@ -484,6 +515,7 @@ class _Transport:
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.predictions = predictions_pb2_grpc.PredictionsStub(self.channel)
         self.models = models_pb2_grpc.ModelsStub(self.channel)
+        self.deployments = deployments_pb2_grpc.DeploymentsStub(self.channel)
         self.cluster = cluster_pb2_grpc.ClusterStub(self.channel)
 
     def unary(self, method: Callable, request: Message, extra_timeout_s: float = 0.0) -> Any:
@@ -602,6 +634,61 @@ class Models:
     def get(self, name: str) -> Model:
         return model_from_pb(self._t.unary(self._t.models.GetModel, models_pb2.GetModelRequest(name=name)))
 
+    def create(self, name: str, runner: str, weights: str = "", options: Mapping[str, Any] | None = None, *,
+               description: str = "", min_instances: int = 0, max_instances: int | None = None) -> Model:
+        """Create a model, or a new version of it (admin)."""
+        request = models_pb2.CreateModelRequest(name=name, runner=runner, weights=weights,
+                                                description=description, min_instances=min_instances)
+        if options:
+            request.options.update(dict(options))
+        if max_instances is not None:
+            request.max_instances = max_instances
+        return model_from_pb(self._t.unary(self._t.models.CreateModel, request))
+
+    def delete(self, name: str) -> Model:
+        return model_from_pb(self._t.unary(self._t.models.DeleteModel,
+                                           models_pb2.DeleteModelRequest(name=name)).model)
+
+
+class Deployments:
+    """``client.deployments``: named routes to a model version, with their own size (admin to change)."""
+
+    def __init__(self, transport: _Transport) -> None:
+        self._t = transport
+
+    def create(self, name: str, model: str, version: str = "", *, hardware: str = "", min_instances: int = 0,
+               max_instances: int | None = None, **autoscaling: float) -> Deployment:
+        request = deployments_pb2.CreateDeploymentRequest(
+            name=name, model=model, version=version, hardware=hardware, min_instances=min_instances,
+            autoscaling=deployments_pb2.Autoscaling(**autoscaling))
+        if max_instances is not None:
+            request.max_instances = max_instances
+        return deployment_from_pb(self._t.unary(self._t.deployments.CreateDeployment, request))
+
+    def get(self, name: str) -> Deployment:
+        return deployment_from_pb(self._t.unary(self._t.deployments.GetDeployment,
+                                                deployments_pb2.GetDeploymentRequest(name=name)))
+
+    def list(self) -> list[Deployment]:
+        reply = self._t.unary(self._t.deployments.ListDeployments, deployments_pb2.ListDeploymentsRequest())
+        return [deployment_from_pb(d) for d in reply.deployments]
+
+    def update(self, name: str, *, version: str | None = None, hardware: str | None = None,
+               min_instances: int | None = None, max_instances: int | None = None,
+               **autoscaling: float) -> Deployment:
+        """A new release: only the fields given change."""
+        fields = {"version": version, "hardware": hardware, "min_instances": min_instances,
+                  "max_instances": max_instances}
+        request = deployments_pb2.UpdateDeploymentRequest(
+            name=name, autoscaling=deployments_pb2.Autoscaling(**autoscaling),
+            **{k: v for k, v in fields.items() if v is not None})
+        return deployment_from_pb(self._t.unary(self._t.deployments.UpdateDeployment, request))
+
+    def delete(self, name: str) -> Deployment:
+        reply = self._t.unary(self._t.deployments.DeleteDeployment,
+                              deployments_pb2.DeleteDeploymentRequest(name=name))
+        return deployment_from_pb(reply.deployment)
+
 
 class Cluster:
     """``client.cluster``: nodes, instances and tokens; needs an admin token."""
@@ -623,6 +710,15 @@ class Cluster:
         reply = self._t.unary(self._t.cluster.CreateToken, request)
         return record_from_pb(Token, reply)
 
+    def drain(self, node_id: str, wait: bool = True, timeout_s: float = 600.0) -> NodeDrain:
+        """Drain a node: its instances move to other nodes, finishing their predictions, and it takes no
+        new one. With ``wait``, returns when the node is empty, or raises DeadlineExceededError when it
+        is not within ``timeout_s`` (beyond the client's own timeout); the drain goes on, and calling
+        again follows it. Without ``wait``, returns at once with the progress so far."""
+        request = cluster_pb2.DrainNodeRequest(node_id=node_id, wait=wait)
+        reply = self._t.unary(self._t.cluster.DrainNode, request, extra_timeout_s=timeout_s if wait else 0.0)
+        return record_from_pb(NodeDrain, reply)
+
 
 class Client:
     """A client of one warmfleet gateway.
@@ -640,6 +736,7 @@ class Client:
         self._t = _Transport(resolve_target(url, get_settings), resolve_token(token, get_settings), timeout_s)
         self.predictions = Predictions(self._t)
         self.models = Models(self._t)
+        self.deployments = Deployments(self._t)
         self.cluster = Cluster(self._t)
 
     @property

@@ -199,7 +199,13 @@ class PredictionEvent:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model the cluster serves: which runner family, what weights, which options."""
+    """What the cluster serves under one name (a route): a model version (runner family, weights,
+    options) and how many instances of it to keep.
+
+    A model's own route has the model's name. A deployment is a route of its own: ``name`` is the
+    deployment's, ``model`` the model it deploys, ``release`` counts its updates. Predictions for a
+    route queue under its name, and its instances carry that name.
+    """
 
     name: str
     runner: str
@@ -212,6 +218,18 @@ class ModelSpec:
     # The autoscaler's other knobs (scheduler.autoscaling.AutoscalingConfig's names):
     # target_ongoing_requests, upscale_delay_s, downscale_delay_s, scale_to_zero_delay_s.
     autoscaling: dict[str, float] = field(default_factory=dict)
+    model: str = ""  # a deployment's model ("owner/name"); empty on a model's own route
+    release: int = 0  # a deployment's release number: 1 when created, +1 on every update
+    hardware: str = ""  # the hardware SKU its instances need ("cpu", "gpu-nvidia-h100-80gb"); empty: any
+
+    @property
+    def model_name(self) -> str:
+        """The model this route serves a version of."""
+        return self.model or self.name
+
+    @property
+    def is_deployment(self) -> bool:
+        return bool(self.model)
 
     @property
     def version(self) -> str:

@@ -190,3 +190,26 @@ def _wait_for(read, text: str, timeout_s: float) -> str:
             return seen
         assert time.monotonic() < deadline, f"{text!r} not shown in {timeout_s} s:\n{seen}"
         time.sleep(0.2)
+
+
+def test_models_and_deployments_from_the_cli(cli):
+    run, _, _ = cli
+    created = run("models", "create", "acme/cli-echo", "--runner", "echo", "-O", "max_concurrency=2")
+    assert created.returncode == 0 and created.stdout.startswith("acme/cli-echo version "), created.stderr
+    version = created.stdout.split()[-1]
+    dep = run("deployments", "create", "acme/cli-prod", "--model", "acme/cli-echo", "--min", "0", "--max", "2",
+              "--target", "3", "--scale-to-zero-delay", "30")
+    assert dep.returncode == 0 and "acme/cli-prod" in dep.stdout, dep.stderr
+    scaled = run("scale", "acme/cli-prod", "--min", "1")
+    assert scaled.returncode == 0, scaled.stderr
+    got = json.loads(run("deployments", "get", "acme/cli-prod", "--json").stdout)
+    assert (got["model"], got["version"][:12], got["current_release"], got["min_instances"]) == (
+        "acme/cli-echo", version[:12], 2, 1)
+    assert got["autoscaling"] == {"target_ongoing_requests": 3.0, "scale_to_zero_delay_s": 30.0}
+    assert "acme/cli-prod" in run("deployments", "list").stdout
+    hardware = run("hardware")
+    assert hardware.returncode == 0 and "cpu" in hardware.stdout
+    refused = run("models", "delete", "acme/cli-echo")
+    assert refused.returncode != 0 and "acme/cli-prod" in refused.stderr  # a deployment still serves it
+    assert run("deployments", "delete", "acme/cli-prod").returncode == 0
+    assert run("models", "delete", "acme/cli-echo").returncode == 0

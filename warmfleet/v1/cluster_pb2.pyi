@@ -93,3 +93,21 @@ class CreateTokenResponse(_message.Message):
     name: str
     role: str
     def __init__(self, token: _Optional[str] = ..., name: _Optional[str] = ..., role: _Optional[str] = ...) -> None: ...
+
+class DrainNodeRequest(_message.Message):
+    __slots__ = ("node_id", "wait")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    wait: bool
+    def __init__(self, node_id: _Optional[str] = ..., wait: _Optional[bool] = ...) -> None: ...
+
+class DrainNodeResponse(_message.Message):
+    __slots__ = ("node_id", "instances_left", "done")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    INSTANCES_LEFT_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    instances_left: int
+    done: bool
+    def __init__(self, node_id: _Optional[str] = ..., instances_left: _Optional[int] = ..., done: _Optional[bool] = ...) -> None: ...

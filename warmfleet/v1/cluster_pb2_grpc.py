@@ -49,6 +49,11 @@ class ClusterStub:
                 request_serializer=warmfleet_dot_v1_dot_cluster__pb2.CreateTokenRequest.SerializeToString,
                 response_deserializer=warmfleet_dot_v1_dot_cluster__pb2.CreateTokenResponse.FromString,
                 _registered_method=True)
+        self.DrainNode = channel.unary_unary(
+                '/warmfleet.v1.Cluster/DrainNode',
+                request_serializer=warmfleet_dot_v1_dot_cluster__pb2.DrainNodeRequest.SerializeToString,
+                response_deserializer=warmfleet_dot_v1_dot_cluster__pb2.DrainNodeResponse.FromString,
+                _registered_method=True)
 
 
 class ClusterServicer:
@@ -75,6 +80,14 @@ class ClusterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DrainNode(self, request, context):
+        """Drain a node: its instances move to other nodes (replacements are ready before they unload, and
+        each finishes the predictions it runs), and it takes no new instance until it leaves the cluster.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +105,11 @@ def add_ClusterServicer_to_server(servicer, server):
                     servicer.CreateToken,
                     request_deserializer=warmfleet_dot_v1_dot_cluster__pb2.CreateTokenRequest.FromString,
                     response_serializer=warmfleet_dot_v1_dot_cluster__pb2.CreateTokenResponse.SerializeToString,
+            ),
+            'DrainNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainNode,
+                    request_deserializer=warmfleet_dot_v1_dot_cluster__pb2.DrainNodeRequest.FromString,
+                    response_serializer=warmfleet_dot_v1_dot_cluster__pb2.DrainNodeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +193,33 @@ class Cluster:
             '/warmfleet.v1.Cluster/CreateToken',
             warmfleet_dot_v1_dot_cluster__pb2.CreateTokenRequest.SerializeToString,
             warmfleet_dot_v1_dot_cluster__pb2.CreateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/warmfleet.v1.Cluster/DrainNode',
+            warmfleet_dot_v1_dot_cluster__pb2.DrainNodeRequest.SerializeToString,
+            warmfleet_dot_v1_dot_cluster__pb2.DrainNodeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -22,23 +22,30 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19warmfleet/v1/models.proto\x12\x0cwarmfleet.v1\"\x82\x01\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0e\n\x06runner\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x19\n\x11input_schema_json\x18\x05 \x01(\t\x12\x1a\n\x12output_schema_json\x18\x06 \x01(\t\"\x13\n\x11ListModelsRequest\"9\n\x12ListModelsResponse\x12#\n\x06models\x18\x01 \x03(\x0b\x32\x13.warmfleet.v1.Model\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t2\x99\x01\n\x06Models\x12O\n\nListModels\x12\x1f.warmfleet.v1.ListModelsRequest\x1a .warmfleet.v1.ListModelsResponse\x12>\n\x08GetModel\x12\x1d.warmfleet.v1.GetModelRequest\x1a\x13.warmfleet.v1.Modelb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19warmfleet/v1/models.proto\x12\x0cwarmfleet.v1\x1a\x1cgoogle/protobuf/struct.proto\"\x82\x01\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0e\n\x06runner\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x19\n\x11input_schema_json\x18\x05 \x01(\t\x12\x1a\n\x12output_schema_json\x18\x06 \x01(\t\"\x13\n\x11ListModelsRequest\"9\n\x12ListModelsResponse\x12#\n\x06models\x18\x01 \x03(\x0b\x32\x13.warmfleet.v1.Model\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xc7\x01\n\x12\x43reateModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06runner\x18\x02 \x01(\t\x12\x0f\n\x07weights\x18\x03 \x01(\t\x12(\n\x07options\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x15\n\rmin_instances\x18\x06 \x01(\r\x12\x1a\n\rmax_instances\x18\x07 \x01(\rH\x00\x88\x01\x01\x42\x10\n\x0e_max_instances\"\"\n\x12\x44\x65leteModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"9\n\x13\x44\x65leteModelResponse\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.warmfleet.v1.Model2\xb3\x02\n\x06Models\x12O\n\nListModels\x12\x1f.warmfleet.v1.ListModelsRequest\x1a .warmfleet.v1.ListModelsResponse\x12>\n\x08GetModel\x12\x1d.warmfleet.v1.GetModelRequest\x1a\x13.warmfleet.v1.Model\x12\x44\n\x0b\x43reateModel\x12 .warmfleet.v1.CreateModelRequest\x1a\x13.warmfleet.v1.Model\x12R\n\x0b\x44\x65leteModel\x12 .warmfleet.v1.DeleteModelRequest\x1a!.warmfleet.v1.DeleteModelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'warmfleet.v1.models_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODEL']._serialized_start=44
-  _globals['_MODEL']._serialized_end=174
-  _globals['_LISTMODELSREQUEST']._serialized_start=176
-  _globals['_LISTMODELSREQUEST']._serialized_end=195
-  _globals['_LISTMODELSRESPONSE']._serialized_start=197
-  _globals['_LISTMODELSRESPONSE']._serialized_end=254
-  _globals['_GETMODELREQUEST']._serialized_start=256
-  _globals['_GETMODELREQUEST']._serialized_end=287
-  _globals['_MODELS']._serialized_start=290
-  _globals['_MODELS']._serialized_end=443
+  _globals['_MODEL']._serialized_start=74
+  _globals['_MODEL']._serialized_end=204
+  _globals['_LISTMODELSREQUEST']._serialized_start=206
+  _globals['_LISTMODELSREQUEST']._serialized_end=225
+  _globals['_LISTMODELSRESPONSE']._serialized_start=227
+  _globals['_LISTMODELSRESPONSE']._serialized_end=284
+  _globals['_GETMODELREQUEST']._serialized_start=286
+  _globals['_GETMODELREQUEST']._serialized_end=317
+  _globals['_CREATEMODELREQUEST']._serialized_start=320
+  _globals['_CREATEMODELREQUEST']._serialized_end=519
+  _globals['_DELETEMODELREQUEST']._serialized_start=521
+  _globals['_DELETEMODELREQUEST']._serialized_end=555
+  _globals['_DELETEMODELRESPONSE']._serialized_start=557
+  _globals['_DELETEMODELRESPONSE']._serialized_end=614
+  _globals['_MODELS']._serialized_start=617
+  _globals['_MODELS']._serialized_end=924
 # @@protoc_insertion_point(module_scope)

@@ -44,6 +44,16 @@ class ModelsStub:
                 request_serializer=warmfleet_dot_v1_dot_models__pb2.GetModelRequest.SerializeToString,
                 response_deserializer=warmfleet_dot_v1_dot_models__pb2.Model.FromString,
                 _registered_method=True)
+        self.CreateModel = channel.unary_unary(
+                '/warmfleet.v1.Models/CreateModel',
+                request_serializer=warmfleet_dot_v1_dot_models__pb2.CreateModelRequest.SerializeToString,
+                response_deserializer=warmfleet_dot_v1_dot_models__pb2.Model.FromString,
+                _registered_method=True)
+        self.DeleteModel = channel.unary_unary(
+                '/warmfleet.v1.Models/DeleteModel',
+                request_serializer=warmfleet_dot_v1_dot_models__pb2.DeleteModelRequest.SerializeToString,
+                response_deserializer=warmfleet_dot_v1_dot_models__pb2.DeleteModelResponse.FromString,
+                _registered_method=True)
 
 
 class ModelsServicer:
@@ -63,6 +73,23 @@ class ModelsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateModel(self, request, context):
+        """Create a model, or a new version of one (admin). The version id is a digest of runner, weights and
+        options: the same three give the same version. The new version rolls out to the model's own route
+        (deployments keep the version they name); its min_instances start at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteModel(self, request, context):
+        """Stop serving a model (admin): its instances drain; predictions still queued for it fail. Refused
+        while a deployment serves it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +102,16 @@ def add_ModelsServicer_to_server(servicer, server):
                     servicer.GetModel,
                     request_deserializer=warmfleet_dot_v1_dot_models__pb2.GetModelRequest.FromString,
                     response_serializer=warmfleet_dot_v1_dot_models__pb2.Model.SerializeToString,
+            ),
+            'CreateModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateModel,
+                    request_deserializer=warmfleet_dot_v1_dot_models__pb2.CreateModelRequest.FromString,
+                    response_serializer=warmfleet_dot_v1_dot_models__pb2.Model.SerializeToString,
+            ),
+            'DeleteModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteModel,
+                    request_deserializer=warmfleet_dot_v1_dot_models__pb2.DeleteModelRequest.FromString,
+                    response_serializer=warmfleet_dot_v1_dot_models__pb2.DeleteModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +168,60 @@ class Models:
             '/warmfleet.v1.Models/GetModel',
             warmfleet_dot_v1_dot_models__pb2.GetModelRequest.SerializeToString,
             warmfleet_dot_v1_dot_models__pb2.Model.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/warmfleet.v1.Models/CreateModel',
+            warmfleet_dot_v1_dot_models__pb2.CreateModelRequest.SerializeToString,
+            warmfleet_dot_v1_dot_models__pb2.Model.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/warmfleet.v1.Models/DeleteModel',
+            warmfleet_dot_v1_dot_models__pb2.DeleteModelRequest.SerializeToString,
+            warmfleet_dot_v1_dot_models__pb2.DeleteModelResponse.FromString,
             options,
             channel_credentials,
             insecure,
