@@ -79,15 +79,20 @@ def mixed_load(client: Client, duration_s: float, idle_s: float, seed: int) -> d
     results: dict[str, list[bool]] = {name: [] for name in names}
     deadline = time.monotonic() + duration_s
 
+    errors: list[str] = []
+
     def drive(name: str, rng: random.Random) -> None:
-        while time.monotonic() < deadline:
-            for _ in range(rng.randint(1, 4)):  # a burst, one after another
-                pred = client.predictions.wait(client.predictions.create(
-                    deployment=name, input=sample_input(names[name]), wait_s=60), timeout_s=120)
-                if pred.status != "succeeded":
-                    raise RuntimeError(f"{name}: {pred.error}")
-                results[name].append("boot_time_s" not in pred.metrics)
-            time.sleep(rng.uniform(0.2, 2.5 * idle_s))  # some gaps outlast the idle delay, some not
+        try:
+            while time.monotonic() < deadline:
+                for _ in range(rng.randint(1, 4)):  # a burst, one after another
+                    pred = client.predictions.wait(client.predictions.create(
+                        deployment=name, input=sample_input(names[name]), wait_s=60), timeout_s=120)
+                    if pred.status != "succeeded":
+                        raise RuntimeError(f"{name}: {pred.status}: {pred.error}")
+                    results[name].append("boot_time_s" not in pred.metrics)
+                time.sleep(rng.uniform(0.2, 2.5 * idle_s))  # some gaps outlast the idle delay, some not
+        except Exception as err:  # noqa: BLE001 - reported, and the scenario fails below
+            errors.append(f"{type(err).__name__}: {err}")
 
     threads = [threading.Thread(target=drive, args=(name, random.Random(seed + i)))
                for i, name in enumerate(names)]
@@ -97,6 +102,8 @@ def mixed_load(client: Client, duration_s: float, idle_s: float, seed: int) -> d
         t.join()
     for name in names:
         client.deployments.delete(name)
+    if errors:
+        raise RuntimeError(f"mixed load failed: {errors}")
     per = {name: {"predictions": len(r), "warm_fraction": sum(r) / len(r) if r else None}
            for name, r in results.items()}
     everything = [x for r in results.values() for x in r]

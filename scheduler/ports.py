@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from warmfleet.domain import InstanceInfo, ModelSpec, NodeInfo, Task, TaskEvent
 
@@ -71,6 +71,8 @@ class ControllerClient(Protocol):
     async def delete_route(self, name: str) -> ModelSpec | None: ...
 
     async def version(self, version_id: str) -> ModelSpec | None: ...
+
+    async def drain_node(self, node_id: str, wait: bool = True) -> Any: ...
 
 
 class NodeProvisioner(Protocol):

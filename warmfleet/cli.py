@@ -746,6 +746,26 @@ def scale(obj: CliContext, deployment: str, min_instances: int | None, max_insta
 
 
 @cli.command()
+@click.argument("node_id")
+@click.option("--no-wait", is_flag=True, help="Start the drain and return; run again to see its progress.")
+@pass_cli
+def drain(obj: CliContext, node_id: str, no_wait: bool) -> None:
+    """Drain a node (admin): its instances move elsewhere, finishing their predictions; it takes no new work."""
+    client = obj.client()
+    status = client.cluster.drain(node_id, wait=False)
+    if not no_wait and not status.done:
+        from rich.progress import Progress
+
+        with Progress(transient=True) as progress:  # the operator waits: show the instances moving
+            bar = progress.add_task(f"draining {node_id}", total=max(status.instances_left, 1))
+            while not status.done:
+                time.sleep(0.5)
+                status = client.cluster.drain(node_id, wait=False)
+                progress.update(bar, completed=progress.tasks[0].total - status.instances_left)
+    click.echo(f"{node_id}: {'drained' if status.done else f'{status.instances_left} instance(s) left to move'}")
+
+
+@cli.command()
 @pass_cli
 def hardware(obj: CliContext) -> None:
     """The hardware SKUs present in the cluster, with how many nodes have each (admin)."""

@@ -213,3 +213,12 @@ def test_models_and_deployments_from_the_cli(cli):
     assert refused.returncode != 0 and "acme/cli-prod" in refused.stderr  # a deployment still serves it
     assert run("deployments", "delete", "acme/cli-prod").returncode == 0
     assert run("models", "delete", "acme/cli-echo").returncode == 0
+
+
+def test_drain_refuses_the_only_node_and_names_unknown_ones(cli):
+    run, _, _ = cli
+    [node] = json.loads(run("nodes", "--json").stdout)
+    only = run("drain", node["id"])
+    assert only.returncode != 0 and "error:" in only.stderr and "last" in only.stderr.lower(), only.stderr
+    unknown = run("drain", "no-such-node")
+    assert unknown.returncode != 0 and "no-such-node" in unknown.stderr
