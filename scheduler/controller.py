@@ -12,9 +12,11 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable
 
 from scheduler.autoscaling import AutoscalingConfig, ScalingState, decide
+from scheduler.placement import InstanceSnapshot, NoCapacity, NodeSnapshot, Placement, PlacementRequest, place
 from scheduler.ports import NodeClient, NodeLost, NodeProvisioner, RoutingTable
 from warmfleet.domain import InstanceInfo, ModelSpec, NodeInfo
 from warmfleet.errors import FailedPrecondition, NotFound, Unavailable
@@ -22,6 +24,11 @@ from warmfleet.errors import FailedPrecondition, NotFound, Unavailable
 log = logging.getLogger(__name__)
 
 LIVE_STATES = ("starting", "idle", "processing")
+NODE_INFO_REFRESH_S = 5.0
+# Of a node's memory, the share instances may be booked on (the rest: CUDA context, activations, the OS).
+MEMORY_FRACTION = 0.9
+# Weights on disk to memory in use: activations, caches and allocator slack on top of the weights.
+WEIGHTS_OVERHEAD = 1.2
 AUTOSCALE_INTERVAL_S = 0.5
 # A router's load report counts for this long; a gateway that stopped reporting stops counting.
 LOAD_REPORT_TTL_S = 3.0
@@ -42,6 +49,19 @@ class DrainStatus:
     node_id: str
     instances_left: int  # on the node still: waiting for their replacements, or finishing their predictions
     done: bool  # every instance has left; the node stays, and takes no new one
+
+
+def estimate_memory_bytes(spec: ModelSpec) -> int:
+    """The memory an instance of ``spec`` is booked for: the option ``memory_bytes`` when given, else its
+    weight files' size on disk times ``WEIGHTS_OVERHEAD`` (0 for a runner without weights, or weights
+    this host cannot see)."""
+    if "memory_bytes" in spec.options:
+        return int(spec.options["memory_bytes"])
+    path = Path(spec.weights) if spec.weights else None
+    if path is None or not path.exists():
+        return 0
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return int(sum(f.stat().st_size for f in files) * WEIGHTS_OVERHEAD)
 
 
 class Controller:
@@ -72,6 +92,10 @@ class Controller:
         self._failures: dict[str, tuple[int, str]] = {}  # model -> (loads failed in a row, last error)
         self._retry_at: dict[str, float] = {}  # model -> no new load before (backoff after failures)
         self._versions = {m.version: m for m in models}  # every version served, by id
+        self._node_info: dict[str, NodeInfo] = {}  # what each agent last said it is (hardware, memory)
+        self._node_info_at = float("-inf")
+        self._memory_estimates: dict[str, int] = {}  # version -> bytes an instance takes
+        self._last_busy: dict[str, float] = {}  # route -> when it last had ongoing predictions
 
     async def start(self) -> None:
         """Provision agents, then load every model's minimum instances; returns when they are warm."""
@@ -79,8 +103,16 @@ class Controller:
             self._nodes[node.node_id] = node
         if not self._nodes:
             raise RuntimeError("no node could host an agent")
-        await asyncio.gather(*(self._load(spec) for spec in self._models.values()
-                               for _ in range(spec.min_instances)))
+        await self._refresh_node_info()
+        self._node_info_at = self._clock()
+        loads = []
+        for spec in self._models.values():
+            try:
+                loads += [self._start_load(spec) for _ in range(spec.min_instances)]
+            except NoCapacity as err:  # the cluster still starts; the model says why it has no instance
+                log.error("%s: %s", spec.name, err)
+                self._record_failure(spec.name, str(err))
+        await asyncio.gather(*loads)
         self._autoscaler = asyncio.create_task(self._autoscale_loop(), name="autoscaler")
         if self._membership_interval_s is not None:
             self._membership = asyncio.create_task(self._membership_loop(), name="membership")
@@ -119,6 +151,12 @@ class Controller:
         """One autoscaling decision per model, then instances loaded or removed to match."""
         now = self._clock()
         ongoing = self._ongoing(now)
+        for route, count in ongoing.items():
+            if count:
+                self._last_busy[route] = now
+        if now - self._node_info_at >= NODE_INFO_REFRESH_S or set(self._nodes) - set(self._node_info):
+            await self._refresh_node_info()
+            self._node_info_at = now
         for name, spec in list(self._models.items()):
             if self._models.get(name) is not spec:
                 continue  # deleted or updated during this turn; the next turn sees the new state
@@ -145,8 +183,12 @@ class Controller:
         current = [i for i in live if i.version == spec.version]
         stale = [i for i in live if i.version != spec.version and i.state != "starting"]
         if len(current) < target and self._clock() >= self._retry_at.get(spec.name, 0.0):
-            for _ in range(target - len(current)):
-                self._start_load(spec)
+            try:
+                for _ in range(target - len(current)):
+                    self._start_load(spec)
+            except NoCapacity as err:  # predictions waiting for it fail with this, not wait forever
+                self._record_failure(spec.name, str(err))
+                await self._bump()
         ready = [i for i in current if i.state != "starting"]  # a loading instance is left to finish
         if stale and len(ready) >= target:
             for info in stale:
@@ -192,12 +234,60 @@ class Controller:
             raise Unavailable("no node can take a new instance: every node is draining")
         return min(open_nodes, key=lambda n: (counts[n.node_id], n.node_id))
 
-    async def _load(self, spec: ModelSpec) -> None:
-        await self._start_load(spec)
+    def _place(self, spec: ModelSpec) -> Placement:
+        """Where a new instance of ``spec`` goes (``scheduler.placement.place``), over the controller's own
+        accounting: each node's memory (NVML's, or the host's) against the estimates of the instances
+        booked on it. A node whose figures are not known yet is placed on as if it were empty."""
+        if not any(n in self._node_info for n in self._nodes):
+            return Placement(self._least_loaded_node().node_id)
+        hardware = spec.hardware or "any"
+        booked: Counter = Counter()
+        snapshots = []
+        live_by_route: dict[str, list[InstanceInfo]] = {}
+        for info in self._instances.values():
+            if info.state in LIVE_STATES or info.state == "draining":
+                booked[info.node_id] += self._memory_of(info.model)
+            if info.state in LIVE_STATES and info.id not in self._removing:
+                live_by_route.setdefault(info.model, []).append(info)
+        for node_id in self._nodes:
+            node = self._node_info.get(node_id)
+            total = node.memory_total_bytes if node else 0
+            if spec.hardware and (node is None or node.hardware != spec.hardware):
+                continue
+            snapshots.append(NodeSnapshot(node_id, hardware, int(total * MEMORY_FRACTION) if node else 2**62,
+                                          booked[node_id], node_id in self._drains))
+        instances = []
+        for route, infos in live_by_route.items():
+            minimum = self._models[route].min_instances if route in self._models else 0
+            spare = len(infos) - minimum  # only what is above the route's minimum may be evicted
+            oldest_first = sorted(infos, key=lambda i: (self._last_busy.get(route, 0.0), i.id))
+            for k, info in enumerate(oldest_first):
+                instances.append(InstanceSnapshot(
+                    info.id, info.node_id, route, self._memory_of(route),
+                    info.state if info.state in ("starting", "idle", "processing") else "draining",
+                    self._last_busy.get(route, 0.0), evictable=k < spare))
+        return place(PlacementRequest(spec.name, hardware, self._memory_of(spec.name, spec)), snapshots,
+                     instances, self._clock())
+
+    def _memory_of(self, route: str, spec: ModelSpec | None = None) -> int:
+        spec = spec or self._models.get(route)
+        if spec is None:
+            return 0
+        if spec.version not in self._memory_estimates:
+            self._memory_estimates[spec.version] = estimate_memory_bytes(spec)
+        return self._memory_estimates[spec.version]
 
     def _start_load(self, spec: ModelSpec) -> asyncio.Task:
-        """Book the new instance as starting now (so the next decision counts it), load it in a task."""
-        node = self._least_loaded_node()
+        """Book the new instance as starting now (so the next decision counts it), load it in a task.
+        Raises NoCapacity (naming the hardware and memory) when no node can take it."""
+        placement = self._place(spec)
+        for victim in placement.evict:  # least recently used idle instances above their minimum
+            info = self._instances[victim]
+            minimum = self._models[info.model].min_instances if info.model in self._models else 0
+            self._targets[info.model] = max(self._targets.get(info.model, 1) - 1, minimum)  # no reload
+            log.info("evicting %s (%s) from %s to make room for %s", victim, info.model, info.node_id, spec.name)
+            asyncio.create_task(self._remove(info), name=f"evict-{victim}")
+        node = self._nodes[placement.node_id]
         instance_id = self._next_instance_id(spec)
         self._instances[instance_id] = InstanceInfo(
             instance_id, spec.name, spec.version, node.node_id, "starting", 1)
@@ -212,15 +302,24 @@ class Controller:
         except Exception as err:
             log.error("instance %s of %s failed to load on %s: %s", instance_id, spec.name, node.node_id, err)
             info = InstanceInfo(instance_id, spec.name, spec.version, node.node_id, "failed", 1)
-            self._failures[spec.name] = (self._failures.get(spec.name, (0, ""))[0] + 1,
-                                         f"{type(err).__name__}: {err}")
-            self._retry_at[spec.name] = self._clock() + min(60.0, 2.0 ** self._failures[spec.name][0])
+            self._record_failure(spec.name, f"{type(err).__name__}: {err}")
         else:
             self._failures.pop(spec.name, None)
         if self._nodes.get(node.node_id) is not node:
             return  # its node left while it loaded, and took the instance with it
         self._instances[instance_id] = info
         await self._bump()
+
+    async def _refresh_node_info(self) -> None:
+        nodes = list(self._nodes.values())
+        answers = await asyncio.gather(*(n.info() for n in nodes), return_exceptions=True)
+        self._node_info = {n.node_id: a for n, a in zip(nodes, answers) if isinstance(a, NodeInfo)}
+
+    def _record_failure(self, route: str, error: str) -> None:
+        """A route could not get an instance: say why (to its waiting predictions), and back off."""
+        failures = self._failures.get(route, (0, ""))[0] + 1
+        self._failures[route] = (failures, error)
+        self._retry_at[route] = self._clock() + min(60.0, 2.0 ** failures)
 
     async def _bump(self) -> None:
         async with self._changed:

@@ -137,3 +137,32 @@ async def test_the_python_client_manages_models_and_deployments(api, running):
     assert (updated.current_release, updated.min_instances) == (2, 1)
     assert updated.autoscaling == {"target_ongoing_requests": 4.0, "downscale_delay_s": 5.0, "upscale_delay_s": 2.0}
     assert "acme/client-prod" in listed and "acme/client-echo" not in names
+
+
+async def test_placement_refuses_what_fits_nowhere_and_evicts_the_lru_idle_instance_for_room(api):
+    from warmfleet.v1 import cluster_pb2
+
+    [node] = (await api.cluster.ListNodes(cluster_pb2.ListNodesRequest(), metadata=api.md)).nodes
+    room = int(node.memory_total_bytes * 0.9)  # the share of a node instances are booked on
+    for name, memory in (("acme/huge", 100 * node.memory_total_bytes), ("acme/big-a", int(room * 0.6)),
+                         ("acme/big-b", int(room * 0.6))):
+        struct = json_format.ParseDict({"memory_bytes": memory}, struct_pb2.Struct())
+        await api.models.CreateModel(M.CreateModelRequest(name=name, runner="echo", options=struct),
+                                     metadata=api.md)
+
+    def echo(model: str) -> P.CreatePredictionRequest:
+        return P.CreatePredictionRequest(model=model, wait_s=30, input=T.PredictionInput(echo=T.EchoInput(text="x")))
+
+    huge = await api.predictions.CreatePrediction(echo("acme/huge"), metadata=api.md)
+    assert huge.status == T.STATUS_FAILED
+    assert "could be loaded" in huge.error and "hardware" in huge.error and "GiB" in huge.error, huge.error
+
+    a = await api.predictions.CreatePrediction(echo("acme/big-a"), metadata=api.md)
+    assert a.status == T.STATUS_SUCCEEDED, a.error
+    assert len(await instances_of(api, "acme/big-a")) == 1
+    b = await api.predictions.CreatePrediction(echo("acme/big-b"), metadata=api.md)
+    assert b.status == T.STATUS_SUCCEEDED, b.error  # it fits only once big-a's idle instance is gone
+    await wait_count(api, "acme/big-a", 0, timeout_s=10)
+    assert len(await instances_of(api, "acme/big-b")) == 1
+    for name in ("acme/huge", "acme/big-a", "acme/big-b"):
+        await api.models.DeleteModel(M.DeleteModelRequest(name=name), metadata=api.md)
