@@ -9,8 +9,10 @@ import signal
 
 from gateway.server import Gateway
 from scheduler import ray_adapter
+from warmfleet.cluster_config import load_cluster_config
 from warmfleet.defaults import default_models, prepare_default_weights
 from warmfleet.launch import write_state
+from warmfleet.domain import ModelSpec
 from warmfleet.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -21,8 +23,10 @@ async def serve(settings: Settings) -> None:
     controller = ray_adapter.find_controller()  # another gateway's, when joining a served cluster
     created = controller is None
     if created:
-        prepare_default_weights(settings)
-        controller = ray_adapter.start_controller(default_models(settings))
+        models = served_models(settings)
+        if any(m.weights.startswith(str(settings.models_path)) for m in models):
+            prepare_default_weights(settings)  # the built-in tiny models, generated on first use
+        controller = ray_adapter.start_controller(models)
         await controller.start()
     gateway = Gateway(settings, controller)
     port = await gateway.start()
@@ -39,6 +43,14 @@ async def serve(settings: Settings) -> None:
         controller.kill()
     settings.state_path.unlink(missing_ok=True)
     ray_adapter.shutdown()
+
+
+def served_models(settings: Settings) -> list[ModelSpec]:
+    """The built-in models, and what the cluster config file adds (or keeps them out)."""
+    models = default_models(settings)
+    if settings.cluster_config:
+        models = load_cluster_config(settings.cluster_config, models)
+    return models
 
 
 def main(settings: Settings) -> None:

@@ -274,6 +274,11 @@ def up(obj: CliContext, grpc_port: int | None, ray_address: str | None) -> None:
     """Start the cluster in the background and wait until it serves."""
     settings = obj.settings(grpc_port=grpc_port, ray_address=ray_address)
     already = launch.running(settings)
+    if settings.cluster_config:  # refuse a bad file here, naming the place, not in the background log
+        from warmfleet.cluster_config import load_cluster_config
+        from warmfleet.defaults import default_models
+
+        load_cluster_config(settings.cluster_config, default_models(settings))
     with _spinner("starting warmfleet (Ray, controller, gateway)..."):
         state = launch.up(settings)
     verb = "is already up" if already is not None and already.pid == state.pid else "is up"

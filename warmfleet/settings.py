@@ -32,6 +32,9 @@ class Settings:
     max_wait_s: float = 60.0
     token: str = ""
     max_message_bytes: int = 256 * 1024 * 1024
+    # The cluster config file (models, deployments) that `warmfleet up` serves; by default the --config
+    # file itself, when one is given (see warmfleet/cluster_config.py).
+    cluster_config: str = ""
 
     @property
     def store_path(self) -> Path:
@@ -86,6 +89,7 @@ def load_settings(
     if config_file:
         with open(config_file, "rb") as fh:
             values.update(tomllib.load(fh).get("settings", {}))
+        values.setdefault("cluster_config", str(Path(config_file).expanduser().resolve()))
     for name in _FIELDS:
         env = environ.get(f"WARMFLEET_{name.upper()}")
         if env is not None:
