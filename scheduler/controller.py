@@ -18,6 +18,7 @@ from typing import Any, Awaitable, Callable, Iterable
 from scheduler.autoscaling import AutoscalingConfig, ScalingState, decide
 from scheduler.placement import InstanceSnapshot, NoCapacity, NodeSnapshot, Placement, PlacementRequest, place
 from scheduler.ports import NodeClient, NodeLost, NodeProvisioner, RoutingTable
+from scheduler.route_journal import RouteJournal
 from warmfleet.domain import InstanceInfo, ModelSpec, NodeInfo
 from warmfleet.errors import FailedPrecondition, NotFound, Unavailable
 
@@ -68,8 +69,13 @@ class Controller:
     def __init__(self, models: list[ModelSpec], provisioner: NodeProvisioner,
                  clock: Callable[[], float] = time.monotonic,
                  autoscale_interval_s: float = AUTOSCALE_INTERVAL_S,
-                 membership_interval_s: float | None = MEMBERSHIP_INTERVAL_S) -> None:
-        """``membership_interval_s``: how often to look for nodes that joined or left; None, never."""
+                 membership_interval_s: float | None = MEMBERSHIP_INTERVAL_S,
+                 journal: RouteJournal | None = None) -> None:
+        """``membership_interval_s``: how often to look for nodes that joined or left; None, never.
+        ``journal``: where changes made through the API are kept, and laid over ``models`` here."""
+        self._journal = journal
+        if journal is not None:
+            models = journal.apply(models)
         self._models = {m.name: m for m in models}
         self._scaling_configs = {m.name: scaling_config(m) for m in models}  # refuses bad knobs at once
         self._provisioner = provisioner
@@ -349,6 +355,8 @@ class Controller:
             spec = replace(spec, release=previous.release + 1 if previous else 1)
         self._models[spec.name] = spec
         self._versions[spec.version] = spec
+        if self._journal is not None:
+            self._journal.put(spec)
         self._scaling_configs[spec.name] = config
         self._targets[spec.name] = config.clamp(self._targets.get(spec.name, spec.min_instances))
         self._scaling_states.setdefault(spec.name, ScalingState())
@@ -364,6 +372,8 @@ class Controller:
         spec = self._models.pop(name, None)
         if spec is None:
             return None
+        if self._journal is not None:
+            self._journal.delete(name)
         for key in (self._scaling_configs, self._targets, self._scaling_states, self._failures, self._retry_at):
             key.pop(name, None)
         for info in self._live(name):

@@ -21,6 +21,7 @@ from node.data_server import DataServer
 from scheduler.controller import Controller, DrainStatus
 from scheduler.data_channel import DataChannel
 from scheduler.ports import NodeLost, RoutingTable
+from scheduler.route_journal import RouteJournal
 from warmfleet.domain import InstanceInfo, ModelSpec, NodeInfo, Task, TaskEvent
 
 log = logging.getLogger(__name__)
@@ -205,8 +206,9 @@ class RayNodeProvisioner:
 
 
 class _RayController(Controller):
-    def __init__(self, models: list[ModelSpec]) -> None:
-        super().__init__(models, RayNodeProvisioner())
+    def __init__(self, models: list[ModelSpec], journal_path: str = "") -> None:
+        super().__init__(models, RayNodeProvisioner(),
+                         journal=RouteJournal(journal_path) if journal_path else None)
 
 
 _ControllerActor = ray.remote(_RayController)
@@ -255,7 +257,7 @@ class RayControllerClient:
         ray.kill(self._h, no_restart=True)
 
 
-def start_controller(models: list[ModelSpec], detached: bool = True) -> RayControllerClient:
+def start_controller(models: list[ModelSpec], detached: bool = True, journal_path: str = "") -> RayControllerClient:
     """Create the named controller actor (``start`` it before use), on this process's node: a node with
     no actor of its own may be any other, and any other may leave the cluster (Ray Serve pins its
     controller to the head node for the same reason)."""
@@ -264,7 +266,7 @@ def start_controller(models: list[ModelSpec], detached: bool = True) -> RayContr
                                    scheduling_strategy=here)
     if detached:
         options["lifetime"] = "detached"
-    return RayControllerClient(_ControllerActor.options(**options).remote(models))
+    return RayControllerClient(_ControllerActor.options(**options).remote(models, journal_path))
 
 
 def find_controller() -> RayControllerClient | None:

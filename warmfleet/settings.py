@@ -54,6 +54,11 @@ class Settings:
         return self.home / "cluster.json"
 
     @property
+    def routes_path(self) -> Path:
+        """Where the controller keeps the models and deployments changed through the API."""
+        return self.home / "routes.json"
+
+    @property
     def models_path(self) -> Path:
         """Where generated tiny models are written."""
         return self.home / "models"

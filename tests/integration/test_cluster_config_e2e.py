@@ -55,6 +55,13 @@ def test_up_serves_what_the_file_names(tmp_path):
         assert dep["autoscaling"] == {"target_ongoing_requests": 4.0}
         said = run_cli(tmp_path / "home", config, "predict", "acme/echo", "-i", "text=from the file")
         assert said.returncode == 0 and said.stdout.strip() == "from the file", said.stderr
+        # A change made through the API survives down and up.
+        assert run_cli(tmp_path / "home", config, "scale", "acme/echo-prod", "--max", "3").returncode == 0
+        assert run_cli(tmp_path / "home", config, "down", timeout_s=120).returncode == 0
+        again = run_cli(tmp_path / "home", config, "up")
+        assert again.returncode == 0, again.stderr
+        dep = json.loads(run_cli(tmp_path / "home", config, "deployments", "get", "acme/echo-prod", "--json").stdout)
+        assert (dep["max_instances"], dep["current_release"]) == (3, 2)
     finally:
         assert run_cli(tmp_path / "home", config, "down", timeout_s=120).returncode == 0
 
