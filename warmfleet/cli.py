@@ -677,6 +677,24 @@ def _show_deployments(deployments: list[Any]) -> None:
          ", ".join(f"{k}={v:g}" for k, v in d.autoscaling.items()) or "-"] for d in deployments])
 
 
+def _wait_warm(client: Client, name: str, count: int, timeout_s: float = 600.0) -> None:
+    """Show a progress bar until ``count`` instances of route ``name`` are ready (the operator waits)."""
+    from rich.progress import Progress
+
+    deadline = time.monotonic() + timeout_s
+    with Progress(transient=True) as progress:
+        bar = progress.add_task(f"warming {name}", total=max(count, 1))
+        while True:
+            ready = sum(1 for i in client.cluster.instances() if i.model == name and i.state in ("idle", "processing"))
+            progress.update(bar, completed=min(ready, count))
+            if ready >= count:
+                return
+            if time.monotonic() > deadline:
+                raise CliError(f"{name}: {ready} of {count} instances ready after {timeout_s:g} s; "
+                               "`warmfleet instances` shows them")
+            time.sleep(0.25)
+
+
 @cli.group()
 def deployments() -> None:
     """Named routes to a model version, with their own size and autoscaling."""
@@ -686,14 +704,19 @@ def deployments() -> None:
 @click.argument("name")
 @click.option("--model", required=True, help="The model to deploy, owner/name.")
 @click.option("--version", default="", help="The version; default: the model's latest.")
+@click.option("--wait", is_flag=True, help="Return once its minimum instances are warm.")
 @scaling_options
 @pass_cli
-def deployments_create(obj: CliContext, name: str, model: str, version: str, min_instances: int | None,
-                       max_instances: int | None, hardware: str | None, **knobs: Any) -> None:
+def deployments_create(obj: CliContext, name: str, model: str, version: str, wait: bool,
+                       min_instances: int | None, max_instances: int | None, hardware: str | None,
+                       **knobs: Any) -> None:
     """Create a deployment (admin)."""
-    dep = obj.client().deployments.create(name, model, version, hardware=hardware or "",
-                                          min_instances=min_instances or 0, max_instances=max_instances,
-                                          **_autoscaling(knobs))
+    client = obj.client()
+    dep = client.deployments.create(name, model, version, hardware=hardware or "",
+                                    min_instances=min_instances or 0, max_instances=max_instances,
+                                    **_autoscaling(knobs))
+    if wait:
+        _wait_warm(client, name, dep.min_instances)
     _show_deployments([dep])
 
 

@@ -209,6 +209,11 @@ def test_models_and_deployments_from_the_cli(cli):
     assert "acme/cli-prod" in run("deployments", "list").stdout
     hardware = run("hardware")
     assert hardware.returncode == 0 and "cpu" in hardware.stdout
+    warm = run("deployments", "create", "acme/cli-warm", "--model", "acme/cli-echo", "--min", "1", "--wait")
+    assert warm.returncode == 0, warm.stderr
+    states = [i["state"] for i in json.loads(run("instances", "--json").stdout) if i["model"] == "acme/cli-warm"]
+    assert states in (["idle"], ["processing"])  # --wait returned once its one instance was warm
+    assert run("deployments", "delete", "acme/cli-warm").returncode == 0
     refused = run("models", "delete", "acme/cli-echo")
     assert refused.returncode != 0 and "acme/cli-prod" in refused.stderr  # a deployment still serves it
     assert run("deployments", "delete", "acme/cli-prod").returncode == 0
