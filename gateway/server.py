@@ -19,6 +19,7 @@ from gateway.http import HttpServer, build_app
 from gateway.interceptors import GatewayInterceptor
 from gateway.load_report import LoadReporter
 from gateway.metrics import GatewayMetrics
+from gateway.rest import RestContext, add_rest_routes
 from gateway.predictions import PredictionService
 from gateway.deployments import RouteService
 from gateway.servicers import ClusterServicer, DeploymentsServicer, ModelsServicer, PredictionsServicer
@@ -60,6 +61,7 @@ class Gateway:
         self.metrics: GatewayMetrics | None = None
         self.http: HttpServer | None = None
         self.load_reporter: LoadReporter | None = None
+        self._servicers: RestContext | None = None
         self.port = 0
         self.http_port: int | None = None
         self._serving = False
@@ -95,7 +97,9 @@ class Gateway:
         """Serve /metrics and /healthz. A port already taken costs the metrics, not the predictions: the
         gateway serves gRPC without them and says so."""
         host, port = self.settings.http_host, self.settings.http_port
-        http = HttpServer(build_app(self.metrics, lambda: self._serving))
+        app = build_app(self.metrics, lambda: self._serving)
+        add_rest_routes(app, self.servicers())
+        http = HttpServer(app)
         try:
             self.http_port = await http.start(host, port)
         except OSError as err:
@@ -108,17 +112,27 @@ class Gateway:
     def _on_task_event(self, prediction_id, body) -> None:
         self.service.on_task_event(prediction_id, body)
 
+    def servicers(self) -> RestContext:
+        """The servicers, built once: gRPC serves them, and the REST translation calls the same objects."""
+        if self._servicers is None:
+            routes = RouteService(self.controller, self.catalog)
+            self._servicers = RestContext(
+                settings=self.settings, tokens=self.tokens, service=self.service,
+                predictions=PredictionsServicer(self.service), models=ModelsServicer(self.catalog, routes),
+                deployments=DeploymentsServicer(self.catalog, routes, self.controller),
+                cluster=ClusterServicer(self.controller, self.tokens))
+        return self._servicers
+
     def _build_server(self) -> grpc.aio.Server:
         server = grpc.aio.server(interceptors=[GatewayInterceptor(self.tokens)],
                                  options=[("grpc.so_reuseport", 0),
                                           ("grpc.max_receive_message_length", self.settings.max_message_bytes),
                                           ("grpc.max_send_message_length", self.settings.max_message_bytes)])
-        predictions_pb2_grpc.add_PredictionsServicer_to_server(PredictionsServicer(self.service), server)
-        routes = RouteService(self.controller, self.catalog)
-        models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(self.catalog, routes), server)
-        deployments_pb2_grpc.add_DeploymentsServicer_to_server(
-            DeploymentsServicer(self.catalog, routes, self.controller), server)
-        cluster_pb2_grpc.add_ClusterServicer_to_server(ClusterServicer(self.controller, self.tokens), server)
+        servicers = self.servicers()
+        predictions_pb2_grpc.add_PredictionsServicer_to_server(servicers.predictions, server)
+        models_pb2_grpc.add_ModelsServicer_to_server(servicers.models, server)
+        deployments_pb2_grpc.add_DeploymentsServicer_to_server(servicers.deployments, server)
+        cluster_pb2_grpc.add_ClusterServicer_to_server(servicers.cluster, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             SERVICE_NAMES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,

@@ -1,0 +1,111 @@
+"""The REST translation of warmfleet.v1: the same services as JSON over HTTP, in Replicate's shapes
+(and OpenAI's, for LLMs), served by the gateway's aiohttp application beside gRPC.
+
+One translation layer, not a second implementation: a route turns its JSON into the request message of
+one gRPC method, calls the in-process servicer (the very object gRPC calls), and turns the reply message
+into JSON. Authentication, the error table and the domain logic are the gRPC side's.
+
+- ``RestContext``: the servicers and helpers routes reach, stored on the app (``REST``).
+- ``middleware``: reads ``Authorization: Bearer <token>`` (or ``Token <token>``, as Replicate's older
+  clients send) into the same ``current_principal`` the gRPC interceptor sets; answers every error as
+  RFC 7807 problem details from ``warmfleet.errors.STATUS_TABLE`` (429 with ``Retry-After``).
+- Each module (``predictions``, ``catalog``, ``stream``, ``files``, ``openai``...) has
+  ``register(app)``, called by ``add_rest_routes``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+
+from gateway.auth import TokenRegistry, current_principal
+from warmfleet.errors import INTERNAL, STATUS_TABLE, WarmfleetError
+from warmfleet.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PROBLEM_TYPE = "https://warmfleet.dev/problems/"
+PUBLIC_PATHS = ("/metrics", "/healthz", "/openapi.json", "/docs")
+RETRY_AFTER_S = 1
+
+
+@dataclass
+class RestContext:
+    """What REST routes call: the gRPC servicers (in-process) and the gateway's shared parts."""
+
+    settings: Settings
+    tokens: TokenRegistry
+    predictions: Any  # gateway.servicers.PredictionsServicer
+    models: Any  # gateway.servicers.ModelsServicer
+    deployments: Any  # gateway.servicers.DeploymentsServicer
+    cluster: Any  # gateway.servicers.ClusterServicer
+    service: Any  # gateway.predictions.PredictionService (events, for SSE and webhooks)
+    extras: dict[str, Any] = field(default_factory=dict)  # parts a route module adds (files, webhooks...)
+
+
+REST = web.AppKey("rest", RestContext)
+
+
+def base_url(request: web.Request) -> str:
+    """This gateway's URL as the client reached it, for the links in responses."""
+    return f"{request.scheme}://{request.host}"
+
+
+def problem(status: int, title: str, detail: str, **extra: Any) -> web.Response:
+    """An RFC 7807 problem details response."""
+    code = title.lower().replace(" ", "-")
+    body = {"type": PROBLEM_TYPE + code, "title": title, "status": status, "detail": detail, **extra}
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 429 else {}
+    return web.json_response(body, status=status, headers=headers, content_type="application/problem+json")
+
+
+def problem_of(err: WarmfleetError) -> web.Response:
+    for cls in type(err).__mro__:
+        if cls in STATUS_TABLE:
+            code, status = STATUS_TABLE[cls]
+            break
+    else:  # pragma: no cover - WarmfleetError itself is in the table
+        code, status = INTERNAL
+    extra = {"field": err.field} if hasattr(err, "field") else {}
+    return problem(status, code.replace("_", " ").title(), str(err), **extra)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        if request.path.startswith("/v1/"):
+            ctx = request.app[REST]
+            current_principal.set(ctx.tokens.authenticate(_bearer(request.headers.get("Authorization"))))
+        return await handler(request)
+    except WarmfleetError as err:
+        return problem_of(err)
+    except web.HTTPException as err:
+        if err.status >= 400:
+            return problem(err.status, err.reason, err.text or err.reason)
+        raise
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return problem(500, "Internal", "internal error; the gateway log has the details")
+
+
+def _bearer(header: str | None) -> str | None:
+    """Replicate's clients send ``Bearer <token>``; its older ones ``Token <token>``: both are read."""
+    if header and header.startswith("Token "):
+        return "Bearer " + header[len("Token "):]
+    return header
+
+
+def add_rest_routes(app: web.Application, ctx: RestContext) -> None:
+    """Put the REST API on ``app`` (before it serves)."""
+    from gateway.rest import catalog, files, openai, predictions, stream, webhooks
+
+    app[REST] = ctx
+    app.middlewares.append(middleware)
+    for module in (predictions, catalog, stream, webhooks, files, openai):
+        module.register(app)

@@ -1,0 +1,9 @@
+"""REST routes: openai (to be written)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+
+def register(app: web.Application) -> None:
+    """Add this module's routes to the app."""
