@@ -442,28 +442,32 @@ def _metrics_url(obj: CliContext, client: Client) -> str:
               help="Write output files to this folder.")
 @click.option("--wait", "wait_s", type=click.FloatRange(min=0, min_open=True),
               help="Give up waiting after this many seconds (default: wait until it ends).")
+@click.option("--deployment", "is_deployment", is_flag=True, help="MODEL names a deployment.")
 @pass_cli
 def predict(obj: CliContext, model: str, inputs: dict[str, Any], stream: bool, is_async: bool,
-            output_dir: Path | None, wait_s: float | None) -> None:
-    """Run MODEL ("owner/name" or "owner/name:version") on the -i inputs and print the output."""
+            output_dir: Path | None, wait_s: float | None, is_deployment: bool) -> None:
+    """Run MODEL ("owner/name" or "owner/name:version", or a deployment with --deployment) on the -i
+    inputs and print the output."""
     if stream and is_async:
         raise click.UsageError("--stream and --async do not go together")
     client = obj.client()
+    target = {"model": "", "deployment": model} if is_deployment else {"model": model}
     if is_async:
-        prediction = client.predictions.create(model, inputs)
+        prediction = client.predictions.create(input=inputs, **target)
         click.echo(f"{prediction.id} {prediction.status}")
         return
     if stream:
-        prediction, shown = _follow(client.stream(model, inputs, timeout_s=wait_s), wait_s, obj)
+        events = client.predictions.create_and_stream(input=inputs, timeout_s=wait_s, **target)
+        prediction, shown = _follow(events, wait_s, obj)
     else:
-        prediction, shown = _wait(client, model, inputs, wait_s, obj), False
+        prediction, shown = _wait(client, target, inputs, wait_s, obj), False
     finish(prediction, output_dir, shown)
 
 
-def _wait(client: Client, model: str, inputs: dict[str, Any], wait_s: float | None, obj: CliContext
-          ) -> Prediction:
+def _wait(client: Client, target: dict[str, str], inputs: dict[str, Any], wait_s: float | None,
+          obj: CliContext) -> Prediction:
     start = time.monotonic()
-    created = client.predictions.create(model, inputs, wait_s=min(wait_s or 60.0, 60.0))
+    created = client.predictions.create(input=inputs, wait_s=min(wait_s or 60.0, 60.0), **target)
     remaining = None if wait_s is None else max(wait_s - (time.monotonic() - start), 0.001)
     try:
         return client.predictions.wait(created, timeout_s=remaining)

@@ -213,6 +213,8 @@ def test_models_and_deployments_from_the_cli(cli):
     assert warm.returncode == 0, warm.stderr
     states = [i["state"] for i in json.loads(run("instances", "--json").stdout) if i["model"] == "acme/cli-warm"]
     assert states in (["idle"], ["processing"])  # --wait returned once its one instance was warm
+    said = run("predict", "acme/cli-warm", "--deployment", "-i", "text=by deployment")
+    assert said.returncode == 0 and said.stdout.strip() == "by deployment", said.stderr
     assert run("deployments", "delete", "acme/cli-warm").returncode == 0
     refused = run("models", "delete", "acme/cli-echo")
     assert refused.returncode != 0 and "acme/cli-prod" in refused.stderr  # a deployment still serves it
