@@ -35,6 +35,9 @@ class Settings:
     # The cluster config file (models, deployments) that `warmfleet up` serves; by default the --config
     # file itself, when one is given (see warmfleet/cluster_config.py).
     cluster_config: str = ""
+    # Prediction creates each token may make per minute over REST (a token bucket; Replicate's default
+    # is 600); 0 turns the limit off.
+    rate_limit_per_minute: int = 600
 
     @property
     def store_path(self) -> Path:
