@@ -1,0 +1,244 @@
+"""The OpenAI translation's pure parts: OpenAI JSON -> TextGenerationInput, and Prediction -> OpenAI JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gateway.rest import openai as oa
+from warmfleet.errors import InvalidInput, NotFound, QueueFull, Unavailable, WarmfleetError
+from warmfleet.v1 import types_pb2 as T
+
+MODEL = "warmfleet/tiny-llama"
+
+
+def chat(**fields) -> dict:
+    return {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], **fields}
+
+
+def invalid_field(parse, body) -> str:
+    with pytest.raises(InvalidInput) as err:
+        parse(body)
+    return err.value.field
+
+
+# Requests
+
+
+def test_a_chat_maps_every_sampling_field_to_the_runner_field():
+    gen = oa.chat_request(chat(
+        messages=[{"role": "developer", "content": "be brief"}, {"role": "user", "content": "hi"},
+                  {"role": "assistant", "content": "hello"}, {"role": "user", "content": "again"}],
+        max_completion_tokens=7, temperature=0, top_p=0.5, top_k=3, stop=["\n", "END"], seed=42,
+        frequency_penalty=0.5, presence_penalty=-0.25, min_tokens=2, repetition_penalty=1.1,
+        user="someone", store=False, metadata={"a": "b"}, some_future_field=1))
+    wire = gen.input
+    assert [(m.role, m.content) for m in wire.messages] == [
+        ("system", "be brief"), ("user", "hi"), ("assistant", "hello"), ("user", "again")]
+    assert wire.max_new_tokens == 7 and wire.min_new_tokens == 2
+    assert wire.temperature == 0.0 and wire.HasField("temperature")  # 0 is greedy, not "unset"
+    assert (wire.top_p, wire.top_k, wire.seed) == (0.5, 3, 42)
+    assert (wire.frequency_penalty, wire.presence_penalty, wire.repetition_penalty) == (0.5, -0.25, 1.1)
+    assert list(wire.stop_sequences) == ["\n", "END"]
+    assert wire.prompt == "" and gen.model == MODEL and not gen.stream
+
+
+def test_fields_left_out_stay_unset_so_the_model_defaults_apply():
+    wire = oa.chat_request(chat()).input
+    for name in ("max_new_tokens", "min_new_tokens", "temperature", "top_p", "top_k", "seed",
+                 "repetition_penalty", "frequency_penalty", "presence_penalty"):
+        assert not wire.HasField(name), name
+    assert list(wire.stop_sequences) == []
+    assert not oa.chat_request(chat(temperature=None, stop=None)).input.HasField("temperature")
+
+
+def test_max_tokens_is_read_when_max_completion_tokens_is_absent_and_loses_when_both_are_given():
+    assert oa.chat_request(chat(max_tokens=9)).input.max_new_tokens == 9
+    both = oa.chat_request(chat(max_tokens=9, max_completion_tokens=3))
+    assert both.input.max_new_tokens == 3 and both.openai_field("input.max_new_tokens") == "max_completion_tokens"
+
+
+def test_content_as_text_parts_is_joined_and_a_single_stop_string_is_a_list_of_one():
+    gen = oa.chat_request(chat(messages=[{"role": "user", "content": [
+        {"type": "text", "text": "one"}, {"type": "text", "text": "two"}]}], stop="STOP"))
+    assert gen.input.messages[0].content == "one\ntwo"
+    assert list(gen.input.stop_sequences) == ["STOP"]
+
+
+def test_a_completion_takes_a_prompt_string_or_a_list_of_one():
+    assert oa.completion_request({"model": MODEL, "prompt": "once upon"}).input.prompt == "once upon"
+    gen = oa.completion_request({"model": MODEL, "prompt": ["once upon"], "max_tokens": 5, "stream": True,
+                                 "stream_options": {"include_usage": True}})
+    assert gen.input.prompt == "once upon" and not gen.input.messages
+    assert gen.input.max_new_tokens == 5 and gen.stream and gen.include_usage
+
+
+@pytest.mark.parametrize("body, field", [
+    (chat(n=2), "n"),
+    (chat(logprobs=True), "logprobs"),
+    (chat(top_logprobs=2), "top_logprobs"),
+    (chat(tools=[{"type": "function", "function": {"name": "f"}}]), "tools"),
+    (chat(tool_choice="auto"), "tool_choice"),
+    (chat(response_format={"type": "json_object"}), "response_format"),
+    (chat(logit_bias={"50256": -100}), "logit_bias"),
+    (chat(temperature="hot"), "temperature"),
+    (chat(temperature=True), "temperature"),
+    (chat(max_tokens=-1), "max_tokens"),
+    (chat(max_tokens=2.5), "max_tokens"),
+    (chat(seed=2**64), "seed"),
+    (chat(stop=[1]), "stop"),
+    (chat(stream="yes"), "stream"),
+    (chat(stream=True, stream_options={"include_usage": 1}), "stream_options.include_usage"),
+    ({"messages": [{"role": "user", "content": "hi"}]}, "model"),
+    (chat(messages=[]), "messages"),
+    (chat(messages=["hi"]), "messages[0]"),
+    (chat(messages=[{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}]), "messages[1].role"),
+    (chat(messages=[{"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]}]),
+     "messages[0].tool_calls"),
+    (chat(messages=[{"role": {"name": "user"}, "content": "hi"}]), "messages[0].role"),
+    (chat(messages=[{"role": "user", "content": None}]), "messages[0].content"),
+    (chat(messages=[{"role": "user", "content": [
+        {"type": "text", "text": "see"}, {"type": "image_url", "image_url": {"url": "x"}}]}]),
+     "messages[0].content[1]"),
+])
+def test_a_chat_the_translation_cannot_carry_is_refused_naming_the_field(body, field):
+    assert invalid_field(oa.chat_request, body) == field
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"model": MODEL, "prompt": ["a", "b"]}, "prompt"),
+    ({"model": MODEL, "prompt": [1, 2, 3]}, "prompt"),
+    ({"model": MODEL}, "prompt"),
+    ({"model": MODEL, "prompt": "a", "echo": True}, "echo"),
+    ({"model": MODEL, "prompt": "a", "best_of": 2}, "best_of"),
+    ({"model": MODEL, "prompt": "a", "suffix": "end"}, "suffix"),
+    ({"model": MODEL, "prompt": "a", "logprobs": 0}, "logprobs"),
+])
+def test_a_completion_the_translation_cannot_carry_is_refused_naming_the_field(body, field):
+    assert invalid_field(oa.completion_request, body) == field
+
+
+def test_no_op_values_of_unsupported_fields_are_accepted():
+    gen = oa.chat_request(chat(n=1, logprobs=False, tools=[], tool_choice="none",
+                               response_format={"type": "text"}, logit_bias={}, modalities=["text"]))
+    assert gen.input.messages[0].content == "hi"
+    assert oa.completion_request({"model": MODEL, "prompt": "a", "best_of": 1, "echo": False,
+                                  "logprobs": None}).input.prompt == "a"
+
+
+@pytest.mark.parametrize("runner_field, sent", [
+    ("input.temperature", "temperature"),
+    ("input.max_new_tokens", "max_tokens"),
+    ("input.min_new_tokens", "min_tokens"),
+    ("input.stop_sequences[1]", "stop[1]"),
+    ("input.messages[2].content", "messages[2].content"),
+    ("input.prompt", "messages"),
+    ("model", "model"),
+])
+def test_a_runner_error_is_renamed_to_the_openai_field_the_client_sent(runner_field, sent):
+    gen = oa.chat_request(chat(max_tokens=4))
+    err = oa.renamed(InvalidInput(runner_field, "is wrong"), gen)
+    assert err.field == sent and str(err) == f"{sent}: is wrong"
+    assert oa.renamed(NotFound("x"), gen).__class__ is NotFound
+
+
+# Responses
+
+
+def prediction(text: str = "hello there", finish: str = "eos", **fields) -> T.Prediction:
+    fields.setdefault("status", T.STATUS_SUCCEEDED)
+    pred = T.Prediction(id="p123", model=MODEL, version="v9",
+                        metrics=T.PredictionMetrics(input_token_count=5, output_token_count=3,
+                                                    finish_reason=finish), **fields)
+    pred.output.value.string_value = text
+    pred.created_at.FromSeconds(1_700_000_000)
+    return pred
+
+
+@pytest.mark.parametrize("ours, theirs", [("eos", "stop"), ("stop", "stop"), ("length", "length"), ("", "stop")])
+def test_finish_reasons(ours, theirs):
+    assert oa.finish_reason(T.PredictionMetrics(finish_reason=ours)) == theirs
+
+
+def test_a_chat_completion_has_openais_shape():
+    body = oa.completion_response(oa.CHAT, prediction(finish="length"), "my/alias")
+    assert body == {
+        "id": "chatcmpl-p123", "object": "chat.completion", "created": 1_700_000_000, "model": "my/alias",
+        "system_fingerprint": "v9",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello there", "refusal": None},
+                     "logprobs": None, "finish_reason": "length"}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+    }
+
+
+def test_a_text_completion_has_openais_shape():
+    body = oa.completion_response(oa.COMPLETION, prediction(), MODEL)
+    assert body["id"] == "cmpl-p123" and body["object"] == "text_completion"
+    assert body["choices"] == [{"index": 0, "text": "hello there", "logprobs": None, "finish_reason": "stop"}]
+    assert body["usage"]["total_tokens"] == 8
+
+
+def test_chat_chunks_open_with_the_role_then_text_then_the_finish_reason_then_usage():
+    chunks = oa.Chunks(oa.CHAT, "p123", MODEL, include_usage=True, created=7)
+    stream = [*chunks.opening(), chunks.text("hel"), chunks.text("lo"), *chunks.ending(prediction("hello"))]
+    assert {c["id"] for c in stream} == {"chatcmpl-p123"}
+    assert {c["object"] for c in stream} == {"chat.completion.chunk"}
+    assert {c["created"] for c in stream} == {7}
+    assert [c["choices"][0]["delta"] for c in stream[:4]] == [
+        {"role": "assistant", "content": ""}, {"content": "hel"}, {"content": "lo"}, {}]
+    assert [c["choices"][0]["finish_reason"] for c in stream[:4]] == [None, None, None, "stop"]
+    assert [c["usage"] for c in stream[:4]] == [None] * 4
+    assert stream[4]["choices"] == [] and stream[4]["usage"] == {
+        "prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+
+
+def test_without_include_usage_chunks_carry_no_usage_and_no_usage_chunk_ends_the_stream():
+    chunks = oa.Chunks(oa.COMPLETION, "p1", MODEL, include_usage=False)
+    stream = [*chunks.opening(), chunks.text("a"), *chunks.ending(prediction(finish="length"))]
+    assert all("usage" not in c for c in stream)
+    assert [c["choices"] for c in stream] == [
+        [{"index": 0, "text": "a", "logprobs": None, "finish_reason": None}],
+        [{"index": 0, "text": "", "logprobs": None, "finish_reason": "length"}]]
+    assert {c["object"] for c in stream} == {"text_completion"}
+
+
+# Errors
+
+
+def test_a_failed_prediction_with_the_runners_invalid_input_is_the_clients_error():
+    pred = prediction(status=T.STATUS_FAILED, error="InvalidInput: input.messages: this model has no chat "
+                                                    "template; give a plain prompt")
+    err = oa.ended_error(pred)
+    assert isinstance(err, InvalidInput) and err.field == "input.messages"
+    assert err.rule == "this model has no chat template; give a plain prompt"
+
+
+@pytest.mark.parametrize("status, error, cls, text", [
+    (T.STATUS_FAILED, "RuntimeError: generation failed: oom", WarmfleetError,
+     "prediction p123 failed: RuntimeError: generation failed: oom"),
+    (T.STATUS_CANCELED, "canceled while processing", Unavailable,
+     "prediction p123 was canceled: canceled while processing"),
+    (T.STATUS_ABORTED, "", Unavailable, "prediction p123 was aborted"),
+])
+def test_other_ended_predictions_are_server_side_errors(status, error, cls, text):
+    err = oa.ended_error(prediction(status=status, error=error))
+    assert type(err) is cls and str(err) == text
+
+
+@pytest.mark.parametrize("err, status, kind, param, code", [
+    (InvalidInput("temperature", "5 is greater than the maximum of 2"), 422, "invalid_request_error",
+     "temperature", "invalid_argument"),
+    (NotFound("model 'x/y' not found"), 404, "invalid_request_error", "model", "model_not_found"),
+    (QueueFull("queue full"), 429, "invalid_request_error", None, "resource_exhausted"),
+    (WarmfleetError("prediction p failed"), 500, "server_error", None, "unknown"),
+    (Unavailable("no node"), 503, "server_error", None, "unavailable"),
+])
+def test_an_error_body_is_problem_details_and_openais_error_object(err, status, kind, param, code):
+    response = oa.error_response(err)
+    body = json.loads(response.text)
+    assert response.status == status and response.content_type == "application/problem+json"
+    assert body["status"] == status and body["detail"] == str(err) and body["type"].startswith("https://")
+    assert body["error"] == {"message": str(err), "type": kind, "param": param, "code": code}
+    assert body.get("field") == (err.field if isinstance(err, InvalidInput) else None)
+    assert ("Retry-After" in response.headers) == (status == 429)
