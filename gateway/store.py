@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from gateway.codec import prediction_from_json, prediction_to_json
-from warmfleet.domain import TERMINAL, Prediction, Status
+from warmfleet.domain import TERMINAL, FileData, Prediction, Status
 from warmfleet.errors import InvalidInput
 
 _SCHEMA = """
@@ -41,6 +43,7 @@ CREATE TABLE IF NOT EXISTS tokens (
 # prediction that starts and ends is encoded and written once, in its final state.
 GATHER_S = 0.01
 RESTART_REASON = "the gateway stopped while the prediction was in flight; run it again"
+REMOVE_BATCH = 200  # predictions read per step of a retention sweep: bodies with files can be large
 
 
 class PredictionStore:
@@ -71,6 +74,7 @@ class PredictionStore:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
+        _add_data_removed(db)
         self._db = db
         rows = db.execute(
             "SELECT body FROM predictions WHERE status NOT IN (%s)" % ",".join("?" * len(TERMINAL)),
@@ -136,8 +140,9 @@ class PredictionStore:
         db = self._db
         db.execute("BEGIN")
         db.executemany(
-            "INSERT INTO predictions (id, owner, created_at, status, body) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT(id) DO UPDATE SET status = excluded.status, body = excluded.body",
+            "INSERT INTO predictions (id, owner, created_at, status, body, data_removed) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET status = excluded.status, "
+            "body = excluded.body, data_removed = excluded.data_removed",
             rows,
         )
         db.execute("COMMIT")
@@ -173,6 +178,35 @@ class PredictionStore:
         next_cursor = _encode_cursor(page[-1]) if len(rows) > limit else ""
         return page, next_cursor
 
+    # Retention
+
+    async def remove_data(self, completed_before: float) -> int:
+        """Remove the input files and the output of every prediction that completed before
+        ``completed_before`` (``without_data``), and mark it ``data_removed``; returns how many.
+
+        A prediction saved again while a sweep strips it would be written back whole; only creating and
+        completing one save it, so a completed prediction is not saved again."""
+        await self.flush()
+        return await self._run(self._remove_data, completed_before)
+
+    def _remove_data(self, completed_before: float) -> int:
+        terminal = [s.value for s in TERMINAL]
+        after: tuple[float, str] = (float("-inf"), "")
+        removed = 0
+        while True:
+            rows = self._db.execute(
+                "SELECT created_at, id, body FROM predictions WHERE data_removed = 0 AND created_at < ? "
+                "AND (created_at, id) > (?, ?) AND status IN (%s) ORDER BY created_at, id LIMIT ?"
+                % ",".join("?" * len(terminal)),
+                [completed_before, *after, *terminal, REMOVE_BATCH]).fetchall()
+            if not rows:
+                return removed
+            after = rows[-1][:2]
+            done = [p for p in (prediction_from_json(body) for _, _, body in rows)
+                    if p.completed_at is not None and p.completed_at < completed_before]
+            self._write([_row(without_data(p)) for p in done])
+            removed += len(done)
+
     # Tokens
 
     async def add_token(self, token_hash: str, name: str, role: str) -> None:
@@ -185,7 +219,33 @@ class PredictionStore:
 
 
 def _row(p: Prediction) -> tuple:
-    return (p.id, p.owner, p.created_at, p.status.value, prediction_to_json(p))
+    return (p.id, p.owner, p.created_at, p.status.value, prediction_to_json(p), int(p.data_removed))
+
+
+def _add_data_removed(db: sqlite3.Connection) -> None:
+    """The ``data_removed`` column (added to stores made before it), and an index of the predictions that
+    still hold data, which is all a retention sweep reads."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(predictions)")}
+    if "data_removed" not in columns:
+        db.execute("ALTER TABLE predictions ADD COLUMN data_removed INTEGER NOT NULL DEFAULT 0")
+    db.execute("CREATE INDEX IF NOT EXISTS predictions_with_data ON predictions (created_at, id) "
+               "WHERE data_removed = 0")
+
+
+def without_data(p: Prediction) -> Prediction:
+    """``p`` as retention leaves it: no output, and no file in its input (a file or a data URL becomes
+    null); the rest of the input, the logs, the error and the metrics stay."""
+    return dataclasses.replace(p, input=_without_files(p.input), output=None, data_removed=True)
+
+
+def _without_files(value: Any) -> Any:
+    if isinstance(value, FileData) or (isinstance(value, str) and value[:5].lower() == "data:"):
+        return None
+    if isinstance(value, dict):
+        return {k: _without_files(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_without_files(v) for v in value]
+    return value
 
 
 def _encode_cursor(p: Prediction) -> str:

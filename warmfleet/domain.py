@@ -88,6 +88,8 @@ class Prediction:
     metrics: Metrics = field(default_factory=Metrics)
     deadline_at: float | None = None
     priority: int = 0
+    # True once retention removed its input files and output (gateway/files.py; Replicate's data_removed).
+    data_removed: bool = False
 
 
 # Events a runner yields while predicting.

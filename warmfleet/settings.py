@@ -35,6 +35,18 @@ class Settings:
     # The cluster config file (models, deployments) that `warmfleet up` serves; by default the --config
     # file itself, when one is given (see warmfleet/cluster_config.py).
     cluster_config: str = ""
+    # Files (gateway/files.py). An input URL is fetched with these bounds; addresses that are not public
+    # (loopback, private, link-local...) are refused unless the operator allows them.
+    max_input_file_bytes: int = 100 * 1024 * 1024
+    url_fetch_timeout_s: float = 30.0
+    allow_private_urls: bool = False
+    # Inputs and outputs of predictions completed this long ago are removed (data_removed), as Replicate
+    # does after an hour; 0 keeps them. The sweep runs every retention_interval_s.
+    retention_s: float = 3600.0
+    retention_interval_s: float = 60.0
+    # The Files API: the largest upload, and how long a file is kept (0: until deleted).
+    files_max_bytes: int = 100 * 1024 * 1024
+    file_ttl_s: float = 24 * 3600.0
     # Prediction creates each token may make per minute over REST (a token bucket; Replicate's default
     # is 600); 0 turns the limit off.
     rate_limit_per_minute: int = 600
@@ -62,6 +74,11 @@ class Settings:
         return self.home / "routes.json"
 
     @property
+    def files_path(self) -> Path:
+        """Where the Files API keeps uploads: content-addressed bytes and a metadata file for each."""
+        return self.home / "files"
+
+    @property
     def models_path(self) -> Path:
         """Where generated tiny models are written."""
         return self.home / "models"
@@ -81,9 +98,24 @@ def _coerce(name: str, raw: Any) -> Any:
             return int(raw)
         if kind == "float":
             return float(raw)
+        if kind == "bool":
+            return _boolean(raw)
         return str(raw)
     except (TypeError, ValueError) as err:
         raise InvalidInput(f"settings.{name}", f"expected {kind}, got {raw!r}") from err
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
+def _boolean(raw: Any) -> bool:
+    """A flag from TOML (a bool), a flag value or the environment ("1"/"true"/"yes"/"on", or the opposite)."""
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise ValueError(raw)
 
 
 def load_settings(

@@ -1,9 +1,214 @@
-"""REST routes: files (to be written)."""
+"""REST routes: Replicate's Files API, and the lifetime of the file store and the retention sweep.
+
+``POST /v1/files`` (multipart/form-data: ``content``, optional ``filename``, ``type``, ``metadata``; or
+the file as the raw body, its type in Content-Type), ``GET /v1/files``, ``GET /v1/files/{id}``,
+``GET /v1/files/{id}/download``, ``DELETE /v1/files/{id}``. A file is its owner's (an admin may read and
+delete any); its ``urls.get`` can be given as a file input to the owner's predictions.
+"""
 
 from __future__ import annotations
 
-from aiohttp import web
+import base64
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import BodyPartReader, hdrs, web
+from aiohttp.multipart import parse_content_disposition
+
+from gateway.auth import current_principal
+from gateway.files import FILES, RESOLVER, FileStore, InputResolver, Retention, StoredFile
+from gateway.rest import REST, RestContext, base_url, problem
+from warmfleet.errors import InvalidInput
+
+PAGE_SIZE = 100
+FIELD_MAX_BYTES = 64 * 1024  # the form's text fields (filename, type, metadata)
+READ_BYTES = 256 * 1024
 
 
 def register(app: web.Application) -> None:
-    """Add this module's routes to the app."""
+    """Add the Files API, and open the file store and start the retention sweep as the app starts."""
+    ctx = app[REST]
+    files = FileStore(ctx.settings.files_path)
+    ctx.extras[FILES] = files
+    ctx.extras[RESOLVER] = InputResolver.from_settings(ctx.settings, files)
+    app.cleanup_ctx.append(lambda app: _lifetime(ctx, files))
+    app.router.add_post("/v1/files", create_file)
+    app.router.add_get("/v1/files", list_files)
+    app.router.add_get("/v1/files/{id}", get_file)
+    app.router.add_get("/v1/files/{id}/download", download_file)
+    app.router.add_delete("/v1/files/{id}", delete_file)
+
+
+async def _lifetime(ctx: RestContext, files: FileStore) -> AsyncIterator[None]:
+    await files.open()
+    # The prediction store is the service's: RestContext names no store of its own.
+    store = getattr(ctx.service, "_store", None)
+    retention = Retention(store, files, ctx.settings.retention_s, ctx.settings.retention_interval_s)
+    retention.start()
+    try:
+        yield
+    finally:
+        await retention.stop()
+        files.close()
+
+
+def _files(request: web.Request) -> FileStore:
+    return request.app[REST].extras[FILES]
+
+
+def file_json(stored: StoredFile, base: str) -> dict[str, Any]:
+    """A file in the shape of Replicate's Files API."""
+    return {
+        "id": stored.id, "name": stored.name, "content_type": stored.content_type, "size": stored.size,
+        "etag": stored.md5, "checksums": {"sha256": stored.sha256, "md5": stored.md5},
+        "metadata": stored.metadata, "created_at": _iso(stored.created_at),
+        "expires_at": _iso(stored.expires_at) if stored.expires_at is not None else None,
+        "urls": {"get": f"{base}/v1/files/{stored.id}"},
+    }
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# Create
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def create_file(request: web.Request) -> web.StreamResponse:
+    settings = request.app[REST].settings
+    try:
+        if request.content_type.startswith("multipart/"):
+            data, name, content_type, metadata = await _from_form(request, settings.files_max_bytes)
+        elif request.content_type == "application/x-www-form-urlencoded":  # a form, but not one with a file
+            raise InvalidInput("content", "is required: send multipart/form-data with the file as content")
+        else:
+            data, name, content_type, metadata = await _from_body(request, settings.files_max_bytes)
+    except _TooLarge:
+        return problem(413, "Payload Too Large", f"the file is larger than {settings.files_max_bytes} bytes, "
+                                                 f"the most an upload may be (files_max_bytes)")
+    stored = await _files(request).create(current_principal.get().name, data, name, content_type, metadata,
+                                          settings.file_ttl_s)
+    return web.json_response(file_json(stored, base_url(request)), status=201)
+
+
+async def _from_form(request: web.Request, max_bytes: int) -> tuple[bytes, str, str, dict[str, Any]]:
+    """Replicate's form: the file in ``content``; ``filename``, ``type`` and ``metadata`` beside it."""
+    data: bytes | None = None
+    name = content_type = ""
+    metadata: dict[str, Any] = {}
+    async for part in await request.multipart():
+        if not isinstance(part, BodyPartReader):
+            continue  # a nested multipart is not part of the form
+        if part.name == "content":
+            data = await _read(_part_chunks(part), max_bytes)
+            name = name or part.filename or ""
+            content_type = content_type or part.headers.get(hdrs.CONTENT_TYPE, "")
+        elif part.name in ("filename", "type", "metadata"):
+            text = (await _read(_part_chunks(part), FIELD_MAX_BYTES, part.name)).decode("utf-8", "replace")
+            if part.name == "filename":
+                name = text
+            elif part.name == "type":
+                content_type = text
+            else:
+                metadata = _metadata(text)
+    if data is None:
+        raise InvalidInput("content", "is required: the file, as the multipart/form-data part named content")
+    return data, name, content_type, metadata
+
+
+async def _from_body(request: web.Request, max_bytes: int) -> tuple[bytes, str, str, dict[str, Any]]:
+    """The file as the body; its name from ``?filename=`` or Content-Disposition."""
+    _, params = parse_content_disposition(request.headers.get(hdrs.CONTENT_DISPOSITION))
+    name = request.query.get("filename") or params.get("filename", "")
+    content_type = request.headers.get(hdrs.CONTENT_TYPE, "")
+    return await _read(request.content.iter_chunked(READ_BYTES), max_bytes), name, content_type, {}
+
+
+async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
+    while chunk := await part.read_chunk(READ_BYTES):
+        yield chunk
+
+
+async def _read(chunks: AsyncIterator[bytes], max_bytes: int, field: str = "") -> bytes:
+    """The bytes, read until they pass ``max_bytes``: then ``_TooLarge`` for the file, or
+    ``InvalidInput`` for a text field."""
+    body = bytearray()
+    async for chunk in chunks:
+        body += chunk
+        if len(body) > max_bytes:
+            if field:
+                raise InvalidInput(field, f"is longer than {max_bytes} bytes")
+            raise _TooLarge()
+    return bytes(body)
+
+
+def _metadata(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text) if text.strip() else {}
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise InvalidInput("metadata", "must be a JSON object")
+    return value
+
+
+# Read and delete
+
+
+async def list_files(request: web.Request) -> web.Response:
+    """The caller's files, newest first, in cursor pages (``{next, previous, results}``)."""
+    mine = _files(request).list(current_principal.get().name)
+    start = _decode_cursor(request.query.get("cursor", ""))
+    page = mine[start:start + PAGE_SIZE]
+    base = base_url(request)
+    following = start + PAGE_SIZE
+    return web.json_response({
+        "next": f"{base}/v1/files?cursor={_encode_cursor(following)}" if following < len(mine) else None,
+        "previous": None if start == 0 else
+        f"{base}/v1/files?cursor={_encode_cursor(max(0, start - PAGE_SIZE))}",
+        "results": [file_json(f, base) for f in page],
+    })
+
+
+def _encode_cursor(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"files:{offset}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> int:
+    if not cursor:
+        return 0
+    try:
+        kind, offset = base64.urlsafe_b64decode(cursor.encode()).decode().split(":", 1)
+        if kind == "files" and int(offset) >= 0:
+            return int(offset)
+    except ValueError:
+        pass
+    raise InvalidInput("cursor", "is not a cursor this server returned")
+
+
+async def get_file(request: web.Request) -> web.Response:
+    stored = _files(request).get(current_principal.get(), request.match_info["id"])
+    return web.json_response(file_json(stored, base_url(request)))
+
+
+async def download_file(request: web.Request) -> web.StreamResponse:
+    files = _files(request)
+    stored = files.get(current_principal.get(), request.match_info["id"])
+    disposition = f'attachment; filename="{_quoted(stored.name or stored.id)}"'
+    return web.FileResponse(files.path_of(stored), headers={
+        hdrs.CONTENT_TYPE: stored.content_type, hdrs.CONTENT_DISPOSITION: disposition})
+
+
+def _quoted(name: str) -> str:
+    return "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in name)
+
+
+async def delete_file(request: web.Request) -> web.Response:
+    await _files(request).delete(current_principal.get(), request.match_info["id"])
+    return web.Response(status=204)
