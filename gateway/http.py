@@ -20,9 +20,14 @@ METRICS = web.AppKey("metrics", GatewayMetrics)
 SERVING = web.AppKey("serving", Callable[[], bool])
 
 
-def build_app(metrics: GatewayMetrics, serving: Callable[[], bool]) -> web.Application:
-    """The gateway's HTTP application. ``serving`` says whether the gateway serves (False while it stops)."""
-    app = web.Application()
+DEFAULT_MAX_BODY_BYTES = 1024**2  # aiohttp's own default
+
+
+def build_app(metrics: GatewayMetrics, serving: Callable[[], bool],
+              max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> web.Application:
+    """The gateway's HTTP application. ``serving`` says whether the gateway serves (False while it stops);
+    ``max_body_bytes`` bounds a request body (a prediction's data URLs travel inside its JSON)."""
+    app = web.Application(client_max_size=max_body_bytes)
     app[METRICS] = metrics
     app[SERVING] = serving
     app.router.add_get("/metrics", _metrics)

@@ -24,6 +24,7 @@ from gateway.predictions import PredictionService
 from gateway.deployments import RouteService
 from gateway.servicers import ClusterServicer, DeploymentsServicer, ModelsServicer, PredictionsServicer
 from gateway.store import PredictionStore
+from gateway.webhooks import WebhookSecrets, WebhookSender, secret_path
 from scheduler.ports import ControllerClient
 from scheduler.router import Router
 from warmfleet.settings import Settings
@@ -54,6 +55,7 @@ class Gateway:
         self.tokens = TokenRegistry(self.store)
         self.catalog = ModelCatalog()
         self.hub = EventHub()
+        self.webhooks = WebhookSender(WebhookSecrets(secret_path(settings.home)))
         self.router: Router | None = None
         self.service: PredictionService | None = None
         self.server: grpc.aio.Server | None = None
@@ -79,7 +81,8 @@ class Gateway:
         self.load_reporter = LoadReporter(self.router, self.controller)
         self.service = PredictionService(self.store, self.router, self.catalog, self.hub,
                                          metrics=self.metrics.predictions,
-                                         on_cold=self.load_reporter.report_now)
+                                         on_cold=self.load_reporter.report_now, webhooks=self.webhooks)
+        await self.webhooks.start()
         self.catalog.update(await self.controller.models())
         self.router.update_table(await self.controller.routing_table(-1, 0.0))
         self._refresher = asyncio.create_task(self._follow_routing_table(), name="routing-table")
@@ -97,7 +100,9 @@ class Gateway:
         """Serve /metrics and /healthz. A port already taken costs the metrics, not the predictions: the
         gateway serves gRPC without them and says so."""
         host, port = self.settings.http_host, self.settings.http_port
-        app = build_app(self.metrics, lambda: self._serving)
+        # A JSON body carries its files as data URLs: base64 is 4/3 of the bytes, plus the JSON around them.
+        app = build_app(self.metrics, lambda: self._serving,
+                        max_body_bytes=self.settings.max_input_file_bytes * 4 // 3 + 1024**2)
         add_rest_routes(app, self.servicers())
         http = HttpServer(app)
         try:
@@ -107,6 +112,7 @@ class Gateway:
                       "set http_port (WARMFLEET_HTTP_PORT) to a free port, or 0", host, port, err)
             return
         self.http = http
+        self.webhooks.base_url = f"http://{host}:{self.http_port}"  # the links in webhook bodies
         log.info("serving HTTP (/metrics, /healthz) on %s:%d", host, self.http_port)
 
     def _on_task_event(self, prediction_id, body) -> None:
@@ -120,7 +126,7 @@ class Gateway:
                 settings=self.settings, tokens=self.tokens, service=self.service,
                 predictions=PredictionsServicer(self.service), models=ModelsServicer(self.catalog, routes),
                 deployments=DeploymentsServicer(self.catalog, routes, self.controller),
-                cluster=ClusterServicer(self.controller, self.tokens))
+                cluster=ClusterServicer(self.controller, self.tokens), extras={"webhooks": self.webhooks})
         return self._servicers
 
     def _build_server(self) -> grpc.aio.Server:
@@ -178,6 +184,7 @@ class Gateway:
             await self.load_reporter.stop()
         if self.service:
             await self.service.fail_all_active(SHUTDOWN_REASON)
+        await self.webhooks.stop()  # after the above: their completed webhooks get a moment to go out
         if self.router:
             await self.router.close()
         await self.store.close()
