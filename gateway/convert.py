@@ -120,6 +120,7 @@ def create_from_pb(req: predictions_pb2.CreatePredictionRequest) -> CreateReques
     return CreateRequest(
         input=values, input_kind=kind, model=req.model, version=req.version, deployment=req.deployment,
         wait_s=req.wait_s, id=req.id, deadline_s=req.deadline_s, priority=req.priority,
+        webhook=req.webhook, webhook_events_filter=list(req.webhook_events_filter),
     )
 
 
@@ -142,6 +143,7 @@ def prediction_to_pb(p: Prediction) -> types_pb2.Prediction:
         id=p.id, model=p.model, version=p.version, deployment=p.deployment,
         input=input_to_pb(p.input, p.input_kind), logs="\n".join(p.logs), error=p.error,
         status=STATUS_TO_PB[p.status], metrics=_metrics_to_pb(p.metrics), owner=p.owner,
+        webhook=p.webhook, webhook_events_filter=p.webhook_events_filter,
     )
     if p.output is not None:
         pb.output.CopyFrom(output_to_pb(p.output))

@@ -10,7 +10,7 @@ import base64
 import re
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
 
 from gateway.auth import Principal
@@ -18,6 +18,7 @@ from gateway.catalog import ModelCatalog
 from gateway.events import EventHub
 from gateway.metrics import PredictionMetrics
 from gateway.store import PredictionStore
+from gateway.webhooks import WebhookSender, check_webhook
 from scheduler.router import Router
 from warmfleet.domain import (
     Completed, Finished, LogLine, OutputChunk, Prediction, PredictionEvent, ProgressUpdate, Started, Status,
@@ -43,6 +44,8 @@ class CreateRequest:
     id: str = ""
     deadline_s: float = 0.0
     priority: int = 0
+    webhook: str = ""
+    webhook_events_filter: list[str] = field(default_factory=list)
 
 
 def new_prediction_id() -> str:
@@ -52,7 +55,7 @@ def new_prediction_id() -> str:
 class PredictionService:
     def __init__(self, store: PredictionStore, router: Router, catalog: ModelCatalog, hub: EventHub,
                  clock: Callable[[], float] = time.time, metrics: PredictionMetrics | None = None,
-                 on_cold: Callable[[], None] = lambda: None) -> None:
+                 on_cold: Callable[[], None] = lambda: None, webhooks: WebhookSender | None = None) -> None:
         self._store = store
         self._router = router
         self._catalog = catalog
@@ -62,6 +65,8 @@ class PredictionService:
         self._active: dict[str, Prediction] = {}
         self._on_cold = on_cold  # a prediction waits for a cold boot: tell the autoscaler now
         self._cold: set[str] = set()
+        # Told the events of predictions that have a webhook (and of no others: see ``pred.webhook`` checks).
+        self._webhooks = webhooks
 
     # Create
 
@@ -80,6 +85,7 @@ class PredictionService:
             deployment=entry.spec.name if entry.spec.is_deployment else "",
             input=req.input, input_kind=req.input_kind, owner=principal.name, created_at=now,
             deadline_at=now + req.deadline_s if req.deadline_s else None, priority=req.priority,
+            webhook=req.webhook, webhook_events_filter=req.webhook_events_filter,
         )
         self._router.enqueue(pred.id, entry.spec.name, filled, pred.priority, pred.deadline_at)
         self._metrics.observe_created(pred)
@@ -90,6 +96,8 @@ class PredictionService:
             pred.logs.append(f"Booting {entry.spec.name}: no instance was warm; waiting for one to load")
             self._on_cold()
         self._store.save(pred)
+        if pred.webhook and self._webhooks:
+            self._webhooks.notify(pred, Status.STARTING)
         if req.wait_s <= 0 or not await self._hub.wait(pred.id, req.wait_s):
             await self._store.flush()  # the client may come back for it: make it durable first
         return pred
@@ -150,8 +158,12 @@ class PredictionService:
         elif isinstance(body, LogLine):
             pred.logs.append(body.text)
             self._hub.publish(pred.id, body)
+            if pred.webhook and self._webhooks:
+                self._webhooks.notify(pred, body)
         elif isinstance(body, (OutputChunk, ProgressUpdate)):
             self._hub.publish(pred.id, body)
+            if pred.webhook and self._webhooks:
+                self._webhooks.notify(pred, body)
         elif isinstance(body, Finished):
             self._complete(pred, body)
 
@@ -172,7 +184,10 @@ class PredictionService:
         pred.metrics = metrics
         self._metrics.observe_finished(pred)
         self._store.save(pred)
-        self._hub.publish(pred.id, Completed(pred))
+        completed = Completed(pred)
+        self._hub.publish(pred.id, completed)
+        if pred.webhook and self._webhooks:
+            self._webhooks.notify(pred, completed)
 
     def active_count(self) -> int:
         return len(self._active)
@@ -192,3 +207,5 @@ def _check_create(req: CreateRequest) -> None:
         raise InvalidInput("deadline_s", "must be 0 (no deadline) or positive seconds")
     if req.id and not _ID.match(req.id):
         raise InvalidInput("id", "must be 1 to 64 characters of letters, digits, '_' and '-'")
+    if req.webhook or req.webhook_events_filter:
+        check_webhook(req.webhook, req.webhook_events_filter)

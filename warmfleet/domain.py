@@ -90,6 +90,9 @@ class Prediction:
     priority: int = 0
     # True once retention removed its input files and output (gateway/files.py; Replicate's data_removed).
     data_removed: bool = False
+    webhook: str = ""  # http(s) URL the gateway POSTs the prediction to as it progresses; "" for none
+    # Which events send a webhook: "start", "output", "logs", "completed"; empty means all four.
+    webhook_events_filter: list[str] = field(default_factory=list)
 
 
 # Events a runner yields while predicting.

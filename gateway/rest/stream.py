@@ -1,9 +1,159 @@
-"""REST routes: stream (to be written)."""
+"""REST route ``GET /v1/predictions/{id}/stream`` (a prediction's ``urls.stream``): its events as
+Server-Sent Events, the way Replicate streams them.
+
+- ``output``: a chunk of output; text as it is (LLM tokens, echo chunks), other JSON values encoded.
+  Data with line breaks goes as several ``data:`` lines, which a client joins with ``\\n``.
+- ``logs``: a log line. ``error``: why the prediction failed. ``done``: the end, with data ``{}`` when it
+  succeeded and ``{"reason": "canceled" | "error" | "aborted"}`` otherwise.
+- Every event has ``id:`` the seq of the prediction event it comes from: a client that reconnects with
+  ``Last-Event-ID`` resumes after it (``after_seq``). A comment line every ``HEARTBEAT_S`` keeps idle
+  connections (and proxies) open.
+- A client that connects from the start to a prediction whose text output never came in chunks (or
+  that had ended) gets the whole output as one ``output`` event before ``done``. The gateway keeps
+  only the final event of an ended prediction: a client resuming after it ended gets ``done`` alone.
+
+Only the prediction's owner (or an admin) may follow it; anyone else gets 404, as for ``GET``.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import re
+from typing import AsyncIterator
+
+import orjson
 from aiohttp import web
+
+from gateway.auth import current_principal
+from gateway.rest import REST, problem
+from warmfleet.domain import Completed, LogLine, OutputChunk, PredictionEvent, Status
+from warmfleet.errors import InvalidInput
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 15.0  # a comment this often while no event comes; read per request, so tests can lower it
+CONTENT_TYPE = "text/event-stream"
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_DONE_REASON = {Status.FAILED: "error", Status.CANCELED: "canceled", Status.ABORTED: "aborted"}
+
+
+# The wire format
+
+
+def sse_event(name: str, data: str, event_id: int | None = None) -> bytes:
+    """One event in the text/event-stream format: a ``data:`` line per line of ``data``."""
+    lines = [f"event: {name}"]
+    if event_id is not None:
+        lines.append(f"id: {event_id}")
+    lines.extend(f"data: {line}" for line in _LINE_BREAK.split(data))
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+def event_frames(event: PredictionEvent, whole_output: bool) -> list[bytes]:
+    """The SSE events for one prediction event (none for those Replicate does not stream: status
+    changes, progress, files). With ``whole_output``, a successful ``Completed`` first repeats its text
+    output as one ``output`` event."""
+    body = event.body
+    if isinstance(body, OutputChunk):
+        if body.file is not None or body.value is None:
+            return []
+        text = body.value if isinstance(body.value, str) else orjson.dumps(body.value).decode()
+        return [sse_event("output", text, event.seq)]
+    if isinstance(body, LogLine):
+        return [sse_event("logs", body.text, event.seq)]
+    if isinstance(body, Completed):
+        return _final_frames(body, event.seq, whole_output)
+    return []
+
+
+def _final_frames(body: Completed, seq: int, whole_output: bool) -> list[bytes]:
+    pred = body.prediction
+    frames = []
+    if whole_output and pred.status is Status.SUCCEEDED and pred.output is not None and isinstance(
+            pred.output.value, str) and pred.output.value:
+        frames.append(sse_event("output", pred.output.value, seq))
+    if pred.status is Status.FAILED:
+        frames.append(sse_event("error", pred.error or "the prediction failed", seq))
+    reason = _DONE_REASON.get(pred.status)
+    frames.append(sse_event("done", orjson.dumps({"reason": reason} if reason else {}).decode(), seq))
+    return frames
+
+
+# The route
+
+
+async def stream_prediction(request: web.Request) -> web.StreamResponse:
+    if not _accepts_event_stream(request.headers.get("Accept", "")):
+        return problem(406, "Not Acceptable", f"this URL serves only {CONTENT_TYPE}; send 'Accept: {CONTENT_TYPE}'")
+    after_seq = _last_event_id(request.headers.get("Last-Event-ID"))
+    ctx, principal, prediction_id = request.app[REST], current_principal.get(), request.match_info["id"]
+    await ctx.service.get(principal, prediction_id)  # 404 now, while an error can still be a status
+    response = web.StreamResponse(headers={
+        "Content-Type": CONTENT_TYPE, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    await response.prepare(request)
+    events = ctx.service.events(principal, prediction_id, after_seq)
+    try:
+        await _pump(response, events, whole_output=after_seq == 0)
+    except ConnectionResetError:
+        pass  # the client went away
+    except Exception:
+        log.exception("streaming prediction %s failed", prediction_id)
+        await response.write(sse_event("error", "internal error; the gateway log has the details"))
+    finally:
+        await events.aclose()
+    return response
+
+
+async def _pump(response: web.StreamResponse, events: AsyncIterator[PredictionEvent], whole_output: bool) -> None:
+    """Write events until ``Completed``, with a heartbeat comment whenever ``HEARTBEAT_S`` passes idle.
+    The pending read stays one task across heartbeats: cancelling it would end the subscription."""
+    pending = asyncio.ensure_future(anext(events, None))
+    try:
+        while True:
+            done, _ = await asyncio.wait({pending}, timeout=HEARTBEAT_S)
+            if not done:
+                await response.write(b": ping\n\n")
+                continue
+            event = pending.result()
+            if event is None:
+                return
+            if isinstance(event.body, OutputChunk):
+                whole_output = False  # the text came in chunks: no need to repeat it at the end
+            for frame in event_frames(event, whole_output):
+                await response.write(frame)
+            if isinstance(event.body, Completed):
+                return
+            pending = asyncio.ensure_future(anext(events, None))
+    finally:
+        if not pending.done():
+            pending.cancel()
+            await asyncio.gather(pending, return_exceptions=True)
+
+
+def _accepts_event_stream(accept: str) -> bool:
+    """No Accept header, or one that admits text/event-stream (directly, text/* or */*)."""
+    if not accept.strip():
+        return True
+    for item in accept.split(","):
+        media, _, params = item.strip().partition(";")
+        if media.strip().lower() in (CONTENT_TYPE, "text/*", "*/*") and not re.search(r"\bq=0(\.0*)?\s*$", params):
+            return True
+    return False
+
+
+def _last_event_id(header: str | None) -> int:
+    if header is None or not header.strip():
+        return 0
+    try:
+        seq = int(header.strip())
+    except ValueError:
+        seq = -1
+    if seq < 0:
+        raise InvalidInput("Last-Event-ID", "must be the id of an event this stream sent (a whole number)")
+    return seq
 
 
 def register(app: web.Application) -> None:
     """Add this module's routes to the app."""
+    app.router.add_get("/v1/predictions/{id}/stream", stream_prediction)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from warmfleet.v1 import types_pb2 as warmfleet_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ewarmfleet/v1/predictions.proto\x12\x0cwarmfleet.v1\x1a\x18warmfleet/v1/types.proto\"\xbd\x01\n\x17\x43reatePredictionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\ndeployment\x18\x03 \x01(\t\x12,\n\x05input\x18\x04 \x01(\x0b\x32\x1d.warmfleet.v1.PredictionInput\x12\x0e\n\x06wait_s\x18\x05 \x01(\x01\x12\n\n\x02id\x18\x06 \x01(\t\x12\x12\n\ndeadline_s\x18\x07 \x01(\x01\x12\x10\n\x08priority\x18\x08 \x01(\x05\"\"\n\x14GetPredictionRequest\x12\n\n\x02id\x18\x01 \x01(\t\";\n\x16ListPredictionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\"]\n\x17ListPredictionsResponse\x12-\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x18.warmfleet.v1.Prediction\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"%\n\x17\x43\x61ncelPredictionRequest\x12\n\n\x02id\x18\x01 \x01(\t\"8\n\x17StreamPredictionRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\x32\xa7\x04\n\x0bPredictions\x12S\n\x10\x43reatePrediction\x12%.warmfleet.v1.CreatePredictionRequest\x1a\x18.warmfleet.v1.Prediction\x12M\n\rGetPrediction\x12\".warmfleet.v1.GetPredictionRequest\x1a\x18.warmfleet.v1.Prediction\x12^\n\x0fListPredictions\x12$.warmfleet.v1.ListPredictionsRequest\x1a%.warmfleet.v1.ListPredictionsResponse\x12S\n\x10\x43\x61ncelPrediction\x12%.warmfleet.v1.CancelPredictionRequest\x1a\x18.warmfleet.v1.Prediction\x12Z\n\x10StreamPrediction\x12%.warmfleet.v1.StreamPredictionRequest\x1a\x1d.warmfleet.v1.PredictionEvent0\x01\x12\x63\n\x19\x43reateAndStreamPrediction\x12%.warmfleet.v1.CreatePredictionRequest\x1a\x1d.warmfleet.v1.PredictionEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ewarmfleet/v1/predictions.proto\x12\x0cwarmfleet.v1\x1a\x18warmfleet/v1/types.proto\"\xed\x01\n\x17\x43reatePredictionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\ndeployment\x18\x03 \x01(\t\x12,\n\x05input\x18\x04 \x01(\x0b\x32\x1d.warmfleet.v1.PredictionInput\x12\x0e\n\x06wait_s\x18\x05 \x01(\x01\x12\n\n\x02id\x18\x06 \x01(\t\x12\x12\n\ndeadline_s\x18\x07 \x01(\x01\x12\x10\n\x08priority\x18\x08 \x01(\x05\x12\x0f\n\x07webhook\x18\t \x01(\t\x12\x1d\n\x15webhook_events_filter\x18\n \x03(\t\"\"\n\x14GetPredictionRequest\x12\n\n\x02id\x18\x01 \x01(\t\";\n\x16ListPredictionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\"]\n\x17ListPredictionsResponse\x12-\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x18.warmfleet.v1.Prediction\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"%\n\x17\x43\x61ncelPredictionRequest\x12\n\n\x02id\x18\x01 \x01(\t\"8\n\x17StreamPredictionRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\x32\xa7\x04\n\x0bPredictions\x12S\n\x10\x43reatePrediction\x12%.warmfleet.v1.CreatePredictionRequest\x1a\x18.warmfleet.v1.Prediction\x12M\n\rGetPrediction\x12\".warmfleet.v1.GetPredictionRequest\x1a\x18.warmfleet.v1.Prediction\x12^\n\x0fListPredictions\x12$.warmfleet.v1.ListPredictionsRequest\x1a%.warmfleet.v1.ListPredictionsResponse\x12S\n\x10\x43\x61ncelPrediction\x12%.warmfleet.v1.CancelPredictionRequest\x1a\x18.warmfleet.v1.Prediction\x12Z\n\x10StreamPrediction\x12%.warmfleet.v1.StreamPredictionRequest\x1a\x1d.warmfleet.v1.PredictionEvent0\x01\x12\x63\n\x19\x43reateAndStreamPrediction\x12%.warmfleet.v1.CreatePredictionRequest\x1a\x1d.warmfleet.v1.PredictionEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,17 +33,17 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'warmfleet.v1.predictions_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CREATEPREDICTIONREQUEST']._serialized_start=75
-  _globals['_CREATEPREDICTIONREQUEST']._serialized_end=264
-  _globals['_GETPREDICTIONREQUEST']._serialized_start=266
-  _globals['_GETPREDICTIONREQUEST']._serialized_end=300
-  _globals['_LISTPREDICTIONSREQUEST']._serialized_start=302
-  _globals['_LISTPREDICTIONSREQUEST']._serialized_end=361
-  _globals['_LISTPREDICTIONSRESPONSE']._serialized_start=363
-  _globals['_LISTPREDICTIONSRESPONSE']._serialized_end=456
-  _globals['_CANCELPREDICTIONREQUEST']._serialized_start=458
-  _globals['_CANCELPREDICTIONREQUEST']._serialized_end=495
-  _globals['_STREAMPREDICTIONREQUEST']._serialized_start=497
-  _globals['_STREAMPREDICTIONREQUEST']._serialized_end=553
-  _globals['_PREDICTIONS']._serialized_start=556
-  _globals['_PREDICTIONS']._serialized_end=1107
+  _globals['_CREATEPREDICTIONREQUEST']._serialized_end=312
+  _globals['_GETPREDICTIONREQUEST']._serialized_start=314
+  _globals['_GETPREDICTIONREQUEST']._serialized_end=348
+  _globals['_LISTPREDICTIONSREQUEST']._serialized_start=350
+  _globals['_LISTPREDICTIONSREQUEST']._serialized_end=409
+  _globals['_LISTPREDICTIONSRESPONSE']._serialized_start=411
+  _globals['_LISTPREDICTIONSRESPONSE']._serialized_end=504
+  _globals['_CANCELPREDICTIONREQUEST']._serialized_start=506
+  _globals['_CANCELPREDICTIONREQUEST']._serialized_end=543
+  _globals['_STREAMPREDICTIONREQUEST']._serialized_start=545
+  _globals['_STREAMPREDICTIONREQUEST']._serialized_end=601
+  _globals['_PREDICTIONS']._serialized_start=604
+  _globals['_PREDICTIONS']._serialized_end=1155
 # @@protoc_insertion_point(module_scope)

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CreatePredictionRequest(_message.Message):
-    __slots__ = ("model", "version", "deployment", "input", "wait_s", "id", "deadline_s", "priority")
+    __slots__ = ("model", "version", "deployment", "input", "wait_s", "id", "deadline_s", "priority", "webhook", "webhook_events_filter")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +17,8 @@ class CreatePredictionRequest(_message.Message):
     ID_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_S_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_EVENTS_FILTER_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     deployment: str
@@ -25,7 +27,9 @@ class CreatePredictionRequest(_message.Message):
     id: str
     deadline_s: float
     priority: int
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., deployment: _Optional[str] = ..., input: _Optional[_Union[_types_pb2.PredictionInput, _Mapping]] = ..., wait_s: _Optional[float] = ..., id: _Optional[str] = ..., deadline_s: _Optional[float] = ..., priority: _Optional[int] = ...) -> None: ...
+    webhook: str
+    webhook_events_filter: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., deployment: _Optional[str] = ..., input: _Optional[_Union[_types_pb2.PredictionInput, _Mapping]] = ..., wait_s: _Optional[float] = ..., id: _Optional[str] = ..., deadline_s: _Optional[float] = ..., priority: _Optional[int] = ..., webhook: _Optional[str] = ..., webhook_events_filter: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetPredictionRequest(_message.Message):
     __slots__ = ("id",)
