@@ -1,9 +1,163 @@
-"""REST routes: predictions (to be written)."""
+"""REST routes: predictions, in Replicate's shapes, each over one Predictions RPC.
+
+- ``POST /v1/predictions`` (``version``), ``POST /v1/models/{owner}/{name}/predictions`` and
+  ``POST /v1/deployments/{owner}/{name}/predictions``: CreatePrediction, answered 201. Headers:
+  ``Prefer: wait[=N]`` (wait_s), ``Cancel-After`` (deadline_s). Each token's creates go through the rate
+  limit (``rate_limit_per_minute``): over it, 429 with ``Retry-After``. File inputs (data:, http(s) and
+  Files API URLs) become bytes through one hook, ``resolve_files`` (``gateway.files``).
+- ``GET /v1/predictions`` (cursor pages; ``page_size`` 1-1000 besides Replicate's ``cursor``),
+  ``GET /v1/predictions/{id}``, ``POST /v1/predictions/{id}/cancel``.
+- ``GET /v1/predictions/{id}/output/{index}``: the bytes of an output file (the output's URLs point
+  here), to its owner (or an admin) only.
+"""
 
 from __future__ import annotations
 
+import json
+from typing import Any, Callable
+from urllib.parse import urlencode
+
 from aiohttp import web
+
+from gateway import files
+from gateway.auth import current_principal
+from gateway.rate_limit import RateLimiter
+from gateway.rest import REST, RestContext, base_url, problem
+from gateway.rest import shapes
+from warmfleet.errors import InvalidInput, NotFound
+from warmfleet.v1 import deployments_pb2, models_pb2, predictions_pb2
+
+RATE_LIMITER = "rate_limiter"  # ctx.extras key: the per-token limit on creates, for any route that creates
 
 
 def register(app: web.Application) -> None:
     """Add this module's routes to the app."""
+    ctx = app[REST]
+    ctx.extras.setdefault(RATE_LIMITER, RateLimiter(ctx.settings.rate_limit_per_minute))
+    app.router.add_post("/v1/predictions", create_by_version)
+    app.router.add_post("/v1/models/{owner}/{name}/predictions", create_for_model)
+    app.router.add_post("/v1/deployments/{owner}/{name}/predictions", create_for_deployment)
+    app.router.add_get("/v1/predictions", list_predictions)
+    app.router.add_get("/v1/predictions/{id}", get_prediction)
+    app.router.add_post("/v1/predictions/{id}/cancel", cancel_prediction)
+    app.router.add_get("/v1/predictions/{id}/output/{index}", get_output_file)
+
+
+async def json_body(request: web.Request) -> Any:
+    """The request's JSON body (None when empty); 422 when it is not JSON."""
+    text = await request.text()
+    try:
+        return json.loads(text) if text.strip() else None
+    except ValueError as err:
+        raise InvalidInput("body", f"is not JSON: {err}") from None
+
+
+async def resolve_files(ctx: RestContext, input: dict[str, Any], target: dict[str, str]) -> dict[str, Any]:
+    """The one hook for file inputs: ``input`` with its data:, http(s) and Files API URLs, where the
+    target's input schema takes a file, turned into ``FileData`` (``gateway.files``)."""
+    if not shapes.mentions_url(input):
+        return input  # the common case: no string could name a file, and no schema is read for it
+    schema = await input_schema(ctx, target)
+    return await files.resolve_input(ctx, current_principal.get(), input, schema)
+
+
+async def input_schema(ctx: RestContext, target: dict[str, str]) -> dict[str, Any] | None:
+    """The input schema where a create's files go: its model's (a deployment's model's latest version's;
+    a bare version id's, when it is a model's latest); None when no model serves that version."""
+    name = target.get("model")
+    if target.get("deployment"):
+        deployment = await ctx.deployments.GetDeployment(
+            deployments_pb2.GetDeploymentRequest(name=target["deployment"]), None)
+        name = deployment.model
+    if name:
+        model = await ctx.models.GetModel(models_pb2.GetModelRequest(name=name), None)
+    else:
+        listed = await ctx.models.ListModels(models_pb2.ListModelsRequest(), None)
+        model = next((m for m in listed.models if m.version == target.get("version")), None)
+    return json.loads(model.input_schema_json) if model is not None else None
+
+
+def rate_limited(request: web.Request) -> web.Response | None:
+    """A 429 problem when the caller is over its rate limit; None when it may go on."""
+    decision = request.app[REST].extras[RATE_LIMITER].take(current_principal.get().name)
+    if decision.allowed:
+        return None
+    response = problem(429, "Rate Limited", f"over {request.app[REST].settings.rate_limit_per_minute} "
+                       f"predictions a minute; retry in {decision.retry_after_s} s")
+    response.headers["Retry-After"] = str(decision.retry_after_s)
+    return response
+
+
+async def _create(request: web.Request, target: Callable[[dict[str, Any]], dict[str, str]]) -> web.Response:
+    """One create: rate limit, headers, body, files, then CreatePrediction for the ``target`` the body names."""
+    refused = rate_limited(request)
+    if refused is not None:
+        return refused
+    ctx = request.app[REST]
+    wait_s = shapes.prefer_wait_s(request.headers.get("Prefer"))
+    deadline_s = shapes.cancel_after_s(request.headers.get("Cancel-After"))
+    body = await json_body(request)
+    input = shapes.input_of(body)
+    names = target(body)
+    input = await resolve_files(ctx, input, names)
+    pb = shapes.create_request(body, input, wait_s=wait_s, deadline_s=deadline_s, **names)
+    reply = await ctx.predictions.CreatePrediction(pb, None)
+    base = base_url(request)
+    return web.json_response(shapes.prediction_json(reply, base), status=201,
+                             headers={"Location": shapes.prediction_urls(base, reply.id)["get"]})
+
+
+async def create_by_version(request: web.Request) -> web.Response:
+    return await _create(request, shapes.target_of)
+
+
+async def create_for_model(request: web.Request) -> web.Response:
+    return await _create(request, lambda body: {"model": _name(request)})
+
+
+async def create_for_deployment(request: web.Request) -> web.Response:
+    return await _create(request, lambda body: {"deployment": _name(request)})
+
+
+def _name(request: web.Request) -> str:
+    return f"{request.match_info['owner']}/{request.match_info['name']}"
+
+
+async def list_predictions(request: web.Request) -> web.Response:
+    ctx = request.app[REST]
+    size = request.query.get("page_size", "")
+    if size and not size.isdigit():
+        raise InvalidInput("page_size", "must be a whole number from 1 to 1000")
+    reply = await ctx.predictions.ListPredictions(predictions_pb2.ListPredictionsRequest(
+        page_size=int(size or 0), cursor=request.query.get("cursor", "")), None)
+    base = base_url(request)
+    next_url = None
+    if reply.next_cursor:
+        query = {"cursor": reply.next_cursor, **({"page_size": size} if size else {})}
+        next_url = f"{base}/v1/predictions?{urlencode(query)}"
+    return web.json_response(shapes.page([shapes.prediction_json(p, base) for p in reply.predictions], next_url))
+
+
+async def get_prediction(request: web.Request) -> web.Response:
+    reply = await request.app[REST].predictions.GetPrediction(
+        predictions_pb2.GetPredictionRequest(id=request.match_info["id"]), None)
+    return web.json_response(shapes.prediction_json(reply, base_url(request)))
+
+
+async def cancel_prediction(request: web.Request) -> web.Response:
+    reply = await request.app[REST].predictions.CancelPrediction(
+        predictions_pb2.CancelPredictionRequest(id=request.match_info["id"]), None)
+    return web.json_response(shapes.prediction_json(reply, base_url(request)))
+
+
+async def get_output_file(request: web.Request) -> web.Response:
+    prediction_id, index = request.match_info["id"], request.match_info["index"]
+    reply = await request.app[REST].predictions.GetPrediction(
+        predictions_pb2.GetPredictionRequest(id=prediction_id), None)
+    files = reply.output.files
+    if not index.isdigit() or int(index) >= len(files):
+        raise NotFound(f"prediction {prediction_id!r} has no output file {index} ({len(files)} in all)")
+    f = files[int(index)]
+    name = shapes.file_name(f)
+    headers = {"Content-Disposition": f'inline; filename="{name}"'} if name else {}
+    return web.Response(body=f.data, content_type=f.content_type or "application/octet-stream", headers=headers)
