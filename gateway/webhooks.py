@@ -167,11 +167,13 @@ def prediction_json(pred: Prediction, base_url: str) -> dict[str, Any]:
     data URLs here.
     """
     url = f"{base_url}/v1/predictions/{pred.id}"
-    metrics = {name.removesuffix("_s"): value for name, value in vars(pred.metrics).items() if value is not None}
+    metrics = {name.removesuffix("_s"): value for name, value in vars(pred.metrics).items()
+               if value is not None}
     return {
         "id": pred.id, "model": pred.model, "version": pred.version, "deployment": pred.deployment or None,
         "input": _jsonable(pred.input), "output": _output_json(pred.output), "logs": "\n".join(pred.logs),
-        "error": pred.error or None, "status": pred.status.value, "source": "api", "data_removed": pred.data_removed,
+        "error": pred.error or None, "status": pred.status.value, "source": "api",
+        "data_removed": pred.data_removed,
         "created_at": _iso(pred.created_at), "started_at": _iso(pred.started_at),
         "completed_at": _iso(pred.completed_at), "metrics": metrics,
         "urls": {"get": url, "cancel": f"{url}/cancel", "stream": f"{url}/stream"},
@@ -234,6 +236,10 @@ class _Watch:
     task: asyncio.Task | None = None  # the task that sends ``pending``, while there is one
 
 
+def _unsent_intermediate(message: _Message) -> bool:
+    return message.kind in ("output", "logs") and message.tries == 0
+
+
 # POST ``body`` with ``headers`` to ``url``; returns the HTTP status. Raises on connection errors.
 Post = Callable[[str, bytes, dict[str, str]], Awaitable[int]]
 
@@ -271,7 +277,8 @@ class WebhookSender:
     async def start(self) -> None:
         if self._post is None:
             timeout = aiohttp.ClientTimeout(total=ATTEMPT_TIMEOUT_S)
-            self._session = aiohttp.ClientSession(timeout=timeout, headers={"User-Agent": "warmfleet-webhooks"})
+            self._session = aiohttp.ClientSession(timeout=timeout,
+                                                  headers={"User-Agent": "warmfleet-webhooks"})
             self._post = self._post_with_session
 
     async def stop(self, grace_s: float = 2.0) -> None:
@@ -348,7 +355,7 @@ class WebhookSender:
             watch.timer = None
         if "completed" in watch.events:
             # The final state says everything an unsent intermediate one would have.
-            while watch.pending and watch.pending[-1].kind in ("output", "logs") and watch.pending[-1].tries == 0:
+            while watch.pending and _unsent_intermediate(watch.pending[-1]):
                 watch.pending.pop()
             self._enqueue(watch, "completed", watch.pred)
         elif deferred:  # no completed webhook: the last intermediate state still goes out
@@ -367,12 +374,13 @@ class WebhookSender:
         body = orjson.dumps(self._render(state, self.base_url))
         message = _Message(kind, f"msg_{watch.pred.id}_{watch.sent}", body)
         last = watch.pending[-1] if watch.pending else None
-        if kind in ("output", "logs") and last is not None and last.kind in ("output", "logs") and last.tries == 0:
+        if kind in ("output", "logs") and last is not None and _unsent_intermediate(last):
             watch.pending[-1] = message  # a newer state replaces one not sent yet
         else:
             watch.pending.append(message)
         if watch.task is None:
-            watch.task = asyncio.get_running_loop().create_task(self._drain(watch), name=f"webhook-{watch.pred.id}")
+            loop = asyncio.get_running_loop()
+            watch.task = loop.create_task(self._drain(watch), name=f"webhook-{watch.pred.id}")
             self._tasks.add(watch.task)
             watch.task.add_done_callback(self._tasks.discard)
 
@@ -399,7 +407,8 @@ class WebhookSender:
         while True:
             message.tries += 1
             timestamp = int(self._wall_clock())
-            outcome = await self._attempt(watch.url, message, signed_headers(key, message.id, timestamp, message.body))
+            headers = signed_headers(key, message.id, timestamp, message.body)
+            outcome = await self._attempt(watch.url, message, headers)
             if outcome is None:
                 return
             if message.tries > len(retries):

@@ -33,6 +33,9 @@ from warmfleet.errors import InvalidInput
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 15.0  # a comment this often while no event comes; read per request, so tests can lower it
+# Set when the gateway stops serving HTTP: open streams end at once (clients resume with Last-Event-ID)
+# rather than hold the shutdown for aiohttp's grace period.
+CLOSING = web.AppKey("sse_closing", asyncio.Event)
 CONTENT_TYPE = "text/event-stream"
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _DONE_REASON = {Status.FAILED: "error", Status.CANCELED: "canceled", Status.ABORTED: "aborted"}
@@ -85,7 +88,8 @@ def _final_frames(body: Completed, seq: int, whole_output: bool) -> list[bytes]:
 
 async def stream_prediction(request: web.Request) -> web.StreamResponse:
     if not _accepts_event_stream(request.headers.get("Accept", "")):
-        return problem(406, "Not Acceptable", f"this URL serves only {CONTENT_TYPE}; send 'Accept: {CONTENT_TYPE}'")
+        return problem(406, "Not Acceptable",
+                       f"this URL serves only {CONTENT_TYPE}; send 'Accept: {CONTENT_TYPE}'")
     after_seq = _last_event_id(request.headers.get("Last-Event-ID"))
     ctx, principal, prediction_id = request.app[REST], current_principal.get(), request.match_info["id"]
     await ctx.service.get(principal, prediction_id)  # 404 now, while an error can still be a status
@@ -94,7 +98,7 @@ async def stream_prediction(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     events = ctx.service.events(principal, prediction_id, after_seq)
     try:
-        await _pump(response, events, whole_output=after_seq == 0)
+        await _pump(response, events, request.app[CLOSING], whole_output=after_seq == 0)
     except ConnectionResetError:
         pass  # the client went away
     except Exception:
@@ -105,13 +109,19 @@ async def stream_prediction(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _pump(response: web.StreamResponse, events: AsyncIterator[PredictionEvent], whole_output: bool) -> None:
-    """Write events until ``Completed``, with a heartbeat comment whenever ``HEARTBEAT_S`` passes idle.
-    The pending read stays one task across heartbeats: cancelling it would end the subscription."""
+async def _pump(response: web.StreamResponse, events: AsyncIterator[PredictionEvent], closing: asyncio.Event,
+                whole_output: bool) -> None:
+    """Write events until ``Completed`` (or ``closing``), with a heartbeat comment whenever ``HEARTBEAT_S``
+    passes idle. The pending read stays one task across heartbeats: cancelling it would end the
+    subscription."""
     pending = asyncio.ensure_future(anext(events, None))
+    closed = asyncio.ensure_future(closing.wait())
     try:
         while True:
-            done, _ = await asyncio.wait({pending}, timeout=HEARTBEAT_S)
+            done, _ = await asyncio.wait({pending, closed}, timeout=HEARTBEAT_S,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if closed in done:
+                return
             if not done:
                 await response.write(b": ping\n\n")
                 continue
@@ -126,9 +136,10 @@ async def _pump(response: web.StreamResponse, events: AsyncIterator[PredictionEv
                 return
             pending = asyncio.ensure_future(anext(events, None))
     finally:
-        if not pending.done():
-            pending.cancel()
-            await asyncio.gather(pending, return_exceptions=True)
+        for task in (pending, closed):
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(pending, closed, return_exceptions=True)
 
 
 def _accepts_event_stream(accept: str) -> bool:
@@ -137,7 +148,8 @@ def _accepts_event_stream(accept: str) -> bool:
         return True
     for item in accept.split(","):
         media, _, params = item.strip().partition(";")
-        if media.strip().lower() in (CONTENT_TYPE, "text/*", "*/*") and not re.search(r"\bq=0(\.0*)?\s*$", params):
+        refused = re.search(r"\bq=0(\.0*)?\s*$", params)  # q=0: "not this one"
+        if media.strip().lower() in (CONTENT_TYPE, "text/*", "*/*") and not refused:
             return True
     return False
 
@@ -154,6 +166,12 @@ def _last_event_id(header: str | None) -> int:
     return seq
 
 
+async def _end_streams(app: web.Application) -> None:
+    app[CLOSING].set()
+
+
 def register(app: web.Application) -> None:
     """Add this module's routes to the app."""
+    app[CLOSING] = asyncio.Event()
+    app.on_shutdown.append(_end_streams)
     app.router.add_get("/v1/predictions/{id}/stream", stream_prediction)

@@ -98,7 +98,8 @@ def verified(secret: str, delivery: Delivery) -> bool:
     key = base64.b64decode(secret.removeprefix("whsec_"))
     signed = f"{h['webhook-id']}.{h['webhook-timestamp']}.".encode() + delivery.raw
     expected = "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
-    ok = hmac.compare_digest(expected, h["webhook-signature"]) and abs(int(h["webhook-timestamp"]) - time.time()) < 300
+    fresh = abs(int(h["webhook-timestamp"]) - time.time()) < 300
+    ok = hmac.compare_digest(expected, h["webhook-signature"]) and fresh
     try:
         import standardwebhooks
     except ImportError:

@@ -1,4 +1,4 @@
-"""The SSE wire format of ``urls.stream``: event names, ids, multi-line data, the end, and the headers read."""
+"""The SSE wire format of ``urls.stream``: event names, ids, multi-line data, the end, the headers read."""
 
 from __future__ import annotations
 
@@ -54,7 +54,8 @@ def test_status_progress_and_files_are_not_streamed():
 
 
 @pytest.mark.parametrize("status, done", [
-    (Status.SUCCEEDED, "{}"), (Status.CANCELED, '{"reason":"canceled"}'), (Status.ABORTED, '{"reason":"aborted"}'),
+    (Status.SUCCEEDED, "{}"), (Status.CANCELED, '{"reason":"canceled"}'),
+    (Status.ABORTED, '{"reason":"aborted"}'),
 ])
 def test_done_says_why_a_prediction_did_not_succeed(status, done):
     events = _parse(event_frames(PredictionEvent("p1", 9, _ended(status)), False))
@@ -62,8 +63,10 @@ def test_done_says_why_a_prediction_did_not_succeed(status, done):
 
 
 def test_a_failed_prediction_ends_with_error_then_done():
-    events = _parse(event_frames(PredictionEvent("p1", 4, _ended(Status.FAILED, error="out of memory")), True))
-    assert [(e["event"], e["data"]) for e in events] == [("error", "out of memory"), ("done", '{"reason":"error"}')]
+    failed = _ended(Status.FAILED, error="out of memory")
+    events = _parse(event_frames(PredictionEvent("p1", 4, failed), True))
+    assert [(e["event"], e["data"]) for e in events] == [
+        ("error", "out of memory"), ("done", '{"reason":"error"}')]
 
 
 def test_an_output_that_never_came_in_chunks_is_sent_whole_before_done():
