@@ -31,7 +31,6 @@ import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable, Sequence
 from urllib.parse import urlsplit
@@ -133,52 +132,13 @@ def signed_headers(secret: str, msg_id: str, timestamp: int, body: bytes) -> dic
 # The body: a prediction as Replicate's JSON
 
 
-def _iso(t: float | None) -> str | None:
-    if t is None:
-        return None
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, FileData):
-        kind = value.content_type or "application/octet-stream"
-        return f"data:{kind};base64,{base64.b64encode(value.data).decode()}"
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def _output_json(output: Output | None) -> Any:
-    if output is None:
-        return None
-    if output.files:
-        files = [_jsonable(f) for f in output.files]
-        return files if output.value is None else {"value": _jsonable(output.value), "files": files}
-    return _jsonable(output.value)
-
-
 def prediction_json(pred: Prediction, base_url: str) -> dict[str, Any]:
-    """A prediction in the shape of Replicate's prediction object.
+    """A prediction as Replicate's prediction object, exactly as the REST API renders it."""
+    # Imported here: convert imports the prediction service, which imports this module.
+    from gateway import convert
+    from gateway.rest import shapes
 
-    A minimal local rendering, for webhooks, until ``gateway/rest/shapes.py`` (the REST layer's) lands:
-    then the gateway passes that one as ``WebhookSender(render=...)`` and this goes. Files travel as
-    data URLs here.
-    """
-    url = f"{base_url}/v1/predictions/{pred.id}"
-    metrics = {name.removesuffix("_s"): value for name, value in vars(pred.metrics).items()
-               if value is not None}
-    return {
-        "id": pred.id, "model": pred.model, "version": pred.version, "deployment": pred.deployment or None,
-        "input": _jsonable(pred.input), "output": _output_json(pred.output), "logs": "\n".join(pred.logs),
-        "error": pred.error or None, "status": pred.status.value, "source": "api",
-        "data_removed": pred.data_removed,
-        "created_at": _iso(pred.created_at), "started_at": _iso(pred.started_at),
-        "completed_at": _iso(pred.completed_at), "metrics": metrics,
-        "urls": {"get": url, "cancel": f"{url}/cancel", "stream": f"{url}/stream"},
-        "webhook": pred.webhook, "webhook_events_filter": list(pred.webhook_events_filter or EVENTS),
-    }
+    return shapes.prediction_json(convert.prediction_to_pb(pred), base_url)
 
 
 # Throttling
@@ -362,12 +322,13 @@ class WebhookSender:
             self._enqueue(watch, "output" if "output" in watch.events else "logs", watch.pred)
 
     def _partial(self, watch: _Watch) -> Prediction:
-        """The prediction as it stands, with the output streamed so far."""
-        chunks = watch.chunks
-        if not chunks:
+        """The prediction as it stands, with the output streamed so far (text joined, files in order)."""
+        if not watch.chunks:
             return watch.pred
-        value = "".join(chunks) if all(isinstance(c, str) for c in chunks) else list(chunks)
-        return dataclasses.replace(watch.pred, output=Output(value=value))
+        files = [c for c in watch.chunks if isinstance(c, FileData)]
+        values = [c for c in watch.chunks if not isinstance(c, FileData)]
+        value = "".join(values) if all(isinstance(v, str) for v in values) else values
+        return dataclasses.replace(watch.pred, output=Output(value=value or None, files=files))
 
     def _enqueue(self, watch: _Watch, kind: str, state: Prediction) -> None:
         watch.sent += 1

@@ -204,3 +204,20 @@ async def test_predictions_without_a_webhook_never_reach_the_sender(running, api
     assert plain.id not in seen
     assert seen.count(hooked.id) >= 3  # start, a log line, completed (and the chunks, perhaps merged)
     assert sender.watching() == 0
+
+
+async def test_a_rest_create_with_a_webhook_sends_it_and_a_bad_one_is_422_naming_it(running, api, receiver):
+    url = f"http://127.0.0.1:{running.gateway.http_port}/v1/models/warmfleet/echo/predictions"
+    auth = {"Authorization": f"Bearer {api.token}"}
+    async with aiohttp.ClientSession() as session:
+        body = {"input": {"text": "via rest"}, "webhook": receiver.url,
+                "webhook_events_filter": ["completed"]}
+        async with session.post(url, json=body, headers=auth) as resp:
+            assert resp.status == 201, await resp.text()
+            created = await resp.json()
+        bad = {"input": {"text": "x"}, "webhook": "ftp://example.com/hook"}
+        async with session.post(url, json=bad, headers=auth) as resp:
+            assert resp.status == 422 and (await resp.json())["field"] == "webhook"
+    [delivery] = await receiver.wait_completed()
+    assert delivery.body["id"] == created["id"] and delivery.body["output"] == "via rest"
+    assert verified(await secret_of(running, api), delivery)

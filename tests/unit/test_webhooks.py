@@ -14,10 +14,10 @@ import orjson
 import pytest
 
 from gateway.webhooks import (
-    EVENTS, RETRY_DELAYS_S, Throttle, WebhookSecrets, WebhookSender, check_webhook, prediction_json, sign,
+    RETRY_DELAYS_S, Throttle, WebhookSecrets, WebhookSender, check_webhook, prediction_json, sign,
     signed_headers,
 )
-from warmfleet.domain import Completed, LogLine, Output, OutputChunk, Prediction, Status
+from warmfleet.domain import Completed, FileData, LogLine, Output, OutputChunk, Prediction, Status
 from warmfleet.errors import InvalidInput
 
 # The example of the Standard Webhooks specification (and Svix's test suite).
@@ -325,8 +325,8 @@ async def test_past_the_bound_new_predictions_send_nothing(tmp_path):
     assert [b["id"] for b in receiver.bodies] == ["p1"] and sender.watching() == 1
 
 
-def test_the_body_is_replicates_prediction_shape():
-    pred = _prediction()
+def test_the_body_is_the_prediction_as_the_rest_api_renders_it():
+    pred = _prediction(["start", "completed"])
     _finish(pred)
     pred.started_at, pred.metrics.predict_time_s = 1.5, 0.5
     body = prediction_json(pred, "http://gw:8000")
@@ -334,5 +334,16 @@ def test_the_body_is_replicates_prediction_shape():
                             "cancel": "http://gw:8000/v1/predictions/p1/cancel",
                             "stream": "http://gw:8000/v1/predictions/p1/stream"}
     assert body["status"] == "succeeded" and body["output"] == "abcd" and body["error"] is None
-    assert body["created_at"] == "1970-01-01T00:00:01.000000Z" and body["metrics"] == {"predict_time": 0.5}
-    assert body["webhook_events_filter"] == list(EVENTS)
+    assert body["input"] == {"text": "abcd"} and body["metrics"] == {"predict_time": 0.5}
+    assert body["created_at"] == "1970-01-01T00:00:01Z"
+    assert body["webhook"] == "http://127.0.0.1:9/hook" and body["webhook_events_filter"] == ["start", "completed"]
+
+
+async def test_intermediate_states_carry_the_text_so_far_and_files_as_urls(tmp_path):
+    receiver = Receiver()
+    sender = _sender(tmp_path, receiver)
+    pred = _prediction(["output"])
+    sender.notify(pred, Status.STARTING)
+    sender.notify(pred, OutputChunk(file=FileData(b"png", "image/png")))
+    await _settle(sender)
+    assert receiver.bodies[-1]["output"] == ["http://gw/v1/predictions/p1/output/0"]
