@@ -143,7 +143,7 @@ def prediction_to_pb(p: Prediction) -> types_pb2.Prediction:
         id=p.id, model=p.model, version=p.version, deployment=p.deployment,
         input=input_to_pb(p.input, p.input_kind), logs="\n".join(p.logs), error=p.error,
         status=STATUS_TO_PB[p.status], metrics=_metrics_to_pb(p.metrics), owner=p.owner,
-        webhook=p.webhook, webhook_events_filter=p.webhook_events_filter,
+        webhook=p.webhook, webhook_events_filter=p.webhook_events_filter, data_removed=p.data_removed,
     )
     if p.output is not None:
         pb.output.CopyFrom(output_to_pb(p.output))

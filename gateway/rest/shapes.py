@@ -172,7 +172,7 @@ def prediction_json(pb: types_pb2.Prediction, base: str) -> dict[str, Any]:
         "status": STATUS_NAMES.get(pb.status, "starting"), "created_at": timestamp(pb, "created_at"),
         "started_at": timestamp(pb, "started_at"), "completed_at": timestamp(pb, "completed_at"),
         "urls": prediction_urls(base, pb.id), "metrics": metrics_json(pb.metrics),
-        "data_removed": bool(getattr(pb, "data_removed", False)), "source": "api",
+        "data_removed": pb.data_removed, "source": "api",
     }
     if pb.deployment:
         out["deployment"] = pb.deployment

@@ -264,6 +264,11 @@ async def test_retention_removes_inputs_and_outputs_and_sets_data_removed(retain
     assert stored.status is Status.SUCCEEDED and stored.metrics.predict_time_s is not None  # the rest stays
     got = await gw.api.get(pred.id)
     assert not got.HasField("output") and got.status == T.STATUS_SUCCEEDED  # without its output
+    assert got.data_removed
+    async with aiohttp.ClientSession(base(gw)) as http, \
+            http.get(f"/v1/predictions/{pred.id}", headers=bearer(gw.api.token)) as reply:
+        shown = await reply.json()
+        assert (shown["data_removed"], shown["output"]) == (True, None)
     async with asyncio.timeout(10):
         while blob.exists():
             await asyncio.sleep(0.1)
