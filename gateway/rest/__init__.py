@@ -103,9 +103,9 @@ def _bearer(header: str | None) -> str | None:
 
 def add_rest_routes(app: web.Application, ctx: RestContext) -> None:
     """Put the REST API on ``app`` (before it serves)."""
-    from gateway.rest import catalog, files, openai, predictions, stream, webhooks
+    from gateway.rest import catalog, files, openai, openapi, predictions, stream, webhooks
 
     app[REST] = ctx
     app.middlewares.append(middleware)
-    for module in (predictions, catalog, stream, webhooks, files, openai):
+    for module in (predictions, catalog, stream, webhooks, files, openai, openapi):
         module.register(app)

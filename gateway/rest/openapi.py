@@ -1,0 +1,461 @@
+"""The OpenAPI 3.1 document of the gateway's HTTP API, built here and checked in beside this module as
+``openapi.json``; the gateway serves it at ``GET /openapi.json`` (no token).
+
+Regenerate the checked-in file after changing a route or a JSON shape:
+
+    .venv/bin/python -m gateway.rest.openapi > gateway/rest/openapi.json
+
+``tests/unit/test_openapi.py`` fails while the two differ, and while a route the app registers is missing
+from the document (or the document names one it does not register). ``tests/integration/
+test_openapi_conformance.py`` runs schemathesis against a real gateway with it.
+
+The document is built from small helpers (``obj``, ``nullable``, ``page_of``, ``problems``...) so that each
+route is one call of ``op``; the objects are those of ``gateway.rest.shapes``, ``files`` and ``openai``.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+DOCUMENT_PATH = Path(__file__).with_name("openapi.json")
+PROBLEM = "application/problem+json"
+JSON = "application/json"
+SSE = "text/event-stream"
+S = dict[str, Any]
+
+# Schema helpers
+
+
+def ref(name: str) -> S:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def nullable(schema: S) -> S:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+STRING: S = {"type": "string"}
+INTEGER: S = {"type": "integer"}
+NUMBER: S = {"type": "number"}
+BOOLEAN: S = {"type": "boolean"}
+NULL: S = {"type": "null"}
+URI: S = {"type": "string", "format": "uri"}
+TIME: S = {"type": "string", "format": "date-time"}
+COUNT: S = {"type": "integer", "minimum": 0}
+OBJECT: S = {"type": "object"}
+
+
+def obj(properties: dict[str, S], optional: tuple[str, ...] = (), description: str | None = None,
+        closed: bool = False) -> S:
+    """An object with ``properties``, all required but ``optional``."""
+    schema: S = {"type": "object", "properties": properties,
+                 "required": [name for name in properties if name not in optional]}
+    if closed:
+        schema["additionalProperties"] = False
+    if description:
+        schema["description"] = description
+    return schema
+
+
+def array(items: S, **extra: Any) -> S:
+    return {"type": "array", "items": items, **extra}
+
+
+def page_of(item: str) -> S:
+    return obj({"next": nullable(URI), "previous": nullable(URI), "results": array(ref(item))},
+               description=f"A cursor page of {item} objects (pages only go forward: previous is null).")
+
+
+STATUS = {"type": "string", "enum": ["starting", "processing", "succeeded", "failed", "canceled", "aborted"]}
+WEBHOOK_EVENTS = array({"type": "string", "enum": ["start", "output", "logs", "completed"]})
+NAME_PART = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$", "maxLength": 64}
+
+
+def schemas() -> dict[str, S]:
+    """The components' schemas: Replicate's objects, files, OpenAI's, and problem details."""
+    prediction_urls = obj({"get": URI, "cancel": URI, "stream": URI})
+    version = obj({"id": STRING, "created_at": nullable(TIME), "cog_version": nullable(STRING),
+                   "openapi_schema": obj({"openapi": STRING, "info": OBJECT, "paths": OBJECT,
+                                          "components": obj({"schemas": obj({"Input": OBJECT,
+                                                                             "Output": OBJECT})})})})
+    sampling = {
+        "max_tokens": COUNT, "max_completion_tokens": COUNT, "min_tokens": COUNT,
+        "temperature": NUMBER, "top_p": NUMBER, "top_k": INTEGER, "repetition_penalty": NUMBER,
+        "frequency_penalty": NUMBER, "presence_penalty": NUMBER, "seed": INTEGER,
+        "stop": {"anyOf": [STRING, array(STRING)]}, "n": {"type": "integer", "const": 1},
+        "stream": BOOLEAN, "stream_options": obj({"include_usage": BOOLEAN}, optional=("include_usage",)),
+        "user": STRING,
+    }
+    usage = obj({"prompt_tokens": COUNT, "completion_tokens": COUNT, "total_tokens": COUNT})
+    finish = {"type": "string", "enum": ["stop", "length"]}
+
+    def completion(object_name: str, choice: S) -> S:
+        return obj({"id": STRING, "object": {"type": "string", "const": object_name}, "created": INTEGER,
+                    "model": STRING, "system_fingerprint": STRING,
+                    "choices": array(choice, minItems=1, maxItems=1), "usage": ref("Usage")})
+
+    return {
+        "Prediction": obj({
+            "id": STRING, "model": STRING, "version": STRING, "deployment": STRING,
+            "input": {"type": "object", "description": "The input as given; files as data URLs."},
+            "output": {"description": "The output's JSON value; for file outputs the list of their URLs; "
+                                      "with both, {value, files}; null before there is one."},
+            "logs": STRING, "error": nullable(STRING), "status": STATUS,
+            "created_at": nullable(TIME), "started_at": nullable(TIME), "completed_at": nullable(TIME),
+            "urls": prediction_urls,
+            "metrics": {"type": "object", "additionalProperties": {"type": ["number", "string"]},
+                        "description": "predict_time, total_time (seconds), token counts, finish_reason..."},
+            "data_removed": BOOLEAN, "source": {"type": "string", "const": "api"},
+            "webhook": URI, "webhook_events_filter": WEBHOOK_EVENTS,
+        }, optional=("deployment", "webhook", "webhook_events_filter")),
+        "PredictionPage": page_of("Prediction"),
+        "CreatePrediction": obj({
+            "input": {"type": "object", "description": "The model's inputs; files as data:, http(s) or "
+                                                       "Files API URLs."},
+            "webhook": {"type": "string", "format": "uri", "pattern": "^https?://"},
+            "webhook_events_filter": WEBHOOK_EVENTS,
+        }, optional=("webhook", "webhook_events_filter")),
+        "CreatePredictionByVersion": {"allOf": [ref("CreatePrediction"), obj({
+            "version": {"type": "string", "minLength": 1,
+                        "description": 'A version id, "owner/name" (its latest) or "owner/name:version".'}})]},
+        "Version": version,
+        "VersionPage": page_of("Version"),
+        "Model": obj({
+            "url": URI, "owner": STRING, "name": STRING, "description": STRING,
+            "visibility": {"type": "string", "enum": ["public", "private"]}, "github_url": nullable(URI),
+            "paper_url": nullable(URI), "license_url": nullable(URI), "run_count": COUNT,
+            "cover_image_url": nullable(URI), "default_example": nullable(OBJECT),
+            "latest_version": nullable(ref("Version")), "runner": STRING,
+        }),
+        "ModelPage": page_of("Model"),
+        "Deployment": obj({
+            "owner": STRING, "name": STRING, "target_instances": COUNT,
+            "current_release": obj({
+                "number": COUNT, "model": STRING, "version": STRING, "created_at": nullable(TIME),
+                "configuration": obj({"hardware": nullable(STRING), "min_instances": COUNT,
+                                      "max_instances": COUNT,
+                                      "autoscaling": {"type": "object", "additionalProperties": NUMBER}}),
+            }),
+        }),
+        "DeploymentPage": page_of("Deployment"),
+        "Autoscaling": {"type": "object", "additionalProperties": NUMBER,
+                        "description": "Autoscaling settings by name (target_ongoing_requests, "
+                                       "upscale_delay_s, downscale_delay_s, scale_to_zero_delay_s...)."},
+        "CreateDeployment": obj({
+            "name": {**NAME_PART, "description": 'A name (put under the caller) or "owner/name".'},
+            "model": {"type": "string", "minLength": 1}, "version": STRING, "hardware": STRING,
+            "min_instances": {"type": "integer", "minimum": 0, "maximum": 64},
+            "max_instances": {"type": "integer", "minimum": 0, "maximum": 64},
+            "autoscaling": ref("Autoscaling"),
+        }, optional=("version", "hardware", "min_instances", "max_instances", "autoscaling")),
+        "UpdateDeployment": obj({
+            "version": STRING, "hardware": STRING,
+            "min_instances": {"type": "integer", "minimum": 0, "maximum": 64},
+            "max_instances": {"type": "integer", "minimum": 0, "maximum": 64},
+            "autoscaling": ref("Autoscaling"),
+        }, optional=("version", "hardware", "min_instances", "max_instances", "autoscaling")),
+        "Hardware": obj({"sku": STRING, "name": STRING}),
+        "Account": obj({"type": {"type": "string", "enum": ["user", "organization"]}, "username": STRING,
+                        "name": STRING, "github_url": nullable(URI)}),
+        "WebhookSecret": obj({"key": {"type": "string", "pattern": "^whsec_"}}),
+        "File": obj({
+            "id": STRING, "name": STRING, "content_type": STRING, "size": COUNT, "etag": STRING,
+            "checksums": obj({"sha256": STRING, "md5": STRING}), "metadata": OBJECT, "created_at": TIME,
+            "expires_at": nullable(TIME), "urls": obj({"get": URI}),
+        }),
+        "FilePage": page_of("File"),
+        "CreateFile": obj({
+            "content": {"type": "string", "contentMediaType": "application/octet-stream",
+                        "maxLength": 4096},
+            "filename": {"type": "string", "maxLength": 255}, "type": {"type": "string", "maxLength": 255},
+            "metadata": {"type": "string", "description": "A JSON object, as text."},
+        }, optional=("filename", "type", "metadata")),
+        "ChatMessage": obj({
+            "role": {"type": "string", "enum": ["system", "developer", "user", "assistant"]},
+            "content": {"anyOf": [STRING, array(obj({"type": {"type": "string", "const": "text"},
+                                                     "text": STRING}))]},
+        }),
+        "ChatCompletionRequest": obj({"model": {"type": "string", "minLength": 1},
+                                      "messages": array(ref("ChatMessage"), minItems=1), **sampling},
+                                     optional=tuple(sampling)),
+        "CompletionRequest": obj({"model": {"type": "string", "minLength": 1},
+                                  "prompt": {"anyOf": [STRING, array(STRING, minItems=1, maxItems=1)]},
+                                  **sampling}, optional=tuple(sampling)),
+        "Usage": usage,
+        "ChatCompletion": completion("chat.completion", obj({
+            "index": INTEGER, "logprobs": NULL, "finish_reason": finish,
+            "message": obj({"role": {"type": "string", "const": "assistant"}, "content": STRING,
+                            "refusal": NULL})})),
+        "Completion": completion("text_completion", obj({"index": INTEGER, "text": STRING, "logprobs": NULL,
+                                                         "finish_reason": finish})),
+        "OpenAIError": obj({"message": STRING, "type": STRING, "param": nullable(STRING), "code": STRING}),
+        "Problem": obj({
+            "type": URI, "title": STRING, "status": {"type": "integer", "minimum": 400, "maximum": 599},
+            "detail": STRING,
+            "field": {"type": "string", "description": "The request field that broke a rule (422)."},
+            "error": ref("OpenAIError"),
+        }, optional=("field", "error"), description="RFC 7807 problem details (the OpenAI routes add "
+                                                    "OpenAI's error object as error)."),
+        "Health": obj({"status": {"type": "string", "enum": ["serving", "not serving"]}}),
+    }
+
+
+# Responses and parameters
+
+
+PROBLEM_TEXT = {
+    400: "Bad request", 401: "No token, or one the cluster does not know", 403: "The token may not do this",
+    404: "Not found (or not the caller's)", 405: "Method not allowed", 406: "Not acceptable",
+    409: "Conflict (exists already, or not in a state that allows it)", 413: "Payload too large",
+    422: "Invalid input; field names the field", 429: "Rate limited, or the queue is full",
+    503: "Unavailable",
+}
+
+
+def problems(*statuses: int) -> dict[str, S]:
+    return {str(status): {"$ref": f"#/components/responses/Problem{status}"} for status in statuses}
+
+
+def problem_responses() -> dict[str, S]:
+    responses = {}
+    for status, text in PROBLEM_TEXT.items():
+        response: S = {"description": text, "content": {PROBLEM: {"schema": ref("Problem")}}}
+        if status == 429:
+            response["headers"] = {"Retry-After": {"required": True, "description": "Seconds to wait.",
+                                                   "schema": {"type": "integer", "minimum": 0}}}
+        responses[f"Problem{status}"] = response
+    return responses
+
+
+def json_ok(schema: S, description: str = "OK", status: int = 200, **headers: S) -> dict[str, S]:
+    response: S = {"description": description, "content": {JSON: {"schema": schema}}}
+    if headers:
+        response["headers"] = headers
+    return {str(status): response}
+
+
+def no_content(description: str = "Deleted") -> dict[str, S]:
+    return {"204": {"description": description}}
+
+
+def path_param(name: str, schema: S, example: Any = None, description: str | None = None) -> S:
+    param: S = {"name": name, "in": "path", "required": True, "schema": schema}
+    if example is not None:
+        param["example"] = example
+    if description:
+        param["description"] = description
+    return param
+
+
+def header(name: str, schema: S, description: str) -> S:
+    return {"name": name, "in": "header", "required": False, "schema": schema, "description": description}
+
+
+def query(name: str, schema: S, description: str) -> S:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+OWNER = path_param("owner", NAME_PART, "warmfleet")
+NAME = path_param("name", NAME_PART, "echo")
+ID_SCHEMA = {"type": "string", "pattern": "^[A-Za-z0-9_-]+$", "maxLength": 64}
+PREDICTION_ID = path_param("id", ID_SCHEMA, description="A prediction's id.")
+FILE_ID = path_param("id", ID_SCHEMA, description="A file's id.")
+CURSOR = query("cursor", {"type": "string", "maxLength": 256}, "A page's cursor, from a page's next URL.")
+PREFER = header("Prefer", {"type": "string", "pattern": "^wait(=([1-9]|[1-5][0-9]|60))?$"},
+                "wait (60 s) or wait=N (1-60 s): answer with the finished prediction, or the unfinished "
+                "one when the wait passes.")
+CANCEL_AFTER = header("Cancel-After", {"type": "string", "pattern": "^(([1-9][0-9]{0,5}(ms|s|m|h))+|[1-9][0-9]{0,5})$"},
+                      "A deadline such as 30s, 5m, 1h30m, 500ms, or bare seconds (90): the prediction is "
+                      "aborted if it has not started by then.")
+LAST_EVENT_ID = header("Last-Event-ID", {"type": "string", "pattern": "^[0-9]{1,9}$"},
+                       "The id of the last event received: the stream resumes after it.")
+PUBLIC: list[S] = []
+
+
+def op(operation_id: str, summary: str, tag: str, responses: dict[str, S], params: tuple[S, ...] = (),
+       body: S | None = None, security: list[S] | None = None, errors: tuple[int, ...] = (401,)) -> S:
+    """One operation: its responses, then problem details for ``errors``."""
+    operation: S = {"operationId": operation_id, "summary": summary, "tags": [tag],
+                    "responses": {**responses, **problems(*errors)}}
+    if params:
+        operation["parameters"] = list(params)
+    if body is not None:
+        operation["requestBody"] = body
+    if security is not None:
+        operation["security"] = security
+    return operation
+
+
+def json_body(schema: S) -> S:
+    return {"required": True, "content": {JSON: {"schema": schema}}}
+
+
+def create_prediction(operation_id: str, summary: str, target: tuple[S, ...], body: str) -> S:
+    created = json_ok(ref("Prediction"), "The prediction (finished, with Prefer: wait, if it finished in time)",
+                      201, Location={"description": "The prediction's URL", "schema": URI})
+    return op(operation_id, summary, "predictions", created, (*target, PREFER, CANCEL_AFTER),
+              json_body(ref(body)), errors=(401, 403, 404, 409, 422, 429, 503))
+
+
+def completion_op(operation_id: str, summary: str, request: str, answer: str) -> S:
+    ok = {"200": {"description": f"The {answer}; with stream: true, Server-Sent Events: data: <chunk> "
+                                 "lines, then data: [DONE]",
+                  "content": {JSON: {"schema": ref(answer)}, SSE: {"schema": STRING}}}}
+    return op(operation_id, summary, "openai", ok, body=json_body(ref(request)),
+              errors=(401, 403, 404, 409, 422, 429, 503))
+
+
+def paths() -> dict[str, dict[str, S]]:
+    model, deployment = (OWNER, NAME), (OWNER, NAME)
+    binary = {"description": "The file's bytes", "content": {"*/*": {}}}
+    sse = {"description": "Server-Sent Events: output (text chunks), logs, error, done ({} or "
+                          '{"reason": ...}), each with an id; a comment line every 15 s',
+           "content": {SSE: {"schema": STRING}}}
+    return {
+        "/v1/predictions": {
+            "post": create_prediction("createPrediction", "Create a prediction of a version", (),
+                                      "CreatePredictionByVersion"),
+            "get": op("listPredictions", "List the caller's predictions, newest first", "predictions",
+                      json_ok(ref("PredictionPage")),
+                      (CURSOR, query("page_size", {"type": "integer", "minimum": 1, "maximum": 1000},
+                                     "Predictions a page (1-1000).")), errors=(401, 422)),
+        },
+        "/v1/predictions/{id}": {"get": op("getPrediction", "Get a prediction", "predictions",
+                                           json_ok(ref("Prediction")), (PREDICTION_ID,), errors=(401, 404))},
+        "/v1/predictions/{id}/cancel": {"post": op(
+            "cancelPrediction", "Cancel a prediction", "predictions", json_ok(ref("Prediction")),
+            (PREDICTION_ID,), errors=(401, 404, 409))},
+        "/v1/predictions/{id}/stream": {"get": op(
+            "streamPrediction", "Follow a prediction as Server-Sent Events", "predictions", {"200": sse},
+            (PREDICTION_ID, LAST_EVENT_ID), errors=(401, 404, 406, 422))},
+        "/v1/predictions/{id}/output/{index}": {"get": op(
+            "getPredictionOutputFile", "Download an output file of a prediction (its owner's)", "predictions",
+            {"200": binary}, (PREDICTION_ID, path_param("index", COUNT, 0)), errors=(401, 404))},
+        "/v1/models/{owner}/{name}/predictions": {"post": create_prediction(
+            "createModelPrediction", "Create a prediction of a model's latest version", model,
+            "CreatePrediction")},
+        "/v1/deployments/{owner}/{name}/predictions": {"post": create_prediction(
+            "createDeploymentPrediction", "Create a prediction of a deployment", deployment,
+            "CreatePrediction")},
+        "/v1/models": {"get": op("listModels", "List the models", "models", json_ok(ref("ModelPage")))},
+        "/v1/models/{owner}/{name}": {
+            "get": op("getModel", "Get a model", "models", json_ok(ref("Model")), model, errors=(401, 404)),
+            "delete": op("deleteModel", "Delete a model (admin)", "models", no_content(), model,
+                         errors=(401, 403, 404, 409)),
+        },
+        "/v1/models/{owner}/{name}/versions": {"get": op(
+            "listModelVersions", "List a model's versions (the one it serves)", "models",
+            json_ok(ref("VersionPage")), model, errors=(401, 404))},
+        "/v1/models/{owner}/{name}/versions/{id}": {"get": op(
+            "getModelVersion", "Get a model's version", "models", json_ok(ref("Version")),
+            (*model, path_param("id", ID_SCHEMA, description="A version id.")), errors=(401, 404))},
+        "/v1/deployments": {
+            "get": op("listDeployments", "List the deployments", "deployments", json_ok(ref("DeploymentPage"))),
+            "post": op("createDeployment", "Create a deployment (admin)", "deployments",
+                       json_ok(ref("Deployment"), "Created", 201), body=json_body(ref("CreateDeployment")),
+                       errors=(401, 403, 404, 409, 422, 503)),
+        },
+        "/v1/deployments/{owner}/{name}": {
+            "get": op("getDeployment", "Get a deployment", "deployments", json_ok(ref("Deployment")),
+                      deployment, errors=(401, 404)),
+            "patch": op("updateDeployment", "Update a deployment (admin)", "deployments",
+                        json_ok(ref("Deployment")), deployment, json_body(ref("UpdateDeployment")),
+                        errors=(401, 403, 404, 409, 422, 503)),
+            "delete": op("deleteDeployment", "Delete a deployment (admin)", "deployments", no_content(),
+                         deployment, errors=(401, 403, 404, 409)),
+        },
+        "/v1/hardware": {"get": op("listHardware", "List the cluster's hardware SKUs (admin)", "cluster",
+                                   json_ok(array(ref("Hardware"))), errors=(401, 403))},
+        "/v1/account": {"get": op("getAccount", "Who the token is", "cluster", json_ok(ref("Account")))},
+        "/v1/webhooks/default/secret": {"get": op(
+            "getWebhookSecret", "The caller's webhook signing secret", "predictions",
+            json_ok(ref("WebhookSecret")))},
+        "/v1/files": {
+            "post": op("createFile", "Upload a file (multipart content, or the raw body)", "files",
+                       json_ok(ref("File"), "Created", 201),
+                       body={"required": True, "content": {
+                           "multipart/form-data": {"schema": ref("CreateFile")},
+                           "application/octet-stream": {"schema": {"type": "string", "maxLength": 4096}}}},
+                       errors=(401, 413, 422)),
+            "get": op("listFiles", "List the caller's files, newest first", "files", json_ok(ref("FilePage")),
+                      (CURSOR,), errors=(401, 422)),
+        },
+        "/v1/files/{id}": {
+            "get": op("getFile", "Get a file", "files", json_ok(ref("File")), (FILE_ID,), errors=(401, 404)),
+            "delete": op("deleteFile", "Delete a file", "files", no_content(), (FILE_ID,), errors=(401, 404)),
+        },
+        "/v1/files/{id}/download": {"get": op("downloadFile", "Download a file's bytes", "files",
+                                              {"200": binary}, (FILE_ID,), errors=(401, 404))},
+        "/v1/chat/completions": {"post": completion_op(
+            "createChatCompletion", "OpenAI-compatible chat completion (llm models)", "ChatCompletionRequest",
+            "ChatCompletion")},
+        "/v1/completions": {"post": completion_op(
+            "createCompletion", "OpenAI-compatible completion (llm models)", "CompletionRequest", "Completion")},
+        "/healthz": {"get": op("health", "Whether the gateway serves", "operations",
+                               {**json_ok(ref("Health")),
+                                "503": {"description": "Stopping",
+                                        "content": {JSON: {"schema": ref("Health")}}}},
+                               security=PUBLIC, errors=())},
+        "/metrics": {"get": op("metrics", "Prometheus metrics", "operations",
+                               {"200": {"description": "The exposition (text or OpenMetrics)",
+                                        "content": {"text/plain": {"schema": STRING},
+                                                    "application/openmetrics-text": {"schema": STRING}}}},
+                               security=PUBLIC, errors=())},
+        "/openapi.json": {"get": op("openapi", "This document", "operations", json_ok(OBJECT), security=PUBLIC,
+                                    errors=())},
+    }
+
+
+def build() -> S:
+    """The whole document."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "warmfleet HTTP API", "version": "1",
+            "description": "The warmfleet gateway over HTTP: Replicate's HTTP API (v1) shapes, Server-Sent "
+                           "Events, signed webhooks, the Files API, and OpenAI-compatible completions. Errors "
+                           "are RFC 7807 problem details (application/problem+json).",
+        },
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "tags": [{"name": name} for name in ("predictions", "models", "deployments", "files", "openai",
+                                             "cluster", "operations")],
+        "paths": paths(),
+        "components": {
+            "securitySchemes": {"bearer": {
+                "type": "http", "scheme": "bearer",
+                "description": "Authorization: Bearer <token>. Replicate's older form, Authorization: "
+                               "Token <token>, is read the same."}},
+            "schemas": schemas(),
+            "responses": problem_responses(),
+        },
+    }
+
+
+def render() -> str:
+    """The document as the checked-in file holds it."""
+    return json.dumps(build(), indent=2, sort_keys=False) + "\n"
+
+
+@cache
+def served() -> bytes:
+    """The checked-in document's bytes, read once."""
+    return DOCUMENT_PATH.read_bytes()
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.Response(body=served(), content_type=JSON)
+
+
+def register(app: web.Application) -> None:
+    """Add ``GET /openapi.json`` (public: ``PUBLIC_PATHS``)."""
+    app.router.add_get("/openapi.json", openapi_json)
+
+
+if __name__ == "__main__":
+    print(render(), end="")
