@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import BodyPartReader, hdrs, web
+from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.multipart import parse_content_disposition
 
 from gateway.auth import current_principal
@@ -25,6 +27,8 @@ from warmfleet.errors import InvalidInput
 PAGE_SIZE = 100
 FIELD_MAX_BYTES = 64 * 1024  # the form's text fields (filename, type, metadata)
 READ_BYTES = 256 * 1024
+_MEDIA_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*"
+                         r"(\s*;\s*[A-Za-z0-9!#$&^_.+-]+=(\"[ -~]*\"|[A-Za-z0-9!#$&^_.+-]+))*$")
 
 
 def register(app: web.Application) -> None:
@@ -84,7 +88,11 @@ async def create_file(request: web.Request) -> web.StreamResponse:
     settings = request.app[REST].settings
     try:
         if request.content_type.startswith("multipart/"):
-            data, name, content_type, metadata = await _from_form(request, settings.files_max_bytes)
+            try:
+                data, name, content_type, metadata = await _from_form(request, settings.files_max_bytes)
+            except BadHttpMessage as err:  # a part's headers aiohttp cannot parse: the client's error
+                raise InvalidInput("content", f"the multipart/form-data body cannot be read: {err.message}"
+                                   ) from None
         elif request.content_type == "application/x-www-form-urlencoded":  # a form, but not one with a file
             raise InvalidInput("content", "is required: send multipart/form-data with the file as content")
         else:
@@ -92,6 +100,8 @@ async def create_file(request: web.Request) -> web.StreamResponse:
     except _TooLarge:
         return problem(413, "Payload Too Large", f"the file is larger than {settings.files_max_bytes} bytes, "
                                                  f"the most an upload may be (files_max_bytes)")
+    if content_type and not _MEDIA_TYPE.match(content_type):  # it is served back as the Content-Type
+        raise InvalidInput("type", f"{content_type!r} is not a media type such as image/png")
     stored = await _files(request).create(current_principal.get().name, data, name, content_type, metadata,
                                           settings.file_ttl_s)
     return web.json_response(file_json(stored, base_url(request)), status=201)

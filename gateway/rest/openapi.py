@@ -73,6 +73,8 @@ def page_of(item: str) -> S:
 
 STATUS = {"type": "string", "enum": ["starting", "processing", "succeeded", "failed", "canceled", "aborted"]}
 WEBHOOK_EVENTS = array({"type": "string", "enum": ["start", "output", "logs", "completed"]})
+MEDIA_TYPE = {"type": "string", "maxLength": 255, "pattern": "^[a-z]+/[a-z0-9.+-]+$",
+              "description": "A media type, such as image/png."}
 NAME_PART = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$", "maxLength": 64}
 
 
@@ -172,9 +174,9 @@ def schemas() -> dict[str, S]:
         "CreateFile": obj({
             "content": {"type": "string", "contentMediaType": "application/octet-stream",
                         "maxLength": 4096},
-            "filename": {"type": "string", "maxLength": 255}, "type": {"type": "string", "maxLength": 255},
+            "filename": {"type": "string", "maxLength": 255}, "type": MEDIA_TYPE,
             "metadata": {"type": "string", "description": "A JSON object, as text."},
-        }, optional=("filename", "type", "metadata")),
+        }, optional=("filename", "type", "metadata"), closed=True),
         "ChatMessage": obj({
             "role": {"type": "string", "enum": ["system", "developer", "user", "assistant"]},
             "content": {"anyOf": [STRING, array(obj({"type": {"type": "string", "const": "text"},
