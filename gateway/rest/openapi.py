@@ -78,6 +78,16 @@ MEDIA_TYPE = {"type": "string", "maxLength": 255, "pattern": "^[a-z]+/[a-z0-9.+-
 NAME_PART = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$", "maxLength": 64}
 
 
+def json_text(schema: S) -> S:
+    """A string holding JSON (an SSE event's data) that ``schema`` describes."""
+    return {"type": "string", "contentMediaType": JSON, "contentSchema": schema}
+
+
+def sse_event(properties: dict[str, S], optional: tuple[str, ...] = ()) -> S:
+    """One Server-Sent Event as a client parses it: ``event``, ``id``, ``data`` (and ``retry``)."""
+    return obj({**properties, "retry": INTEGER}, optional=(*optional, "retry"))
+
+
 def schemas() -> dict[str, S]:
     """The components' schemas: Replicate's objects, files, OpenAI's, and problem details."""
     prediction_urls = obj({"get": URI, "cancel": URI, "stream": URI})
@@ -195,6 +205,27 @@ def schemas() -> dict[str, S]:
                             "refusal": NULL})})),
         "Completion": completion("text_completion", obj({"index": INTEGER, "text": STRING, "logprobs": NULL,
                                                          "finish_reason": finish})),
+        "PredictionEvent": {"oneOf": [
+            sse_event({"event": {"type": "string", "enum": ["output", "logs", "error"]},
+                       "id": {"type": "string", "pattern": "^[0-9]+$"}, "data": STRING}),
+            sse_event({"event": {"type": "string", "const": "done"},
+                       "id": {"type": "string", "pattern": "^[0-9]+$"},
+                       "data": json_text(obj({"reason": {"type": "string",
+                                                         "enum": ["error", "canceled", "aborted"]}},
+                                             optional=("reason",), closed=True))}),
+        ], "description": "output (a text chunk), logs, error, then done ({} or {\"reason\": ...})."},
+        "CompletionChunk": obj({
+            "id": STRING, "object": {"type": "string", "enum": ["chat.completion.chunk", "text_completion"]},
+            "created": INTEGER, "model": STRING, "usage": nullable(ref("Usage")),
+            "choices": array(obj({"index": INTEGER, "logprobs": NULL, "finish_reason": nullable(finish),
+                                  "delta": obj({"role": {"type": "string", "const": "assistant"},
+                                                "content": STRING}, optional=("role", "content")),
+                                  "text": STRING}, optional=("delta", "text")), maxItems=1),
+        }, optional=("usage",)),
+        "CompletionEvent": sse_event({"event": {"type": "string", "const": "message"}, "data": {"anyOf": [
+            {"type": "string", "const": "[DONE]"},
+            json_text({"anyOf": [ref("CompletionChunk"), obj({"error": ref("OpenAIError")})]})]}},
+            optional=("event",)),
         "OpenAIError": obj({"message": STRING, "type": STRING, "param": nullable(STRING), "code": STRING}),
         "Problem": obj({
             "type": URI, "title": STRING, "status": {"type": "integer", "minimum": 400, "maximum": 599},
@@ -277,6 +308,8 @@ CANCEL_AFTER = header("Cancel-After", {"type": "string", "pattern": "^(([1-9][0-
 LAST_EVENT_ID = header("Last-Event-ID", {"type": "string", "pattern": "^[0-9]{1,9}$"},
                        "The id of the last event received: the stream resumes after it.")
 PUBLIC: list[S] = []
+ECHO_INPUT: S = {"input": {"text": "hello"}}  # the examples name the models every warmfleet cluster serves
+LLM = "warmfleet/tiny-llama"
 
 
 def op(operation_id: str, summary: str, tag: str, responses: dict[str, S], params: tuple[S, ...] = (),
@@ -293,22 +326,38 @@ def op(operation_id: str, summary: str, tag: str, responses: dict[str, S], param
     return operation
 
 
-def json_body(schema: S) -> S:
-    return {"required": True, "content": {JSON: {"schema": schema}}}
+def json_body(schema: S, example: Any = None) -> S:
+    media: S = {"schema": schema}
+    if example is not None:
+        media["example"] = example
+    return {"required": True, "content": {JSON: media}}
 
 
-def create_prediction(operation_id: str, summary: str, target: tuple[S, ...], body: str) -> S:
+def links(operations: dict[str, str], **parameters: str) -> S:
+    """Links from a response to ``operations`` (link name -> operationId), passing ``parameters``."""
+    return {name: {"operationId": operation_id, "parameters": parameters}
+            for name, operation_id in operations.items()}
+
+
+PREDICTION_LINKS = links({"GetPrediction": "getPrediction", "CancelPrediction": "cancelPrediction",
+                          "StreamPrediction": "streamPrediction"}, id="$response.body#/id")
+FILE_LINKS = links({"GetFile": "getFile", "DownloadFile": "downloadFile", "DeleteFile": "deleteFile"},
+                   id="$response.body#/id")
+
+
+def create_prediction(operation_id: str, summary: str, target: tuple[S, ...], body: str, example: S) -> S:
     created = json_ok(ref("Prediction"), "The prediction (finished, with Prefer: wait, if it finished in time)",
                       201, Location={"description": "The prediction's URL", "schema": URI})
+    created["201"]["links"] = PREDICTION_LINKS
     return op(operation_id, summary, "predictions", created, (*target, PREFER, CANCEL_AFTER),
-              json_body(ref(body)), errors=(401, 403, 404, 409, 422, 429, 503))
+              json_body(ref(body), example), errors=(401, 403, 404, 409, 422, 429, 503))
 
 
-def completion_op(operation_id: str, summary: str, request: str, answer: str) -> S:
+def completion_op(operation_id: str, summary: str, request: str, answer: str, example: S) -> S:
     ok = {"200": {"description": f"The {answer}; with stream: true, Server-Sent Events: data: <chunk> "
                                  "lines, then data: [DONE]",
-                  "content": {JSON: {"schema": ref(answer)}, SSE: {"schema": STRING}}}}
-    return op(operation_id, summary, "openai", ok, body=json_body(ref(request)),
+                  "content": {JSON: {"schema": ref(answer)}, SSE: {"schema": ref("CompletionEvent")}}}}
+    return op(operation_id, summary, "openai", ok, body=json_body(ref(request), example),
               errors=(401, 403, 404, 409, 422, 429, 503))
 
 
@@ -317,11 +366,11 @@ def paths() -> dict[str, dict[str, S]]:
     binary = {"description": "The file's bytes", "content": {"*/*": {}}}
     sse = {"description": "Server-Sent Events: output (text chunks), logs, error, done ({} or "
                           '{"reason": ...}), each with an id; a comment line every 15 s',
-           "content": {SSE: {"schema": STRING}}}
+           "content": {SSE: {"schema": ref("PredictionEvent")}}}
     return {
         "/v1/predictions": {
             "post": create_prediction("createPrediction", "Create a prediction of a version", (),
-                                      "CreatePredictionByVersion"),
+                                      "CreatePredictionByVersion", {"version": "warmfleet/echo", **ECHO_INPUT}),
             "get": op("listPredictions", "List the caller's predictions, newest first", "predictions",
                       json_ok(ref("PredictionPage")),
                       (CURSOR, query("page_size", {"type": "integer", "minimum": 1, "maximum": 1000},
@@ -340,10 +389,10 @@ def paths() -> dict[str, dict[str, S]]:
             {"200": binary}, (PREDICTION_ID, path_param("index", COUNT, 0)), errors=(401, 404))},
         "/v1/models/{owner}/{name}/predictions": {"post": create_prediction(
             "createModelPrediction", "Create a prediction of a model's latest version", model,
-            "CreatePrediction")},
+            "CreatePrediction", ECHO_INPUT)},
         "/v1/deployments/{owner}/{name}/predictions": {"post": create_prediction(
             "createDeploymentPrediction", "Create a prediction of a deployment", deployment,
-            "CreatePrediction")},
+            "CreatePrediction", ECHO_INPUT)},
         "/v1/models": {"get": op("listModels", "List the models", "models", json_ok(ref("ModelPage")))},
         "/v1/models/{owner}/{name}": {
             "get": op("getModel", "Get a model", "models", json_ok(ref("Model")), model, errors=(401, 404)),
@@ -379,7 +428,7 @@ def paths() -> dict[str, dict[str, S]]:
             json_ok(ref("WebhookSecret")))},
         "/v1/files": {
             "post": op("createFile", "Upload a file (multipart content, or the raw body)", "files",
-                       json_ok(ref("File"), "Created", 201),
+                       {"201": {**json_ok(ref("File"), "Created", 201)["201"], "links": FILE_LINKS}},
                        body={"required": True, "content": {
                            "multipart/form-data": {"schema": ref("CreateFile")},
                            "application/octet-stream": {"schema": {"type": "string", "maxLength": 4096}}}},
@@ -395,9 +444,10 @@ def paths() -> dict[str, dict[str, S]]:
                                               {"200": binary}, (FILE_ID,), errors=(401, 404))},
         "/v1/chat/completions": {"post": completion_op(
             "createChatCompletion", "OpenAI-compatible chat completion (llm models)", "ChatCompletionRequest",
-            "ChatCompletion")},
+            "ChatCompletion", {"model": LLM, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8})},
         "/v1/completions": {"post": completion_op(
-            "createCompletion", "OpenAI-compatible completion (llm models)", "CompletionRequest", "Completion")},
+            "createCompletion", "OpenAI-compatible completion (llm models)", "CompletionRequest", "Completion",
+            {"model": LLM, "prompt": "Once upon a time", "max_tokens": 8})},
         "/healthz": {"get": op("health", "Whether the gateway serves", "operations",
                                {**json_ok(ref("Health")),
                                 "503": {"description": "Stopping",

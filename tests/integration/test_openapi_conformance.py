@@ -34,7 +34,7 @@ async def test_schemathesis_finds_no_server_error_and_no_response_off_the_docume
     report = tmp_path / "report.ndjson"
     args = [str(SCHEMATHESIS), "run", str(openapi.DOCUMENT_PATH), "--url", base,
             "-H", f"Authorization: Bearer {running.api.token}",
-            "--checks", ",".join(CHECKS), "--mode", "positive", "--phases", "examples,coverage,fuzzing",
+            "--checks", ",".join(CHECKS), "--mode", "positive", "--phases", "examples,coverage,fuzzing,stateful",
             "--max-examples", str(MAX_EXAMPLES), "--seed", "7", "--workers", "2", "--request-timeout", "30",
             "--no-shrink", "--report", "ndjson", "--report-ndjson-path", str(report),
             "--suppress-health-check", "all"]
