@@ -41,7 +41,7 @@ async def test_schemathesis_finds_no_server_error_and_no_response_off_the_docume
     for operation_id in DESTRUCTIVE:
         args += ["--exclude-operation-id", operation_id]
     proc = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        *args, cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, "NO_COLOR": "1", "SCHEMATHESIS_HOOKS": ""})
     async with asyncio.timeout(240):
         out, _ = await proc.communicate()
