@@ -58,7 +58,7 @@ async def test_schemathesis_finds_no_server_error_and_no_response_off_the_docume
 
 def summary(text: str) -> tuple[int, int]:
     """(operations tested, test cases generated) from the CLI's summary."""
-    operations = re.search(r"API Operations:.*?Tested: (\d+)", text, re.S)
+    operations = re.search(r"API Operations:.*?Tested: (\d+)", text, re.DOTALL)
     cases = re.search(r"Test cases:\s+(\d+) generated", text)
     assert operations and cases, text[-3000:]
     return int(operations.group(1)), int(cases.group(1))
