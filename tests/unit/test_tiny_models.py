@@ -9,8 +9,6 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("transformers", reason="the llm extra (torch, transformers) is not installed")
-
 import numpy as np
 import torch
 from click.testing import CliRunner
@@ -288,7 +286,6 @@ def test_cli_make_tiny_reports_a_refused_folder_as_one_line(tmp_path: Path) -> N
 
 @pytest.fixture(scope="module")
 def esrgan_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("spandrel", reason="the image extra (spandrel) is not installed")
     return tiny_models.make_tiny_esrgan(tmp_path_factory.mktemp("esrgan") / "tiny-esrgan", seed=0)
 
 
@@ -344,7 +341,6 @@ def test_esrgan_refuses_a_scale_spandrel_cannot_detect(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def sd_bundle(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    pytest.importorskip("diffusers", reason="the image extra (diffusers) is not installed")
     return tiny_models.make_tiny_sd_bundle(tmp_path_factory.mktemp("sd") / "models", seed=0)
 
 

@@ -18,8 +18,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("spandrel", reason="the image extra (spandrel) is not installed")
-
 import spandrel
 import torch
 from safetensors.torch import save_file
