@@ -147,6 +147,37 @@ class _PinnedResolver(AbstractResolver):
         pass
 
 
+class PublicResolver(AbstractResolver):
+    """A resolver for outbound calls the gateway makes on a user's behalf (webhooks): it answers with
+    the public addresses of a host only, and refuses a host that has none, so that a URL cannot aim the
+    gateway at the machine itself or its private network. aiohttp connects to what it answers, so a
+    name cannot resolve differently between the check and the connection."""
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+                      ) -> list[ResolveResult]:
+        found = await system_resolve(host, port)
+        public = [(fam, address) for fam, address in found if address_refusal(address) is None]
+        if not public:
+            why = address_refusal(found[0][1]) if found else "no address"
+            raise OSError(f"{host} resolves to {why}; refused (the operator may allow it: allow_private_urls)")
+        return [ResolveResult(hostname=host, host=address, port=port, family=fam, proto=0,
+                              flags=socket.AI_NUMERICHOST) for fam, address in public]
+
+    async def close(self) -> None:
+        pass
+
+
+def literal_refusal(url: str) -> str | None:
+    """Why ``url``'s host, when it is an IP address literal, is not one to call (aiohttp connects to a
+    literal without asking any resolver); None for a public literal or a name."""
+    host = URL(url).host or ""
+    try:
+        ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return None  # a name: PublicResolver judges what it resolves to
+    return address_refusal(host.strip("[]"))
+
+
 # Fetching
 
 

@@ -72,6 +72,8 @@ class PredictionService:
 
     async def create(self, principal: Principal, req: CreateRequest) -> Prediction:
         _check_create(req)
+        if req.webhook and self._webhooks:
+            self._webhooks.check_destination(req.webhook)
         if req.id:
             existing = await self._find(req.id)
             if existing is not None:

@@ -55,7 +55,8 @@ class Gateway:
         self.tokens = TokenRegistry(self.store)
         self.catalog = ModelCatalog()
         self.hub = EventHub()
-        self.webhooks = WebhookSender(WebhookSecrets(secret_path(settings.home)))
+        self.webhooks = WebhookSender(WebhookSecrets(secret_path(settings.home)),
+                                      allow_private=settings.allow_private_urls)
         self.router: Router | None = None
         self.service: PredictionService | None = None
         self.server: grpc.aio.Server | None = None

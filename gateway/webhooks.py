@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
+from gateway.fetch import PublicResolver, literal_refusal
 from warmfleet.domain import (
     Completed, FileData, LogLine, Output, OutputChunk, Prediction, PublicEventBody, Status,
 )
@@ -218,8 +219,9 @@ class WebhookSender:
                  clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time,
                  call_later: Callable[[float, Callable[[], None]], Any] | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 max_watches: int = MAX_WATCHES) -> None:
+                 max_watches: int = MAX_WATCHES, allow_private: bool = False) -> None:
         self.secrets = secrets_
+        self._allow_private = allow_private  # webhooks to loopback/private addresses (the operator's call)
         self.base_url = base_url  # the gateway's HTTP URL, for the links in the bodies; set once it binds
         self._post = post
         self._render = render
@@ -237,7 +239,8 @@ class WebhookSender:
     async def start(self) -> None:
         if self._post is None:
             timeout = aiohttp.ClientTimeout(total=ATTEMPT_TIMEOUT_S)
-            self._session = aiohttp.ClientSession(timeout=timeout,
+            connector = None if self._allow_private else aiohttp.TCPConnector(resolver=PublicResolver())
+            self._session = aiohttp.ClientSession(timeout=timeout, connector=connector,
                                                   headers={"User-Agent": "warmfleet-webhooks"})
             self._post = self._post_with_session
 
@@ -256,6 +259,14 @@ class WebhookSender:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    def check_destination(self, url: str) -> None:
+        """Refuse (naming ``webhook``) a URL whose host is a non-public IP literal, unless allowed; a name
+        is checked as it resolves, at each delivery (``PublicResolver``)."""
+        why = None if self._allow_private else literal_refusal(url)
+        if why:
+            raise InvalidInput("webhook", f"{url}: {why}; refused (the operator may allow it: "
+                                          "allow_private_urls)")
 
     def watching(self) -> int:
         return len(self._watches)

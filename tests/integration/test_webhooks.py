@@ -77,6 +77,16 @@ class Receiver:
         return self.deliveries
 
 
+@pytest.fixture(scope="module")
+async def running(controller, tmp_path_factory):
+    """This module's gateway: its receivers listen on 127.0.0.1, which only an operator's
+    allow_private_urls lets webhooks reach."""
+    gw = RunningGateway(tmp_path_factory.mktemp("home"), controller, allow_private_urls=True)
+    await gw.start()
+    yield gw
+    await gw.stop()
+
+
 @pytest.fixture
 async def receiver():
     rec = await Receiver().start()
@@ -221,3 +231,32 @@ async def test_a_rest_create_with_a_webhook_sends_it_and_a_bad_one_is_422_naming
     [delivery] = await receiver.wait_completed()
     assert delivery.body["id"] == created["id"] and delivery.body["output"] == "via rest"
     assert verified(await secret_of(running, api), delivery)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/hook", "http://[::1]/hook", "http://10.0.0.7/hook",
+                                 "http://169.254.169.254/latest/meta-data"])
+async def test_by_default_a_webhook_to_a_non_public_address_is_refused_naming_it(controller, tmp_path, url):
+    gw = RunningGateway(tmp_path, controller)  # the default settings: allow_private_urls off
+    api = await gw.start()
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await api.predictions.CreatePrediction(with_webhook(url, []), metadata=api.md)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details().startswith("webhook: ") and "refused" in err.value.details()
+    finally:
+        await gw.stop()
+
+
+async def test_a_name_that_resolves_to_a_private_address_is_not_called(receiver, tmp_path):
+    """A name is judged by what it resolves to, at the connection (no DNS rebinding gap)."""
+    from gateway.webhooks import WebhookSecrets, WebhookSender
+
+    sender = WebhookSender(WebhookSecrets(tmp_path / "secret"))  # allow_private off, as by default
+    await sender.start()
+    try:
+        with pytest.raises(aiohttp.ClientConnectorError) as err:
+            await sender._post(receiver.url.replace("127.0.0.1", "localhost"), b"{}", {})
+        assert "loopback address; refused" in str(err.value.__cause__ or err.value.os_error)
+    finally:
+        await sender.stop()
+    assert receiver.deliveries == []
