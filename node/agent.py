@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
@@ -76,7 +77,7 @@ class NodeAgent:
         )
         self._instances[instance_id] = inst
         try:
-            await asyncio.get_running_loop().run_in_executor(inst.executor, inst.runner.load)
+            await asyncio.get_running_loop().run_in_executor(inst.executor, _load_alone, inst.runner)
         except Exception as err:
             inst.lifecycle.load_failed(f"{type(err).__name__}: {err}")
             log.exception("loading %s (%s) failed", instance_id, spec.name)
@@ -235,3 +236,15 @@ def _run_task(runner: Runner, task: Task, ctx: PredictContext, box: Outbox) -> F
     except Exception as err:
         status, error = _failed(task, err)
     return _ended(started, status, output, error, reported)
+
+
+# One load at a time in this process. transformers and diffusers build big models on the "meta" device
+# through accelerate's init_empty_weights, which patches torch.nn.Module for the whole process while it
+# runs: two loads on two threads at once break each other ("Cannot copy out of meta tensor"). Loads are
+# rare and mostly I/O; predictions on loaded instances go on meanwhile.
+_LOAD_LOCK = threading.Lock()
+
+
+def _load_alone(runner: Runner) -> None:
+    with _LOAD_LOCK:
+        runner.load()
