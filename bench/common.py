@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
+import json
 import os
 import platform
 import subprocess
+import sys
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from warmfleet import launch
 from warmfleet.launch import ClusterState
@@ -39,6 +44,41 @@ def start_cluster(settings: Settings) -> tuple[ClusterState, Target]:
     """``warmfleet up`` in the background (``launch.up``); the target carries its admin token file."""
     state = launch.up(settings)
     return state, Target(CLUSTER, state.grpc_target, Path(state.admin_token_path))
+
+
+@contextlib.contextmanager
+def private_home() -> Iterator[Settings]:
+    """Settings for a cluster of its own, in a temporary home removed afterwards (baselines that load
+    the generated tiny models run inside it too, after the cluster stops)."""
+    with tempfile.TemporaryDirectory(prefix="warmfleet-bench-") as home:
+        yield cluster_settings(Path(home))
+
+
+@contextlib.contextmanager
+def running_cluster(settings: Settings) -> Iterator[Target]:
+    """``warmfleet up`` on ``settings`` for the block, always brought down after it."""
+    try:
+        _, target = start_cluster(settings)
+        yield target
+    finally:
+        launch.down(settings)
+
+
+class Report:
+    """A scenario's JSON report: the command, the machine, when it ran; ``write`` adds its sections."""
+
+    def __init__(self, scenario: str, argv: list[str] | None) -> None:
+        self.scenario = scenario
+        self.command = f"python -m bench.{scenario} " + " ".join(sys.argv[1:] if argv is None else argv)
+        self.started_at = time.time()
+        self.machine = machine_info()
+
+    def write(self, out: Path, **sections: Any) -> dict[str, Any]:
+        report = {"scenario": self.scenario, "command": self.command, "started_at": self.started_at,
+                  "wall_s": time.time() - self.started_at, "machine": self.machine, **sections}
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{self.scenario}.json").write_text(json.dumps(report, indent=2) + "\n")
+        return report
 
 
 def machine_info() -> dict[str, Any]:

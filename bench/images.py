@@ -19,16 +19,13 @@ import asyncio
 import io
 import json
 import statistics
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from bench.common import Target, cluster_settings, machine_info, start_cluster
-from warmfleet import launch
+from bench.common import Report, Target, private_home, running_cluster
 from warmfleet.defaults import TINY_ESRGAN, TINY_SD
 from warmfleet.v1 import predictions_pb2 as P, predictions_pb2_grpc, types_pb2 as T
 
@@ -175,35 +172,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    started, machine = time.time(), machine_info()
-    with tempfile.TemporaryDirectory(prefix="warmfleet-bench-") as home:
-        settings = cluster_settings(Path(home))
-        try:
-            _, target = start_cluster(settings)
+    report = Report("images", argv)
+    with private_home() as settings:
+        with running_cluster(settings) as target:
             cluster = asyncio.run(generate_through_cluster(target, args.images, args.concurrency, args.steps,
                                                            args.size, args.repeats))
             upscale = asyncio.run(upscale_through_cluster(target, args.upscale_size, args.upscale_tile,
                                                           args.repeats))
-        finally:
-            launch.down(settings)
         direct = generate_directly(settings.models_path / "tiny-sd", args.images, args.steps, args.size,
                                    args.repeats)
         upscale_direct = upscale_directly(settings.models_path / "tiny-esrgan", args.upscale_size, args.repeats)
     speedup = cluster["images_per_s"] / direct["images_per_s"]
     goals = {"throughput": {"goal": f">= {GOAL_SPEEDUP}x sequential diffusers at concurrency {args.concurrency}",
                             "value": speedup, "met": speedup >= GOAL_SPEEDUP}}
-    report = {
-        "scenario": "images",
-        "command": "python -m bench.images " + " ".join(sys.argv[1:] if argv is None else argv),
-        "started_at": started, "wall_s": time.time() - started, "machine": machine,
-        "settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                     "scheduler": SCHEDULER, "model": TINY_SD},
-        "cluster": cluster, "sequential_diffusers": direct,
-        "upscale": {"cluster": upscale, "direct_untiled": upscale_direct}, "goals": goals,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "images.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: report[k] for k in ("cluster", "sequential_diffusers", "upscale", "goals")}, indent=2))
+    written = report.write(
+        args.out, settings={**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                            "scheduler": SCHEDULER, "model": TINY_SD},
+        cluster=cluster, sequential_diffusers=direct,
+        upscale={"cluster": upscale, "direct_untiled": upscale_direct}, goals=goals)
+    print(json.dumps({k: written[k] for k in ("cluster", "sequential_diffusers", "upscale", "goals")}, indent=2))
 
 
 if __name__ == "__main__":

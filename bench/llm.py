@@ -15,16 +15,13 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from bench.common import Target, cluster_settings, machine_info, start_cluster
-from warmfleet import launch
+from bench.common import Report, Target, private_home, running_cluster
 from warmfleet.v1 import predictions_pb2 as P, predictions_pb2_grpc, types_pb2 as T
 
 MODEL = "warmfleet/tiny-llama"
@@ -121,15 +118,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    started, machine = time.time(), machine_info()
+    report = Report("llm", argv)
     texts = prompts(args.streams)
-    with tempfile.TemporaryDirectory(prefix="warmfleet-bench-") as home:
-        settings = cluster_settings(Path(home))
-        try:
-            _, target = start_cluster(settings)
+    with private_home() as settings:
+        with running_cluster(settings) as target:
             cluster = asyncio.run(through_cluster(target, texts, args.tokens, args.idle_runs, args.repeats))
-        finally:
-            launch.down(settings)
         baseline = sequential_generate(settings.models_path / "tiny-llama", texts, args.tokens)
     speedup = cluster["tokens_per_s"] / baseline["tokens_per_s"]
     ttft_ratio = cluster["ttft_p50_ms"] / cluster["idle_ttft_p50_ms"]
@@ -139,15 +132,9 @@ def main(argv: list[str] | None = None) -> None:
         "ttft_under_load": {"goal": f"p50 <= {GOAL_TTFT_RATIO}x idle", "value": ttft_ratio,
                             "met": ttft_ratio <= GOAL_TTFT_RATIO},
     }
-    report = {
-        "scenario": "llm", "command": "python -m bench.llm " + " ".join(sys.argv[1:] if argv is None else argv),
-        "started_at": started, "wall_s": time.time() - started, "machine": machine,
-        "settings": {"streams": args.streams, "tokens": args.tokens, "repeats": args.repeats, "model": MODEL,
-                     "greedy": True},
-        "cluster": cluster, "sequential_generate": baseline, "goals": goals,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "llm.json").write_text(json.dumps(report, indent=2) + "\n")
+    report.write(args.out, settings={"streams": args.streams, "tokens": args.tokens, "repeats": args.repeats,
+                                     "model": MODEL, "greedy": True},
+                 cluster=cluster, sequential_generate=baseline, goals=goals)
     print(json.dumps({"cluster": cluster, "sequential_generate": baseline, "goals": goals}, indent=2))
 
 

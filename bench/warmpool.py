@@ -19,15 +19,12 @@ import argparse
 import json
 import random
 import statistics
-import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import cluster_settings, machine_info, start_cluster
-from warmfleet import launch
+from bench.common import Report, private_home, running_cluster
 from warmfleet.client import Client
 from warmfleet.defaults import TINY_ESRGAN, TINY_LLAMA, TINY_SD
 
@@ -122,28 +119,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    started, machine = time.time(), machine_info()
-    with tempfile.TemporaryDirectory(prefix="warmfleet-bench-") as home:
-        settings = cluster_settings(Path(home))
-        try:
-            state, target = start_cluster(settings)
-            client = Client(target.address, target.token_file.read_text().strip(), settings=settings)
-            boots = cold_boots(client, [ECHO, TINY_LLAMA, TINY_SD, TINY_ESRGAN])
-            mixed = mixed_load(client, args.duration, args.idle_s, args.seed)
-        finally:
-            launch.down(settings)
-    report = {
-        "scenario": "warmpool",
-        "command": "python -m bench.warmpool " + " ".join(sys.argv[1:] if argv is None else argv),
-        "started_at": started, "wall_s": time.time() - started, "machine": machine,
-        "settings": {"duration_s": args.duration, "idle_s": args.idle_s, "seed": args.seed},
-        "cold_boot": boots, "mixed_load": mixed,
-        "summary": {"median_boot_time_s": statistics.median(b["boot_time_s"] for b in boots.values()),
-                    "warm_fraction": mixed["warm_fraction"]},
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "warmpool.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: report[k] for k in ("cold_boot", "mixed_load", "summary")}, indent=2))
+    report = Report("warmpool", argv)
+    with private_home() as settings, running_cluster(settings) as target:
+        client = Client(target.address, target.token_file.read_text().strip(), settings=settings)
+        boots = cold_boots(client, [ECHO, TINY_LLAMA, TINY_SD, TINY_ESRGAN])
+        mixed = mixed_load(client, args.duration, args.idle_s, args.seed)
+    written = report.write(
+        args.out, settings={"duration_s": args.duration, "idle_s": args.idle_s, "seed": args.seed},
+        cold_boot=boots, mixed_load=mixed,
+        summary={"median_boot_time_s": statistics.median(b["boot_time_s"] for b in boots.values()),
+                 "warm_fraction": mixed["warm_fraction"]})
+    print(json.dumps({k: written[k] for k in ("cold_boot", "mixed_load", "summary")}, indent=2))
 
 
 if __name__ == "__main__":
