@@ -8,6 +8,7 @@ import hashlib
 import re
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.store import PredictionStore
 from warmfleet.errors import InvalidInput, PermissionDenied, Unauthenticated
@@ -31,6 +32,11 @@ class Principal:
     @property
     def is_admin(self) -> bool:
         return self.role is Role.ADMIN
+
+    def may_see(self, spec: Any) -> bool:
+        """Whether this caller may see (and run) the model a route serves: a public one, one of theirs,
+        or any as an admin."""
+        return self.is_admin or spec.visibility != "private" or spec.owner == self.name
 
 
 # The caller of the RPC being served; set by the auth interceptor for the duration of the call.

@@ -41,7 +41,8 @@ class ModelCatalog:
                                         InputValidator(schema, check=partial(cls.check_input, spec)))
             entry = replace(compiled, spec=spec)
             by_name[spec.name] = entry
-            if spec.version not in by_version or not spec.is_deployment:
+            held = by_version.get(spec.version)
+            if held is None or _rank(spec) < _rank(held.spec):
                 by_version[spec.version] = entry
         self._by_name, self._by_version = by_name, by_version
 
@@ -49,8 +50,21 @@ class ModelCatalog:
         return sorted(self._by_name.values(), key=lambda e: e.spec.name)
 
     def models(self) -> list[CatalogEntry]:
-        """Each model's own route (deployments left out)."""
-        return [e for e in self.entries() if not e.spec.is_deployment]
+        """Each model's own route (deployments and version routes left out)."""
+        return [e for e in self.entries() if _rank(e.spec) == 0]
+
+    def versions(self, model: str) -> list[CatalogEntry]:
+        """Every version of ``model`` the cluster serves, newest first: its latest (its own route) and
+        the earlier ones (their version routes)."""
+        own = self.by_name(model)
+        earlier = [e for e in self._by_name.values() if e.spec.version_of == model]
+        return [own] + sorted(earlier, key=lambda e: (-e.spec.created_at, e.spec.version))
+
+    def version_of(self, model: str, version: str) -> CatalogEntry:
+        for entry in self.versions(model):
+            if entry.spec.version == version:
+                return entry
+        raise NotFound(f"version {version!r} of {model} not found; `warmfleet versions {model}` lists them")
 
     def deployments(self) -> list[CatalogEntry]:
         return [e for e in self.entries() if e.spec.is_deployment]
@@ -63,7 +77,7 @@ class ModelCatalog:
 
     def by_name(self, name: str) -> CatalogEntry:
         entry = self._by_name.get(name)
-        if entry is None or entry.spec.is_deployment:
+        if entry is None or _rank(entry.spec) != 0:
             raise NotFound(f"model {name!r} not found; `warmfleet models list` shows what is served")
         return entry
 
@@ -85,3 +99,9 @@ class ModelCatalog:
         if not model:
             raise InvalidInput("model", "is required (or version, or deployment)")
         return self.by_name(model)
+
+
+def _rank(spec: ModelSpec) -> int:
+    """Which route a prediction pinned to a version goes to, of those that serve it: the model's own
+    first, then the version's own route, then a deployment."""
+    return 2 if spec.is_deployment else 1 if spec.is_version_route else 0

@@ -3,7 +3,8 @@ translation layer (``x_from_pb`` / ``x_to_pb``)."""
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Any, AsyncIterator
 
 from google.protobuf import json_format, struct_pb2
 from google.protobuf.message import Message
@@ -222,3 +223,30 @@ def deployment_to_pb(spec: ModelSpec, target: int) -> deployments_pb2.Deployment
         autoscaling=deployments_pb2.Autoscaling(**spec.autoscaling), current_release=spec.release,
         target_instances=target, runner=spec.runner,
     )
+
+
+# Versions and pushes
+
+
+async def push_chunks(requests: AsyncIterator[models_pb2.PushVersionRequest]) -> AsyncIterator[bytes]:
+    """The bundle bytes of a push, after its header."""
+    async for req in requests:
+        if req.WhichOneof("part") != "chunk":
+            raise InvalidInput("header", "comes once, first; the messages after it carry chunks")
+        yield req.chunk
+
+
+def version_to_pb(entry: Any) -> models_pb2.Version:
+    """A catalog entry's version (its spec and compiled schemas) as the Version message."""
+    spec = entry.spec
+    openapi = spec.options.get("openapi_schema") if spec.runner == "cog" else None
+    pb = models_pb2.Version(
+        id=spec.version, model=spec.model_name, runner=spec.runner,
+        input_schema_json=json.dumps(entry.input_schema), output_schema_json=json.dumps(entry.output_schema),
+        openapi_schema_json=json.dumps(openapi) if openapi else "",
+        cog_version=str(spec.options.get("cog_version", "")) if openapi else "",
+        bundle_size_bytes=int(spec.options.get("bundle_size_bytes", 0)) if openapi else 0,
+    )
+    if spec.created_at:
+        pb.created_at.FromNanoseconds(int(spec.created_at * 1e9))
+    return pb

@@ -15,8 +15,8 @@ from gateway.catalog import ModelCatalog
 from runners.registry import runner_class
 from scheduler.controller import scaling_config
 from scheduler.ports import ControllerClient
-from warmfleet.domain import ModelSpec
-from warmfleet.errors import AlreadyExists, InvalidInput, NotFound, WarmfleetError
+from warmfleet.domain import ModelSpec, version_route_name
+from warmfleet.errors import AlreadyExists, FailedPrecondition, InvalidInput, NotFound, PermissionDenied, WarmfleetError
 
 NAME_RULE = "must be owner/name: letters, digits, '-', '_' or '.', one '/'"
 
@@ -31,6 +31,16 @@ class Scale:
     hardware: str | None = None
 
 
+@dataclass(frozen=True)
+class PushResult:
+    """What a push made: the model's route (the pushed version its latest) and the version's spec."""
+
+    spec: ModelSpec
+    version: ModelSpec
+    created_model: bool
+    new_version: bool
+
+
 class RouteService:
     def __init__(self, controller: ControllerClient, catalog: ModelCatalog) -> None:
         self._controller = controller
@@ -39,7 +49,7 @@ class RouteService:
     # Models
 
     async def create_model(self, spec: ModelSpec) -> ModelSpec:
-        _check_name("name", spec.name)
+        check_name("name", spec.name)
         if self._catalog.has_deployment(spec.name):
             raise AlreadyExists(f"{spec.name!r} is a deployment's name")
         _check_runner(spec)
@@ -50,12 +60,71 @@ class RouteService:
         users = [e.spec.name for e in self._catalog.deployments() if e.spec.model == name]
         if users:
             raise InvalidInput("name", f"deployments serve {name}: {', '.join(users)}; delete them first")
+        for earlier in self._catalog.versions(name)[1:]:
+            await self._controller.delete_route(earlier.spec.name)
         return await self._delete(entry.spec.name)
+
+    # Versions (pushed models)
+
+    def check_may_push(self, model: str, owner: str, is_admin: bool) -> None:
+        """A push goes to a new model, or to one the pusher owns (an admin may push to any pushed model)."""
+        if not self._catalog.has_route(model):
+            return
+        if self._catalog.has_deployment(model):
+            raise InvalidInput("model", f"{model!r} is a deployment; push to the model it serves")
+        current = self._catalog.by_name(model).spec
+        if current.runner != "cog":
+            raise InvalidInput("model", f"{model} is a {current.runner} model of the cluster's configuration; "
+                                        "push to a new name")
+        if not is_admin and current.owner != owner:
+            raise PermissionDenied(f"{model} belongs to {current.owner or 'the cluster'}; push to a model of yours")
+
+    async def push_version(self, spec: ModelSpec) -> PushResult:
+        """Make ``spec`` (a pushed version) its model's latest. The previous latest keeps serving
+        predictions pinned to it from its own version route, from zero instances; identical content is
+        the version that exists."""
+        if not self._catalog.has_route(spec.name):
+            created = await self._put(spec)
+            return PushResult(created, created, created_model=True, new_version=True)
+        current = self._catalog.by_name(spec.name).spec
+        for entry in self._catalog.versions(spec.name):
+            if entry.spec.version == spec.version:
+                return PushResult(current, entry.spec, created_model=False, new_version=False)
+        earlier = replace(current, name=version_route_name(current.name, current.version),
+                          version_of=current.name, min_instances=0)
+        latest = replace(current, runner=spec.runner, weights=spec.weights, options=spec.options,
+                         version_id=spec.version_id, created_at=spec.created_at, hardware=spec.hardware,
+                         description=spec.description or current.description)
+        await self._controller.put_route(earlier)
+        latest = await self._put(latest)
+        return PushResult(latest, latest, created_model=False, new_version=True)
+
+    async def delete_version(self, model: str, version: str) -> ModelSpec:
+        """Delete a version: refused while a deployment serves it, or when it is the model's only one.
+        Deleting the latest makes the newest earlier version the latest."""
+        entry = self._catalog.version_of(model, version)
+        users = [e.spec.name for e in self._catalog.deployments()
+                 if e.spec.model == model and e.spec.version == version]
+        if users:
+            raise FailedPrecondition(f"version {version} of {model} is served by deployment(s) "
+                                     f"{', '.join(users)}; update them to another version first")
+        versions = self._catalog.versions(model)
+        if not entry.spec.is_version_route:
+            if len(versions) == 1:
+                raise FailedPrecondition(f"{version} is the only version of {model}; delete the model instead")
+            successor = versions[1].spec
+            await self._put(replace(entry.spec, runner=successor.runner, weights=successor.weights,
+                                    options=successor.options, version_id=successor.version_id,
+                                    created_at=successor.created_at, hardware=successor.hardware))
+            await self._delete(successor.name)
+        else:
+            await self._delete(entry.spec.name)
+        return entry.spec
 
     # Deployments
 
     async def create_deployment(self, name: str, model: str, version: str, scale: Scale) -> ModelSpec:
-        _check_name("name", name)
+        check_name("name", name)
         if self._catalog.has_route(name):
             raise AlreadyExists(f"{name!r} is taken (by a model or deployment)")
         base = await self._version_of(model, version)
@@ -118,7 +187,7 @@ def _scaled(spec: ModelSpec, scale: Scale, creating: bool) -> ModelSpec:
     return replace(spec, **changes)
 
 
-def _check_name(field: str, name: str) -> None:
+def check_name(field: str, name: str) -> None:
     owner, _, rest = name.partition("/")
     allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
     if not owner or not rest or "/" in rest or not set(owner + rest) <= allowed:

@@ -26,7 +26,8 @@ async def serve(settings: Settings) -> None:
         models = served_models(settings)
         if any(m.weights.startswith(str(settings.models_path)) for m in models):
             prepare_default_weights(settings)  # the built-in tiny models, generated on first use
-        controller = ray_adapter.start_controller(models, journal_path=str(settings.routes_path))
+        controller = ray_adapter.start_controller(models, journal_path=str(settings.routes_path),
+                                                  cache_dir=str(settings.node_cache_path))
         await controller.start()
     gateway = Gateway(settings, controller)
     port = await gateway.start()

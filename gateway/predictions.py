@@ -24,7 +24,7 @@ from warmfleet.domain import (
     Completed, Finished, LogLine, OutputChunk, Prediction, PredictionEvent, ProgressUpdate, Started, Status,
     TaskEventBody,
 )
-from warmfleet.errors import AlreadyExists, InvalidInput, NotFound
+from warmfleet.errors import AlreadyExists, InvalidInput, NotFound, WarmfleetError
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_WAIT_S = 60.0
@@ -79,13 +79,15 @@ class PredictionService:
             if existing is not None:
                 return self._idempotent(principal, existing, req)
         entry = self._catalog.resolve(req.model, req.version, req.deployment)
+        if not principal.may_see(entry.spec):
+            raise NotFound(f"model {entry.spec.model_name!r} not found; `warmfleet models list` shows what is served")
         filled = entry.validator.validate(req.input)
         cold = not self._router.has_instances(entry.spec.name)
         now = self._clock()
         pred = Prediction(
             id=req.id or new_prediction_id(), model=entry.spec.model_name, version=entry.spec.version,
             deployment=entry.spec.name if entry.spec.is_deployment else "",
-            input=req.input, input_kind=req.input_kind, owner=principal.name, created_at=now,
+            input=entry.validator.redact(req.input), input_kind=req.input_kind, owner=principal.name, created_at=now,
             deadline_at=now + req.deadline_s if req.deadline_s else None, priority=req.priority,
             webhook=req.webhook, webhook_events_filter=req.webhook_events_filter,
         )
@@ -105,10 +107,18 @@ class PredictionService:
         return pred
 
     def _idempotent(self, principal: Principal, existing: Prediction, req: CreateRequest) -> Prediction:
-        if existing.owner != principal.name or existing.input != req.input or (
+        same_input = existing.input == req.input or existing.input == self._redacted(existing, req.input)
+        if existing.owner != principal.name or not same_input or (
                 req.model and existing.model != req.model):
             raise AlreadyExists(f"prediction id {req.id!r} is taken by a different request")
         return existing
+
+    def _redacted(self, existing: Prediction, input: dict[str, Any]) -> dict[str, Any]:
+        try:
+            entry = self._catalog.resolve(existing.model, existing.version, existing.deployment)
+        except WarmfleetError:
+            return input
+        return entry.validator.redact(input)
 
     # Read
 

@@ -22,6 +22,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.rest import RestContext, add_rest_routes
 from gateway.predictions import PredictionService
 from gateway.deployments import RouteService
+from gateway.push import PushService
 from gateway.servicers import ClusterServicer, DeploymentsServicer, ModelsServicer, PredictionsServicer
 from gateway.store import PredictionStore
 from gateway.webhooks import WebhookSecrets, WebhookSender, secret_path
@@ -123,9 +124,11 @@ class Gateway:
         """The servicers, built once: gRPC serves them, and the REST translation calls the same objects."""
         if self._servicers is None:
             routes = RouteService(self.controller, self.catalog)
+            pusher = PushService(routes, self.settings.bundles_path, self.settings.node_cache_path / "cog" / "envs",
+                                 self.controller.publish_bundle, self.controller.nodes)
             self._servicers = RestContext(
                 settings=self.settings, tokens=self.tokens, service=self.service,
-                predictions=PredictionsServicer(self.service), models=ModelsServicer(self.catalog, routes),
+                predictions=PredictionsServicer(self.service), models=ModelsServicer(self.catalog, routes, pusher),
                 deployments=DeploymentsServicer(self.catalog, routes, self.controller),
                 cluster=ClusterServicer(self.controller, self.tokens), extras={"webhooks": self.webhooks})
         return self._servicers

@@ -9,8 +9,9 @@ from gateway.auth import TokenRegistry, current_principal, require_admin
 from gateway.catalog import ModelCatalog
 from gateway.deployments import RouteService, Scale
 from gateway.predictions import PredictionService
+from gateway.push import PushHeader, PushService
 from scheduler.ports import ControllerClient
-from warmfleet.errors import InvalidInput
+from warmfleet.errors import InvalidInput, NotFound, PermissionDenied
 from warmfleet.v1 import (
     cluster_pb2, cluster_pb2_grpc, deployments_pb2, deployments_pb2_grpc, models_pb2, models_pb2_grpc,
     predictions_pb2, predictions_pb2_grpc,
@@ -50,15 +51,48 @@ class PredictionsServicer(predictions_pb2_grpc.PredictionsServicer):
 
 
 class ModelsServicer(models_pb2_grpc.ModelsServicer):
-    def __init__(self, catalog: ModelCatalog, routes: RouteService) -> None:
+    def __init__(self, catalog: ModelCatalog, routes: RouteService, pusher: PushService) -> None:
         self._catalog = catalog
         self._routes = routes
+        self._pusher = pusher
 
     async def ListModels(self, request, context):
-        return models_pb2.ListModelsResponse(models=[_model_pb(e) for e in self._catalog.models()])
+        principal = current_principal.get()
+        return models_pb2.ListModelsResponse(
+            models=[_model_pb(e) for e in self._catalog.models() if principal.may_see(e.spec)])
 
     async def GetModel(self, request, context):
-        return _model_pb(self._catalog.by_name(request.name))
+        return _model_pb(_visible(self._catalog.by_name(request.name)))
+
+    async def PushVersion(self, request_iterator, context):
+        principal = current_principal.get()
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise InvalidInput("header", "a push starts with its header (model, digest, size_bytes)")
+        h = first.header
+        header = PushHeader(h.model, h.description, h.digest, h.size_bytes)
+        result = await self._pusher.push(principal.name, principal.is_admin, header,
+                                         convert.push_chunks(request_iterator))
+        return models_pb2.PushVersionResponse(
+            model=_model_pb(self._catalog.by_name(result.spec.name)), version=convert.version_to_pb(
+                self._catalog.version_of(result.spec.name, result.version.version)),
+            created_model=result.created_model, new_version=result.new_version)
+
+    async def ListVersions(self, request, context):
+        _visible(self._catalog.by_name(request.model))
+        return models_pb2.ListVersionsResponse(
+            versions=[convert.version_to_pb(e) for e in self._catalog.versions(request.model)])
+
+    async def GetVersion(self, request, context):
+        _visible(self._catalog.by_name(request.model))
+        return convert.version_to_pb(self._catalog.version_of(request.model, request.id))
+
+    async def DeleteVersion(self, request, context):
+        entry = _visible(self._catalog.by_name(request.model))
+        _may_change(entry)
+        version = convert.version_to_pb(self._catalog.version_of(request.model, request.id))
+        await self._routes.delete_version(request.model, request.id)
+        return version
 
     async def CreateModel(self, request, context):
         require_admin()
@@ -66,8 +100,9 @@ class ModelsServicer(models_pb2_grpc.ModelsServicer):
         return _model_pb(self._catalog.by_name(spec.name))
 
     async def DeleteModel(self, request, context):
-        require_admin()
-        model = _model_pb(self._catalog.by_name(request.name))
+        entry = _visible(self._catalog.by_name(request.name))
+        _may_change(entry)
+        model = _model_pb(entry)
         await self._routes.delete_model(request.name)
         return models_pb2.DeleteModelResponse(model=model)
 
@@ -113,12 +148,31 @@ class DeploymentsServicer(deployments_pb2_grpc.DeploymentsServicer):
         return deployments_pb2.DeleteDeploymentResponse(deployment=convert.deployment_to_pb(spec, 0))
 
 
+def _visible(entry):
+    """The entry, if the caller may see its model (public, theirs, or they are an admin); else NotFound
+    as if it did not exist."""
+    if not current_principal.get().may_see(entry.spec):
+        raise NotFound(f"model {entry.spec.model_name!r} not found; `warmfleet models list` shows what is served")
+    return entry
+
+
+def _may_change(entry) -> None:
+    """Changing a model takes an admin, or the owner of a pushed model."""
+    principal = current_principal.get()
+    if not principal.is_admin and not (entry.spec.owner and entry.spec.owner == principal.name):
+        raise PermissionDenied(f"only {entry.spec.owner or 'an admin'} may change {entry.spec.model_name}")
+
+
 def _model_pb(entry) -> models_pb2.Model:
-    return models_pb2.Model(
+    pb = models_pb2.Model(
         name=entry.spec.name, description=entry.spec.description, runner=entry.spec.runner,
         version=entry.spec.version, input_schema_json=json.dumps(entry.input_schema),
-        output_schema_json=json.dumps(entry.output_schema),
+        output_schema_json=json.dumps(entry.output_schema), owner=entry.spec.owner,
+        visibility=entry.spec.visibility,
     )
+    if entry.spec.created_at:
+        pb.latest_version_created_at.FromNanoseconds(int(entry.spec.created_at * 1e9))
+    return pb
 
 
 class ClusterServicer(cluster_pb2_grpc.ClusterServicer):

@@ -20,7 +20,7 @@ from typing import Any
 from node.instance import InstanceLifecycle, InstanceState
 from node.metrics import GPU_UNKNOWN, Nvml, host_memory
 from node.outbox import Outbox
-from runners.base import Cancelled, PredictContext, Runner
+from runners.base import Cancelled, NodeResources, PredictContext, Runner
 from runners.registry import runner_class
 from warmfleet.domain import (
     Finished, InstanceInfo, Metrics, MetricsUpdate, ModelSpec, NodeInfo, Output, Rejected, Started, Status,
@@ -53,9 +53,11 @@ class NodeAgent:
     """Loads instances, runs tasks on them and reports events to the routers that sent them."""
 
     def __init__(self, node_id: str, ray_node_id: str = "", address: str = "", device: str = "cpu",
-                 nvml_index: int | None = None) -> None:
-        """``device`` is the torch device runners load onto; ``nvml_index`` the physical GPU to report."""
+                 nvml_index: int | None = None, resources: NodeResources | None = None) -> None:
+        """``device`` is the torch device runners load onto; ``nvml_index`` the physical GPU to report;
+        ``resources`` the cache folder and bundle source runners of pushed models need."""
         self.node_id = node_id
+        self.resources = resources
         self.ray_node_id = ray_node_id
         self.address = address
         self.device = device
@@ -71,7 +73,7 @@ class NodeAgent:
         cls = runner_class(spec.runner)
         policy = cls.policy(spec)
         inst = _Instance(
-            id=instance_id, spec=spec, runner=cls(spec, self.device),
+            id=instance_id, spec=spec, runner=cls(spec, self.device, self.resources),
             lifecycle=InstanceLifecycle(policy.max_concurrency),
             executor=ThreadPoolExecutor(policy.max_concurrency, thread_name_prefix=f"wf-{instance_id}"),
         )
@@ -246,5 +248,8 @@ _LOAD_LOCK = threading.Lock()
 
 
 def _load_alone(runner: Runner) -> None:
+    if not runner.loads_in_process:
+        runner.load()
+        return
     with _LOAD_LOCK:
         runner.load()

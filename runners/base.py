@@ -15,7 +15,8 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, AsyncGenerator, ClassVar, Generator, Union
+from pathlib import Path
+from typing import Any, AsyncGenerator, ClassVar, Generator, Protocol, Union
 
 from warmfleet.domain import ModelSpec, Output, RunnerEvent
 
@@ -52,6 +53,22 @@ class PredictContext:
             raise Cancelled()
 
 
+class BundleSource(Protocol):
+    """Where a node gets a pushed model's bundle (``warmfleet.bundle``) by its digest."""
+
+    def fetch(self, digest: str, dest: Path) -> None:
+        """Write the bundle's bytes to ``dest``. Runs on a loading thread; may block."""
+
+
+@dataclass(frozen=True)
+class NodeResources:
+    """What a node offers its runners besides a device: a folder of its own for caches (bundles,
+    environments, logs) and a source of pushed bundles."""
+
+    cache_dir: Path
+    bundles: BundleSource | None = None
+
+
 PredictGenerator = Generator[RunnerEvent, None, Output]
 AsyncPredictGenerator = AsyncGenerator[Union[RunnerEvent, Output], None]
 
@@ -60,10 +77,14 @@ class Runner(ABC):
     """One model family. Subclasses set ``family`` and register in ``runners.registry``."""
 
     family: ClassVar[str]
+    # Whether ``load`` builds a model in this process (and so must not run beside another load: see
+    # ``node.agent._LOAD_LOCK``); a runner whose model lives in a process of its own says False.
+    loads_in_process: ClassVar[bool] = True
 
-    def __init__(self, spec: ModelSpec, device: str = "cpu") -> None:
+    def __init__(self, spec: ModelSpec, device: str = "cpu", node: NodeResources | None = None) -> None:
         self.spec = spec
         self.device = device
+        self.node = node
 
     @classmethod
     @abstractmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from runners.base import Runner
+from runners.cog.runner import CogRunner  # a Cog model runs in a coglet process of its own
 from runners.diffusion.runner import DiffusionRunner  # imports torch only when an instance loads
 from runners.echo import EchoRunner
 from runners.llm.runner import LLMRunner  # imports torch only when an instance loads
@@ -14,6 +15,7 @@ RUNNERS: dict[str, type[Runner]] = {
     LLMRunner.family: LLMRunner,
     DiffusionRunner.family: DiffusionRunner,
     UpscaleRunner.family: UpscaleRunner,
+    CogRunner.family: CogRunner,
 }
 
 

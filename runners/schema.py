@@ -16,6 +16,7 @@ from warmfleet.errors import InvalidInput
 # Files travel as bytes. In a schema, a file input is a string with format "uri" (as in Replicate's
 # schemas); a file given for any other field is refused, naming the field.
 FILE_FORMAT = "uri"
+SECRET_MASK = "**********"  # how Cog shows a Secret's value
 
 
 class InputValidator:
@@ -38,6 +39,15 @@ class InputValidator:
             for name, prop in schema.get("properties", {}).items()
             if "default" in prop
         }
+        # Inputs never shown back (JSON Schema's writeOnly; Cog's Secret): masked where they are stored.
+        self._secrets = tuple(name for name, prop in schema.get("properties", {}).items() if prop.get("writeOnly"))
+
+    def redact(self, input: dict[str, Any]) -> dict[str, Any]:
+        """``input`` as it may be stored and shown: each secret's value masked."""
+        present = [name for name in self._secrets if input.get(name) is not None]
+        if not present:
+            return input
+        return {**input, **{name: SECRET_MASK for name in present}}
 
     def validate(self, input: dict[str, Any]) -> dict[str, Any]:
         checked = self._files_as_uris(input)

@@ -37,7 +37,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runners.base import PredictContext, PredictGenerator, Runner
+from runners.base import NodeResources, PredictContext, PredictGenerator, Runner
 from runners.devices import free_memory, resolve_dtype
 from runners.images import (
     DEFAULT_MAX_PIXELS,
@@ -70,8 +70,8 @@ ModelFn = Callable[["torch.Tensor"], "torch.Tensor"]
 class UpscaleRunner(Runner):
     family = "upscale"
 
-    def __init__(self, spec: ModelSpec, device: str = "cpu") -> None:
-        super().__init__(spec, device)
+    def __init__(self, spec: ModelSpec, device: str = "cpu", node: NodeResources | None = None) -> None:
+        super().__init__(spec, device, node)
         self.model: Any = None  # a spandrel ImageModelDescriptor once loaded
 
     @classmethod

@@ -52,6 +52,12 @@ class DrainStatus:
     done: bool  # every instance has left; the node stays, and takes no new one
 
 
+def hardware_matches(wanted: str, node_hardware: str) -> bool:
+    """Whether a node of ``node_hardware`` may host an instance asking for ``wanted``: the same SKU, or
+    any GPU for "gpu" (a Cog model's ``build.gpu``)."""
+    return wanted == node_hardware or (wanted == "gpu" and node_hardware.startswith("gpu-"))
+
+
 def estimate_memory_bytes(spec: ModelSpec) -> int:
     """The memory an instance of ``spec`` is booked for: the option ``memory_bytes`` when given, else its
     weight files' size on disk times ``WEIGHTS_OVERHEAD`` (0 for a runner without weights, or weights
@@ -102,6 +108,7 @@ class Controller:
         self._node_info_at = float("-inf")
         self._memory_estimates: dict[str, int] = {}  # version -> bytes an instance takes
         self._last_busy: dict[str, float] = {}  # route -> when it last had ongoing predictions
+        self._bundles: dict[str, Any] = {}  # digest -> where a pushed bundle is (the seam's handles)
 
     async def start(self) -> None:
         """Provision agents, then load every model's minimum instances; returns when they are warm."""
@@ -258,7 +265,7 @@ class Controller:
         for node_id in self._nodes:
             node = self._node_info.get(node_id)
             total = node.memory_total_bytes if node else 0
-            if spec.hardware and (node is None or node.hardware != spec.hardware):
+            if spec.hardware and (node is None or not hardware_matches(spec.hardware, node.hardware)):
                 continue
             snapshots.append(NodeSnapshot(node_id, hardware, int(total * MEMORY_FRACTION) if node else 2**62,
                                           booked[node_id], node_id in self._drains))
@@ -388,6 +395,17 @@ class Controller:
 
     async def models(self) -> list[ModelSpec]:
         return list(self._models.values())
+
+    # Pushed bundles: the controller holds what the seam stored them as, for agents to fetch
+
+    async def put_bundle(self, digest: str, handles: Any) -> None:
+        self._bundles[digest] = handles
+
+    async def bundle(self, digest: str) -> Any:
+        return self._bundles.get(digest)
+
+    async def has_bundle(self, digest: str) -> bool:
+        return digest in self._bundles
 
     async def nodes(self) -> list[NodeInfo]:
         return list((await self._ask_agents(list(self._nodes), lambda node: node.info())).values())

@@ -74,6 +74,9 @@ class ControllerClient(Protocol):
 
     async def drain_node(self, node_id: str, wait: bool = True) -> Any: ...
 
+    async def publish_bundle(self, digest: str, path: Any) -> None:
+        """Make a pushed bundle (the file at ``path``) fetchable by every agent of the cluster."""
+
 
 class NodeProvisioner(Protocol):
     """Starts node agents where the cluster has room for them, and says when their nodes leave.

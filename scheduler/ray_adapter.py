@@ -10,6 +10,7 @@ import asyncio
 import logging
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -18,6 +19,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from node.agent import NodeAgent
 from node.data_server import DataServer
+from runners.base import NodeResources
 from scheduler.controller import Controller, DrainStatus
 from scheduler.data_channel import DataChannel
 from scheduler.ports import NodeLost, RoutingTable
@@ -59,13 +61,14 @@ async def _await(ref, node_id: str = ""):
 class _RayNodeAgent(NodeAgent):
     """The agent as an actor: it learns its node and GPU from Ray, and serves the data plane."""
 
-    def __init__(self, node_id: str, use_gpu: bool, secret: str) -> None:
+    def __init__(self, node_id: str, use_gpu: bool, secret: str, cache_dir: str) -> None:
         ctx = ray.get_runtime_context()
         gpu_ids = ray.get_gpu_ids() if use_gpu else []
         super().__init__(
             node_id, ray_node_id=ctx.get_node_id(), address=ray.util.get_node_ip_address(),
             device="cuda:0" if gpu_ids else "cpu",  # Ray narrows CUDA_VISIBLE_DEVICES to our GPU
             nvml_index=int(gpu_ids[0]) if gpu_ids else None,
+            resources=NodeResources(Path(cache_dir).expanduser(), RayBundleSource()),
         )
         self._data = DataServer(self, secret, self.address)
 
@@ -75,6 +78,35 @@ class _RayNodeAgent(NodeAgent):
 
 
 _AgentActor = ray.remote(_RayNodeAgent)
+
+
+# Bundles of pushed models: chunks in Ray's object store, owned by the controller, so they live as long
+# as the cluster does (not as long as the gateway that took the push) and reach an agent on any node.
+
+BUNDLE_CHUNK_BYTES = 8 << 20
+
+
+def publish_bundle_chunks(controller: Any, path: Path) -> list[Any]:
+    """Put the file at ``path`` into the object store in chunks owned by ``controller``; their refs.
+    Reads one chunk at a time: a bundle of weights is never in memory whole."""
+    refs = []
+    with path.open("rb") as f:
+        while chunk := f.read(BUNDLE_CHUNK_BYTES):
+            refs.append(ray.put(chunk, _owner=controller))
+    return refs
+
+
+class RayBundleSource:
+    """An agent's ``BundleSource``: the chunks the controller holds for a digest, fetched in order."""
+
+    def fetch(self, digest: str, dest: Path) -> None:
+        controller = ray.get_actor(CONTROLLER_NAME)
+        refs = ray.get(controller.bundle.remote(digest))
+        if refs is None:
+            raise FileNotFoundError(f"the cluster holds no bundle {digest}; push the version again")
+        with dest.open("wb") as out:
+            for ref in refs:
+                out.write(ray.get(ref))
 
 
 class RayNodeClient:
@@ -153,7 +185,8 @@ class RayNodeProvisioner:
     whose Ray node is listed dead (or no longer listed) is reported ``departed``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, cache_dir: str) -> None:
+        self._cache_dir = cache_dir  # the agents' cache folder on each node (shared by the agents of a node)
         self._agents: dict[str, tuple[str, Any]] = {}  # agent id -> (its Ray node id, its actor handle)
         self._secret = secrets.token_urlsafe(32)  # admits routers to the agents' data plane
 
@@ -170,7 +203,7 @@ class RayNodeProvisioner:
                     name=f"warmfleet-agent-{agent_id}", num_cpus=0, num_gpus=1 if node.gpus else 0,
                     max_concurrency=1000,
                     scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
-                ).remote(agent_id, bool(node.gpus), self._secret)
+                ).remote(agent_id, bool(node.gpus), self._secret, self._cache_dir)
                 self._agents[agent_id] = (node.node_id, handle)
                 starting.append((agent_id, handle))
         addresses = await asyncio.gather(*(
@@ -206,8 +239,8 @@ class RayNodeProvisioner:
 
 
 class _RayController(Controller):
-    def __init__(self, models: list[ModelSpec], journal_path: str = "") -> None:
-        super().__init__(models, RayNodeProvisioner(),
+    def __init__(self, models: list[ModelSpec], journal_path: str = "", cache_dir: str = "") -> None:
+        super().__init__(models, RayNodeProvisioner(cache_dir or str(Path("~/.warmfleet/node").expanduser())),
                          journal=RouteJournal(journal_path) if journal_path else None)
 
 
@@ -253,11 +286,18 @@ class RayControllerClient:
     async def version(self, version_id: str) -> ModelSpec | None:
         return await _await(self._h.version.remote(version_id))
 
+    async def publish_bundle(self, digest: str, path: Path) -> None:
+        if await _await(self._h.has_bundle.remote(digest)):
+            return
+        refs = await asyncio.to_thread(publish_bundle_chunks, self._h, path)
+        await _await(self._h.put_bundle.remote(digest, refs))
+
     def kill(self) -> None:
         ray.kill(self._h, no_restart=True)
 
 
-def start_controller(models: list[ModelSpec], detached: bool = True, journal_path: str = "") -> RayControllerClient:
+def start_controller(models: list[ModelSpec], detached: bool = True, journal_path: str = "",
+                     cache_dir: str = "") -> RayControllerClient:
     """Create the named controller actor (``start`` it before use), on this process's node: a node with
     no actor of its own may be any other, and any other may leave the cluster (Ray Serve pins its
     controller to the head node for the same reason)."""
@@ -266,7 +306,7 @@ def start_controller(models: list[ModelSpec], detached: bool = True, journal_pat
                                    scheduling_strategy=here)
     if detached:
         options["lifetime"] = "detached"
-    return RayControllerClient(_ControllerActor.options(**options).remote(models, journal_path))
+    return RayControllerClient(_ControllerActor.options(**options).remote(models, journal_path, cache_dir))
 
 
 def find_controller() -> RayControllerClient | None:

@@ -649,6 +649,51 @@ def models_delete(obj: CliContext, name: str) -> None:
     click.echo(f"deleted {obj.client().models.delete(name).name}")
 
 
+@cli.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("name")
+@click.option("--description", default="", help="What the model does (kept on the model).")
+@pass_cli
+def push(obj: CliContext, directory: Path, name: str, description: str) -> None:
+    """Push a Cog model DIRECTORY (cog.yaml and its predictor) as a new version of NAME (owner/name).
+
+    The model is created (private, yours) if it does not exist. The same content is the same version."""
+    with _spinner(f"pushing {directory} to {name}..."):
+        result = obj.client().models.push(directory, name, description=description)
+    if result.created_model:
+        click.echo(f"created model {result.model.name} (private, owned by you)")
+    state = "new version" if result.new_version else "unchanged: this content is version"
+    click.echo(f"{state} {result.version.id}")
+    click.echo(f"run it: warmfleet predict {result.model.name}:{result.version.id} -i KEY=VALUE")
+
+
+@models.command("versions")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON, with the schemas.")
+@pass_cli
+def models_versions(obj: CliContext, name: str, as_json: bool) -> None:
+    """List a model's versions, newest (the latest) first."""
+    versions = obj.client().models.versions(name)
+    if as_json:
+        echo_json(versions)
+        return
+    _table(f"versions of {name}", ["id", "created", "runner", "size"],
+           [[v.id, _time(v.created_at), v.runner, _bytes(v.bundle_size_bytes)] for v in versions])
+
+
+@models.command("delete-version")
+@click.argument("name")
+@click.argument("version")
+@pass_cli
+def models_delete_version(obj: CliContext, name: str, version: str) -> None:
+    """Delete one version of a model; refused while a deployment serves it."""
+    click.echo(f"deleted version {obj.client().models.delete_version(name, version).id} of {name}")
+
+
+def _bytes(size: int) -> str:
+    return "-" if not size else f"{size / 1024**2:.1f} MiB" if size >= 1024**2 else f"{size / 1024:.1f} KiB"
+
+
 # Deployments
 
 _SCALING_OPTIONS = [

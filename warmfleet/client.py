@@ -15,6 +15,7 @@ Every gRPC error becomes a :class:`WarmfleetClientError` whose ``code`` is the g
 
 from __future__ import annotations
 
+import itertools
 import json
 import mimetypes
 import os
@@ -28,6 +29,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from warmfleet import launch
+from warmfleet.bundle import bundle_to_tempfile, read_chunks
 from warmfleet.jsonvalues import place_files, plain, split_files, value_from_pb, value_to_pb
 from warmfleet.settings import Settings, load_settings
 from warmfleet.v1 import (
@@ -153,6 +155,31 @@ class Model:
     version: str
     input_schema: dict[str, Any]
     output_schema: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Version:
+    """One immutable version of a model; ``openapi_schema`` is Cog's document for a pushed model."""
+
+    id: str
+    model: str
+    runner: str
+    created_at: datetime | None
+    input_schema: dict[str, Any]
+    output_schema: dict[str, Any]
+    openapi_schema: dict[str, Any]
+    cog_version: str
+    bundle_size_bytes: int
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """What ``models.push`` made: the model (its latest version the pushed one) and the version."""
+
+    model: Model
+    version: Version
+    created_model: bool
+    new_version: bool
 
 
 @dataclass(frozen=True)
@@ -441,6 +468,12 @@ def model_from_pb(pb: models_pb2.Model) -> Model:
                  _schema(pb.input_schema_json), _schema(pb.output_schema_json))
 
 
+def version_from_pb(pb: models_pb2.Version) -> Version:
+    return Version(pb.id, pb.model, pb.runner, _time_from_pb(pb, "created_at"), _schema(pb.input_schema_json),
+                   _schema(pb.output_schema_json), _schema(pb.openapi_schema_json), pb.cog_version,
+                   pb.bundle_size_bytes)
+
+
 def deployment_from_pb(pb: deployments_pb2.Deployment) -> Deployment:
     autoscaling = {fd.name: value for fd, value in pb.autoscaling.ListFields()}
     return Deployment(pb.name, pb.model, pb.version, pb.runner, pb.hardware, pb.min_instances,
@@ -648,6 +681,35 @@ class Models:
     def delete(self, name: str) -> Model:
         return model_from_pb(self._t.unary(self._t.models.DeleteModel,
                                            models_pb2.DeleteModelRequest(name=name)).model)
+
+    def push(self, directory: str | Path, name: str, *, description: str = "", timeout_s: float = 1800.0
+             ) -> PushResult:
+        """Push a Cog model directory (``cog.yaml`` and its predictor) as a new version of ``name``,
+        creating the model if it does not exist. Files ``.cogignore`` (or ``.dockerignore``) names stay
+        out. The bundle is built in a temporary file and streamed: weights are never in memory whole."""
+        path, digest, size = bundle_to_tempfile(Path(directory))
+        try:
+            header = models_pb2.PushHeader(model=name, description=description, digest=digest, size_bytes=size)
+            parts = itertools.chain([models_pb2.PushVersionRequest(header=header)],
+                                    (models_pb2.PushVersionRequest(chunk=c) for c in read_chunks(path)))
+            reply = self._t.unary(self._t.models.PushVersion, parts, extra_timeout_s=timeout_s)
+        finally:
+            path.unlink(missing_ok=True)
+        return PushResult(model_from_pb(reply.model), version_from_pb(reply.version), reply.created_model,
+                          reply.new_version)
+
+    def versions(self, name: str) -> list[Version]:
+        """Every version of ``name``, newest first."""
+        reply = self._t.unary(self._t.models.ListVersions, models_pb2.ListVersionsRequest(model=name))
+        return [version_from_pb(v) for v in reply.versions]
+
+    def version(self, name: str, id: str) -> Version:
+        return version_from_pb(self._t.unary(self._t.models.GetVersion, models_pb2.GetVersionRequest(model=name, id=id)))
+
+    def delete_version(self, name: str, id: str) -> Version:
+        """Delete a version (refused while a deployment serves it, or if it is the model's only one)."""
+        return version_from_pb(self._t.unary(self._t.models.DeleteVersion,
+                                             models_pb2.DeleteVersionRequest(model=name, id=id)))
 
 
 class Deployments:

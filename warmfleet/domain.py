@@ -225,12 +225,25 @@ class ModelSpec:
     autoscaling: dict[str, float] = field(default_factory=dict)
     model: str = ""  # a deployment's model ("owner/name"); empty on a model's own route
     release: int = 0  # a deployment's release number: 1 when created, +1 on every update
-    hardware: str = ""  # the hardware SKU its instances need ("cpu", "gpu-nvidia-h100-80gb"); empty: any
+    hardware: str = ""  # the hardware SKU its instances need ("cpu", "gpu-nvidia-h100-80gb"); "gpu": any GPU
+    # A content-addressed version id (a pushed bundle's SHA-256); empty: the digest of runner, weights and
+    # options (``version``).
+    version_id: str = ""
+    created_at: float = 0.0  # when the version was pushed (seconds since the epoch); 0: configured
+    # A version route: it serves one earlier version of this model ("owner/name"), for predictions pinned
+    # to it, from zero instances. Its name is ``version_route_name(model, version)``.
+    version_of: str = ""
+    owner: str = ""  # who pushed the model first; "" for the cluster's configuration
+    visibility: str = "public"  # "public" or "private" (a pushed model starts private)
 
     @property
     def model_name(self) -> str:
         """The model this route serves a version of."""
-        return self.model or self.name
+        return self.model or self.version_of or self.name
+
+    @property
+    def is_version_route(self) -> bool:
+        return bool(self.version_of)
 
     @property
     def is_deployment(self) -> bool:
@@ -238,9 +251,17 @@ class ModelSpec:
 
     @property
     def version(self) -> str:
-        """Immutable version id: a digest of runner family, weights reference and options."""
+        """Immutable version id: ``version_id`` when set, else a digest of runner family, weights reference
+        and options."""
+        if self.version_id:
+            return self.version_id
         blob = json.dumps([self.runner, self.weights, self.options], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def version_route_name(model: str, version: str) -> str:
+    """The route that serves ``version`` of ``model`` when it is not the model's latest."""
+    return f"{model}@{version[:16]}"
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,16 @@ class Settings:
         return self.home / "files"
 
     @property
+    def bundles_path(self) -> Path:
+        """Where pushed Cog models' bundles are kept, by digest (``DIGEST.tar``)."""
+        return self.home / "bundles"
+
+    @property
+    def node_cache_path(self) -> Path:
+        """Where node agents keep what they fetch and build for pushed models (bundles, environments)."""
+        return self.home / "node"
+
+    @property
     def models_path(self) -> Path:
         """Where generated tiny models are written."""
         return self.home / "models"

@@ -24,7 +24,7 @@ import asyncio
 import secrets
 from typing import Any
 
-from runners.base import AsyncPredictGenerator, PredictContext, Runner, RunnerPolicy
+from runners.base import AsyncPredictGenerator, NodeResources, PredictContext, Runner, RunnerPolicy
 from runners.devices import free_memory, resolve_dtype
 from runners.diffusion.batching import BatchKey
 from runners.diffusion.controlnet import (
@@ -120,8 +120,8 @@ def input_schema(spec: ModelSpec) -> dict[str, Any]:
 class DiffusionRunner(Runner):
     family = "diffusion"
 
-    def __init__(self, spec: ModelSpec, device: str = "cpu") -> None:
-        super().__init__(spec, device)
+    def __init__(self, spec: ModelSpec, device: str = "cpu", node: NodeResources | None = None) -> None:
+        super().__init__(spec, device, node)
         self.pipelines: Any = None
         self.worker: Any = None
 

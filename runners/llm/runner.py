@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from runners.base import AsyncPredictGenerator, PredictContext, Runner, RunnerPolicy
+from runners.base import AsyncPredictGenerator, NodeResources, PredictContext, Runner, RunnerPolicy
 from runners.devices import free_memory, resolve_dtype
 from warmfleet.domain import LogLine, MetricsUpdate, ModelSpec, Output, OutputChunk
 from warmfleet.errors import InvalidInput
@@ -109,8 +109,8 @@ INPUT_SCHEMA: dict[str, Any] = {
 class LLMRunner(Runner):
     family = "llm"
 
-    def __init__(self, spec: ModelSpec, device: str = "cpu") -> None:
-        super().__init__(spec, device)
+    def __init__(self, spec: ModelSpec, device: str = "cpu", node: NodeResources | None = None) -> None:
+        super().__init__(spec, device, node)
         self.model: Any = None
         self.tokenizer: Any = None
         self.engine: Any = None

@@ -54,6 +54,26 @@ class ModelsStub:
                 request_serializer=warmfleet_dot_v1_dot_models__pb2.DeleteModelRequest.SerializeToString,
                 response_deserializer=warmfleet_dot_v1_dot_models__pb2.DeleteModelResponse.FromString,
                 _registered_method=True)
+        self.PushVersion = channel.stream_unary(
+                '/warmfleet.v1.Models/PushVersion',
+                request_serializer=warmfleet_dot_v1_dot_models__pb2.PushVersionRequest.SerializeToString,
+                response_deserializer=warmfleet_dot_v1_dot_models__pb2.PushVersionResponse.FromString,
+                _registered_method=True)
+        self.ListVersions = channel.unary_unary(
+                '/warmfleet.v1.Models/ListVersions',
+                request_serializer=warmfleet_dot_v1_dot_models__pb2.ListVersionsRequest.SerializeToString,
+                response_deserializer=warmfleet_dot_v1_dot_models__pb2.ListVersionsResponse.FromString,
+                _registered_method=True)
+        self.GetVersion = channel.unary_unary(
+                '/warmfleet.v1.Models/GetVersion',
+                request_serializer=warmfleet_dot_v1_dot_models__pb2.GetVersionRequest.SerializeToString,
+                response_deserializer=warmfleet_dot_v1_dot_models__pb2.Version.FromString,
+                _registered_method=True)
+        self.DeleteVersion = channel.unary_unary(
+                '/warmfleet.v1.Models/DeleteVersion',
+                request_serializer=warmfleet_dot_v1_dot_models__pb2.DeleteVersionRequest.SerializeToString,
+                response_deserializer=warmfleet_dot_v1_dot_models__pb2.Version.FromString,
+                _registered_method=True)
 
 
 class ModelsServicer:
@@ -90,6 +110,37 @@ class ModelsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PushVersion(self, request_iterator, context):
+        """Push a Cog model directory as a new immutable version: a header, then the bundle's bytes in chunks
+        (a deterministic tar, as `warmfleet push` makes it). The version id is the bundle's SHA-256, so the
+        same content is the same version. A model that does not exist yet is created, owned by the pusher.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListVersions(self, request, context):
+        """Every version of a model, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetVersion(self, request, context):
+        """One version of a model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteVersion(self, request, context):
+        """Delete a version; refused while a deployment serves it. Deleting the latest makes the one before
+        it the latest; a model's only version is deleted with the model (DeleteModel).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -112,6 +163,26 @@ def add_ModelsServicer_to_server(servicer, server):
                     servicer.DeleteModel,
                     request_deserializer=warmfleet_dot_v1_dot_models__pb2.DeleteModelRequest.FromString,
                     response_serializer=warmfleet_dot_v1_dot_models__pb2.DeleteModelResponse.SerializeToString,
+            ),
+            'PushVersion': grpc.stream_unary_rpc_method_handler(
+                    servicer.PushVersion,
+                    request_deserializer=warmfleet_dot_v1_dot_models__pb2.PushVersionRequest.FromString,
+                    response_serializer=warmfleet_dot_v1_dot_models__pb2.PushVersionResponse.SerializeToString,
+            ),
+            'ListVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListVersions,
+                    request_deserializer=warmfleet_dot_v1_dot_models__pb2.ListVersionsRequest.FromString,
+                    response_serializer=warmfleet_dot_v1_dot_models__pb2.ListVersionsResponse.SerializeToString,
+            ),
+            'GetVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVersion,
+                    request_deserializer=warmfleet_dot_v1_dot_models__pb2.GetVersionRequest.FromString,
+                    response_serializer=warmfleet_dot_v1_dot_models__pb2.Version.SerializeToString,
+            ),
+            'DeleteVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteVersion,
+                    request_deserializer=warmfleet_dot_v1_dot_models__pb2.DeleteVersionRequest.FromString,
+                    response_serializer=warmfleet_dot_v1_dot_models__pb2.Version.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +293,114 @@ class Models:
             '/warmfleet.v1.Models/DeleteModel',
             warmfleet_dot_v1_dot_models__pb2.DeleteModelRequest.SerializeToString,
             warmfleet_dot_v1_dot_models__pb2.DeleteModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushVersion(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/warmfleet.v1.Models/PushVersion',
+            warmfleet_dot_v1_dot_models__pb2.PushVersionRequest.SerializeToString,
+            warmfleet_dot_v1_dot_models__pb2.PushVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/warmfleet.v1.Models/ListVersions',
+            warmfleet_dot_v1_dot_models__pb2.ListVersionsRequest.SerializeToString,
+            warmfleet_dot_v1_dot_models__pb2.ListVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/warmfleet.v1.Models/GetVersion',
+            warmfleet_dot_v1_dot_models__pb2.GetVersionRequest.SerializeToString,
+            warmfleet_dot_v1_dot_models__pb2.Version.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/warmfleet.v1.Models/DeleteVersion',
+            warmfleet_dot_v1_dot_models__pb2.DeleteVersionRequest.SerializeToString,
+            warmfleet_dot_v1_dot_models__pb2.Version.FromString,
             options,
             channel_credentials,
             insecure,

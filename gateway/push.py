@@ -1,0 +1,152 @@
+"""Pushing a Cog model: a bundle in, a new immutable version out.
+
+The bundle is written to the cluster's bundle store as it arrives (hashed on the way, never held in
+memory whole), unpacked in a scratch folder, and read as Cog reads it: ``cog.yaml`` checked against what a
+node can run, the packages installed (once per machine), the predictor inspected by the ``cog`` package in
+a subprocess (``runners.cog.inspect``; the user's code never runs in the gateway). The OpenAPI document
+it yields is the version's schema, enforced here and by coglet. Then the bundle goes to the cluster's
+object store and the version to the controller (``RouteService.push_version``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+from gateway.deployments import PushResult, RouteService, check_name
+from warmfleet.bundle import BundleWriter, extract_bundle
+from runners.cog.config import CogConfig, check_runnable
+from runners.cog.env import InstallFailed, ensure_environment, python_path
+from runners.cog.runner import FAMILY
+from warmfleet.domain import ModelSpec, NodeInfo
+from warmfleet.errors import FailedPrecondition, InvalidInput
+
+INSPECT_TIMEOUT_S = 300.0
+MAX_BUNDLE_BYTES = 256 << 30
+
+
+@dataclass(frozen=True)
+class PushHeader:
+    model: str
+    description: str = ""
+    digest: str = ""
+    size_bytes: int = 0
+
+
+class PushService:
+    def __init__(self, routes: RouteService, bundles_dir: Path, envs_dir: Path,
+                 publish: Callable[[str, Path], Awaitable[None]],
+                 nodes: Callable[[], Awaitable[list[NodeInfo]]]) -> None:
+        """``publish`` hands a stored bundle to the cluster (the agents fetch it from there); ``nodes``
+        lists the cluster's nodes (a GPU model is refused where there is no GPU)."""
+        self._routes = routes
+        self._bundles = bundles_dir
+        self._envs = envs_dir
+        self._publish = publish
+        self._nodes = nodes
+
+    async def push(self, owner: str, is_admin: bool, header: PushHeader, chunks: AsyncIterator[bytes]
+                   ) -> PushResult:
+        check_name("model", header.model)
+        self._routes.check_may_push(header.model, owner, is_admin)
+        digest, archive = await self._receive(header, chunks)
+        scratch = Path(tempfile.mkdtemp(prefix="warmfleet-push-"))
+        try:
+            bundle_dir = scratch / "bundle"
+            await asyncio.to_thread(extract_bundle, archive, bundle_dir)
+            config = check_runnable(bundle_dir)
+            await self._check_hardware(config)
+            openapi = await self._inspect(config, bundle_dir)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        await self._publish(digest, archive)
+        spec = ModelSpec(
+            name=header.model, runner=FAMILY, description=header.description, min_instances=0,
+            options=_options(digest, archive.stat().st_size, config, openapi),
+            version_id=digest, created_at=time.time(), owner=owner, visibility="private",
+            hardware="gpu" if config.gpu else "",
+        )
+        return await self._routes.push_version(spec)
+
+    async def _receive(self, header: PushHeader, chunks: AsyncIterator[bytes]) -> tuple[str, Path]:
+        writer = BundleWriter(self._bundles, MAX_BUNDLE_BYTES)
+        try:
+            async for chunk in chunks:
+                writer.write(chunk)
+        except ValueError as err:
+            writer.abort()
+            raise InvalidInput("chunk", str(err)) from None
+        except BaseException:
+            writer.abort()
+            raise
+        if header.size_bytes and writer.size != header.size_bytes:
+            writer.abort()
+            raise InvalidInput("header.size_bytes", f"says {header.size_bytes} bytes; {writer.size} arrived")
+        digest, path = writer.commit()
+        if header.digest and header.digest != digest:
+            raise InvalidInput("header.digest", f"says {header.digest}; the bytes that arrived hash to {digest}")
+        if writer.size == 0:
+            raise InvalidInput("chunk", "no bundle bytes arrived after the header")
+        return digest, path
+
+    async def _check_hardware(self, config: CogConfig) -> None:
+        if not config.gpu:
+            return
+        hardware = sorted({n.hardware for n in await self._nodes()})
+        if not any(h.startswith("gpu") for h in hardware):
+            raise FailedPrecondition(f"cog.yaml: build.gpu is true, and this cluster has no GPU node (its "
+                                     f"hardware: {', '.join(hardware) or 'none'}); push it to a cluster with a "
+                                     "GPU, or set build.gpu: false")
+
+    async def _inspect(self, config: CogConfig, bundle_dir: Path) -> dict[str, Any]:
+        """Cog's own reading of the predictor, in a subprocess with the model's packages."""
+        try:
+            env_dir = await asyncio.to_thread(ensure_environment, config, self._envs, bundle_dir)
+        except InstallFailed as err:
+            raise InvalidInput("cog.yaml: build.python_packages", str(err)) from None
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "runners.cog.inspect", str(bundle_dir), config.predict,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, **config.environment, "PYTHONPATH": _inspect_path(bundle_dir, env_dir)},
+        )
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), INSPECT_TIMEOUT_S)
+        except TimeoutError:
+            proc.kill()
+            raise InvalidInput("predict", f"importing the predictor took over {INSPECT_TIMEOUT_S:g} s") from None
+        lines = out.decode(errors="replace").strip().splitlines()
+        try:
+            doc = json.loads(lines[-1]) if lines else {}
+        except ValueError:
+            doc = {}
+        if proc.returncode == 0 and "openapi" in doc:
+            return doc["openapi"]
+        detail = doc.get("traceback") or err.decode(errors="replace")[-4000:]
+        raise InvalidInput("predict", f"{config.predict}: {doc.get('error', 'the predictor could not be read')}"
+                                      f"\n{detail}".rstrip())
+
+
+def _inspect_path(bundle_dir: Path, env_dir: Path | None) -> str:
+    """The model's code and packages, then warmfleet's own source (for ``runners.cog.inspect``)."""
+    here = str(Path(__file__).resolve().parents[1])
+    return os.pathsep.join([python_path(bundle_dir, env_dir), here])
+
+
+def _options(digest: str, size: int, config: CogConfig, openapi: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "bundle": digest, "bundle_size_bytes": size, "predict": config.predict,
+        "max_concurrency": config.max_concurrency, "gpu": config.gpu,
+        "python_packages": list(config.python_packages), "openapi_schema": openapi,
+        "cog_version": metadata.version("cog"),
+        # Booked for placement until the instance reports what it really uses.
+        "memory_bytes": max(256 << 20, size * 2),
+    }

@@ -1,0 +1,349 @@
+"""The ``cog`` runner family: a user's own Cog model, run unchanged on Cog's own runtime (coglet).
+
+A version is a pushed bundle (``warmfleet.bundle``) with the OpenAPI document Cog's inspector gave at
+push (``runners.cog.schema``) in its options. An instance is one coglet process (``runners.cog.process``):
+``load`` fetches the bundle (once per node), installs its packages (once per node, ``runners.cog.env``),
+writes the schema where coglet enforces it (``.cog/openapi_schema.json``) and waits for ``setup()``.
+A prediction is one ``POST /predictions``; its output and logs stream back through webhooks. A crashed
+process fails the predictions it ran, naming why, and the instance starts a new one before the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import fcntl
+import hashlib
+import json
+import logging
+import mimetypes
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from runners.base import AsyncPredictGenerator, Cancelled, NodeResources, PredictContext, Runner, RunnerPolicy
+from warmfleet.bundle import extract_bundle
+from runners.cog.config import read_config
+from runners.cog.env import ensure_environment
+from runners.cog.process import CogProcess, ProcessGone, ProcessSpec
+from runners.cog.schema import input_json_schema, output_json_schema
+from runners.cog.webhooks import receiver
+from runners.schema import SECRET_MASK
+from warmfleet.domain import FileData, LogLine, ModelSpec, Output, OutputChunk
+
+log = logging.getLogger(__name__)
+
+FAMILY = "cog"
+SETUP_TIMEOUT_S = 600.0
+CANCEL_GRACE_S = 10.0  # how long a canceled prediction may take to stop before its slot is given back
+_DATA_URL = re.compile(r"^data:([^;,]*)(;base64)?,", re.DOTALL)
+READY_STATES = ("READY", "BUSY")
+
+
+class PredictionFailed(Exception):
+    """The predictor raised, or its process failed it; the message is Cog's error."""
+
+
+class CogRunner(Runner):
+    family = FAMILY
+    loads_in_process = False  # the model loads in its own process: other loads on this node go on
+
+    def __init__(self, spec: ModelSpec, device: str = "cpu", node: NodeResources | None = None) -> None:
+        super().__init__(spec, device, node)
+        self._process: CogProcess | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._restart: asyncio.Task | None = None
+        self.setup_logs = ""
+
+    # The version's schema
+
+    @classmethod
+    def input_schema(cls, spec: ModelSpec) -> dict[str, Any]:
+        return input_json_schema(spec.options["openapi_schema"])
+
+    @classmethod
+    def output_schema(cls, spec: ModelSpec) -> dict[str, Any]:
+        return output_json_schema(spec.options["openapi_schema"])
+
+    @classmethod
+    def policy(cls, spec: ModelSpec) -> RunnerPolicy:
+        return RunnerPolicy(max_concurrency=int(spec.options.get("max_concurrency", 1)))
+
+    # Life
+
+    def load(self) -> None:
+        if self.node is None or self.node.bundles is None:
+            raise RuntimeError("this node has no bundle source; Cog models need one (see NodeResources)")
+        root = self.node.cache_dir / "cog"
+        bundle_dir = materialize_bundle(self.node, self.spec.options["bundle"], self.spec.options["openapi_schema"])
+        config = read_config(bundle_dir)
+        env_dir = ensure_environment(config, root / "envs", bundle_dir)
+        environment = dict(config.environment)
+        if self.device.startswith("cuda"):
+            environment["WARMFLEET_DEVICE"] = self.device
+        (root / "logs").mkdir(parents=True, exist_ok=True)
+        self._spec_for_process = ProcessSpec(
+            bundle_dir=bundle_dir, predict=config.predict, env_dir=env_dir,
+            max_concurrency=self.policy(self.spec).max_concurrency, environment=tuple(environment.items()),
+            log_path=root / "logs" / f"{self.spec.version[:16]}-{uuid.uuid4().hex[:8]}.log",
+        )
+        self._start_process()
+
+    def _start_process(self) -> None:
+        process = CogProcess(self._spec_for_process)
+        process.start()
+        try:
+            self.setup_logs = process.wait_ready(SETUP_TIMEOUT_S)
+        except BaseException:
+            process.kill()
+            raise
+        self._process = process
+
+    def unload(self) -> None:
+        if self._process is not None:
+            self._process.stop()
+            self._process = None
+
+    def memory_bytes(self) -> int:
+        """Resident memory of the instance's processes (coglet and its worker), from /proc."""
+        return 0 if self._process is None or self._process.pid is None else process_tree_rss(self._process.pid)
+
+    # Predictions
+
+    async def predict(self, input: dict[str, Any], ctx: PredictContext) -> AsyncPredictGenerator:
+        process = await self._healthy_process()
+        hooks = await receiver()
+        queue = hooks.open(ctx.prediction_id)
+        session = self._client()
+        secrets = _secret_values(self.spec.options["openapi_schema"], input)
+        stream = _Stream(self.output_schema(self.spec), secrets)
+        call = asyncio.create_task(process.predict(
+            session, ctx.prediction_id, _to_cog(input), hooks.webhook_for(ctx.prediction_id)))
+        try:
+            while not call.done():
+                update = asyncio.create_task(queue.get())
+                await asyncio.wait({call, update}, return_when=asyncio.FIRST_COMPLETED)
+                if update.done():
+                    for event in stream.update(update.result()):
+                        yield event
+                else:
+                    update.cancel()
+            final = await self._final(call)
+            for event in stream.update(final):
+                yield event
+            for event in stream.flush():
+                yield event
+        except asyncio.CancelledError:
+            await process.cancel(session, ctx.prediction_id)
+            await asyncio.wait({call}, timeout=CANCEL_GRACE_S)
+            raise
+        finally:
+            hooks.close(ctx.prediction_id)
+        status = final.get("status")
+        if status == "canceled":
+            raise Cancelled()
+        if status != "succeeded":
+            self._check_after_failure()
+            raise PredictionFailed(stream.scrub(str(final.get("error") or f"the prediction ended {status}")))
+        yield stream.output(final.get("output"))
+
+    async def _final(self, call: asyncio.Task) -> dict[str, Any]:
+        try:
+            return call.result()
+        except ProcessGone:
+            code = self._process.exit_code() if self._process else None
+            self._begin_restart()
+            raise PredictionFailed(f"the Cog process died (exit code {code}) while running this prediction; "
+                                   "the instance restarts") from None
+
+    def _check_after_failure(self) -> None:
+        """A failed prediction may have taken coglet's worker with it (coglet then reports itself
+        unhealthy and serves no more): restart the process."""
+        health = self._process.health(timeout_s=1.0) if self._process else None
+        if (health or {}).get("status") not in READY_STATES:
+            self._begin_restart()
+
+    def _begin_restart(self) -> None:
+        if self._restart is None or self._restart.done():
+            log.warning("restarting the Cog process of %s", self.spec.name)
+            self._restart = asyncio.create_task(asyncio.to_thread(self._restart_process))
+
+    def _restart_process(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+            self._process = None
+        self._start_process()
+
+    async def _healthy_process(self) -> CogProcess:
+        """The process to send to: after a restart that is under way (or needed) has finished."""
+        if self._process is None or self._process.exit_code() is not None:
+            self._begin_restart()
+        if self._restart is not None and not self._restart.done():
+            await asyncio.shield(self._restart)
+        if self._restart is not None and self._restart.exception() is not None:
+            raise PredictionFailed(f"the Cog process could not restart: {self._restart.exception()}")
+        assert self._process is not None
+        return self._process
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=0, force_close=False)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
+        return self._session
+
+
+class _Stream:
+    """Turns coglet's snapshots of one prediction (webhooks and the final answer: the whole output and
+    logs so far, in any order) into the new log lines and output chunks, once each."""
+
+    def __init__(self, output_schema: dict[str, Any], secrets: list[str]) -> None:
+        self._iterator = output_schema.get("x-cog-array-type") == "iterator"
+        self._items = output_schema.get("items", {}) if self._iterator else {}
+        self._secrets = secrets
+        self._logs = ""
+        self._line_start = 0
+        self._sent_items = 0
+
+    def scrub(self, text: str) -> str:
+        for value in self._secrets:
+            text = text.replace(value, SECRET_MASK)
+        return text
+
+    def update(self, doc: dict[str, Any]) -> list[Any]:
+        events: list[Any] = []
+        logs = doc.get("logs") or ""
+        if len(logs) > len(self._logs) and logs.startswith(self._logs):
+            self._logs = logs
+            events += self._lines(final=False)
+        output = doc.get("output")
+        if self._iterator and isinstance(output, list) and len(output) > self._sent_items:
+            for item in output[self._sent_items:]:
+                events.append(_chunk(item, self._items, self._sent_items))
+                self._sent_items += 1
+        return events
+
+    def flush(self) -> list[Any]:
+        return self._lines(final=True)
+
+    def _lines(self, final: bool) -> list[LogLine]:
+        end = len(self._logs) if final else self._logs.rfind("\n") + 1
+        if end <= self._line_start:
+            return []
+        text = self._logs[self._line_start:end]
+        self._line_start = end
+        return [LogLine(self.scrub(line)) for line in text.splitlines()]
+
+    def output(self, value: Any) -> Output:
+        """The final output: file values (``format: uri``) as files, the rest as the JSON value."""
+        schema = {"type": "array", "items": self._items} if self._iterator else None
+        return _output(value, schema or {})
+
+
+def _is_file_schema(schema: dict[str, Any]) -> bool:
+    return schema.get("format") == "uri"
+
+
+def _chunk(item: Any, schema: dict[str, Any], index: int) -> OutputChunk:
+    if _is_file_schema(schema) and isinstance(item, str):
+        return OutputChunk(file=_file_from_url(item, index))
+    return OutputChunk(value=item)
+
+
+def _output(value: Any, schema: dict[str, Any]) -> Output:
+    if _is_file_schema(schema) and isinstance(value, str) and _DATA_URL.match(value):
+        return Output(value=None, files=[_file_from_url(value, 0)])
+    items = schema.get("items", {})
+    if schema.get("type") == "array" and _is_file_schema(items) and isinstance(value, list):
+        return Output(value=None, files=[_file_from_url(v, i) for i, v in enumerate(value)])
+    return Output(value=value)
+
+
+def _file_from_url(url: str, index: int) -> FileData:
+    """A file coglet returned as a data URL (its default for Path outputs)."""
+    match = _DATA_URL.match(url)
+    if match is None:
+        return FileData(data=url.encode(), content_type="text/uri-list", name=f"output-{index}.url")
+    content_type = match.group(1) or "application/octet-stream"
+    payload = url[match.end():]
+    data = base64.b64decode(payload) if match.group(2) else payload.encode()
+    ext = mimetypes.guess_extension(content_type) or ".bin"
+    return FileData(data=data, content_type=content_type, name=f"output-{index}{ext}")
+
+
+def _to_cog(value: Any) -> Any:
+    """The input as coglet takes it: files as data URLs."""
+    if isinstance(value, FileData):
+        kind = value.content_type or "application/octet-stream"
+        return f"data:{kind};base64,{base64.b64encode(value.data).decode()}"
+    if isinstance(value, dict):
+        return {k: _to_cog(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_cog(v) for v in value]
+    return value
+
+
+def secret_fields(openapi: dict[str, Any]) -> list[str]:
+    """The inputs Cog types as ``Secret``."""
+    props = openapi.get("components", {}).get("schemas", {}).get("Input", {}).get("properties", {})
+    return [name for name, prop in props.items() if prop.get("x-cog-secret")]
+
+
+def _secret_values(openapi: dict[str, Any], input: dict[str, Any]) -> list[str]:
+    return [str(input[name]) for name in secret_fields(openapi) if input.get(name)]
+
+
+def materialize_bundle(node: NodeResources, digest: str, openapi: dict[str, Any]) -> Path:
+    """The bundle unpacked in the node's cache (fetched and checked against its digest the first time),
+    with Cog's schema file written where coglet reads it. One fetch per node, however many instances."""
+    root = node.cache_dir / "cog" / "bundles"
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / digest
+    if (target / ".cog" / "openapi_schema.json").exists():
+        return target
+    with (root / f"{digest}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / ".cog" / "openapi_schema.json").exists():
+            return target
+        archive = root / f"{digest}.tar.part"
+        assert node.bundles is not None
+        node.bundles.fetch(digest, archive)
+        got = _sha256(archive)
+        if got != digest:
+            archive.unlink(missing_ok=True)
+            raise RuntimeError(f"the bundle fetched for {digest} has digest {got}: refusing it")
+        extract_bundle(archive, target)
+        archive.unlink()
+        (target / ".cog").mkdir(exist_ok=True)
+        staging = target / ".cog" / "openapi_schema.json.tmp"
+        staging.write_text(json.dumps(openapi))
+        staging.rename(target / ".cog" / "openapi_schema.json")  # written last: marks the bundle complete
+    return target
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def process_tree_rss(pid: int) -> int:
+    """Resident bytes of ``pid`` and its descendants (Linux /proc; 0 where it cannot be read)."""
+    total = 0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) * 1024
+        pending += [int(c) for c in children]
+    return total
