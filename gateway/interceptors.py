@@ -50,8 +50,13 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                 self._stream(handler.unary_stream, details.method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
-        else:
-            return handler
+        elif handler.stream_unary is not None:  # a push: the request is a stream, the answer one message
+            wrapped = grpc.stream_unary_rpc_method_handler(
+                self._unary(handler.stream_unary, details.method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        else:  # no method of ours streams both ways: refuse what this interceptor cannot authenticate
+            raise NotImplementedError(f"{details.method}: bidirectional streams are not served")
         self._wrapped[details.method] = wrapped
         return wrapped
 

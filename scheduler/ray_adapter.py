@@ -80,20 +80,11 @@ class _RayNodeAgent(NodeAgent):
 _AgentActor = ray.remote(_RayNodeAgent)
 
 
-# Bundles of pushed models: chunks in Ray's object store, owned by the controller, so they live as long
-# as the cluster does (not as long as the gateway that took the push) and reach an agent on any node.
+# Bundles of pushed models: chunks in Ray's object store, put there by the controller, which owns them,
+# so they live as long as the cluster does (not as long as the gateway that took the push) and reach an
+# agent on any node.
 
 BUNDLE_CHUNK_BYTES = 8 << 20
-
-
-def publish_bundle_chunks(controller: Any, path: Path) -> list[Any]:
-    """Put the file at ``path`` into the object store in chunks owned by ``controller``; their refs.
-    Reads one chunk at a time: a bundle of weights is never in memory whole."""
-    refs = []
-    with path.open("rb") as f:
-        while chunk := f.read(BUNDLE_CHUNK_BYTES):
-            refs.append(ray.put(chunk, _owner=controller))
-    return refs
 
 
 class RayBundleSource:
@@ -242,6 +233,21 @@ class _RayController(Controller):
     def __init__(self, models: list[ModelSpec], journal_path: str = "", cache_dir: str = "") -> None:
         super().__init__(models, RayNodeProvisioner(cache_dir or str(Path("~/.warmfleet/node").expanduser())),
                          journal=RouteJournal(journal_path) if journal_path else None)
+        self._incoming_bundles: dict[str, list[Any]] = {}
+
+
+    async def add_bundle_chunk(self, digest: str, index: int, chunk: bytes) -> None:
+        """The next chunk of a bundle being published: put into the object store, owned here."""
+        chunks = self._incoming_bundles.setdefault(digest, [])
+        if index != len(chunks):
+            raise ValueError(f"bundle {digest}: chunk {index} arrived after {len(chunks)}")
+        chunks.append(ray.put(chunk))
+
+    async def seal_bundle(self, digest: str, count: int) -> None:
+        chunks = self._incoming_bundles.pop(digest, [])
+        if len(chunks) != count:
+            raise ValueError(f"bundle {digest}: {len(chunks)} chunks arrived of {count}")
+        await self.put_bundle(digest, chunks)
 
 
 _ControllerActor = ray.remote(_RayController)
@@ -287,10 +293,15 @@ class RayControllerClient:
         return await _await(self._h.version.remote(version_id))
 
     async def publish_bundle(self, digest: str, path: Path) -> None:
+        """Hand the bundle to the controller a chunk at a time (never in memory whole)."""
         if await _await(self._h.has_bundle.remote(digest)):
             return
-        refs = await asyncio.to_thread(publish_bundle_chunks, self._h, path)
-        await _await(self._h.put_bundle.remote(digest, refs))
+        count = 0
+        with path.open("rb") as f:
+            while chunk := await asyncio.to_thread(f.read, BUNDLE_CHUNK_BYTES):
+                await _await(self._h.add_bundle_chunk.remote(digest, count, chunk))
+                count += 1
+        await _await(self._h.seal_bundle.remote(digest, count))
 
     def kill(self) -> None:
         ray.kill(self._h, no_restart=True)
