@@ -128,8 +128,8 @@ class RouteService:
         if self._catalog.has_route(name):
             raise AlreadyExists(f"{name!r} is taken (by a model or deployment)")
         base = await self._version_of(model, version)
-        spec = replace(base, name=name, model=model, release=0, min_instances=0, max_instances=None,
-                       autoscaling={}, hardware="")
+        spec = replace(base, name=name, model=model, version_of="", release=0, min_instances=0,
+                       max_instances=None, autoscaling={}, hardware=base.hardware)
         return await self._put(_scaled(spec, scale, creating=True))
 
     async def update_deployment(self, name: str, version: str | None, scale: Scale) -> ModelSpec:
@@ -138,7 +138,7 @@ class RouteService:
         if version is not None and version != current.version:
             new = await self._version_of(current.model, version)
             spec = replace(current, runner=new.runner, weights=new.weights, options=new.options,
-                           description=new.description)
+                           description=new.description, version_id=new.version_id, created_at=new.created_at)
         return await self._put(_scaled(spec, scale, creating=False))
 
     async def delete_deployment(self, name: str) -> ModelSpec:

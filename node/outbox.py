@@ -65,7 +65,7 @@ def coalesce(events: list[TaskEvent]) -> list[TaskEvent]:
     open_chunk: dict[str, int] = {}  # prediction id -> index in ``out`` of its latest text chunk
     for event in events:
         body, pid = event.body, event.prediction_id
-        if isinstance(body, OutputChunk) and isinstance(body.value, str) and body.file is None:
+        if isinstance(body, OutputChunk) and isinstance(body.value, str) and body.file is None and body.joinable:
             at = open_chunk.get(pid)
             if at is not None:
                 out[at] = TaskEvent(pid, OutputChunk(value=out[at].body.value + body.value))

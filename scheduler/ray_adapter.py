@@ -52,6 +52,9 @@ async def _await(ref, node_id: str = ""):
     except _ACTOR_GONE as err:
         raise NodeLost(node_id or str(err)) from err
     except RayTaskError as err:
+        cause = getattr(err, "cause", None)
+        if isinstance(cause, Exception):  # the error as the actor raised it, without Ray's traceback banner
+            raise cause from None
         raise err.as_instanceof_cause() from None
 
 

@@ -107,6 +107,9 @@ class LogLine:
 class OutputChunk:
     value: Any = None
     file: FileData | None = None
+    # Text that reads the same merged with the next chunk (tokens; a Cog ConcatenateIterator), so chunks
+    # that pile up may travel as one. False for items of a list (a Cog Iterator[str]).
+    joinable: bool = True
 
 
 @dataclass(frozen=True)

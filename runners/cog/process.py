@@ -28,6 +28,7 @@ from runners.cog.env import python_path
 
 HEALTH_POLL_S = 0.02  # while setup runs: coglet answers the health check in well under a millisecond
 STOP_GRACE_S = 5.0
+SETUP_LOG_GRACE_S = 0.2
 
 
 class SetupFailed(Exception):
@@ -79,7 +80,7 @@ class CogProcess:
         bin_dir = str(Path(sys.executable).parent)  # coglet starts its worker with the `python` on PATH
         env = {**os.environ, **dict(self.spec.environment), "PORT": str(self.port),
                "COG_PREDICT_TYPE_STUB": self.spec.predict, "COG_MAX_CONCURRENCY": str(self.spec.max_concurrency),
-               "COG_THROTTLE_RESPONSE_INTERVAL": "0",
+               "COG_THROTTLE_RESPONSE_INTERVAL": "0", "PYTHONUNBUFFERED": "1",
                "PYTHONPATH": python_path(self.spec.bundle_dir, self.spec.env_dir),
                "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
         log_path = self.spec.log_path or self.spec.bundle_dir.parent / f"{self.spec.bundle_dir.name}.log"
@@ -110,6 +111,7 @@ class CogProcess:
             if status in ("READY", "BUSY"):
                 return self.setup_logs(doc)
             if status in ("SETUP_FAILED", "DEFUNCT"):
+                time.sleep(SETUP_LOG_GRACE_S)  # coglet writes the last setup lines just after it fails
                 raise SetupFailed(f"setup() failed ({status}):\n{self.setup_logs(doc) or self.output_tail()}")
             time.sleep(HEALTH_POLL_S)
         raise SetupFailed(f"setup() did not finish in {timeout_s:g} s:\n{self.output_tail()}")
@@ -119,8 +121,8 @@ class CogProcess:
         reports), without coglet's own lines."""
         reported = ((health or {}).get("setup") or {}).get("logs") or ""
         lines = _user_lines(self.output_tail(1 << 20))
-        lines += [line.removeprefix(_SETUP_PREFIX) for line in reported.splitlines()
-                  if line.startswith(_SETUP_PREFIX) or not line.startswith("[coglet")]
+        lines += [line for line in reported.splitlines()
+                  if not line.startswith("[coglet") and not any(n in line for n in _COGLET_NOISE)]
         return "\n".join(line for line in lines if line.strip())
 
     def output_tail(self, max_bytes: int = 8000) -> str:
@@ -182,14 +184,15 @@ class CogProcess:
             pass  # gone already: nothing is left to cancel
 
 
-_SETUP_PREFIX = "[coglet::setup] "
+_USER_TARGETS = ('"coglet::user"', '"coglet::setup"')
+_COGLET_NOISE = ("<string>:1: DeprecationWarning",)  # coglet's own shims, not the user's code
 
 
 def _user_lines(log_text: str) -> list[str]:
     """What the predictor printed outside a prediction (during import and setup), from coglet's JSON log."""
     lines = []
     for raw in log_text.splitlines():
-        if '"coglet::user"' not in raw:
+        if not any(t in raw for t in _USER_TARGETS) or any(n in raw for n in _COGLET_NOISE):
             continue
         try:
             lines.append(json.loads(raw)["fields"]["message"])

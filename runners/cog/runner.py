@@ -146,8 +146,10 @@ class CogRunner(Runner):
         if status == "canceled":
             raise Cancelled()
         if status != "succeeded":
-            self._check_after_failure()
-            raise PredictionFailed(stream.scrub(str(final.get("error") or f"the prediction ended {status}")))
+            error = stream.scrub(str(final.get("error") or f"the prediction ended {status}"))
+            if self._restart_if_unhealthy():
+                error += " (the model's process failed with it; the instance restarts)"
+            raise PredictionFailed(error)
         yield stream.output(final.get("output"))
 
     async def _final(self, call: asyncio.Task) -> dict[str, Any]:
@@ -159,12 +161,14 @@ class CogRunner(Runner):
             raise PredictionFailed(f"the Cog process died (exit code {code}) while running this prediction; "
                                    "the instance restarts") from None
 
-    def _check_after_failure(self) -> None:
+    def _restart_if_unhealthy(self) -> bool:
         """A failed prediction may have taken coglet's worker with it (coglet then reports itself
-        unhealthy and serves no more): restart the process."""
+        unhealthy and serves no more): restart the process. Says whether it restarts."""
         health = self._process.health(timeout_s=1.0) if self._process else None
-        if (health or {}).get("status") not in READY_STATES:
-            self._begin_restart()
+        if (health or {}).get("status") in READY_STATES:
+            return False
+        self._begin_restart()
+        return True
 
     def _begin_restart(self) -> None:
         if self._restart is None or self._restart.done():
@@ -200,7 +204,9 @@ class _Stream:
     logs so far, in any order) into the new log lines and output chunks, once each."""
 
     def __init__(self, output_schema: dict[str, Any], secrets: list[str]) -> None:
+        self._schema = output_schema
         self._iterator = output_schema.get("x-cog-array-type") == "iterator"
+        self._joinable = output_schema.get("x-cog-array-display") == "concatenate"
         self._items = output_schema.get("items", {}) if self._iterator else {}
         self._secrets = secrets
         self._logs = ""
@@ -221,7 +227,7 @@ class _Stream:
         output = doc.get("output")
         if self._iterator and isinstance(output, list) and len(output) > self._sent_items:
             for item in output[self._sent_items:]:
-                events.append(_chunk(item, self._items, self._sent_items))
+                events.append(_chunk(item, self._items, self._sent_items, self._joinable))
                 self._sent_items += 1
         return events
 
@@ -238,18 +244,17 @@ class _Stream:
 
     def output(self, value: Any) -> Output:
         """The final output: file values (``format: uri``) as files, the rest as the JSON value."""
-        schema = {"type": "array", "items": self._items} if self._iterator else None
-        return _output(value, schema or {})
+        return _output(value, self._schema)
 
 
 def _is_file_schema(schema: dict[str, Any]) -> bool:
     return schema.get("format") == "uri"
 
 
-def _chunk(item: Any, schema: dict[str, Any], index: int) -> OutputChunk:
+def _chunk(item: Any, schema: dict[str, Any], index: int, joinable: bool) -> OutputChunk:
     if _is_file_schema(schema) and isinstance(item, str):
         return OutputChunk(file=_file_from_url(item, index))
-    return OutputChunk(value=item)
+    return OutputChunk(value=item, joinable=joinable)
 
 
 def _output(value: Any, schema: dict[str, Any]) -> Output:

@@ -73,8 +73,8 @@ def ray_session():
 
 
 @pytest.fixture(scope="session")
-async def controller(ray_session, models):
-    client = ray_adapter.start_controller(models, detached=False)
+async def controller(ray_session, models, tmp_path_factory):
+    client = ray_adapter.start_controller(models, detached=False, cache_dir=str(tmp_path_factory.mktemp("node")))
     await client.start()
     yield client
     client.kill()
