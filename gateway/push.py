@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import sys
+import tarfile
 import tempfile
 import time
 from dataclasses import dataclass
@@ -58,16 +59,14 @@ class PushService:
                    ) -> PushResult:
         check_name("model", header.model)
         self._routes.check_may_push(header.model, owner, is_admin)
+        known = {p.name for p in self._bundles.glob("*.tar")} if self._bundles.exists() else set()
         digest, archive = await self._receive(header, chunks)
-        scratch = Path(tempfile.mkdtemp(prefix="warmfleet-push-"))
         try:
-            bundle_dir = scratch / "bundle"
-            await asyncio.to_thread(extract_bundle, archive, bundle_dir)
-            config = check_runnable(bundle_dir)
-            await self._check_hardware(config)
-            openapi = await self._inspect(config, bundle_dir)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            config, openapi = await self._read(archive)
+        except BaseException:
+            if archive.name not in known:  # a refused push leaves nothing behind
+                archive.unlink(missing_ok=True)
+            raise
         await self._publish(digest, archive)
         spec = ModelSpec(
             name=header.model, runner=FAMILY, description=header.description, min_instances=0,
@@ -76,6 +75,21 @@ class PushService:
             hardware="gpu" if config.gpu else "",
         )
         return await self._routes.push_version(spec)
+
+    async def _read(self, archive: Path) -> tuple[CogConfig, dict[str, Any]]:
+        """Unpack the bundle in a scratch folder and read it as Cog does: its config, then its schema."""
+        scratch = Path(tempfile.mkdtemp(prefix="warmfleet-push-"))
+        try:
+            bundle_dir = scratch / "bundle"
+            try:
+                await asyncio.to_thread(extract_bundle, archive, bundle_dir)
+            except (tarfile.TarError, OSError) as err:
+                raise InvalidInput("bundle", f"is not a bundle as `warmfleet push` makes it (a tar): {err}") from None
+            config = check_runnable(bundle_dir)
+            await self._check_hardware(config)
+            return config, await self._inspect(config, bundle_dir)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
     async def _receive(self, header: PushHeader, chunks: AsyncIterator[bytes]) -> tuple[str, Path]:
         writer = BundleWriter(self._bundles, MAX_BUNDLE_BYTES)

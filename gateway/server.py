@@ -85,7 +85,9 @@ class Gateway:
                                          metrics=self.metrics.predictions,
                                          on_cold=self.load_reporter.report_now, webhooks=self.webhooks)
         await self.webhooks.start()
-        self.catalog.update(await self.controller.models())
+        models = await self.controller.models()
+        await self._republish_bundles(models)
+        self.catalog.update(models)
         self.router.update_table(await self.controller.routing_table(-1, 0.0))
         self._refresher = asyncio.create_task(self._follow_routing_table(), name="routing-table")
         self.load_reporter.start()
@@ -97,6 +99,17 @@ class Gateway:
         self._serving = True
         await self._start_http()
         return self.port
+
+    async def _republish_bundles(self, models) -> None:
+        """Hand the cluster the bundles of the pushed versions it serves, from this gateway's store: a
+        controller that restarted (``warmfleet down`` and ``up``) kept its routes but not the bundles."""
+        for digest in sorted({m.options["bundle"] for m in models if m.runner == "cog"}):
+            path = self.settings.bundles_path / f"{digest}.tar"
+            if path.exists():
+                await self.controller.publish_bundle(digest, path)
+            else:
+                log.warning("the bundle %s is not in %s: agents without it cached cannot boot it",
+                            digest, self.settings.bundles_path)
 
     async def _start_http(self) -> None:
         """Serve /metrics and /healthz. A port already taken costs the metrics, not the predictions: the

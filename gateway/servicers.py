@@ -172,6 +172,7 @@ def _model_pb(entry) -> models_pb2.Model:
     )
     if entry.spec.created_at:
         pb.latest_version_created_at.FromNanoseconds(int(entry.spec.created_at * 1e9))
+    pb.latest_version.CopyFrom(convert.version_to_pb(entry))
     return pb
 
 

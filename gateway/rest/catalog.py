@@ -2,8 +2,10 @@
 one RPC of the Models, Deployments or Cluster service.
 
 - ``GET /v1/models``, ``GET|DELETE /v1/models/{owner}/{name}`` (ListModels, GetModel, DeleteModel).
-- ``GET /v1/models/{owner}/{name}/versions`` and ``.../versions/{id}`` (GetModel): a model serves its
-  latest version only, so the list has that one and any other id is 404.
+- ``GET /v1/models/{owner}/{name}/versions``, ``GET|DELETE .../versions/{id}`` (ListVersions, GetVersion,
+  DeleteVersion): every version, newest first.
+- ``POST /v1/models/{owner}/{name}/versions`` (PushVersion): the body is a Cog model's bundle (a tar, as
+  ``warmfleet push`` makes it; ``X-Bundle-Digest`` may carry its SHA-256), streamed, never read whole.
 - ``GET|POST /v1/deployments``, ``GET|PATCH|DELETE /v1/deployments/{owner}/{name}`` (the Deployments
   service; changes need an admin token, as over gRPC).
 - ``GET /v1/hardware`` (ListNodes): the SKUs of the cluster's nodes. Node listing is admin-only over gRPC,
@@ -19,8 +21,10 @@ from gateway.auth import current_principal
 from gateway.rest import REST, base_url
 from gateway.rest import shapes
 from gateway.rest.predictions import json_body
-from warmfleet.errors import NotFound
 from warmfleet.v1 import cluster_pb2, deployments_pb2, models_pb2
+
+
+PUSH_CHUNK_BYTES = 1 << 20
 
 
 def register(app: web.Application) -> None:
@@ -29,7 +33,9 @@ def register(app: web.Application) -> None:
     app.router.add_get("/v1/models/{owner}/{name}", get_model)
     app.router.add_delete("/v1/models/{owner}/{name}", delete_model)
     app.router.add_get("/v1/models/{owner}/{name}/versions", list_versions)
+    app.router.add_post("/v1/models/{owner}/{name}/versions", push_version)
     app.router.add_get("/v1/models/{owner}/{name}/versions/{id}", get_version)
+    app.router.add_delete("/v1/models/{owner}/{name}/versions/{id}", delete_version)
     app.router.add_get("/v1/deployments", list_deployments)
     app.router.add_post("/v1/deployments", create_deployment)
     app.router.add_get("/v1/deployments/{owner}/{name}", get_deployment)
@@ -66,14 +72,38 @@ async def delete_model(request: web.Request) -> web.Response:
 
 
 async def list_versions(request: web.Request) -> web.Response:
-    return web.json_response(shapes.page([shapes.version_json(await _model(request))]))
+    reply = await request.app[REST].models.ListVersions(models_pb2.ListVersionsRequest(model=_name(request)), None)
+    return web.json_response(shapes.page([shapes.version_json(v) for v in reply.versions]))
+
+
+def _version_request(request: web.Request, cls):
+    return cls(model=_name(request), id=request.match_info["id"])
 
 
 async def get_version(request: web.Request) -> web.Response:
-    model, version = await _model(request), request.match_info["id"]
-    if model.version != version:
-        raise NotFound(f"version {version!r} of {model.name} is not served; its version is {model.version}")
-    return web.json_response(shapes.version_json(model))
+    reply = await request.app[REST].models.GetVersion(_version_request(request, models_pb2.GetVersionRequest), None)
+    return web.json_response(shapes.version_json(reply))
+
+
+async def delete_version(request: web.Request) -> web.Response:
+    await request.app[REST].models.DeleteVersion(_version_request(request, models_pb2.DeleteVersionRequest), None)
+    return web.Response(status=202)
+
+
+async def push_version(request: web.Request) -> web.Response:
+    header = models_pb2.PushHeader(model=_name(request), description=request.headers.get("X-Model-Description", ""),
+                                   digest=request.headers.get("X-Bundle-Digest", ""),
+                                   size_bytes=request.content_length or 0)
+
+    async def parts():
+        yield models_pb2.PushVersionRequest(header=header)
+        async for chunk in request.content.iter_chunked(PUSH_CHUNK_BYTES):
+            yield models_pb2.PushVersionRequest(chunk=chunk)
+
+    reply = await request.app[REST].models.PushVersion(parts(), None)
+    body = {**shapes.version_json(reply.version), "model": shapes.model_json(reply.model, base_url(request)),
+            "created_model": reply.created_model, "new_version": reply.new_version}
+    return web.json_response(body, status=201 if reply.new_version else 200)
 
 
 # Deployments

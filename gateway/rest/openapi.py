@@ -137,6 +137,8 @@ def schemas() -> dict[str, S]:
                         "description": 'A version id, "owner/name" (its latest) or "owner/name:version".'}})]},
         "Version": version,
         "VersionPage": page_of("Version"),
+        "PushedVersion": {"allOf": [ref("Version"), obj({
+            "model": ref("Model"), "created_model": BOOLEAN, "new_version": BOOLEAN})]},
         "Model": obj({
             "url": URI, "owner": STRING, "name": STRING, "description": STRING,
             "visibility": {"type": "string", "enum": ["public", "private"]}, "github_url": nullable(URI),
@@ -297,6 +299,8 @@ OWNER = path_param("owner", NAME_PART, "warmfleet")
 NAME = path_param("name", NAME_PART, "echo")
 ID_SCHEMA = {"type": "string", "pattern": "^[A-Za-z0-9_-]+$", "maxLength": 64}
 PREDICTION_ID = path_param("id", ID_SCHEMA, description="A prediction's id.")
+VERSION_ID = path_param("id", {"type": "string", "pattern": "^[A-Za-z0-9_-]+$", "maxLength": 64},
+                        description="A version id.")
 FILE_ID = path_param("id", ID_SCHEMA, description="A file's id.")
 CURSOR = query("cursor", {"type": "string", "maxLength": 256}, "A page's cursor, from a page's next URL.")
 PREFER = header("Prefer", {"type": "string", "pattern": "^wait(=([1-9]|[1-5][0-9]|60))?$"},
@@ -399,12 +403,26 @@ def paths() -> dict[str, dict[str, S]]:
             "delete": op("deleteModel", "Delete a model (admin)", "models", no_content(), model,
                          errors=(401, 403, 404, 409)),
         },
-        "/v1/models/{owner}/{name}/versions": {"get": op(
-            "listModelVersions", "List a model's versions (the one it serves)", "models",
-            json_ok(ref("VersionPage")), model, errors=(401, 404))},
-        "/v1/models/{owner}/{name}/versions/{id}": {"get": op(
-            "getModelVersion", "Get a model's version", "models", json_ok(ref("Version")),
-            (*model, path_param("id", ID_SCHEMA, description="A version id.")), errors=(401, 404))},
+        "/v1/models/{owner}/{name}/versions": {
+            "get": op("listModelVersions", "List a model's versions, newest first", "models",
+                      json_ok(ref("VersionPage")), model, errors=(401, 404)),
+            "post": op("pushModelVersion", "Push a Cog model (its bundle, as `warmfleet push` makes it) as a "
+                       "new version; creates the model if it does not exist", "models",
+                       {**json_ok(ref("PushedVersion"), "A new version", 201),
+                        **json_ok(ref("PushedVersion"), "This content is a version already")},
+                       (*model, header("X-Bundle-Digest", {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                                       "The bundle's SHA-256 (hex): the push fails if the bytes differ.")),
+                       {"required": True, "content": {"application/x-tar": {"schema": {
+                           "type": "string", "format": "binary"}}}},
+                       errors=(401, 403, 409, 422)),
+        },
+        "/v1/models/{owner}/{name}/versions/{id}": {
+            "get": op("getModelVersion", "Get a model's version", "models", json_ok(ref("Version")),
+                      (*model, VERSION_ID), errors=(401, 404)),
+            "delete": op("deleteModelVersion", "Delete a version (refused while a deployment serves it)",
+                         "models", {"202": {"description": "Deleted"}}, (*model, VERSION_ID),
+                         errors=(401, 403, 404, 409)),
+        },
         "/v1/deployments": {
             "get": op("listDeployments", "List the deployments", "deployments", json_ok(ref("DeploymentPage"))),
             "post": op("createDeployment", "Create a deployment (admin)", "deployments",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from datetime import timezone
 from typing import Any
 
 from google.protobuf import json_format
@@ -250,21 +251,30 @@ def openapi_schema(input_schema: dict[str, Any], output_schema: dict[str, Any]) 
     }
 
 
-def version_json(pb: models_pb2.Model) -> dict[str, Any]:
-    return {
-        "id": pb.version, "created_at": None, "cog_version": None,
-        "openapi_schema": openapi_schema(json.loads(pb.input_schema_json or "{}"),
-                                         json.loads(pb.output_schema_json or "{}")),
-    }
+def version_json(pb: models_pb2.Version) -> dict[str, Any]:
+    """Replicate's version: id, created_at, cog_version and the OpenAPI schema (a pushed model's is
+    Cog's own document; the built-in families' is made from their input and output schemas)."""
+    openapi = json.loads(pb.openapi_schema_json) if pb.openapi_schema_json else openapi_schema(
+        json.loads(pb.input_schema_json or "{}"), json.loads(pb.output_schema_json or "{}"))
+    created = pb.created_at.ToDatetime(tzinfo=timezone.utc).isoformat() if pb.HasField("created_at") else None
+    return {"id": pb.id, "created_at": created, "cog_version": pb.cog_version or None, "openapi_schema": openapi}
+
+
+def latest_version_json(pb: models_pb2.Model) -> dict[str, Any]:
+    """A model's latest version (from what an older gateway's Model carries, when it has no whole one)."""
+    if pb.HasField("latest_version"):
+        return version_json(pb.latest_version)
+    return version_json(models_pb2.Version(id=pb.version, input_schema_json=pb.input_schema_json,
+                                           output_schema_json=pb.output_schema_json))
 
 
 def model_json(pb: models_pb2.Model, base: str) -> dict[str, Any]:
     owner, name = split_name(pb.name)
     return {
         "url": f"{base}/v1/models/{pb.name}", "owner": owner, "name": name, "description": pb.description,
-        "visibility": "public", "github_url": None, "paper_url": None, "license_url": None,
+        "visibility": pb.visibility or "public", "github_url": None, "paper_url": None, "license_url": None,
         "run_count": 0, "cover_image_url": None, "default_example": None,
-        "latest_version": version_json(pb), "runner": pb.runner,
+        "latest_version": latest_version_json(pb), "runner": pb.runner,
     }
 
 

@@ -9,6 +9,7 @@ it. Its stdout and stderr go to a file beside the bundle, read back when setup f
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -51,6 +52,16 @@ class ProcessSpec:
     log_path: Path | None = None
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL it when the agent that started it dies (Linux), so a killed
+    agent leaves no coglet behind; coglet's worker exits on its own when coglet does."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -63,6 +74,7 @@ class CogProcess:
         self.port = 0
         self._proc: subprocess.Popen | None = None
         self._log = None
+        self._tail = _LogTail()
 
     @property
     def url(self) -> str:
@@ -88,7 +100,7 @@ class CogProcess:
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1", "--await-explicit-shutdown", "true"],
             cwd=self.spec.bundle_dir, env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=_die_with_parent,
         )
 
     def health(self, timeout_s: float = 2.0) -> dict[str, Any] | None:
@@ -124,6 +136,13 @@ class CogProcess:
         lines += [line for line in reported.splitlines()
                   if not line.startswith("[coglet") and not any(n in line for n in _COGLET_NOISE)]
         return "\n".join(line for line in lines if line.strip())
+
+    def prediction_logs(self, prediction_id: str) -> list[str]:
+        """Every line the predictor printed during a prediction that has ended, from coglet's log."""
+        if self._log is None:
+            return []
+        self._log.flush()
+        return self._tail.lines_of(Path(self._log.name), prediction_id)
 
     def output_tail(self, max_bytes: int = 8000) -> str:
         if self._log is None:
@@ -182,6 +201,33 @@ class CogProcess:
                 await reply.read()
         except (aiohttp.ClientError, ConnectionError):
             pass  # gone already: nothing is left to cancel
+
+
+class _LogTail:
+    """Reads coglet's JSON log as it grows and sorts the predictor's output lines by prediction."""
+
+    def __init__(self) -> None:
+        self._offset = 0
+        self._lines: dict[str, list[str]] = {}
+
+    def lines_of(self, path: Path, prediction_id: str) -> list[str]:
+        try:
+            with path.open("rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except OSError:
+            return self._lines.pop(prediction_id, [])
+        end = data.rfind(b"\n") + 1  # a line still being written waits for the next read
+        self._offset += end
+        for raw in data[:end].splitlines():
+            if b'"coglet::prediction"' not in raw or b'"source"' not in raw:
+                continue
+            try:
+                fields = json.loads(raw)["fields"]
+                self._lines.setdefault(fields["prediction_id"], []).append(fields["message"])
+            except (ValueError, KeyError, TypeError):
+                continue
+        return self._lines.pop(prediction_id, [])
 
 
 _USER_TARGETS = ('"coglet::user"', '"coglet::setup"')

@@ -134,7 +134,7 @@ class CogRunner(Runner):
             final = await self._final(call)
             for event in stream.update(final):
                 yield event
-            for event in stream.flush():
+            for event in stream.flush(process.prediction_logs(ctx.prediction_id)):
                 yield event
         except asyncio.CancelledError:
             await process.cancel(session, ctx.prediction_id)
@@ -211,6 +211,7 @@ class _Stream:
         self._secrets = secrets
         self._logs = ""
         self._line_start = 0
+        self._sent_lines = 0
         self._sent_items = 0
 
     def scrub(self, text: str) -> str:
@@ -231,7 +232,14 @@ class _Stream:
                 self._sent_items += 1
         return events
 
-    def flush(self) -> list[Any]:
+    def flush(self, logged: list[str]) -> list[Any]:
+        """The last log lines: from coglet's own log of the prediction (``logged``, every line it
+        printed) where that has more than the webhooks brought (coglet's final answer and webhooks can
+        miss the lines printed just before a failure), else what is left of the webhooks' text."""
+        if len(logged) > self._sent_lines:
+            rest = logged[self._sent_lines:]
+            self._sent_lines = len(logged)
+            return [LogLine(self.scrub(line)) for line in rest]
         return self._lines(final=True)
 
     def _lines(self, final: bool) -> list[LogLine]:
@@ -240,7 +248,9 @@ class _Stream:
             return []
         text = self._logs[self._line_start:end]
         self._line_start = end
-        return [LogLine(self.scrub(line)) for line in text.splitlines()]
+        lines = text.splitlines()
+        self._sent_lines += len(lines)
+        return [LogLine(self.scrub(line)) for line in lines]
 
     def output(self, value: Any) -> Output:
         """The final output: file values (``format: uri``) as files, the rest as the JSON value."""

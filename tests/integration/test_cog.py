@@ -5,6 +5,7 @@ processes started by the node agents of a real local Ray. One-behaviour fixture 
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import os
@@ -321,3 +322,44 @@ async def test_two_versions_side_by_side_and_a_deployment_rolled_under_load(api,
     assert deleted.id == one
     left = await api.models.ListVersions(M.ListVersionsRequest(model=model), metadata=api.md)
     assert [v.id for v in left.versions] == [two]
+
+
+# Over REST, in Replicate's shapes
+
+
+async def test_push_and_run_over_rest_with_a_data_url_file_and_replicate_version_shapes(running, tmp_path):
+    import aiohttp
+
+    headers = {"Authorization": f"Bearer {running.api.token}"}
+    path, digest, size = bundle_to_tempfile(fixture_copy(tmp_path, "paths"))
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{running.gateway.http_port}") as http:
+        async with http.post("/v1/models/bob/rest-paths/versions", data=path.read_bytes(),
+                             headers={**headers, "Content-Type": "application/x-tar", "X-Bundle-Digest": digest}
+                             ) as reply:
+            pushed = await reply.json()
+            assert reply.status == 201, pushed
+        assert (pushed["id"], pushed["created_model"], pushed["cog_version"]) == (digest, True, "0.23.1")
+        assert pushed["openapi_schema"]["components"]["schemas"]["Input"]["properties"]["image"]["format"] == "uri"
+        async with http.get("/v1/models/bob/rest-paths", headers=headers) as reply:
+            model = await reply.json()
+        assert model["latest_version"]["id"] == digest and model["visibility"] == "private"
+        assert model["latest_version"]["created_at"].startswith("20")
+
+        buf = io.BytesIO()
+        Image.new("RGB", (2, 2), (0, 0, 0)).save(buf, "PNG")
+        data_url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+        async with http.post("/v1/models/bob/rest-paths/predictions", json={"input": {"image": data_url}},
+                             headers={**headers, "Prefer": "wait=30"}) as reply:
+            pred = await reply.json()
+        assert pred["status"] == "succeeded", pred
+        async with http.get(pred["output"][0], headers=headers) as reply:
+            image = Image.open(io.BytesIO(await reply.read()))
+        assert image.getpixel((1, 1)) == (255, 255, 255)
+
+        async with http.get("/v1/models/bob/rest-paths/versions", headers=headers) as reply:
+            assert [v["id"] for v in (await reply.json())["results"]] == [digest]
+        async with http.post("/v1/models/bob/rest-paths/versions", data=b"not a tar at all",
+                             headers={**headers, "Content-Type": "application/x-tar"}) as reply:
+            problem = await reply.json()
+        assert reply.status == 422 and problem["field"] == "bundle", problem
+    path.unlink()

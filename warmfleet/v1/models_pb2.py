@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19warmfleet/v1/models.proto\x12\x0cwarmfleet.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe4\x01\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0e\n\x06runner\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x19\n\x11input_schema_json\x18\x05 \x01(\t\x12\x1a\n\x12output_schema_json\x18\x06 \x01(\t\x12\r\n\x05owner\x18\x07 \x01(\t\x12\x12\n\nvisibility\x18\x08 \x01(\t\x12=\n\x19latest_version_created_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe8\x01\n\x07Version\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06runner\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11input_schema_json\x18\x05 \x01(\t\x12\x1a\n\x12output_schema_json\x18\x06 \x01(\t\x12\x1b\n\x13openapi_schema_json\x18\x07 \x01(\t\x12\x13\n\x0b\x63og_version\x18\x08 \x01(\t\x12\x19\n\x11\x62undle_size_bytes\x18\t \x01(\x04\"T\n\nPushHeader\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\"Y\n\x12PushVersionRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.warmfleet.v1.PushHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\x8d\x01\n\x13PushVersionResponse\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.warmfleet.v1.Model\x12&\n\x07version\x18\x02 \x01(\x0b\x32\x15.warmfleet.v1.Version\x12\x15\n\rcreated_model\x18\x03 \x01(\x08\x12\x13\n\x0bnew_version\x18\x04 \x01(\x08\"$\n\x13ListVersionsRequest\x12\r\n\x05model\x18\x01 \x01(\t\"?\n\x14ListVersionsResponse\x12\'\n\x08versions\x18\x01 \x03(\x0b\x32\x15.warmfleet.v1.Version\".\n\x11GetVersionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"1\n\x14\x44\x65leteVersionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"\x13\n\x11ListModelsRequest\"9\n\x12ListModelsResponse\x12#\n\x06models\x18\x01 \x03(\x0b\x32\x13.warmfleet.v1.Model\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xc7\x01\n\x12\x43reateModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06runner\x18\x02 \x01(\t\x12\x0f\n\x07weights\x18\x03 \x01(\t\x12(\n\x07options\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x15\n\rmin_instances\x18\x06 \x01(\r\x12\x1a\n\rmax_instances\x18\x07 \x01(\rH\x00\x88\x01\x01\x42\x10\n\x0e_max_instances\"\"\n\x12\x44\x65leteModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"9\n\x13\x44\x65leteModelResponse\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.warmfleet.v1.Model2\xf2\x04\n\x06Models\x12O\n\nListModels\x12\x1f.warmfleet.v1.ListModelsRequest\x1a .warmfleet.v1.ListModelsResponse\x12>\n\x08GetModel\x12\x1d.warmfleet.v1.GetModelRequest\x1a\x13.warmfleet.v1.Model\x12\x44\n\x0b\x43reateModel\x12 .warmfleet.v1.CreateModelRequest\x1a\x13.warmfleet.v1.Model\x12R\n\x0b\x44\x65leteModel\x12 .warmfleet.v1.DeleteModelRequest\x1a!.warmfleet.v1.DeleteModelResponse\x12T\n\x0bPushVersion\x12 .warmfleet.v1.PushVersionRequest\x1a!.warmfleet.v1.PushVersionResponse(\x01\x12U\n\x0cListVersions\x12!.warmfleet.v1.ListVersionsRequest\x1a\".warmfleet.v1.ListVersionsResponse\x12\x44\n\nGetVersion\x12\x1f.warmfleet.v1.GetVersionRequest\x1a\x15.warmfleet.v1.Version\x12J\n\rDeleteVersion\x12\".warmfleet.v1.DeleteVersionRequest\x1a\x15.warmfleet.v1.Versionb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19warmfleet/v1/models.proto\x12\x0cwarmfleet.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x93\x02\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0e\n\x06runner\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x19\n\x11input_schema_json\x18\x05 \x01(\t\x12\x1a\n\x12output_schema_json\x18\x06 \x01(\t\x12\r\n\x05owner\x18\x07 \x01(\t\x12\x12\n\nvisibility\x18\x08 \x01(\t\x12=\n\x19latest_version_created_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x0elatest_version\x18\n \x01(\x0b\x32\x15.warmfleet.v1.Version\"\xe8\x01\n\x07Version\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06runner\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11input_schema_json\x18\x05 \x01(\t\x12\x1a\n\x12output_schema_json\x18\x06 \x01(\t\x12\x1b\n\x13openapi_schema_json\x18\x07 \x01(\t\x12\x13\n\x0b\x63og_version\x18\x08 \x01(\t\x12\x19\n\x11\x62undle_size_bytes\x18\t \x01(\x04\"T\n\nPushHeader\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\"Y\n\x12PushVersionRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.warmfleet.v1.PushHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\x8d\x01\n\x13PushVersionResponse\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.warmfleet.v1.Model\x12&\n\x07version\x18\x02 \x01(\x0b\x32\x15.warmfleet.v1.Version\x12\x15\n\rcreated_model\x18\x03 \x01(\x08\x12\x13\n\x0bnew_version\x18\x04 \x01(\x08\"$\n\x13ListVersionsRequest\x12\r\n\x05model\x18\x01 \x01(\t\"?\n\x14ListVersionsResponse\x12\'\n\x08versions\x18\x01 \x03(\x0b\x32\x15.warmfleet.v1.Version\".\n\x11GetVersionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"1\n\x14\x44\x65leteVersionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"\x13\n\x11ListModelsRequest\"9\n\x12ListModelsResponse\x12#\n\x06models\x18\x01 \x03(\x0b\x32\x13.warmfleet.v1.Model\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xc7\x01\n\x12\x43reateModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06runner\x18\x02 \x01(\t\x12\x0f\n\x07weights\x18\x03 \x01(\t\x12(\n\x07options\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x15\n\rmin_instances\x18\x06 \x01(\r\x12\x1a\n\rmax_instances\x18\x07 \x01(\rH\x00\x88\x01\x01\x42\x10\n\x0e_max_instances\"\"\n\x12\x44\x65leteModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"9\n\x13\x44\x65leteModelResponse\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.warmfleet.v1.Model2\xf2\x04\n\x06Models\x12O\n\nListModels\x12\x1f.warmfleet.v1.ListModelsRequest\x1a .warmfleet.v1.ListModelsResponse\x12>\n\x08GetModel\x12\x1d.warmfleet.v1.GetModelRequest\x1a\x13.warmfleet.v1.Model\x12\x44\n\x0b\x43reateModel\x12 .warmfleet.v1.CreateModelRequest\x1a\x13.warmfleet.v1.Model\x12R\n\x0b\x44\x65leteModel\x12 .warmfleet.v1.DeleteModelRequest\x1a!.warmfleet.v1.DeleteModelResponse\x12T\n\x0bPushVersion\x12 .warmfleet.v1.PushVersionRequest\x1a!.warmfleet.v1.PushVersionResponse(\x01\x12U\n\x0cListVersions\x12!.warmfleet.v1.ListVersionsRequest\x1a\".warmfleet.v1.ListVersionsResponse\x12\x44\n\nGetVersion\x12\x1f.warmfleet.v1.GetVersionRequest\x1a\x15.warmfleet.v1.Version\x12J\n\rDeleteVersion\x12\".warmfleet.v1.DeleteVersionRequest\x1a\x15.warmfleet.v1.Versionb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,35 +34,35 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'warmfleet.v1.models_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODEL']._serialized_start=107
-  _globals['_MODEL']._serialized_end=335
-  _globals['_VERSION']._serialized_start=338
-  _globals['_VERSION']._serialized_end=570
-  _globals['_PUSHHEADER']._serialized_start=572
-  _globals['_PUSHHEADER']._serialized_end=656
-  _globals['_PUSHVERSIONREQUEST']._serialized_start=658
-  _globals['_PUSHVERSIONREQUEST']._serialized_end=747
-  _globals['_PUSHVERSIONRESPONSE']._serialized_start=750
-  _globals['_PUSHVERSIONRESPONSE']._serialized_end=891
-  _globals['_LISTVERSIONSREQUEST']._serialized_start=893
-  _globals['_LISTVERSIONSREQUEST']._serialized_end=929
-  _globals['_LISTVERSIONSRESPONSE']._serialized_start=931
-  _globals['_LISTVERSIONSRESPONSE']._serialized_end=994
-  _globals['_GETVERSIONREQUEST']._serialized_start=996
-  _globals['_GETVERSIONREQUEST']._serialized_end=1042
-  _globals['_DELETEVERSIONREQUEST']._serialized_start=1044
-  _globals['_DELETEVERSIONREQUEST']._serialized_end=1093
-  _globals['_LISTMODELSREQUEST']._serialized_start=1095
-  _globals['_LISTMODELSREQUEST']._serialized_end=1114
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1116
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1173
-  _globals['_GETMODELREQUEST']._serialized_start=1175
-  _globals['_GETMODELREQUEST']._serialized_end=1206
-  _globals['_CREATEMODELREQUEST']._serialized_start=1209
-  _globals['_CREATEMODELREQUEST']._serialized_end=1408
-  _globals['_DELETEMODELREQUEST']._serialized_start=1410
-  _globals['_DELETEMODELREQUEST']._serialized_end=1444
-  _globals['_DELETEMODELRESPONSE']._serialized_start=1446
-  _globals['_DELETEMODELRESPONSE']._serialized_end=1503
-  _globals['_MODELS']._serialized_start=1506
-  _globals['_MODELS']._serialized_end=2132
+  _globals['_MODEL']._serialized_end=382
+  _globals['_VERSION']._serialized_start=385
+  _globals['_VERSION']._serialized_end=617
+  _globals['_PUSHHEADER']._serialized_start=619
+  _globals['_PUSHHEADER']._serialized_end=703
+  _globals['_PUSHVERSIONREQUEST']._serialized_start=705
+  _globals['_PUSHVERSIONREQUEST']._serialized_end=794
+  _globals['_PUSHVERSIONRESPONSE']._serialized_start=797
+  _globals['_PUSHVERSIONRESPONSE']._serialized_end=938
+  _globals['_LISTVERSIONSREQUEST']._serialized_start=940
+  _globals['_LISTVERSIONSREQUEST']._serialized_end=976
+  _globals['_LISTVERSIONSRESPONSE']._serialized_start=978
+  _globals['_LISTVERSIONSRESPONSE']._serialized_end=1041
+  _globals['_GETVERSIONREQUEST']._serialized_start=1043
+  _globals['_GETVERSIONREQUEST']._serialized_end=1089
+  _globals['_DELETEVERSIONREQUEST']._serialized_start=1091
+  _globals['_DELETEVERSIONREQUEST']._serialized_end=1140
+  _globals['_LISTMODELSREQUEST']._serialized_start=1142
+  _globals['_LISTMODELSREQUEST']._serialized_end=1161
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1163
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1220
+  _globals['_GETMODELREQUEST']._serialized_start=1222
+  _globals['_GETMODELREQUEST']._serialized_end=1253
+  _globals['_CREATEMODELREQUEST']._serialized_start=1256
+  _globals['_CREATEMODELREQUEST']._serialized_end=1455
+  _globals['_DELETEMODELREQUEST']._serialized_start=1457
+  _globals['_DELETEMODELREQUEST']._serialized_end=1491
+  _globals['_DELETEMODELRESPONSE']._serialized_start=1493
+  _globals['_DELETEMODELRESPONSE']._serialized_end=1550
+  _globals['_MODELS']._serialized_start=1553
+  _globals['_MODELS']._serialized_end=2179
 # @@protoc_insertion_point(module_scope)

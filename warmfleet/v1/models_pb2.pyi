@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Model(_message.Message):
-    __slots__ = ("name", "description", "runner", "version", "input_schema_json", "output_schema_json", "owner", "visibility", "latest_version_created_at")
+    __slots__ = ("name", "description", "runner", "version", "input_schema_json", "output_schema_json", "owner", "visibility", "latest_version_created_at", "latest_version")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     RUNNER_FIELD_NUMBER: _ClassVar[int]
@@ -21,6 +21,7 @@ class Model(_message.Message):
     OWNER_FIELD_NUMBER: _ClassVar[int]
     VISIBILITY_FIELD_NUMBER: _ClassVar[int]
     LATEST_VERSION_CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    LATEST_VERSION_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     runner: str
@@ -30,7 +31,8 @@ class Model(_message.Message):
     owner: str
     visibility: str
     latest_version_created_at: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., runner: _Optional[str] = ..., version: _Optional[str] = ..., input_schema_json: _Optional[str] = ..., output_schema_json: _Optional[str] = ..., owner: _Optional[str] = ..., visibility: _Optional[str] = ..., latest_version_created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    latest_version: Version
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., runner: _Optional[str] = ..., version: _Optional[str] = ..., input_schema_json: _Optional[str] = ..., output_schema_json: _Optional[str] = ..., owner: _Optional[str] = ..., visibility: _Optional[str] = ..., latest_version_created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., latest_version: _Optional[_Union[Version, _Mapping]] = ...) -> None: ...
 
 class Version(_message.Message):
     __slots__ = ("id", "model", "runner", "created_at", "input_schema_json", "output_schema_json", "openapi_schema_json", "cog_version", "bundle_size_bytes")

@@ -1,0 +1,337 @@
+"""The Cog runner's pure parts: coglet's snapshots into events (``_Stream``), outputs and files, inputs as
+coglet takes them, Secret redaction, bundles materialised on a node, memory figures, coglet's log lines,
+and package environments (``runners.cog.env``)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from runners.base import NodeResources
+from runners.cog.config import CogConfig
+from runners.cog.env import DONE_MARKER, InstallFailed, ensure_environment
+from runners.cog.process import _user_lines
+from runners.cog.runner import (
+    _file_from_url, _output, _secret_values, _Stream, _to_cog, materialize_bundle, process_tree_rss, secret_fields,
+)
+from runners.cog.schema import input_json_schema
+from runners.schema import SECRET_MASK, InputValidator
+from warmfleet.bundle import write_bundle
+from warmfleet.domain import FileData, LogLine, Output, OutputChunk
+
+ITERATOR = {"type": "array", "items": {"type": "string"}, "x-cog-array-type": "iterator"}
+CONCATENATE = {**ITERATOR, "x-cog-array-display": "concatenate"}
+FILE = {"type": "string", "format": "uri"}
+PNG = b"\x89PNG\r\n\x1a\n fake image"
+
+
+def data_url(data: bytes, content_type: str) -> str:
+    return f"data:{content_type};base64,{base64.b64encode(data).decode()}"
+
+
+def snapshot(output: list | None = None, logs: str = "") -> dict:
+    return {"status": "processing", "output": output, "logs": logs}
+
+
+def feed(stream: _Stream, *snapshots: dict) -> list:
+    return [event for doc in snapshots for event in stream.update(doc)]
+
+
+# _Stream: snapshots to events, once each
+
+
+def test_out_of_order_and_repeated_snapshots_give_each_line_and_item_once_in_order():
+    stream = _Stream(ITERATOR, [])
+    s1, s2, s3 = (snapshot(["a", "b", "c"][:n], "".join(f"line {i}\n" for i in range(n))) for n in (1, 2, 3))
+    events = feed(stream, s1, s3, s2, s1, s3)
+    assert events == [LogLine("line 0"), OutputChunk(value="a", joinable=False),
+                      LogLine("line 1"), LogLine("line 2"),
+                      OutputChunk(value="b", joinable=False), OutputChunk(value="c", joinable=False)]
+    assert stream.flush([]) == []
+
+
+def test_a_log_line_without_its_newline_is_held_until_the_next_snapshot_completes_it():
+    stream = _Stream(ITERATOR, [])
+    assert feed(stream, snapshot(logs="downloa")) == []
+    assert feed(stream, snapshot(logs="download done\nstep 1")) == [LogLine("download done")]
+    assert feed(stream, snapshot(logs="download done\nstep 1/2\n")) == [LogLine("step 1/2")]
+
+
+def test_flush_gives_the_last_line_that_never_got_its_newline():
+    stream = _Stream(ITERATOR, [])
+    assert feed(stream, snapshot(logs="one\ntail")) == [LogLine("one")]
+    assert stream.flush([]) == [LogLine("tail")]
+    assert stream.flush([]) == []
+
+
+def test_flush_gives_the_lines_coglets_own_log_has_beyond_what_the_webhooks_brought():
+    stream = _Stream(ITERATOR, ["hunter2"])
+    assert feed(stream, snapshot(logs="one\ntw")) == [LogLine("one")]
+    assert stream.flush(["one", "two", "key hunter2 rejected"]) == [LogLine("two"), LogLine(f"key {SECRET_MASK} rejected")]
+
+
+def test_flush_keeps_to_the_webhooks_text_when_coglets_log_has_no_more_lines():
+    stream = _Stream(ITERATOR, [])
+    assert feed(stream, snapshot(logs="one\ntwo\nlast")) == [LogLine("one"), LogLine("two")]
+    assert stream.flush(["one", "two"]) == [LogLine("last")]
+
+
+def test_iterator_items_are_separate_chunks_and_concatenate_items_are_joinable():
+    items = snapshot(["Hel", "lo"])
+    assert [c.joinable for c in feed(_Stream(ITERATOR, []), items)] == [False, False]
+    assert feed(_Stream(CONCATENATE, []), items) == [OutputChunk(value="Hel"), OutputChunk(value="lo")]
+
+
+def test_a_list_output_that_is_not_an_iterator_streams_no_chunks():
+    stream = _Stream({"type": "array", "items": {"type": "string"}}, [])
+    assert feed(stream, snapshot(["a", "b"], "working\n")) == [LogLine("working")]
+
+
+def test_file_items_of_an_iterator_arrive_as_decoded_files():
+    stream = _Stream({**ITERATOR, "items": FILE}, [])
+    chunks = feed(stream, snapshot([data_url(PNG, "image/png"), data_url(b"RIFF", "audio/wav")]))
+    assert [(c.file.data, c.file.content_type) for c in chunks] == [(PNG, "image/png"), (b"RIFF", "audio/wav")]
+    assert chunks[0].file.name == "output-0.png"
+    assert all(c.value is None for c in chunks)
+
+
+def test_secret_values_are_scrubbed_from_log_lines_and_errors():
+    stream = _Stream(ITERATOR, ["hunter2", "tok-9"])
+    lines = feed(stream, snapshot(logs="using hunter2 and tok-9\nplain\n"))
+    assert lines == [LogLine(f"using {SECRET_MASK} and {SECRET_MASK}"), LogLine("plain")]
+    assert stream.scrub("auth failed for hunter2") == f"auth failed for {SECRET_MASK}"
+
+
+def test_secret_fields_and_their_values_are_the_inputs_cog_types_as_secret():
+    openapi = {"components": {"schemas": {"Input": {"type": "object", "properties": {
+        "token": {"type": "string", "format": "password", "writeOnly": True, "x-cog-secret": True},
+        "key": {"type": "string", "x-cog-secret": True},
+        "prompt": {"type": "string"}}}}}}
+    assert secret_fields(openapi) == ["token", "key"]
+    assert _secret_values(openapi, {"token": "s3", "key": "", "prompt": "hi"}) == ["s3"]
+
+
+# The final output
+
+
+def test_a_single_path_output_is_one_file():
+    out = _output(data_url(PNG, "image/png"), FILE)
+    assert out.value is None
+    assert [(f.data, f.content_type) for f in out.files] == [(PNG, "image/png")]
+
+
+def test_a_list_of_paths_is_the_files_in_order():
+    out = _output([data_url(b"1", "text/plain"), data_url(b"2", "image/jpeg")], {"type": "array", "items": FILE})
+    assert out.value is None
+    assert [(f.data, f.name) for f in out.files] == [(b"1", "output-0.txt"), (b"2", "output-1.jpg")]
+
+
+@pytest.mark.parametrize(("value", "schema"), [
+    ("hello", {"type": "string"}),
+    (3.5, {"type": "number"}),
+    ({"text": "hi", "score": 1}, {"type": "object", "properties": {"text": {"type": "string"}}}),
+    (["a", "b"], {"type": "array", "items": {"type": "string"}}),
+])
+def test_a_value_that_is_no_file_is_the_json_value(value, schema):
+    assert _output(value, schema) == Output(value=value)
+
+
+# Files to and from coglet
+
+
+def test_files_anywhere_in_an_input_become_data_urls_that_decode_back():
+    image = FileData(PNG, "image/png", "in.png")
+    blob = FileData(b"\x00\xff", "", "raw")
+    value = _to_cog({"image": image, "n": 2, "many": [blob, {"deep": image}], "text": "data:not-a-file"})
+    assert value["n"] == 2 and value["text"] == "data:not-a-file"
+    image_back = _file_from_url(value["many"][1]["deep"], 0)
+    blob_back = _file_from_url(value["many"][0], 1)
+    assert (image_back.data, image_back.content_type) == (PNG, "image/png")
+    assert (blob_back.data, blob_back.content_type) == (b"\x00\xff", "application/octet-stream")
+    assert _file_from_url(value["image"], 0).data == PNG
+
+
+def test_a_url_that_is_not_a_data_url_becomes_a_uri_list_file():
+    got = _file_from_url("https://example.com/out.png", 3)
+    assert (got.data, got.content_type, got.name) == (b"https://example.com/out.png", "text/uri-list", "output-3.url")
+
+
+def test_a_data_url_without_base64_is_its_text():
+    got = _file_from_url("data:text/plain,hello", 0)
+    assert (got.data, got.content_type) == (b"hello", "text/plain")
+
+
+# Secrets in stored inputs
+
+
+def secret_validator() -> InputValidator:
+    doc = {"components": {"schemas": {"Input": {"type": "object", "properties": {
+        "x": {"type": "integer", "title": "X", "x-order": 0},
+        "token": {"type": "string", "format": "password", "writeOnly": True, "x-cog-secret": True, "x-order": 1}}},
+        "Output": {"type": "string"}}}}
+    return InputValidator(input_json_schema(doc))
+
+
+def test_redact_masks_secrets_and_leaves_the_input_itself_alone():
+    validator = secret_validator()
+    given = {"x": 1, "token": "s3cr3t"}
+    assert validator.redact(given) == {"x": 1, "token": SECRET_MASK}
+    assert given == {"x": 1, "token": "s3cr3t"}
+
+
+def test_redact_leaves_an_input_without_its_secret_as_it_is():
+    validator = secret_validator()
+    assert validator.redact({"x": 1}) == {"x": 1}
+    assert validator.redact({"x": 1, "token": None}) == {"x": 1, "token": None}
+
+
+# Bundles on a node
+
+
+class FakeBundles:
+    """A bundle source that writes the bytes it holds for a digest, and counts its fetches."""
+
+    def __init__(self, blobs: dict[str, bytes]) -> None:
+        self.blobs = blobs
+        self.fetches: list[str] = []
+
+    def fetch(self, digest: str, dest: Path) -> None:
+        self.fetches.append(digest)
+        dest.write_bytes(self.blobs[digest])
+
+
+def a_bundle(tmp_path: Path) -> tuple[str, bytes]:
+    root = tmp_path / "model"
+    root.mkdir()
+    (root / "predict.py").write_text("class Predictor: ...\n")
+    (root / "cog.yaml").write_text('predict: "predict.py:Predictor"\n')
+    out = io.BytesIO()
+    digest, _ = write_bundle(root, out)
+    return digest, out.getvalue()
+
+
+OPENAPI = {"components": {"schemas": {"Input": {"type": "object", "properties": {}}, "Output": {"type": "string"}}}}
+
+
+def test_materialize_unpacks_the_bundle_with_cogs_schema_and_fetches_once(tmp_path):
+    digest, data = a_bundle(tmp_path)
+    source = FakeBundles({digest: data})
+    node = NodeResources(cache_dir=tmp_path / "cache", bundles=source)
+    first = materialize_bundle(node, digest, OPENAPI)
+    second = materialize_bundle(node, digest, OPENAPI)
+    assert first == second == tmp_path / "cache" / "cog" / "bundles" / digest
+    assert (first / "predict.py").read_text() == "class Predictor: ...\n"
+    assert json.loads((first / ".cog" / "openapi_schema.json").read_text()) == OPENAPI
+    assert source.fetches == [digest]
+    assert not list(first.parent.glob("*.part"))
+
+
+def test_materialize_refuses_bytes_that_do_not_match_the_digest_and_keeps_nothing(tmp_path):
+    digest, data = a_bundle(tmp_path)
+    source = FakeBundles({digest: data + b"tampered"})
+    node = NodeResources(cache_dir=tmp_path / "cache", bundles=source)
+    with pytest.raises(RuntimeError, match=f"has digest {hashlib.sha256(data + b'tampered').hexdigest()}"):
+        materialize_bundle(node, digest, OPENAPI)
+    bundles = tmp_path / "cache" / "cog" / "bundles"
+    assert sorted(p.name for p in bundles.iterdir()) == [f"{digest}.lock"]
+    source.blobs[digest] = data
+    assert (materialize_bundle(node, digest, OPENAPI) / "cog.yaml").is_file()
+    assert source.fetches == [digest, digest]
+
+
+# Memory and coglet's log
+
+
+def test_process_tree_rss_of_this_process_is_at_least_its_own_rss():
+    own = next(int(line.split()[1]) * 1024 for line in Path("/proc/self/status").read_text().splitlines()
+               if line.startswith("VmRSS:"))
+    assert process_tree_rss(os.getpid()) >= own // 2 > 0
+
+
+def test_process_tree_rss_of_a_process_that_is_gone_is_zero():
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    assert gone.wait() == 0
+    assert process_tree_rss(gone.pid) == 0
+
+
+def coglet_line(target: str, message: str) -> str:
+    return json.dumps({"timestamp": "2025-01-01T00:00:00Z", "level": "INFO", "fields": {"message": message},
+                       "target": target})
+
+
+def test_user_lines_are_the_predictors_own_messages_from_coglets_json_log():
+    log = "\n".join([
+        coglet_line("coglet::user", "loading weights"),
+        coglet_line("coglet::server", "listening on 127.0.0.1:5000"),
+        coglet_line("coglet::setup", "setup done"),
+        coglet_line("coglet::user", "<string>:1: DeprecationWarning: old shim"),
+        '{"target": "coglet::user", "fields": {}}',
+        '"coglet::user" but not json {',
+        "plain stderr text",
+    ])
+    assert _user_lines(log) == ["loading weights", "setup done"]
+
+
+# Package environments
+
+
+def wheel(path: Path, name: str = "wfdemo", version: str = "0.1") -> Path:
+    """A minimal pure-Python wheel: one module, ``{name}.VALUE = 42``."""
+    files = {f"{name}/__init__.py": b"VALUE = 42\n",
+             f"{name}-{version}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+             f"{name}-{version}.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                                                  b"Tag: py3-none-any\n"}
+    record = "".join(
+        f"{n},sha256={base64.urlsafe_b64encode(hashlib.sha256(d).digest()).rstrip(b'=').decode()},{len(d)}\n"
+        for n, d in files.items()) + f"{name}-{version}.dist-info/RECORD,,\n"
+    with zipfile.ZipFile(path, "w") as z:
+        for n, d in files.items():
+            z.writestr(n, d)
+        z.writestr(f"{name}-{version}.dist-info/RECORD", record)
+    return path
+
+
+@pytest.fixture
+def offline_pip(monkeypatch):
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
+
+
+def test_no_packages_need_no_environment(tmp_path):
+    assert ensure_environment(CogConfig(predict="predict.py:Predictor"), tmp_path / "envs", tmp_path) is None
+    assert not (tmp_path / "envs").exists()
+
+
+def test_a_failed_install_says_pips_output_leaves_no_env_and_is_tried_again(tmp_path, offline_pip):
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    config = CogConfig(predict="predict.py:Predictor", python_packages=("./wfdemo-0.1-py3-none-any.whl",))
+    envs = tmp_path / "envs"
+    with pytest.raises(InstallFailed) as caught:
+        ensure_environment(config, envs, bundle)
+    assert "wfdemo-0.1-py3-none-any.whl" in str(caught.value)
+    assert "ERROR" in str(caught.value)  # pip's own output, not only ours
+    assert not (envs / config.requirements_digest).exists()
+    wheel(bundle / "wfdemo-0.1-py3-none-any.whl")  # the wheel is there now: the next load installs it
+    target = ensure_environment(config, envs, bundle)
+    assert target == envs / config.requirements_digest
+    assert (target / DONE_MARKER).is_file()
+    assert (target / "wfdemo" / "__init__.py").read_text() == "VALUE = 42\n"
+
+
+def test_an_installed_environment_is_reused_without_pip(tmp_path, offline_pip):
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    config = CogConfig(predict="predict.py:Predictor", python_packages=("./wfdemo-0.1-py3-none-any.whl",))
+    first = ensure_environment(config, tmp_path / "envs", wheel(bundle / "wfdemo-0.1-py3-none-any.whl").parent)
+    (bundle / "wfdemo-0.1-py3-none-any.whl").unlink()  # pip would fail now; a reuse does not run it
+    assert ensure_environment(config, tmp_path / "envs", bundle) == first
