@@ -192,7 +192,7 @@ def node_to_pb(n: NodeInfo) -> cluster_pb2.Node:
 def instance_to_pb(i: InstanceInfo) -> cluster_pb2.Instance:
     return cluster_pb2.Instance(
         id=i.id, model=i.model, version=i.version, node_id=i.node_id, state=i.state,
-        in_flight=i.in_flight, max_concurrency=i.max_concurrency,
+        in_flight=i.in_flight, max_concurrency=i.max_concurrency, memory_bytes=i.memory_bytes,
     )
 
 

@@ -150,6 +150,8 @@ class RouteService:
         own = self._catalog.by_name(model).spec
         if not version or version == own.version:
             return own
+        if own.runner == "cog":  # pushed versions: the ones the model has now (not those deleted)
+            return self._catalog.version_of(model, version).spec
         spec = await self._controller.version(version)
         if spec is None or spec.model_name != model:
             raise NotFound(f"version {version!r} of {model} not found")

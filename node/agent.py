@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from node.instance import InstanceLifecycle, InstanceState
-from node.metrics import GPU_UNKNOWN, Nvml, host_memory
+from node.metrics import GPU_UNKNOWN, Nvml, host_memory, process_tree, rss_bytes
 from node.outbox import Outbox
 from runners.base import Cancelled, NodeResources, PredictContext, Runner
 from runners.registry import runner_class
@@ -41,11 +41,11 @@ class _Instance:
     running: dict[str, PredictContext] = field(default_factory=dict)
     tasks: dict[str, asyncio.Task] = field(default_factory=dict)  # async runners' predictions
 
-    def info(self, node_id: str) -> InstanceInfo:
+    def info(self, node_id: str, memory_bytes: int = 0) -> InstanceInfo:
         return InstanceInfo(
             id=self.id, model=self.spec.name, version=self.spec.version, node_id=node_id,
             state=self.lifecycle.state.value, max_concurrency=self.lifecycle.max_concurrency,
-            in_flight=self.lifecycle.in_flight,
+            in_flight=self.lifecycle.in_flight, memory_bytes=memory_bytes,
         )
 
 
@@ -105,7 +105,18 @@ class NodeAgent:
             inst.executor.shutdown(wait=False)
 
     async def instances(self) -> list[InstanceInfo]:
-        return [inst.info(self.node_id) for inst in self._instances.values()]
+        return [inst.info(self.node_id, self._memory_of(inst)) for inst in self._instances.values()]
+
+    def _memory_of(self, inst: _Instance) -> int:
+        """What an instance's own processes use: GPU memory on a GPU node (NVML), else resident memory;
+        0 for an instance in this process."""
+        roots = inst.runner.process_ids()
+        if not roots:
+            return 0
+        pids = [pid for root in roots for pid in process_tree(root)]
+        if self._nvml.available:
+            return self._nvml.process_memory_bytes(pids) or 0
+        return rss_bytes(pids)
 
     async def info(self) -> NodeInfo:
         """What this node is and how busy: one NVML reading of its GPU, or the host's RAM on a CPU node.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 CPU = "cpu"  # the SKU of a node with no GPU
 GPU_UNKNOWN = "gpu-unknown"  # the SKU of a GPU that NVML could not read
@@ -129,6 +130,21 @@ class Nvml:
     def available(self) -> bool:
         return self._handle is not None
 
+    def process_memory_bytes(self, pids: list[int]) -> int | None:
+        """GPU memory these processes hold on this GPU (NVML's compute processes), or None where NVML
+        cannot say."""
+        if self._handle is None:
+            return None
+        try:
+            import pynvml
+
+            running = pynvml.nvmlDeviceGetComputeRunningProcesses(self._handle)
+        except Exception as err:
+            self.note = f"NVML process read failed: {_describe(err)}"
+            return None
+        wanted = set(pids)
+        return sum(int(p.usedGpuMemory or 0) for p in running if p.pid in wanted)
+
     def read(self) -> GpuReading | None:
         """The GPU's figures now, or None (with ``note`` saying why) where NVML cannot give them."""
         if self._handle is None:
@@ -151,6 +167,34 @@ class Nvml:
             return None
         self.note = ""
         return reading
+
+
+def process_tree(root: int, proc: str = "/proc") -> list[int]:
+    """``root`` and its descendants (Linux /proc); only what still exists."""
+    found, pending = [], [root]
+    while pending:
+        pid = pending.pop()
+        try:
+            children = Path(f"{proc}/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            continue
+        found.append(pid)
+        pending += [int(c) for c in children]
+    return found
+
+
+def rss_bytes(pids: list[int], proc: str = "/proc") -> int:
+    """Resident memory of these processes, in bytes (0 for one that is gone)."""
+    total = 0
+    for pid in pids:
+        try:
+            status = Path(f"{proc}/{pid}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) * 1024
+    return total
 
 
 def _optional(read):  # some boards do not report every figure (NVMLError_NotSupported)

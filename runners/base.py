@@ -112,6 +112,11 @@ class Runner(ABC):
     def unload(self) -> None:
         """Release what ``load`` took (GPU memory above all)."""
 
+    def process_ids(self) -> list[int]:
+        """The processes the model runs in, when not the agent's own (its agent measures their memory
+        for placement); empty for a model loaded in the agent's process."""
+        return []
+
     @abstractmethod
     def predict(self, input: dict[str, Any], ctx: PredictContext) -> PredictGenerator | AsyncPredictGenerator:
         """Yield events while working; return the output (or, as an async generator, yield it last)."""

@@ -107,6 +107,7 @@ class Controller:
         self._node_info: dict[str, NodeInfo] = {}  # what each agent last said it is (hardware, memory)
         self._node_info_at = float("-inf")
         self._memory_estimates: dict[str, int] = {}  # version -> bytes an instance takes
+        self._measured_memory: dict[str, int] = {}  # version -> most an instance of it was measured using
         self._last_busy: dict[str, float] = {}  # route -> when it last had ongoing predictions
         self._bundles: dict[str, Any] = {}  # digest -> where a pushed bundle is (the seam's handles)
 
@@ -283,9 +284,13 @@ class Controller:
                      instances, self._clock())
 
     def _memory_of(self, route: str, spec: ModelSpec | None = None) -> int:
+        """What an instance of the route is booked for: what its instances were measured to use, once
+        one was, else the estimate (``estimate_memory_bytes``)."""
         spec = spec or self._models.get(route)
         if spec is None:
             return 0
+        if spec.version in self._measured_memory:
+            return self._measured_memory[spec.version]
         if spec.version not in self._memory_estimates:
             self._memory_estimates[spec.version] = estimate_memory_bytes(spec)
         return self._memory_estimates[spec.version]
@@ -324,9 +329,18 @@ class Controller:
         await self._bump()
 
     async def _refresh_node_info(self) -> None:
+        """What each agent says of its node, and what the instances that run in processes of their own
+        (pushed Cog models) were measured to use: placement books that instead of the estimate."""
         nodes = list(self._nodes.values())
         answers = await asyncio.gather(*(n.info() for n in nodes), return_exceptions=True)
         self._node_info = {n.node_id: a for n, a in zip(nodes, answers) if isinstance(a, NodeInfo)}
+        listed = await asyncio.gather(*(n.instances() for n in nodes), return_exceptions=True)
+        measured: dict[str, int] = {}
+        for infos in listed:
+            for info in infos if isinstance(infos, list) else ():
+                if info.memory_bytes:
+                    measured[info.version] = max(measured.get(info.version, 0), info.memory_bytes)
+        self._measured_memory.update(measured)
 
     def _record_failure(self, route: str, error: str) -> None:
         """A route could not get an instance: say why (to its waiting predictions), and back off."""

@@ -233,6 +233,7 @@ class Instance:
     state: str
     in_flight: int
     max_concurrency: int
+    memory_bytes: int = 0  # what its own processes use, when they are measured (pushed models)
 
 
 @dataclass(frozen=True)
@@ -437,7 +438,8 @@ def prediction_from_pb(pb: types_pb2.Prediction) -> Prediction:
         output_files=[file_from_pb(f) for f in pb.output.files] if has_output else [],
         logs=pb.logs, error=pb.error, created_at=_time_from_pb(pb, "created_at"),
         started_at=_time_from_pb(pb, "started_at"), completed_at=_time_from_pb(pb, "completed_at"),
-        metrics={fd.name: value for fd, value in pb.metrics.ListFields()},
+        metrics={**dict(pb.metrics.custom),
+                 **{fd.name: value for fd, value in pb.metrics.ListFields() if fd.name != "custom"}},
         deployment=pb.deployment, owner=pb.owner,
     )
 

@@ -65,6 +65,7 @@ class Metrics:
     boot_time_s: float | None = None
     image_count: int | None = None
     batch_size: int | None = None
+    custom: dict[str, float] = field(default_factory=dict)  # what the model recorded itself, by name
 
 
 @dataclass
@@ -278,6 +279,9 @@ class InstanceInfo:
     state: str
     max_concurrency: int
     in_flight: int = 0
+    # What its own processes use (GPU memory on a GPU node, resident memory on a CPU node), as its agent
+    # measured it; 0: not measured (the instance lives in the agent's process).
+    memory_bytes: int = 0
     input_schema: dict[str, Any] = field(default_factory=dict)
     output_schema: dict[str, Any] = field(default_factory=dict)
 

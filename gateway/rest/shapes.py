@@ -217,7 +217,8 @@ def output_json(pb: types_pb2.Prediction, base: str) -> Any:
 
 def metrics_json(pb: types_pb2.PredictionMetrics) -> dict[str, Any]:
     """Replicate's metric names: the proto's without their unit suffix (``predict_time_s`` -> ``predict_time``)."""
-    return {fd.name.removesuffix("_s"): value for fd, value in pb.ListFields()}
+    named = {fd.name.removesuffix("_s"): value for fd, value in pb.ListFields() if fd.name != "custom"}
+    return {**dict(pb.custom), **named}  # a model's own figures beside ours, as Replicate shows them
 
 
 def file_name(f: types_pb2.File) -> str | None:

@@ -26,6 +26,21 @@ _BUILD_KEYS = {"gpu", "python_version", "python_packages", "python_requirements"
 MAX_CONCURRENCY = 1024
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML as Cog's CLI reads cog.yaml: an unquoted ``3.10`` stays the text "3.10" (YAML 1.1 would make it
+    the float 3.1, another Python)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    key: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:float"]
+    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _load(path: Path) -> Any:
+    return yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - a SafeLoader, floats as text
+
+
 @dataclass(frozen=True)
 class CogConfig:
     """What a version needs from its node: the predictor, its Python and packages, GPU, concurrency."""
@@ -56,7 +71,7 @@ def read_config(root: Path) -> CogConfig:
         raise InvalidInput("cog.yaml", f"not found in the model directory; a Cog model has a {CONFIG_FILE} "
                                        "with `predict: \"predict.py:Predictor\"`")
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
+        doc = _load(path) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise InvalidInput("cog.yaml", f"is not valid YAML: {err}") from None
     if not isinstance(doc, dict):
@@ -161,7 +176,7 @@ def check_runnable(root: Path) -> CogConfig:
     if wanted and not (here == wanted or here.startswith(wanted + ".")):
         raise _field("build.python_version", f"asks for Python {wanted}; warmfleet nodes run Python {here} "
                                              "(set it to \"" + ".".join(here.split(".")[:2]) + "\")")
-    doc = yaml.safe_load((root / CONFIG_FILE).read_text()) or {}
+    doc = _load(root / CONFIG_FILE) or {}
     build = doc.get("build") or {}
     if build.get("run"):
         raise _field("build.run", "needs a container image build, which warmfleet does not do; install what "

@@ -18,6 +18,7 @@ import json
 import logging
 import mimetypes
 import re
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from runners.cog.process import CogProcess, ProcessGone, ProcessSpec
 from runners.cog.schema import input_json_schema, output_json_schema
 from runners.cog.webhooks import receiver
 from runners.schema import SECRET_MASK
-from warmfleet.domain import FileData, LogLine, ModelSpec, Output, OutputChunk
+from warmfleet.domain import FileData, LogLine, MetricsUpdate, ModelSpec, Output, OutputChunk
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,11 @@ SETUP_TIMEOUT_S = 600.0
 CANCEL_GRACE_S = 10.0  # how long a canceled prediction may take to stop before its slot is given back
 _DATA_URL = re.compile(r"^data:([^;,]*)(;base64)?,", re.DOTALL)
 READY_STATES = ("READY", "BUSY")
+# While a prediction runs, its coglet is asked every WATCH_INTERVAL_S with no news; HUNG_AFTER_MISSES
+# health checks in a row without an answer within HEALTH_TIMEOUT_S mean it hung.
+WATCH_INTERVAL_S = 1.0
+HEALTH_TIMEOUT_S = 1.0
+HUNG_AFTER_MISSES = 3
 
 
 class PredictionFailed(Exception):
@@ -56,6 +62,7 @@ class CogRunner(Runner):
         self._process: CogProcess | None = None
         self._session: aiohttp.ClientSession | None = None
         self._restart: asyncio.Task | None = None
+        self._kill_reason = ""  # why the agent killed the process, for the predictions that die with it
         self.setup_logs = ""
 
     # The version's schema
@@ -107,9 +114,10 @@ class CogRunner(Runner):
             self._process.stop()
             self._process = None
 
-    def memory_bytes(self) -> int:
-        """Resident memory of the instance's processes (coglet and its worker), from /proc."""
-        return 0 if self._process is None or self._process.pid is None else process_tree_rss(self._process.pid)
+    def process_ids(self) -> list[int]:
+        """coglet's server (its worker is its child)."""
+        pid = self._process.pid if self._process is not None else None
+        return [pid] if pid is not None else []
 
     # Predictions
 
@@ -122,15 +130,21 @@ class CogRunner(Runner):
         stream = _Stream(self.output_schema(self.spec), secrets)
         call = asyncio.create_task(process.predict(
             session, ctx.prediction_id, _to_cog(input), hooks.webhook_for(ctx.prediction_id)))
+        watchdog = _Watchdog(process, session)
         try:
             while not call.done():
                 update = asyncio.create_task(queue.get())
-                await asyncio.wait({call, update}, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait({call, update}, timeout=WATCH_INTERVAL_S,
+                                             return_when=asyncio.FIRST_COMPLETED)
                 if update.done():
                     for event in stream.update(update.result()):
                         yield event
                 else:
                     update.cancel()
+                if not done and await watchdog.hung():
+                    self._kill_reason = (f"the Cog process did not answer its health check for "
+                                         f"{watchdog.silent_s:.0f} s (hung); it was killed")
+                    await asyncio.to_thread(process.kill)
             final = await self._final(call)
             for event in stream.update(final):
                 yield event
@@ -150,6 +164,9 @@ class CogRunner(Runner):
             if self._restart_if_unhealthy():
                 error += " (the model's process failed with it; the instance restarts)"
             raise PredictionFailed(error)
+        custom = _custom_metrics(final.get("metrics"))
+        if custom:
+            yield MetricsUpdate({"custom": custom})
         yield stream.output(final.get("output"))
 
     async def _final(self, call: asyncio.Task) -> dict[str, Any]:
@@ -157,9 +174,10 @@ class CogRunner(Runner):
             return call.result()
         except ProcessGone:
             code = self._process.exit_code() if self._process else None
+            reason = self._kill_reason or f"the Cog process died (exit code {code})"
+            self._kill_reason = ""
             self._begin_restart()
-            raise PredictionFailed(f"the Cog process died (exit code {code}) while running this prediction; "
-                                   "the instance restarts") from None
+            raise PredictionFailed(f"{reason} while running this prediction; the instance restarts") from None
 
     def _restart_if_unhealthy(self) -> bool:
         """A failed prediction may have taken coglet's worker with it (coglet then reports itself
@@ -199,16 +217,44 @@ class CogRunner(Runner):
         return self._session
 
 
+class _Watchdog:
+    """Notices a coglet that stopped answering while a prediction runs. coglet's HTTP side answers its
+    health check at once even while the predictor computes, so silence means the process is wedged
+    (stopped, deadlocked, swapping), not busy."""
+
+    def __init__(self, process: CogProcess, session: aiohttp.ClientSession) -> None:
+        self._process = process
+        self._session = session
+        self._misses = 0
+        self.silent_s = 0.0
+
+    async def hung(self) -> bool:
+        started = time.monotonic()
+        try:
+            async with self._session.get(f"{self._process.url}/health-check",
+                                         timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S)) as reply:
+                await reply.read()
+            self._misses, self.silent_s = 0, 0.0
+            return False
+        except (aiohttp.ClientError, TimeoutError):
+            self._misses += 1
+            self.silent_s += WATCH_INTERVAL_S + time.monotonic() - started
+            return self._misses >= HUNG_AFTER_MISSES
+
+
 class _Stream:
     """Turns coglet's snapshots of one prediction (webhooks and the final answer: the whole output and
     logs so far, in any order) into the new log lines and output chunks, once each."""
 
     def __init__(self, output_schema: dict[str, Any], secrets: list[str]) -> None:
+        # Longest first, so a secret that begins with another is masked whole; a secret of several lines
+        # is also masked line by line (coglet's log has one line a message).
+        parts = {line for value in secrets for line in value.splitlines() if len(line) >= 4}
+        self._secrets = sorted(set(secrets) | parts, key=len, reverse=True)
         self._schema = output_schema
         self._iterator = output_schema.get("x-cog-array-type") == "iterator"
         self._joinable = output_schema.get("x-cog-array-display") == "concatenate"
         self._items = output_schema.get("items", {}) if self._iterator else {}
-        self._secrets = secrets
         self._logs = ""
         self._line_start = 0
         self._sent_lines = 0
@@ -248,13 +294,29 @@ class _Stream:
             return []
         text = self._logs[self._line_start:end]
         self._line_start = end
-        lines = text.splitlines()
+        lines = self.scrub(text).splitlines()
         self._sent_lines += len(lines)
         return [LogLine(self.scrub(line)) for line in lines]
 
     def output(self, value: Any) -> Output:
         """The final output: file values (``format: uri``) as files, the rest as the JSON value."""
         return _output(value, self._schema)
+
+
+def _custom_metrics(metrics: Any) -> dict[str, float]:
+    """The figures the predictor recorded (``self.record_metric``), beside coglet's own predict_time
+    (the agent measures that itself)."""
+    found: dict[str, float] = {}
+
+    def walk(value: Any, name: str) -> None:
+        if isinstance(value, dict):  # "timing.inference" is recorded as {"timing": {"inference": ...}}
+            for key, inner in value.items():
+                walk(inner, f"{name}.{key}" if name else str(key))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and name != "predict_time":
+            found[name] = float(value)
+
+    walk(metrics if isinstance(metrics, dict) else {}, "")
+    return found
 
 
 def _is_file_schema(schema: dict[str, Any]) -> bool:
@@ -344,21 +406,3 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def process_tree_rss(pid: int) -> int:
-    """Resident bytes of ``pid`` and its descendants (Linux /proc; 0 where it cannot be read)."""
-    total = 0
-    pending = [pid]
-    while pending:
-        current = pending.pop()
-        try:
-            status = Path(f"/proc/{current}/status").read_text()
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
-        except OSError:
-            continue
-        for line in status.splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1]) * 1024
-        pending += [int(c) for c in children]
-    return total

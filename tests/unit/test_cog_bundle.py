@@ -14,7 +14,13 @@ from pathlib import Path
 import pytest
 
 from warmfleet.bundle import (
-    CHUNK_BYTES, BundleWriter, bundle_files, bundle_to_tempfile, extract_bundle, read_chunks, write_bundle,
+    CHUNK_BYTES,
+    BundleWriter,
+    bundle_files,
+    bundle_to_tempfile,
+    extract_bundle,
+    read_chunks,
+    write_bundle,
 )
 
 FILES = {"cog.yaml": 'predict: "predict.py:Predictor"\n', "predict.py": "class Predictor: ...\n",

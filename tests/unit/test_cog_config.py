@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from runners.cog.config import MAX_CONCURRENCY, CogConfig, check_runnable, read_config, system_package_installed
+from runners.cog.config import (
+    MAX_CONCURRENCY,
+    CogConfig,
+    check_runnable,
+    read_config,
+    system_package_installed,
+)
 from warmfleet.errors import InvalidInput
 
 PREDICT = 'predict: "predict.py:Predictor"\n'
@@ -64,8 +70,8 @@ def test_unknown_keys_and_a_non_mapping_build_are_refused_by_name(tmp_path, text
 
 def test_a_minimal_cog_yaml_gives_the_defaults(tmp_path):
     config = read_config(model_dir(tmp_path, PREDICT))
-    assert config == CogConfig(predict="predict.py:Predictor", python_version="", python_packages=(), gpu=False,
-                               max_concurrency=1, environment={})
+    assert config == CogConfig(predict="predict.py:Predictor", python_version="", python_packages=(),
+                               gpu=False, max_concurrency=1, environment={})
 
 
 # predict
@@ -103,6 +109,11 @@ def test_predict_in_a_subfolder_is_accepted(tmp_path):
 def test_a_python_version_not_like_3_11_is_refused(tmp_path, value):
     error = refusal(model_dir(tmp_path, PREDICT + f"build:\n  python_version: {value}\n"))
     assert error.field == "cog.yaml: build.python_version"
+
+
+def test_an_unquoted_python_version_is_read_as_written(tmp_path):
+    root = model_dir(tmp_path, PREDICT + "build:\n  python_version: 3.10\n")
+    assert read_config(root).python_version == "3.10"
 
 
 @pytest.mark.parametrize("value", [HERE_MINOR, platform.python_version()])
@@ -164,7 +175,8 @@ def test_gpu_true_is_read(tmp_path):
 
 @pytest.mark.parametrize("value", [1, 8, MAX_CONCURRENCY])
 def test_concurrency_max_within_bounds_is_read(tmp_path, value):
-    assert read_config(model_dir(tmp_path, PREDICT + f"concurrency:\n  max: {value}\n")).max_concurrency == value
+    root = model_dir(tmp_path, PREDICT + f"concurrency:\n  max: {value}\n")
+    assert read_config(root).max_concurrency == value
 
 
 @pytest.mark.parametrize("value", ["0", "-1", str(MAX_CONCURRENCY + 1), '"4"', "2.5", "true"])

@@ -1,6 +1,6 @@
 """The Cog runner's pure parts: coglet's snapshots into events (``_Stream``), outputs and files, inputs as
-coglet takes them, Secret redaction, bundles materialised on a node, memory figures, coglet's log lines,
-and package environments (``runners.cog.env``)."""
+coglet takes them, Secret redaction, bundles materialised on a node, its processes' memory
+(``node.metrics``), coglet's log lines, and package environments (``runners.cog.env``)."""
 
 from __future__ import annotations
 
@@ -16,12 +16,19 @@ from pathlib import Path
 
 import pytest
 
+from node.metrics import process_tree, rss_bytes
 from runners.base import NodeResources
 from runners.cog.config import CogConfig
 from runners.cog.env import DONE_MARKER, InstallFailed, ensure_environment
 from runners.cog.process import _user_lines
 from runners.cog.runner import (
-    _file_from_url, _output, _secret_values, _Stream, _to_cog, materialize_bundle, process_tree_rss, secret_fields,
+    _file_from_url,
+    _output,
+    _secret_values,
+    _Stream,
+    _to_cog,
+    materialize_bundle,
+    secret_fields,
 )
 from runners.cog.schema import input_json_schema
 from runners.schema import SECRET_MASK, InputValidator
@@ -76,7 +83,8 @@ def test_flush_gives_the_last_line_that_never_got_its_newline():
 def test_flush_gives_the_lines_coglets_own_log_has_beyond_what_the_webhooks_brought():
     stream = _Stream(ITERATOR, ["hunter2"])
     assert feed(stream, snapshot(logs="one\ntw")) == [LogLine("one")]
-    assert stream.flush(["one", "two", "key hunter2 rejected"]) == [LogLine("two"), LogLine(f"key {SECRET_MASK} rejected")]
+    logged = ["one", "two", "key hunter2 rejected"]
+    assert stream.flush(logged) == [LogLine("two"), LogLine(f"key {SECRET_MASK} rejected")]
 
 
 def test_flush_keeps_to_the_webhooks_text_when_coglets_log_has_no_more_lines():
@@ -99,7 +107,8 @@ def test_a_list_output_that_is_not_an_iterator_streams_no_chunks():
 def test_file_items_of_an_iterator_arrive_as_decoded_files():
     stream = _Stream({**ITERATOR, "items": FILE}, [])
     chunks = feed(stream, snapshot([data_url(PNG, "image/png"), data_url(b"RIFF", "audio/wav")]))
-    assert [(c.file.data, c.file.content_type) for c in chunks] == [(PNG, "image/png"), (b"RIFF", "audio/wav")]
+    got = [(c.file.data, c.file.content_type) for c in chunks]
+    assert got == [(PNG, "image/png"), (b"RIFF", "audio/wav")]
     assert chunks[0].file.name == "output-0.png"
     assert all(c.value is None for c in chunks)
 
@@ -109,6 +118,17 @@ def test_secret_values_are_scrubbed_from_log_lines_and_errors():
     lines = feed(stream, snapshot(logs="using hunter2 and tok-9\nplain\n"))
     assert lines == [LogLine(f"using {SECRET_MASK} and {SECRET_MASK}"), LogLine("plain")]
     assert stream.scrub("auth failed for hunter2") == f"auth failed for {SECRET_MASK}"
+
+
+def test_a_secret_spanning_lines_is_scrubbed_from_the_logs():
+    key = "-----BEGIN KEY-----\nMIIEvQIBADANBg\n-----END KEY-----"
+    lines = feed(_Stream(ITERATOR, [key]), snapshot(logs=f"loaded {key}\n"))
+    assert "MIIEvQIBADANBg" not in "\n".join(line.text for line in lines)
+
+
+def test_a_secret_that_begins_with_another_is_masked_whole():
+    stream = _Stream(ITERATOR, ["abc", "abcdef-123"])
+    assert stream.scrub("token abcdef-123") == f"token {SECRET_MASK}"
 
 
 def test_secret_fields_and_their_values_are_the_inputs_cog_types_as_secret():
@@ -130,7 +150,8 @@ def test_a_single_path_output_is_one_file():
 
 
 def test_a_list_of_paths_is_the_files_in_order():
-    out = _output([data_url(b"1", "text/plain"), data_url(b"2", "image/jpeg")], {"type": "array", "items": FILE})
+    urls = [data_url(b"1", "text/plain"), data_url(b"2", "image/jpeg")]
+    out = _output(urls, {"type": "array", "items": FILE})
     assert out.value is None
     assert [(f.data, f.name) for f in out.files] == [(b"1", "output-0.txt"), (b"2", "output-1.jpg")]
 
@@ -162,7 +183,8 @@ def test_files_anywhere_in_an_input_become_data_urls_that_decode_back():
 
 def test_a_url_that_is_not_a_data_url_becomes_a_uri_list_file():
     got = _file_from_url("https://example.com/out.png", 3)
-    assert (got.data, got.content_type, got.name) == (b"https://example.com/out.png", "text/uri-list", "output-3.url")
+    assert got.data == b"https://example.com/out.png"
+    assert (got.content_type, got.name) == ("text/uri-list", "output-3.url")
 
 
 def test_a_data_url_without_base64_is_its_text():
@@ -176,7 +198,8 @@ def test_a_data_url_without_base64_is_its_text():
 def secret_validator() -> InputValidator:
     doc = {"components": {"schemas": {"Input": {"type": "object", "properties": {
         "x": {"type": "integer", "title": "X", "x-order": 0},
-        "token": {"type": "string", "format": "password", "writeOnly": True, "x-cog-secret": True, "x-order": 1}}},
+        "token": {"type": "string", "format": "password", "writeOnly": True, "x-cog-secret": True,
+                  "x-order": 1}}},
         "Output": {"type": "string"}}}}
     return InputValidator(input_json_schema(doc))
 
@@ -219,7 +242,8 @@ def a_bundle(tmp_path: Path) -> tuple[str, bytes]:
     return digest, out.getvalue()
 
 
-OPENAPI = {"components": {"schemas": {"Input": {"type": "object", "properties": {}}, "Output": {"type": "string"}}}}
+OPENAPI = {"components": {"schemas": {"Input": {"type": "object", "properties": {}},
+                                      "Output": {"type": "string"}}}}
 
 
 def test_materialize_unpacks_the_bundle_with_cogs_schema_and_fetches_once(tmp_path):
@@ -251,16 +275,24 @@ def test_materialize_refuses_bytes_that_do_not_match_the_digest_and_keeps_nothin
 # Memory and coglet's log
 
 
-def test_process_tree_rss_of_this_process_is_at_least_its_own_rss():
+def test_the_process_tree_of_this_process_holds_its_child_and_its_rss_is_at_least_its_own():
     own = next(int(line.split()[1]) * 1024 for line in Path("/proc/self/status").read_text().splitlines()
                if line.startswith("VmRSS:"))
-    assert process_tree_rss(os.getpid()) >= own // 2 > 0
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        tree = process_tree(os.getpid())
+        assert tree[0] == os.getpid()
+        assert child.pid in tree
+        assert rss_bytes(tree) > rss_bytes([os.getpid()]) >= own // 2 > 0
+    finally:
+        child.communicate(b"")
 
 
-def test_process_tree_rss_of_a_process_that_is_gone_is_zero():
+def test_a_process_that_is_gone_has_no_tree_and_no_rss():
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     assert gone.wait() == 0
-    assert process_tree_rss(gone.pid) == 0
+    assert process_tree(gone.pid) == []
+    assert rss_bytes([gone.pid]) == 0
 
 
 def coglet_line(target: str, message: str) -> str:
@@ -286,17 +318,18 @@ def test_user_lines_are_the_predictors_own_messages_from_coglets_json_log():
 
 def wheel(path: Path, name: str = "wfdemo", version: str = "0.1") -> Path:
     """A minimal pure-Python wheel: one module, ``{name}.VALUE = 42``."""
+    info = f"{name}-{version}.dist-info"
     files = {f"{name}/__init__.py": b"VALUE = 42\n",
-             f"{name}-{version}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
-             f"{name}-{version}.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
-                                                  b"Tag: py3-none-any\n"}
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+             f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                              b"Tag: py3-none-any\n"}
     record = "".join(
         f"{n},sha256={base64.urlsafe_b64encode(hashlib.sha256(d).digest()).rstrip(b'=').decode()},{len(d)}\n"
-        for n, d in files.items()) + f"{name}-{version}.dist-info/RECORD,,\n"
+        for n, d in files.items()) + f"{info}/RECORD,,\n"
     with zipfile.ZipFile(path, "w") as z:
         for n, d in files.items():
             z.writestr(n, d)
-        z.writestr(f"{name}-{version}.dist-info/RECORD", record)
+        z.writestr(f"{info}/RECORD", record)
     return path
 
 
@@ -319,7 +352,7 @@ def test_a_failed_install_says_pips_output_leaves_no_env_and_is_tried_again(tmp_
     with pytest.raises(InstallFailed) as caught:
         ensure_environment(config, envs, bundle)
     assert "wfdemo-0.1-py3-none-any.whl" in str(caught.value)
-    assert "ERROR" in str(caught.value)  # pip's own output, not only ours
+    assert "No such file or directory" in str(caught.value)  # pip's own output, not only ours
     assert not (envs / config.requirements_digest).exists()
     wheel(bundle / "wfdemo-0.1-py3-none-any.whl")  # the wheel is there now: the next load installs it
     target = ensure_environment(config, envs, bundle)
@@ -332,6 +365,7 @@ def test_an_installed_environment_is_reused_without_pip(tmp_path, offline_pip):
     bundle = tmp_path / "bundle"
     bundle.mkdir()
     config = CogConfig(predict="predict.py:Predictor", python_packages=("./wfdemo-0.1-py3-none-any.whl",))
-    first = ensure_environment(config, tmp_path / "envs", wheel(bundle / "wfdemo-0.1-py3-none-any.whl").parent)
+    wheel(bundle / "wfdemo-0.1-py3-none-any.whl")
+    first = ensure_environment(config, tmp_path / "envs", bundle)
     (bundle / "wfdemo-0.1-py3-none-any.whl").unlink()  # pip would fail now; a reuse does not run it
     assert ensure_environment(config, tmp_path / "envs", bundle) == first

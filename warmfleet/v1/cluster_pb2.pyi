@@ -39,7 +39,7 @@ class Node(_message.Message):
     def __init__(self, id: _Optional[str] = ..., ray_node_id: _Optional[str] = ..., address: _Optional[str] = ..., accelerator: _Optional[str] = ..., memory_total_bytes: _Optional[int] = ..., memory_used_bytes: _Optional[int] = ..., utilization_percent: _Optional[float] = ..., metrics_note: _Optional[str] = ..., instance_count: _Optional[int] = ..., hardware: _Optional[str] = ..., gpu_index: _Optional[int] = ..., gpu_uuid: _Optional[str] = ..., temperature_c: _Optional[float] = ..., power_w: _Optional[float] = ...) -> None: ...
 
 class Instance(_message.Message):
-    __slots__ = ("id", "model", "version", "node_id", "state", "in_flight", "max_concurrency")
+    __slots__ = ("id", "model", "version", "node_id", "state", "in_flight", "max_concurrency", "memory_bytes")
     ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +47,7 @@ class Instance(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     id: str
     model: str
     version: str
@@ -54,7 +55,8 @@ class Instance(_message.Message):
     state: str
     in_flight: int
     max_concurrency: int
-    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., node_id: _Optional[str] = ..., state: _Optional[str] = ..., in_flight: _Optional[int] = ..., max_concurrency: _Optional[int] = ...) -> None: ...
+    memory_bytes: int
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., node_id: _Optional[str] = ..., state: _Optional[str] = ..., in_flight: _Optional[int] = ..., max_concurrency: _Optional[int] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
 
 class ListNodesRequest(_message.Message):
     __slots__ = ()

@@ -194,7 +194,14 @@ class PredictionOutput(_message.Message):
     def __init__(self, value: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., files: _Optional[_Iterable[_Union[File, _Mapping]]] = ...) -> None: ...
 
 class PredictionMetrics(_message.Message):
-    __slots__ = ("predict_time_s", "total_time_s", "queue_time_s", "input_token_count", "output_token_count", "time_to_first_token_s", "tokens_per_second", "finish_reason", "image_count", "batch_size", "boot_time_s")
+    __slots__ = ("predict_time_s", "total_time_s", "queue_time_s", "input_token_count", "output_token_count", "time_to_first_token_s", "tokens_per_second", "finish_reason", "image_count", "batch_size", "boot_time_s", "custom")
+    class CustomEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     PREDICT_TIME_S_FIELD_NUMBER: _ClassVar[int]
     TOTAL_TIME_S_FIELD_NUMBER: _ClassVar[int]
     QUEUE_TIME_S_FIELD_NUMBER: _ClassVar[int]
@@ -206,6 +213,7 @@ class PredictionMetrics(_message.Message):
     IMAGE_COUNT_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     BOOT_TIME_S_FIELD_NUMBER: _ClassVar[int]
+    CUSTOM_FIELD_NUMBER: _ClassVar[int]
     predict_time_s: float
     total_time_s: float
     queue_time_s: float
@@ -217,7 +225,8 @@ class PredictionMetrics(_message.Message):
     image_count: int
     batch_size: int
     boot_time_s: float
-    def __init__(self, predict_time_s: _Optional[float] = ..., total_time_s: _Optional[float] = ..., queue_time_s: _Optional[float] = ..., input_token_count: _Optional[int] = ..., output_token_count: _Optional[int] = ..., time_to_first_token_s: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., finish_reason: _Optional[str] = ..., image_count: _Optional[int] = ..., batch_size: _Optional[int] = ..., boot_time_s: _Optional[float] = ...) -> None: ...
+    custom: _containers.ScalarMap[str, float]
+    def __init__(self, predict_time_s: _Optional[float] = ..., total_time_s: _Optional[float] = ..., queue_time_s: _Optional[float] = ..., input_token_count: _Optional[int] = ..., output_token_count: _Optional[int] = ..., time_to_first_token_s: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., finish_reason: _Optional[str] = ..., image_count: _Optional[int] = ..., batch_size: _Optional[int] = ..., boot_time_s: _Optional[float] = ..., custom: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class Prediction(_message.Message):
     __slots__ = ("id", "model", "version", "deployment", "input", "output", "logs", "error", "status", "created_at", "started_at", "completed_at", "metrics", "owner", "webhook", "webhook_events_filter", "data_removed")
