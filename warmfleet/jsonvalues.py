@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 from typing import Any, Callable
 
@@ -94,3 +95,16 @@ def place_files(values: dict[str, Any], files: dict[str, Any]) -> dict[str, Any]
                     node[part] = [] if isinstance(following, int) else {}
                 node = node[part]
     return values
+
+
+def files_as_data_urls(value: Any) -> Any:
+    """``value`` with every file in it (anything with ``data`` bytes and a ``content_type``: the domain's
+    ``FileData``) as a base64 data URL, at any depth."""
+    if isinstance(value, dict):
+        return {k: files_as_data_urls(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [files_as_data_urls(v) for v in value]
+    if isinstance(getattr(value, "data", None), bytes) and hasattr(value, "content_type"):
+        media_type = value.content_type or "application/octet-stream"
+        return f"data:{media_type};base64,{base64.b64encode(value.data).decode()}"
+    return value

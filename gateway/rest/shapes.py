@@ -10,7 +10,6 @@ a model's ``github_url``) or the constant that holds here (``visibility`` "publi
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 from datetime import timezone
@@ -20,9 +19,8 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from gateway import convert
-from warmfleet.domain import FileData
 from warmfleet.errors import InvalidInput
-from warmfleet.jsonvalues import value_from_pb
+from warmfleet.jsonvalues import files_as_data_urls, value_from_pb
 from warmfleet.v1 import cluster_pb2, deployments_pb2, models_pb2, predictions_pb2, types_pb2
 
 MAX_WAIT_S = 60
@@ -189,18 +187,7 @@ def input_json(pb: types_pb2.PredictionInput) -> dict[str, Any]:
     if pb.WhichOneof("kind") is None:
         return {}
     values, _ = convert.input_from_pb(pb)
-    return _files_as_data_urls(values)
-
-
-def _files_as_data_urls(value: Any) -> Any:
-    if isinstance(value, FileData):
-        media_type = value.content_type or "application/octet-stream"
-        return f"data:{media_type};base64,{base64.b64encode(value.data).decode()}"
-    if isinstance(value, dict):
-        return {k: _files_as_data_urls(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_files_as_data_urls(v) for v in value]
-    return value
+    return files_as_data_urls(values)
 
 
 def output_json(pb: types_pb2.Prediction, base: str) -> Any:

@@ -1,14 +1,20 @@
 """One coglet prediction server (Cog's own runtime, ``python -m cog.server.http``) per instance, spoken to
 over Cog's documented HTTP API (``docs/http.md``): ``GET /health-check`` until ``READY``, ``POST
-/predictions`` with a client id (cancelable: ``POST /predictions/{id}/cancel``) and a webhook for output
-and logs as they come, ``POST /shutdown``.
+/predictions`` with a client id (cancelable: ``POST /predictions/{id}/cancel``), ``POST /shutdown``.
 
-The process runs in its own session, so a stop (or a crash of the agent) takes its worker subprocess with
-it. Its stdout and stderr go to a file beside the bundle, read back when setup fails.
+coglet writes what the predictor prints as JSON lines on its own output, each naming its prediction.
+A reader thread sorts them as they come: to the prediction that watches them (its log lines stream from
+there, with no webhook per line), to the setup's lines, and to a short tail kept for diagnostics. Nothing
+goes to disk: a Secret a predictor prints is never stored in the clear.
+
+The process runs in its own session (a stop takes coglet's worker with it) and dies with the agent that
+started it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import ctypes
 import json
 import os
@@ -16,12 +22,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import aiohttp
 
@@ -29,7 +35,13 @@ from runners.cog.env import python_path
 
 HEALTH_POLL_S = 0.02  # while setup runs: coglet answers the health check in well under a millisecond
 STOP_GRACE_S = 5.0
-SETUP_LOG_GRACE_S = 0.2
+SETUP_LOG_GRACE_S = 0.2  # coglet writes the last setup lines just after it reports the failure
+TAIL_LINES = 200  # coglet's own recent lines, kept for an error message
+AT_CAPACITY_RETRIES = 8  # coglet frees a slot just after it answers: a 409 right then is retried
+AT_CAPACITY_BACKOFF_S = 0.002
+_PR_SET_PDEATHSIG = 1
+_SETUP_TARGETS = ('"coglet::user"', '"coglet::setup"')
+_COGLET_NOISE = ("<string>:1: DeprecationWarning",)  # coglet's own shims, not the user's code
 
 
 class SetupFailed(Exception):
@@ -49,10 +61,6 @@ class ProcessSpec:
     env_dir: Path | None = None  # the model's python_packages, if any
     max_concurrency: int = 1
     environment: tuple[tuple[str, str], ...] = ()  # cog.yaml's environment, then the node's device
-    log_path: Path | None = None
-
-
-_PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent() -> None:
@@ -68,13 +76,64 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class OutputReader:
+    """Sorts coglet's output lines (read on a thread of its own) by what they are about."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sinks: dict[str, Callable[[str], None]] = {}
+        self._unclaimed: dict[str, list[str]] = {}  # lines of predictions no one watches (yet)
+        self.setup_lines: list[str] = []
+        self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+
+    def watch(self, prediction_id: str, sink: Callable[[str], None]) -> None:
+        """Send the prediction's lines to ``sink`` (called on the reader thread) from now on."""
+        with self._lock:
+            self._sinks[prediction_id] = sink
+            early = self._unclaimed.pop(prediction_id, [])
+        for line in early:
+            sink(line)
+
+    def unwatch(self, prediction_id: str) -> None:
+        with self._lock:
+            self._sinks.pop(prediction_id, None)
+            self._unclaimed.pop(prediction_id, None)
+
+    def read(self, stream: Any) -> None:
+        for raw in iter(stream.readline, b""):
+            self.take(raw.decode(errors="replace").rstrip("\n"))
+
+    def take(self, line: str) -> None:
+        try:
+            doc = json.loads(line)
+            fields, target = doc["fields"], doc.get("target", "")
+        except (ValueError, KeyError, TypeError):
+            self.tail.append(line)  # not coglet's JSON: the process's own output (a crash, a traceback)
+            return
+        message = str(fields.get("message", ""))
+        if target == "coglet::prediction" and "source" in fields and "prediction_id" in fields:
+            self._to_prediction(str(fields["prediction_id"]), message)
+        elif f'"{target}"' in _SETUP_TARGETS and not any(n in message for n in _COGLET_NOISE):
+            self.setup_lines.append(message)
+        else:
+            self.tail.append(message if "error" not in fields else f"{message}: {fields['error']}")
+
+    def _to_prediction(self, prediction_id: str, message: str) -> None:
+        with self._lock:
+            sink = self._sinks.get(prediction_id)
+            if sink is None:
+                self._unclaimed.setdefault(prediction_id, []).append(message)
+                return
+        sink(message)
+
+
 class CogProcess:
     def __init__(self, spec: ProcessSpec) -> None:
         self.spec = spec
         self.port = 0
+        self.output = OutputReader()
         self._proc: subprocess.Popen | None = None
-        self._log = None
-        self._tail = _LogTail()
+        self._reader: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -95,13 +154,14 @@ class CogProcess:
                "COG_THROTTLE_RESPONSE_INTERVAL": "0", "PYTHONUNBUFFERED": "1",
                "PYTHONPATH": python_path(self.spec.bundle_dir, self.spec.env_dir),
                "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
-        log_path = self.spec.log_path or self.spec.bundle_dir.parent / f"{self.spec.bundle_dir.name}.log"
-        self._log = log_path.open("ab")
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1", "--await-explicit-shutdown", "true"],
-            cwd=self.spec.bundle_dir, env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, preexec_fn=_die_with_parent,
+            cwd=self.spec.bundle_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
         )
+        self._reader = threading.Thread(target=self.output.read, args=(self._proc.stdout,), daemon=True,
+                                        name=f"coglet-{self._proc.pid}")
+        self._reader.start()
 
     def health(self, timeout_s: float = 2.0) -> dict[str, Any] | None:
         """coglet's health check, or None when nothing answers."""
@@ -123,39 +183,27 @@ class CogProcess:
             if status in ("READY", "BUSY"):
                 return self.setup_logs(doc)
             if status in ("SETUP_FAILED", "DEFUNCT"):
-                time.sleep(SETUP_LOG_GRACE_S)  # coglet writes the last setup lines just after it fails
+                time.sleep(SETUP_LOG_GRACE_S)
                 raise SetupFailed(f"setup() failed ({status}):\n{self.setup_logs(doc) or self.output_tail()}")
             time.sleep(HEALTH_POLL_S)
         raise SetupFailed(f"setup() did not finish in {timeout_s:g} s:\n{self.output_tail()}")
 
     def setup_logs(self, health: dict[str, Any] | None) -> str:
-        """The predictor's own output during setup (its prints, and the warnings and traceback coglet
+        """The predictor's own output during import and setup (its prints, and the error coglet
         reports), without coglet's own lines."""
         reported = ((health or {}).get("setup") or {}).get("logs") or ""
-        lines = _user_lines(self.output_tail(1 << 20))
+        lines = list(self.output.setup_lines)
         lines += [line for line in reported.splitlines()
                   if not line.startswith("[coglet") and not any(n in line for n in _COGLET_NOISE)]
         return "\n".join(line for line in lines if line.strip())
 
-    def prediction_logs(self, prediction_id: str) -> list[str]:
-        """Every line the predictor printed during a prediction that has ended, from coglet's log."""
-        if self._log is None:
-            return []
-        self._log.flush()
-        return self._tail.lines_of(Path(self._log.name), prediction_id)
-
-    def output_tail(self, max_bytes: int = 8000) -> str:
-        if self._log is None:
-            return ""
-        self._log.flush()
-        path = Path(self._log.name)
-        data = path.read_bytes()[-max_bytes:] if path.exists() else b""
-        return data.decode(errors="replace")
+    def output_tail(self, lines: int = 40) -> str:
+        """coglet's last lines (and anything else the process wrote), for an error message."""
+        return "\n".join(list(self.output.tail)[-lines:])
 
     def stop(self) -> None:
         """Ask coglet to shut down; kill its process group if it has not within ``STOP_GRACE_S``."""
         if self._proc is None or self._proc.poll() is not None:
-            self._close_log()
             return
         try:
             urllib.request.urlopen(urllib.request.Request(f"{self.url}/shutdown", method="POST"), timeout=1.0)
@@ -172,28 +220,31 @@ class CogProcess:
             except ProcessLookupError:
                 pass
             self._proc.wait()
-        self._close_log()
-
-    def _close_log(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
     # Predictions (on the agent's event loop)
 
     async def predict(self, session: aiohttp.ClientSession, prediction_id: str, input: dict[str, Any],
-                      webhook: str) -> dict[str, Any]:
-        """Run one prediction to its end; returns coglet's final prediction object."""
-        body = {"id": prediction_id, "input": input, "webhook": webhook,
-                "webhook_events_filter": ["output", "logs"]}
-        try:
-            async with session.post(f"{self.url}/predictions", json=body) as reply:
-                doc = await reply.json(content_type=None)
-        except (aiohttp.ClientError, ConnectionError) as err:
-            raise ProcessGone(str(err)) from err
-        if reply.status >= 400 and "status" not in doc:
+                      webhook: str = "") -> dict[str, Any]:
+        """Run one prediction to its end; returns coglet's final prediction object. With ``webhook``,
+        coglet posts the output there as it grows (for iterator outputs)."""
+        body: dict[str, Any] = {"id": prediction_id, "input": input}
+        if webhook:
+            body |= {"webhook": webhook, "webhook_events_filter": ["output"]}
+        for attempt in range(AT_CAPACITY_RETRIES + 1):
+            status, doc = await self._post(session, body)
+            if status != 409 or attempt == AT_CAPACITY_RETRIES:
+                break
+            await asyncio.sleep(AT_CAPACITY_BACKOFF_S * 2 ** attempt)
+        if status >= 400 and "status" not in doc:
             doc = {"status": "failed", "error": doc.get("error") or doc.get("detail") or json.dumps(doc)}
         return doc
+
+    async def _post(self, session: aiohttp.ClientSession, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        try:
+            async with session.post(f"{self.url}/predictions", json=body) as reply:
+                return reply.status, await reply.json(content_type=None)
+        except (aiohttp.ClientError, ConnectionError) as err:
+            raise ProcessGone(str(err)) from err
 
     async def cancel(self, session: aiohttp.ClientSession, prediction_id: str) -> None:
         try:
@@ -201,47 +252,3 @@ class CogProcess:
                 await reply.read()
         except (aiohttp.ClientError, ConnectionError):
             pass  # gone already: nothing is left to cancel
-
-
-class _LogTail:
-    """Reads coglet's JSON log as it grows and sorts the predictor's output lines by prediction."""
-
-    def __init__(self) -> None:
-        self._offset = 0
-        self._lines: dict[str, list[str]] = {}
-
-    def lines_of(self, path: Path, prediction_id: str) -> list[str]:
-        try:
-            with path.open("rb") as f:
-                f.seek(self._offset)
-                data = f.read()
-        except OSError:
-            return self._lines.pop(prediction_id, [])
-        end = data.rfind(b"\n") + 1  # a line still being written waits for the next read
-        self._offset += end
-        for raw in data[:end].splitlines():
-            if b'"coglet::prediction"' not in raw or b'"source"' not in raw:
-                continue
-            try:
-                fields = json.loads(raw)["fields"]
-                self._lines.setdefault(fields["prediction_id"], []).append(fields["message"])
-            except (ValueError, KeyError, TypeError):
-                continue
-        return self._lines.pop(prediction_id, [])
-
-
-_USER_TARGETS = ('"coglet::user"', '"coglet::setup"')
-_COGLET_NOISE = ("<string>:1: DeprecationWarning",)  # coglet's own shims, not the user's code
-
-
-def _user_lines(log_text: str) -> list[str]:
-    """What the predictor printed outside a prediction (during import and setup), from coglet's JSON log."""
-    lines = []
-    for raw in log_text.splitlines():
-        if not any(t in raw for t in _USER_TARGETS) or any(n in raw for n in _COGLET_NOISE):
-            continue
-        try:
-            lines.append(json.loads(raw)["fields"]["message"])
-        except (ValueError, KeyError, TypeError):
-            continue
-    return lines

@@ -4,7 +4,8 @@ A version is a pushed bundle (``warmfleet.bundle``) with the OpenAPI document Co
 push (``runners.cog.schema``) in its options. An instance is one coglet process (``runners.cog.process``):
 ``load`` fetches the bundle (once per node), installs its packages (once per node, ``runners.cog.env``),
 writes the schema where coglet enforces it (``.cog/openapi_schema.json``) and waits for ``setup()``.
-A prediction is one ``POST /predictions``; its output and logs stream back through webhooks. A crashed
+A prediction is one ``POST /predictions``; its log lines stream from coglet's output as they are printed,
+and an iterator's items through webhooks. A crashed
 process fails the predictions it ran, naming why, and the instance starts a new one before the next.
 """
 
@@ -19,14 +20,15 @@ import logging
 import mimetypes
 import re
 import time
-import uuid
+import urllib.parse
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 
 import aiohttp
 
 from runners.base import AsyncPredictGenerator, Cancelled, NodeResources, PredictContext, Runner, RunnerPolicy
 from warmfleet.bundle import extract_bundle
+from warmfleet.jsonvalues import files_as_data_urls
 from runners.cog.config import read_config
 from runners.cog.env import ensure_environment
 from runners.cog.process import CogProcess, ProcessGone, ProcessSpec
@@ -40,7 +42,7 @@ log = logging.getLogger(__name__)
 FAMILY = "cog"
 SETUP_TIMEOUT_S = 600.0
 CANCEL_GRACE_S = 10.0  # how long a canceled prediction may take to stop before its slot is given back
-_DATA_URL = re.compile(r"^data:([^;,]*)(;base64)?,", re.DOTALL)
+_DATA_URL = re.compile(r"^data:([^;,]*)((?:;[^;,=]+=[^;,]*)*)(;base64)?,", re.DOTALL)
 READY_STATES = ("READY", "BUSY")
 # While a prediction runs, its coglet is asked every WATCH_INTERVAL_S with no news; HUNG_AFTER_MISSES
 # health checks in a row without an answer within HEALTH_TIMEOUT_S mean it hung.
@@ -91,11 +93,9 @@ class CogRunner(Runner):
         environment = dict(config.environment)
         if self.device.startswith("cuda"):
             environment["WARMFLEET_DEVICE"] = self.device
-        (root / "logs").mkdir(parents=True, exist_ok=True)
         self._spec_for_process = ProcessSpec(
             bundle_dir=bundle_dir, predict=config.predict, env_dir=env_dir,
             max_concurrency=self.policy(self.spec).max_concurrency, environment=tuple(environment.items()),
-            log_path=root / "logs" / f"{self.spec.version[:16]}-{uuid.uuid4().hex[:8]}.log",
         )
         self._start_process()
 
@@ -123,39 +123,31 @@ class CogRunner(Runner):
 
     async def predict(self, input: dict[str, Any], ctx: PredictContext) -> AsyncPredictGenerator:
         process = await self._healthy_process()
-        hooks = await receiver()
-        queue = hooks.open(ctx.prediction_id)
-        session = self._client()
-        secrets = _secret_values(self.spec.options["openapi_schema"], input)
-        stream = _Stream(self.output_schema(self.spec), secrets)
-        call = asyncio.create_task(process.predict(
-            session, ctx.prediction_id, _to_cog(input), hooks.webhook_for(ctx.prediction_id)))
-        watchdog = _Watchdog(process, session)
+        pid, session = ctx.prediction_id, self._client()
+        stream = _Stream(self.output_schema(self.spec), _secret_values(self.spec.options["openapi_schema"], input))
+        updates: asyncio.Queue = asyncio.Queue()  # ("log", line) from coglet's output, ("output", body) from webhooks
+        loop = asyncio.get_running_loop()
+        process.output.watch(pid, lambda line: loop.call_soon_threadsafe(updates.put_nowait, ("log", line)))
+        hooks = await receiver() if stream.streams_output else None
+        if hooks is not None:
+            hooks.open(pid, updates)
+        call = asyncio.create_task(process.predict(session, pid, _to_cog(input),
+                                                   hooks.webhook_for(pid) if hooks else ""))
         try:
-            while not call.done():
-                update = asyncio.create_task(queue.get())
-                done, _ = await asyncio.wait({call, update}, timeout=WATCH_INTERVAL_S,
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if update.done():
-                    for event in stream.update(update.result()):
-                        yield event
-                else:
-                    update.cancel()
-                if not done and await watchdog.hung():
-                    self._kill_reason = (f"the Cog process did not answer its health check for "
-                                         f"{watchdog.silent_s:.0f} s (hung); it was killed")
-                    await asyncio.to_thread(process.kill)
-            final = await self._final(call)
-            for event in stream.update(final):
+            async for event in self._follow(process, session, call, updates, stream):
                 yield event
-            for event in stream.flush(process.prediction_logs(ctx.prediction_id)):
+            final = await self._final(call)
+            await asyncio.sleep(0)  # lines the reader thread handed over just before the answer
+            for event in [*_drain(updates, stream), *stream.update(final), *stream.finish(final.get("logs"))]:
                 yield event
         except asyncio.CancelledError:
-            await process.cancel(session, ctx.prediction_id)
+            await process.cancel(session, pid)
             await asyncio.wait({call}, timeout=CANCEL_GRACE_S)
             raise
         finally:
-            hooks.close(ctx.prediction_id)
+            process.output.unwatch(pid)
+            if hooks is not None:
+                hooks.close(pid)
         status = final.get("status")
         if status == "canceled":
             raise Cancelled()
@@ -168,6 +160,24 @@ class CogRunner(Runner):
         if custom:
             yield MetricsUpdate({"custom": custom})
         yield stream.output(final.get("output"))
+
+    async def _follow(self, process: CogProcess, session: aiohttp.ClientSession, call: asyncio.Task,
+                      updates: asyncio.Queue, stream: _Stream) -> AsyncIterator[Any]:
+        """The prediction's events while it runs; a process that stops answering is killed."""
+        watchdog = _Watchdog(process, session)
+        while not call.done():
+            update = asyncio.create_task(updates.get())
+            done, _ = await asyncio.wait({call, update}, timeout=WATCH_INTERVAL_S,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if update.done():
+                for event in stream.take(*update.result()):
+                    yield event
+            else:
+                update.cancel()
+            if not done and await watchdog.hung():
+                self._kill_reason = (f"the Cog process did not answer its health check for "
+                                     f"{watchdog.silent_s:.0f} s (hung); it was killed")
+                await asyncio.to_thread(process.kill)
 
     async def _final(self, call: asyncio.Task) -> dict[str, Any]:
         try:
@@ -243,64 +253,68 @@ class _Watchdog:
 
 
 class _Stream:
-    """Turns coglet's snapshots of one prediction (webhooks and the final answer: the whole output and
-    logs so far, in any order) into the new log lines and output chunks, once each."""
+    """One prediction's events, once each: log lines as coglet prints them, and output items from
+    coglet's snapshots (webhooks and the final answer carry the whole output so far, in any order)."""
 
     def __init__(self, output_schema: dict[str, Any], secrets: list[str]) -> None:
         # Longest first, so a secret that begins with another is masked whole; a secret of several lines
-        # is also masked line by line (coglet's log has one line a message).
+        # is also masked line by line (coglet prints one line a message).
         parts = {line for value in secrets for line in value.splitlines() if len(line) >= 4}
         self._secrets = sorted(set(secrets) | parts, key=len, reverse=True)
         self._schema = output_schema
         self._iterator = output_schema.get("x-cog-array-type") == "iterator"
         self._joinable = output_schema.get("x-cog-array-display") == "concatenate"
         self._items = output_schema.get("items", {}) if self._iterator else {}
-        self._logs = ""
-        self._line_start = 0
         self._sent_lines = 0
         self._sent_items = 0
+
+    @property
+    def streams_output(self) -> bool:
+        """Whether output comes in items worth streaming (an iterator), so webhooks are wanted."""
+        return self._iterator
 
     def scrub(self, text: str) -> str:
         for value in self._secrets:
             text = text.replace(value, SECRET_MASK)
         return text
 
+    def take(self, kind: str, body: Any) -> list[Any]:
+        """The events of one update: ``("log", line)`` or ``("output", snapshot)``."""
+        return self.log(body) if kind == "log" else self.update(body)
+
+    def log(self, line: str) -> list[LogLine]:
+        self._sent_lines += 1
+        return [LogLine(self.scrub(line))]
+
     def update(self, doc: dict[str, Any]) -> list[Any]:
-        events: list[Any] = []
-        logs = doc.get("logs") or ""
-        if len(logs) > len(self._logs) and logs.startswith(self._logs):
-            self._logs = logs
-            events += self._lines(final=False)
+        """The output items of a snapshot that were not sent yet."""
         output = doc.get("output")
+        events: list[Any] = []
         if self._iterator and isinstance(output, list) and len(output) > self._sent_items:
             for item in output[self._sent_items:]:
                 events.append(_chunk(item, self._items, self._sent_items, self._joinable))
                 self._sent_items += 1
         return events
 
-    def flush(self, logged: list[str]) -> list[Any]:
-        """The last log lines: from coglet's own log of the prediction (``logged``, every line it
-        printed) where that has more than the webhooks brought (coglet's final answer and webhooks can
-        miss the lines printed just before a failure), else what is left of the webhooks' text."""
-        if len(logged) > self._sent_lines:
-            rest = logged[self._sent_lines:]
-            self._sent_lines = len(logged)
-            return [LogLine(self.scrub(line)) for line in rest]
-        return self._lines(final=True)
-
-    def _lines(self, final: bool) -> list[LogLine]:
-        end = len(self._logs) if final else self._logs.rfind("\n") + 1
-        if end <= self._line_start:
-            return []
-        text = self._logs[self._line_start:end]
-        self._line_start = end
-        lines = self.scrub(text).splitlines()
-        self._sent_lines += len(lines)
-        return [LogLine(self.scrub(line)) for line in lines]
+    def finish(self, logs: Any) -> list[LogLine]:
+        """The lines of coglet's final ``logs`` that did not come as they were printed (the reader hands
+        each over as coglet writes it; one written just as the prediction ended may come after)."""
+        lines = self.scrub(logs).splitlines() if isinstance(logs, str) else []
+        rest = lines[self._sent_lines:]
+        self._sent_lines += len(rest)
+        return [LogLine(line) for line in rest]
 
     def output(self, value: Any) -> Output:
         """The final output: file values (``format: uri``) as files, the rest as the JSON value."""
         return _output(value, self._schema)
+
+
+def _drain(updates: asyncio.Queue, stream: _Stream) -> list[Any]:
+    """The events of what is on ``updates`` now, without waiting."""
+    events: list[Any] = []
+    while not updates.empty():
+        events += stream.take(*updates.get_nowait())
+    return events
 
 
 def _custom_metrics(metrics: Any) -> dict[str, float]:
@@ -345,21 +359,14 @@ def _file_from_url(url: str, index: int) -> FileData:
         return FileData(data=url.encode(), content_type="text/uri-list", name=f"output-{index}.url")
     content_type = match.group(1) or "application/octet-stream"
     payload = url[match.end():]
-    data = base64.b64decode(payload) if match.group(2) else payload.encode()
+    data = base64.b64decode(payload) if match.group(3) else urllib.parse.unquote_to_bytes(payload)
     ext = mimetypes.guess_extension(content_type) or ".bin"
     return FileData(data=data, content_type=content_type, name=f"output-{index}{ext}")
 
 
 def _to_cog(value: Any) -> Any:
     """The input as coglet takes it: files as data URLs."""
-    if isinstance(value, FileData):
-        kind = value.content_type or "application/octet-stream"
-        return f"data:{kind};base64,{base64.b64encode(value.data).decode()}"
-    if isinstance(value, dict):
-        return {k: _to_cog(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_to_cog(v) for v in value]
-    return value
+    return files_as_data_urls(value)
 
 
 def secret_fields(openapi: dict[str, Any]) -> list[str]:

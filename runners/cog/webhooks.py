@@ -1,8 +1,8 @@
 """Where coglet's webhooks land: one small HTTP server on the agent's event loop, shared by every Cog
 instance of the agent, handing each prediction's updates to the prediction that waits for them.
 
-coglet sends a webhook per output and per log write (``COG_THROTTLE_RESPONSE_INTERVAL=0``), each with the
-prediction's whole output and logs so far; they may arrive out of order, so a reader keeps the longest.
+They are asked for only where the output is an iterator, to stream it: coglet sends one per item
+(``COG_THROTTLE_RESPONSE_INTERVAL=0``), each with the whole output so far, in any order.
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ class WebhookReceiver:
             await self._runner.cleanup()
             self._runner = None
 
-    def open(self, prediction_id: str) -> asyncio.Queue:
-        queue = self._queues[prediction_id] = asyncio.Queue()
-        return queue
+    def open(self, prediction_id: str, queue: asyncio.Queue) -> None:
+        """Put the prediction's webhook bodies on ``queue``, as ``("output", body)``."""
+        self._queues[prediction_id] = queue
 
     def close(self, prediction_id: str) -> None:
         self._queues.pop(prediction_id, None)
@@ -60,7 +60,7 @@ class WebhookReceiver:
         queue = self._queues.get(request.match_info["prediction_id"])
         if queue is not None:
             try:
-                queue.put_nowait(json.loads(await request.read()))
+                queue.put_nowait(("output", json.loads(await request.read())))
             except ValueError:
                 pass
         return web.Response()

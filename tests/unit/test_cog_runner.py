@@ -20,7 +20,7 @@ from node.metrics import process_tree, rss_bytes
 from runners.base import NodeResources
 from runners.cog.config import CogConfig
 from runners.cog.env import DONE_MARKER, InstallFailed, ensure_environment
-from runners.cog.process import _user_lines
+from runners.cog.process import OutputReader
 from runners.cog.runner import (
     _file_from_url,
     _output,
@@ -53,44 +53,32 @@ def feed(stream: _Stream, *snapshots: dict) -> list:
     return [event for doc in snapshots for event in stream.update(doc)]
 
 
-# _Stream: snapshots to events, once each
+# _Stream: log lines as printed, output items from snapshots, once each
 
 
-def test_out_of_order_and_repeated_snapshots_give_each_line_and_item_once_in_order():
+def test_out_of_order_and_repeated_snapshots_give_each_item_once_in_order():
     stream = _Stream(ITERATOR, [])
-    s1, s2, s3 = (snapshot(["a", "b", "c"][:n], "".join(f"line {i}\n" for i in range(n))) for n in (1, 2, 3))
-    events = feed(stream, s1, s3, s2, s1, s3)
-    assert events == [LogLine("line 0"), OutputChunk(value="a", joinable=False),
-                      LogLine("line 1"), LogLine("line 2"),
-                      OutputChunk(value="b", joinable=False), OutputChunk(value="c", joinable=False)]
-    assert stream.flush([]) == []
+    s1, s2, s3 = (snapshot(["a", "b", "c"][:n]) for n in (1, 2, 3))
+    assert feed(stream, s1, s3, s2, s1, s3) == [OutputChunk(value=v, joinable=False) for v in "abc"]
 
 
-def test_a_log_line_without_its_newline_is_held_until_the_next_snapshot_completes_it():
+def test_log_lines_come_as_printed_and_the_final_logs_add_only_what_did_not():
     stream = _Stream(ITERATOR, [])
-    assert feed(stream, snapshot(logs="downloa")) == []
-    assert feed(stream, snapshot(logs="download done\nstep 1")) == [LogLine("download done")]
-    assert feed(stream, snapshot(logs="download done\nstep 1/2\n")) == [LogLine("step 1/2")]
+    assert stream.take("log", "one") == [LogLine("one")]
+    assert stream.take("log", "two") == [LogLine("two")]
+    assert stream.finish("one\ntwo\nprinted as it failed\n") == [LogLine("printed as it failed")]
+    assert stream.finish("one\ntwo\nprinted as it failed\n") == []
 
 
-def test_flush_gives_the_last_line_that_never_got_its_newline():
+def test_final_logs_that_hold_nothing_new_add_nothing():
     stream = _Stream(ITERATOR, [])
-    assert feed(stream, snapshot(logs="one\ntail")) == [LogLine("one")]
-    assert stream.flush([]) == [LogLine("tail")]
-    assert stream.flush([]) == []
+    stream.take("log", "one")
+    assert stream.finish("one\n") == [] and stream.finish(None) == []
 
 
-def test_flush_gives_the_lines_coglets_own_log_has_beyond_what_the_webhooks_brought():
-    stream = _Stream(ITERATOR, ["hunter2"])
-    assert feed(stream, snapshot(logs="one\ntw")) == [LogLine("one")]
-    logged = ["one", "two", "key hunter2 rejected"]
-    assert stream.flush(logged) == [LogLine("two"), LogLine(f"key {SECRET_MASK} rejected")]
-
-
-def test_flush_keeps_to_the_webhooks_text_when_coglets_log_has_no_more_lines():
+def test_a_snapshot_is_an_update_of_outputs_only():
     stream = _Stream(ITERATOR, [])
-    assert feed(stream, snapshot(logs="one\ntwo\nlast")) == [LogLine("one"), LogLine("two")]
-    assert stream.flush(["one", "two"]) == [LogLine("last")]
+    assert stream.take("output", snapshot(["x"], logs="ignored\n")) == [OutputChunk(value="x", joinable=False)]
 
 
 def test_iterator_items_are_separate_chunks_and_concatenate_items_are_joinable():
@@ -99,9 +87,11 @@ def test_iterator_items_are_separate_chunks_and_concatenate_items_are_joinable()
     assert feed(_Stream(CONCATENATE, []), items) == [OutputChunk(value="Hel"), OutputChunk(value="lo")]
 
 
-def test_a_list_output_that_is_not_an_iterator_streams_no_chunks():
-    stream = _Stream({"type": "array", "items": {"type": "string"}}, [])
-    assert feed(stream, snapshot(["a", "b"], "working\n")) == [LogLine("working")]
+def test_only_an_iterator_output_is_streamed():
+    assert _Stream(ITERATOR, []).streams_output and _Stream(CONCATENATE, []).streams_output
+    listed = _Stream({"type": "array", "items": {"type": "string"}}, [])
+    assert not listed.streams_output and feed(listed, snapshot(["a", "b"])) == []
+    assert not _Stream(FILE, []).streams_output
 
 
 def test_file_items_of_an_iterator_arrive_as_decoded_files():
@@ -113,17 +103,19 @@ def test_file_items_of_an_iterator_arrive_as_decoded_files():
     assert all(c.value is None for c in chunks)
 
 
-def test_secret_values_are_scrubbed_from_log_lines_and_errors():
+def test_secret_values_are_scrubbed_from_log_lines_final_logs_and_errors():
     stream = _Stream(ITERATOR, ["hunter2", "tok-9"])
-    lines = feed(stream, snapshot(logs="using hunter2 and tok-9\nplain\n"))
-    assert lines == [LogLine(f"using {SECRET_MASK} and {SECRET_MASK}"), LogLine("plain")]
+    assert stream.take("log", "using hunter2 and tok-9") == [LogLine(f"using {SECRET_MASK} and {SECRET_MASK}")]
+    assert stream.finish("x\nlast hunter2\n") == [LogLine(f"last {SECRET_MASK}")]
     assert stream.scrub("auth failed for hunter2") == f"auth failed for {SECRET_MASK}"
 
 
-def test_a_secret_spanning_lines_is_scrubbed_from_the_logs():
+def test_a_secret_spanning_lines_is_scrubbed_from_each_line_and_from_the_final_logs():
     key = "-----BEGIN KEY-----\nMIIEvQIBADANBg\n-----END KEY-----"
-    lines = feed(_Stream(ITERATOR, [key]), snapshot(logs=f"loaded {key}\n"))
-    assert "MIIEvQIBADANBg" not in "\n".join(line.text for line in lines)
+    stream = _Stream(ITERATOR, [key])
+    printed = [e for line in f"loaded {key}".splitlines() for e in stream.take("log", line)]
+    assert "MIIEvQIBADANBg" not in "\n".join(line.text for line in printed)
+    assert "MIIEvQIBADANBg" not in str(_Stream(ITERATOR, [key]).finish(f"loaded {key}\n"))
 
 
 def test_a_secret_that_begins_with_another_is_masked_whole():
@@ -295,22 +287,28 @@ def test_a_process_that_is_gone_has_no_tree_and_no_rss():
     assert rss_bytes([gone.pid]) == 0
 
 
-def coglet_line(target: str, message: str) -> str:
-    return json.dumps({"timestamp": "2025-01-01T00:00:00Z", "level": "INFO", "fields": {"message": message},
-                       "target": target})
+def coglet_line(target: str, message: str, **fields: str) -> str:
+    return json.dumps({"timestamp": "2025-01-01T00:00:00Z", "level": "INFO",
+                       "fields": {"message": message, **fields}, "target": target})
 
 
-def test_user_lines_are_the_predictors_own_messages_from_coglets_json_log():
-    log = "\n".join([
-        coglet_line("coglet::user", "loading weights"),
-        coglet_line("coglet::server", "listening on 127.0.0.1:5000"),
-        coglet_line("coglet::setup", "setup done"),
-        coglet_line("coglet::user", "<string>:1: DeprecationWarning: old shim"),
-        '{"target": "coglet::user", "fields": {}}',
-        '"coglet::user" but not json {',
-        "plain stderr text",
-    ])
-    assert _user_lines(log) == ["loading weights", "setup done"]
+def test_coglets_output_is_sorted_into_setup_lines_prediction_lines_and_a_tail():
+    reader, got = OutputReader(), []
+    for line in [coglet_line("coglet::user", "loading weights"),
+                 coglet_line("coglet::server", "listening on 127.0.0.1:5000"),
+                 coglet_line("coglet::setup", "setup done"),
+                 coglet_line("coglet::setup", "<string>:1: DeprecationWarning: old shim"),
+                 coglet_line("coglet::prediction", "early", prediction_id="p1", source="Stdout"),
+                 "plain stderr text"]:
+        reader.take(line)
+    assert reader.setup_lines == ["loading weights", "setup done"]
+    assert {"listening on 127.0.0.1:5000", "plain stderr text"} <= set(reader.tail)
+    reader.watch("p1", got.append)  # lines printed before anyone watched are handed over first
+    reader.take(coglet_line("coglet::prediction", "late", prediction_id="p1", source="Stderr"))
+    reader.take(coglet_line("coglet::prediction", "Prediction failed", prediction_id="p1"))  # coglet's own
+    reader.unwatch("p1")
+    reader.take(coglet_line("coglet::prediction", "after the end", prediction_id="p1", source="Stdout"))
+    assert got == ["early", "late"]
 
 
 # Package environments
