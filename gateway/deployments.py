@@ -9,7 +9,7 @@ what the new route is, and refuses what would be wrong, naming the field.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from gateway.catalog import ModelCatalog
 from runners.registry import runner_class
@@ -42,9 +42,17 @@ class PushResult:
 
 
 class RouteService:
-    def __init__(self, controller: ControllerClient, catalog: ModelCatalog) -> None:
+    def __init__(self, controller: ControllerClient, catalog: ModelCatalog,
+                 changed: Callable[[], Awaitable[None]] | None = None) -> None:
+        """``changed`` brings the gateway up to the controller's new state after a change (its catalog
+        and its router's table), so the next prediction sees the route as it is now; by default only
+        the catalog follows."""
         self._controller = controller
         self._catalog = catalog
+        self._changed = changed or self._follow_catalog
+
+    async def _follow_catalog(self) -> None:
+        self._catalog.update(await self._controller.models())
 
     # Models
 
@@ -163,14 +171,14 @@ class RouteService:
         except (TypeError, ValueError) as err:
             raise InvalidInput(_field_of(err), str(err)) from None
         spec = await self._controller.put_route(spec)
-        self._catalog.update(await self._controller.models())
+        await self._changed()
         return spec
 
     async def _delete(self, name: str) -> ModelSpec:
         spec = await self._controller.delete_route(name)
         if spec is None:
             raise NotFound(f"{name!r} not found")
-        self._catalog.update(await self._controller.models())
+        await self._changed()
         return spec
 
 

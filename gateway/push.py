@@ -143,6 +143,10 @@ class PushService:
         except ValueError:
             doc = {}
         if proc.returncode == 0 and "openapi" in doc:
+            if config.max_concurrency > 1 and not doc.get("async"):
+                raise InvalidInput("cog.yaml: concurrency.max", f"is {config.max_concurrency}, and coglet runs "
+                                   "several predictions at once only for an async predictor: make "
+                                   f"{config.predict}'s predict (or run) `async def`, or set concurrency.max: 1")
             return doc["openapi"]
         detail = doc.get("traceback") or err.decode(errors="replace")[-4000:]
         raise InvalidInput("predict", f"{config.predict}: {doc.get('error', 'the predictor could not be read')}"

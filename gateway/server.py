@@ -136,7 +136,7 @@ class Gateway:
     def servicers(self) -> RestContext:
         """The servicers, built once: gRPC serves them, and the REST translation calls the same objects."""
         if self._servicers is None:
-            routes = RouteService(self.controller, self.catalog)
+            routes = RouteService(self.controller, self.catalog, changed=self._follow_now)
             pusher = PushService(routes, self.settings.bundles_path, self.settings.node_cache_path / "cog" / "envs",
                                  self.controller.publish_bundle, self.controller.nodes)
             self._servicers = RestContext(
@@ -172,6 +172,14 @@ class Gateway:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(token + "\n")
+
+    async def _follow_now(self) -> None:
+        """Take the controller's state at once (after a change made through this gateway): a prediction
+        created next must not meet a route, a version or a load failure as they were before it."""
+        table = await self.controller.routing_table(-1, 0.0)
+        if table.models is not None:
+            self.catalog.update(table.models)
+        self.router.update_table(table)
 
     async def _follow_routing_table(self) -> None:
         while True:

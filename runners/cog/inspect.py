@@ -4,7 +4,7 @@ inspector, in a process of its own (the predictor's module is imported, and may 
 ``PREDICT_REF`` is cog.yaml's ``predict``, ``predict.py:Predictor`` or ``src/predict.py:Predictor``. The
 module is imported by its dotted path from the bundle's root (``src.predict``), with the bundle first on
 ``sys.path`` and as the working directory, as it will run. One JSON line goes to stdout, ``{"openapi": ...}``
-with exit status 0, or ``{"error": "<one line>", "traceback": "..."}`` with exit status 1. Anything else
+(and ``"async"``: whether ``run``/``predict`` is a coroutine) with exit status 0, or ``{"error": "<one line>", "traceback": "..."}`` with exit status 1. Anything else
 written to stdout (the predictor's prints, a native library's) goes to stderr instead.
 """
 
@@ -16,11 +16,12 @@ import json
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import IO, Any
 
-from cog._inspector import create_predictor
+from cog._inspector import _selected_predict_method, create_predictor
 
 from runners.cog.schema import openapi_schema
 from warmfleet.errors import InvalidInput
@@ -41,6 +42,20 @@ def inspect_bundle(bundle_dir: Path, predict_ref: str) -> dict[str, Any]:
     module = _import(module_name, path)
     _check_defines(module, name, file)
     return openapi_schema(create_predictor(module_name, name))
+
+
+def runs_async(bundle_dir: Path, predict_ref: str) -> bool:
+    """Whether the predictor's ``run``/``predict`` is a coroutine (or async generator) function: coglet
+    runs more than one prediction at a time (``concurrency.max``) only for those. After ``inspect_bundle``."""
+    file, name = _split_ref(predict_ref)
+    root = bundle_dir.resolve()
+    module = sys.modules[".".join(_predictor_file(root, file).relative_to(root).with_suffix("").parts)]
+    target = getattr(module, name)
+    if inspect.isclass(target):  # the method Cog itself would call
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # predict() over run(): said at push already
+            _, target = _selected_predict_method(target, f"{module.__name__}.{name}")
+    return inspect.iscoroutinefunction(target) or inspect.isasyncgenfunction(target)
 
 
 def _split_ref(predict_ref: str) -> tuple[str, str]:
@@ -108,7 +123,8 @@ def main(argv: list[str], out: IO[str]) -> int:
     try:
         if len(argv) != 2:
             raise InvalidInput("argv", USAGE)
-        line = json.dumps({"openapi": inspect_bundle(Path(argv[0]), argv[1])}, allow_nan=False)
+        doc = inspect_bundle(Path(argv[0]), argv[1])
+        line = json.dumps({"openapi": doc, "async": runs_async(Path(argv[0]), argv[1])}, allow_nan=False)
         status = 0
     except (Exception, SystemExit) as err:  # noqa: BLE001 - any failure, the predictor's too, is the answer
         # SystemExit included: a predictor module may call sys.exit() while it is imported.

@@ -113,11 +113,19 @@ def _field_type_schema(ft: adt.FieldType) -> dict[str, Any]:
     return schema
 
 
+def _bound(value: float | None, field: adt.InputField) -> float | int | None:
+    """The inspector gives ge/le as floats; an integer input's bound is written as the integer it is (so
+    an error says "the maximum of 5", as Cog's own document does)."""
+    if value is not None and field.type.primitive is adt.PrimitiveType.INTEGER and float(value).is_integer():
+        return int(value)
+    return value
+
+
 def _constraints(field: adt.InputField) -> dict[str, Any]:
     found = {
         "description": field.description,
-        "minimum": field.ge,
-        "maximum": field.le,
+        "minimum": _bound(field.ge, field),
+        "maximum": _bound(field.le, field),
         "minLength": field.min_length,
         "maxLength": field.max_length,
         "pattern": field.regex,

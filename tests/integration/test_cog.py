@@ -251,6 +251,9 @@ async def test_a_gpu_model_is_refused_on_a_cpu_only_cluster_naming_the_hardware(
      "cog.yaml: build.python_version", "3.11"),
     (lambda d: (d / "cog.yaml").write_text('build:\n  run: ["apt-get install x"]\npredict: "predict.py:Predictor"\n'),
      "cog.yaml: build.run", "container image"),
+
+    (lambda d: (d / "cog.yaml").write_text('concurrency:\n  max: 4\npredict: "predict.py:Predictor"\n'),
+     "cog.yaml: concurrency.max", "async"),
 ])
 async def test_a_bad_push_is_refused_naming_the_field(api, tmp_path, change, field, also):
     directory = fixture_copy(tmp_path, "typed")
