@@ -65,6 +65,9 @@ class CogRunner(Runner):
         self._session: aiohttp.ClientSession | None = None
         self._restart: asyncio.Task | None = None
         self._kill_reason = ""  # why the agent killed the process, for the predictions that die with it
+        # Read once from the version's document, not once a prediction.
+        self._output = self.output_schema(spec)
+        self._secrets = secret_fields(spec.options["openapi_schema"])
         self.setup_logs = ""
 
     # The version's schema
@@ -124,7 +127,7 @@ class CogRunner(Runner):
     async def predict(self, input: dict[str, Any], ctx: PredictContext) -> AsyncPredictGenerator:
         process = await self._healthy_process()
         pid, session = ctx.prediction_id, self._client()
-        stream = _Stream(self.output_schema(self.spec), _secret_values(self.spec.options["openapi_schema"], input))
+        stream = _Stream(self._output, [str(input[name]) for name in self._secrets if input.get(name)])
         updates: asyncio.Queue = asyncio.Queue()  # ("log", line) from coglet's output, ("output", body) from webhooks
         loop = asyncio.get_running_loop()
         process.output.watch(pid, lambda line: loop.call_soon_threadsafe(updates.put_nowait, ("log", line)))
@@ -373,10 +376,6 @@ def secret_fields(openapi: dict[str, Any]) -> list[str]:
     """The inputs Cog types as ``Secret``."""
     props = openapi.get("components", {}).get("schemas", {}).get("Input", {}).get("properties", {})
     return [name for name, prop in props.items() if prop.get("x-cog-secret")]
-
-
-def _secret_values(openapi: dict[str, Any], input: dict[str, Any]) -> list[str]:
-    return [str(input[name]) for name in secret_fields(openapi) if input.get(name)]
 
 
 def materialize_bundle(node: NodeResources, digest: str, openapi: dict[str, Any]) -> Path:
