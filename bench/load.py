@@ -140,15 +140,20 @@ def summarise(spec: LoadSpec, window: _Window, measured_s: float) -> LoadResult:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Closed-loop echo load on a Predictions server; "
-                                                 "prints one JSON result line.")
+def add_load_arguments(parser: argparse.ArgumentParser, duration_s: float) -> None:
+    """The options every closed-loop load process takes: where, with which token, how hard, how long."""
     parser.add_argument("--target", required=True, help="host:port")
     parser.add_argument("--token-file", type=Path, help="file holding a bearer token (the cluster's)")
     parser.add_argument("--concurrency", type=int, default=1)
-    parser.add_argument("--duration", type=float, default=5.0, help="measured seconds")
+    parser.add_argument("--duration", type=float, default=duration_s, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first")
     parser.add_argument("--max-requests", type=int, default=200_000, help="stop after this many measured")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Closed-loop echo load on a Predictions server; "
+                                                 "prints one JSON result line.")
+    add_load_arguments(parser, duration_s=5.0)
     args = parser.parse_args()
     token = args.token_file.read_text().strip() if args.token_file else ""
     spec = LoadSpec(args.target, args.concurrency, args.duration, args.warmup, args.max_requests, token)

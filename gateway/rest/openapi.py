@@ -412,8 +412,8 @@ def paths() -> dict[str, dict[str, S]]:
                         **json_ok(ref("PushedVersion"), "This content is a version already")},
                        (*model, header("X-Bundle-Digest", {"type": "string", "pattern": "^[0-9a-f]{64}$"},
                                        "The bundle's SHA-256 (hex): the push fails if the bytes differ.")),
-                       {"required": True, "content": {"application/x-tar": {"schema": {
-                           "type": "string", "format": "binary"}}}},
+                       {"required": True, "description": "The bundle: a tar, as `warmfleet push` makes it",
+                        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
                        errors=(401, 403, 409, 422)),
         },
         "/v1/models/{owner}/{name}/versions/{id}": {

@@ -85,6 +85,8 @@ async def test_a_pushed_model_gets_cog_schema_enforced_at_the_gateway_and_runs(a
     assert pred.output == "ABAB! x1.5 ab"
     assert (pred.metrics["letters"], pred.metrics["timing.format"]) == (4, 0.25)  # recorded by the model
     assert pred.metrics["predict_time_s"] > 0
+    [instance] = await instances_of(api, "alice/typed")
+    assert instance.memory_bytes > 20 << 20  # coglet and its worker's resident memory, measured by the agent
     assert pred.model == "alice/typed" and pred.version == pushed.version.id
 
     for values, field in [({"count": 6}, "input.count"), ({"mode": "shout"}, "input.mode"),
@@ -233,10 +235,26 @@ async def test_a_python_package_from_a_local_wheel_is_installed_and_imported(api
     assert pred.output == "hello from a local wheel there"
 
 
+def gpu_present() -> bool:
+    from node.metrics import Nvml
+
+    return Nvml(0).available
+
+
+@pytest.mark.skipif(gpu_present(), reason="this machine has a GPU: the CPU-only refusal cannot be shown here")
 async def test_a_gpu_model_is_refused_on_a_cpu_only_cluster_naming_the_hardware(api, tmp_path):
     err = await refused(push_fixture(api, tmp_path, "gpu", "alice/gpu"))
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "build.gpu" in err.details() and "cpu" in err.details()
+
+
+@pytest.mark.skipif(not gpu_present(), reason="no GPU here (NVML finds none): CUDA and NVML run where one is")
+async def test_a_gpu_model_runs_on_cuda_and_nvml_shows_its_memory(api, tmp_path):
+    await push_fixture(api, tmp_path, "gpu", "alice/gpu-run")
+    pred = await run(api, "alice/gpu-run")
+    assert pred.status == "succeeded" and pred.output.startswith("cuda"), (pred.error, pred.output)
+    [instance] = await instances_of(api, "alice/gpu-run")
+    assert instance.memory_bytes >= 64 << 20  # its process's GPU memory, from NVML
 
 
 # Bad pushes
@@ -341,7 +359,7 @@ async def test_push_and_run_over_rest_with_a_data_url_file_and_replicate_version
     path, digest, size = bundle_to_tempfile(fixture_copy(tmp_path, "paths"))
     async with aiohttp.ClientSession(f"http://127.0.0.1:{running.gateway.http_port}") as http:
         async with http.post("/v1/models/bob/rest-paths/versions", data=path.read_bytes(),
-                             headers={**headers, "Content-Type": "application/x-tar", "X-Bundle-Digest": digest}
+                             headers={**headers, "Content-Type": "application/octet-stream", "X-Bundle-Digest": digest}
                              ) as reply:
             pushed = await reply.json()
             assert reply.status == 201, pushed
@@ -366,7 +384,7 @@ async def test_push_and_run_over_rest_with_a_data_url_file_and_replicate_version
         async with http.get("/v1/models/bob/rest-paths/versions", headers=headers) as reply:
             assert [v["id"] for v in (await reply.json())["results"]] == [digest]
         async with http.post("/v1/models/bob/rest-paths/versions", data=b"not a tar at all",
-                             headers={**headers, "Content-Type": "application/x-tar"}) as reply:
+                             headers={**headers, "Content-Type": "application/octet-stream"}) as reply:
             problem = await reply.json()
         assert reply.status == 422 and problem["field"] == "bundle", problem
     path.unlink()
