@@ -65,6 +65,7 @@ class CogRunner(Runner):
         self._session: aiohttp.ClientSession | None = None
         self._restart: asyncio.Task | None = None
         self._kill_reason = ""  # why the agent killed the process, for the predictions that die with it
+        self._setup_untold = False
         # Read once from the version's document, not once a prediction.
         self._output = self.output_schema(spec)
         self._secrets = secret_fields(spec.options["openapi_schema"])
@@ -111,6 +112,7 @@ class CogRunner(Runner):
             process.kill()
             raise
         self._process = process
+        self._setup_untold = True  # the first prediction on it (the one that waited for the boot) shows them
 
     def unload(self) -> None:
         if self._process is not None:
@@ -126,6 +128,10 @@ class CogRunner(Runner):
 
     async def predict(self, input: dict[str, Any], ctx: PredictContext) -> AsyncPredictGenerator:
         process = await self._healthy_process()
+        if self._setup_untold:
+            self._setup_untold = False
+            for line in self.setup_logs.splitlines():
+                yield LogLine(f"setup: {line}")
         pid, session = ctx.prediction_id, self._client()
         stream = _Stream(self._output, [str(input[name]) for name in self._secrets if input.get(name)])
         updates: asyncio.Queue = asyncio.Queue()  # ("log", line) from coglet's output, ("output", body) from webhooks

@@ -88,6 +88,8 @@ async def test_a_pushed_model_gets_cog_schema_enforced_at_the_gateway_and_runs(a
     [instance] = await instances_of(api, "alice/typed")
     assert instance.memory_bytes > 20 << 20  # coglet and its worker's resident memory, measured by the agent
     assert pred.model == "alice/typed" and pred.version == pushed.version.id
+    assert "setup: typed is ready" in pred.logs  # it waited for the boot: it shows what setup() printed
+    assert "setup:" not in (await run(api, "alice/typed", text="again")).logs
 
     for values, field in [({"count": 6}, "input.count"), ({"mode": "shout"}, "input.mode"),
                           ({"code": "AB1"}, "input.code"), ({"text": 3}, "input.text"),
