@@ -16,7 +16,7 @@ from warmfleet.domain import (
     PredictionEvent, ProgressUpdate, Status,
 )
 from warmfleet.errors import InvalidInput
-from warmfleet.jsonvalues import place_files, split_files, value_from_pb, value_to_pb
+from warmfleet.jsonvalues import place_files, split_files, struct_from_pb, value_to_pb
 from warmfleet.v1 import cluster_pb2, deployments_pb2, models_pb2, predictions_pb2, types_pb2
 
 STATUS_TO_PB = {
@@ -99,7 +99,11 @@ def input_from_pb(pb: types_pb2.PredictionInput) -> tuple[dict[str, Any], str]:
     if kind is None:
         raise InvalidInput("input", "is required: set one of json, echo, text_generation, ...")
     if kind == "json":
-        values = value_from_pb(struct_pb2.Value(struct_value=pb.json.fields))
+        try:
+            values = struct_from_pb(pb.json.fields, "input")
+        except ValueError as err:
+            field, _, rule = str(err).partition(": ")
+            raise InvalidInput(field, rule) from None
         try:
             return place_files(values, {path: file_from_pb(f) for path, f in pb.json.files.items()}), kind
         except ValueError as err:
@@ -209,7 +213,7 @@ def autoscaling_from_pb(pb: deployments_pb2.Autoscaling) -> dict[str, float]:
 def model_spec_from_pb(req: models_pb2.CreateModelRequest) -> ModelSpec:
     return ModelSpec(
         name=req.name, runner=req.runner, weights=req.weights,
-        options=value_from_pb(struct_pb2.Value(struct_value=req.options)) if req.HasField("options") else {},
+        options=struct_from_pb(req.options, "options") if req.HasField("options") else {},
         description=req.description, min_instances=req.min_instances,
         max_instances=req.max_instances if req.HasField("max_instances") else None,
     )

@@ -30,7 +30,7 @@ from google.protobuf.message import Message
 
 from warmfleet import launch
 from warmfleet.bundle import bundle_to_tempfile, read_chunks
-from warmfleet.jsonvalues import place_files, plain, split_files, value_from_pb, value_to_pb
+from warmfleet.jsonvalues import place_files, split_files, struct_from_pb, value_from_pb, value_to_pb
 from warmfleet.settings import Settings, load_settings
 from warmfleet.v1 import (
     cluster_pb2, cluster_pb2_grpc, deployments_pb2, deployments_pb2_grpc, models_pb2, models_pb2_grpc,
@@ -421,7 +421,7 @@ def input_from_pb(pb: types_pb2.PredictionInput) -> dict[str, Any]:
         return {}
     if kind != "json":
         return _message_to_dict(getattr(pb, kind))
-    values = plain(json_format.MessageToDict(pb.json.fields))
+    values = struct_from_pb(pb.json.fields)
     return place_files(values, {path: file_from_pb(f) for path, f in pb.json.files.items()})
 
 

@@ -29,9 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import aiohttp
-
 from runners.cog.env import python_path
+from runners.cog.http import CogletClient, CogletUnreachable
 
 HEALTH_POLL_S = 0.02  # while setup runs: coglet answers the health check in well under a millisecond
 STOP_GRACE_S = 5.0
@@ -41,6 +40,8 @@ AT_CAPACITY_RETRIES = 8  # coglet frees a slot just after it answers: a 409 righ
 AT_CAPACITY_BACKOFF_S = 0.002
 _PR_SET_PDEATHSIG = 1
 _SETUP_TARGETS = ('"coglet::user"', '"coglet::setup"')
+# coglet's own line for a prediction that ended; it comes after every line the predictor printed in it.
+_ENDED = ("Prediction worker completed", "Prediction failed", "Prediction cancelled")
 _COGLET_NOISE = ("<string>:1: DeprecationWarning",)  # coglet's own shims, not the user's code
 
 
@@ -81,13 +82,14 @@ class OutputReader:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._sinks: dict[str, Callable[[str], None]] = {}
+        self._sinks: dict[str, Callable[[str | None], None]] = {}
         self._unclaimed: dict[str, list[str]] = {}  # lines of predictions no one watches (yet)
         self.setup_lines: list[str] = []
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
 
-    def watch(self, prediction_id: str, sink: Callable[[str], None]) -> None:
-        """Send the prediction's lines to ``sink`` (called on the reader thread) from now on."""
+    def watch(self, prediction_id: str, sink: Callable[[str | None], None]) -> None:
+        """Send the prediction's lines to ``sink`` (called on the reader thread) from now on, then None
+        once coglet says it ended (after its last line)."""
         with self._lock:
             self._sinks[prediction_id] = sink
             early = self._unclaimed.pop(prediction_id, [])
@@ -111,18 +113,20 @@ class OutputReader:
             self.tail.append(line)  # not coglet's JSON: the process's own output (a crash, a traceback)
             return
         message = str(fields.get("message", ""))
-        if target == "coglet::prediction" and "source" in fields and "prediction_id" in fields:
-            self._to_prediction(str(fields["prediction_id"]), message)
+        if target == "coglet::prediction" and "prediction_id" in fields and (
+                "source" in fields or message in _ENDED):
+            self._to_prediction(str(fields["prediction_id"]), message if "source" in fields else None)
         elif f'"{target}"' in _SETUP_TARGETS and not any(n in message for n in _COGLET_NOISE):
             self.setup_lines.append(message)
         else:
             self.tail.append(message if "error" not in fields else f"{message}: {fields['error']}")
 
-    def _to_prediction(self, prediction_id: str, message: str) -> None:
+    def _to_prediction(self, prediction_id: str, message: str | None) -> None:
         with self._lock:
             sink = self._sinks.get(prediction_id)
             if sink is None:
-                self._unclaimed.setdefault(prediction_id, []).append(message)
+                if message is not None:
+                    self._unclaimed.setdefault(prediction_id, []).append(message)
                 return
         sink(message)
 
@@ -132,6 +136,7 @@ class CogProcess:
         self.spec = spec
         self.port = 0
         self.output = OutputReader()
+        self.http: CogletClient | None = None  # made on start, used on the agent's loop
         self._proc: subprocess.Popen | None = None
         self._reader: threading.Thread | None = None
 
@@ -148,6 +153,7 @@ class CogProcess:
 
     def start(self) -> None:
         self.port = _free_port()
+        self.http = CogletClient("127.0.0.1", self.port)
         bin_dir = str(Path(sys.executable).parent)  # coglet starts its worker with the `python` on PATH
         env = {**os.environ, **dict(self.spec.environment), "PORT": str(self.port),
                "COG_PREDICT_TYPE_STUB": self.spec.predict, "COG_MAX_CONCURRENCY": str(self.spec.max_concurrency),
@@ -223,15 +229,14 @@ class CogProcess:
 
     # Predictions (on the agent's event loop)
 
-    async def predict(self, session: aiohttp.ClientSession, prediction_id: str, input: dict[str, Any],
-                      webhook: str = "") -> dict[str, Any]:
+    async def predict(self, prediction_id: str, input: dict[str, Any], webhook: str = "") -> dict[str, Any]:
         """Run one prediction to its end; returns coglet's final prediction object. With ``webhook``,
         coglet posts the output there as it grows (for iterator outputs)."""
         body: dict[str, Any] = {"id": prediction_id, "input": input}
         if webhook:
             body |= {"webhook": webhook, "webhook_events_filter": ["output"]}
         for attempt in range(AT_CAPACITY_RETRIES + 1):
-            status, doc = await self._post(session, body)
+            status, doc = await self._post("/predictions", body)
             if status != 409 or attempt == AT_CAPACITY_RETRIES:
                 break
             await asyncio.sleep(AT_CAPACITY_BACKOFF_S * 2 ** attempt)
@@ -239,16 +244,25 @@ class CogProcess:
             doc = {"status": "failed", "error": doc.get("error") or doc.get("detail") or json.dumps(doc)}
         return doc
 
-    async def _post(self, session: aiohttp.ClientSession, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    async def _post(self, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+        assert self.http is not None
         try:
-            async with session.post(f"{self.url}/predictions", json=body) as reply:
-                return reply.status, await reply.json(content_type=None)
-        except (aiohttp.ClientError, ConnectionError) as err:
+            status, doc = await self.http.post(path, body)
+        except (CogletUnreachable, ValueError) as err:
             raise ProcessGone(str(err)) from err
+        return status, doc if isinstance(doc, dict) else {"output": doc}
 
-    async def cancel(self, session: aiohttp.ClientSession, prediction_id: str) -> None:
+    async def cancel(self, prediction_id: str) -> None:
         try:
-            async with session.post(f"{self.url}/predictions/{prediction_id}/cancel") as reply:
-                await reply.read()
-        except (aiohttp.ClientError, ConnectionError):
+            await self._post(f"/predictions/{prediction_id}/cancel")
+        except ProcessGone:
             pass  # gone already: nothing is left to cancel
+
+    async def answers_health_check(self, timeout_s: float) -> bool:
+        """Whether coglet answers its health check within ``timeout_s`` (from the agent's loop)."""
+        assert self.http is not None
+        try:
+            await self.http.get("/health-check", timeout_s)
+            return True
+        except (CogletUnreachable, ValueError, TimeoutError):
+            return False

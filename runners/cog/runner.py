@@ -24,8 +24,6 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-import aiohttp
-
 from runners.base import AsyncPredictGenerator, Cancelled, NodeResources, PredictContext, Runner, RunnerPolicy
 from warmfleet.bundle import extract_bundle
 from warmfleet.jsonvalues import files_as_data_urls
@@ -41,7 +39,8 @@ log = logging.getLogger(__name__)
 
 FAMILY = "cog"
 SETUP_TIMEOUT_S = 600.0
-CANCEL_GRACE_S = 10.0  # how long a canceled prediction may take to stop before its slot is given back
+CANCEL_GRACE_S = 10.0
+END_LINE_WAIT_S = 1.0  # most a finished prediction waits for its last log lines (coglet's "ended" line)  # how long a canceled prediction may take to stop before its slot is given back
 _DATA_URL = re.compile(r"^data:([^;,]*)((?:;[^;,=]+=[^;,]*)*)(;base64)?,", re.DOTALL)
 READY_STATES = ("READY", "BUSY")
 # While a prediction runs, its coglet is asked every WATCH_INTERVAL_S with no news; HUNG_AFTER_MISSES
@@ -62,7 +61,6 @@ class CogRunner(Runner):
     def __init__(self, spec: ModelSpec, device: str = "cpu", node: NodeResources | None = None) -> None:
         super().__init__(spec, device, node)
         self._process: CogProcess | None = None
-        self._session: aiohttp.ClientSession | None = None
         self._restart: asyncio.Task | None = None
         self._kill_reason = ""  # why the agent killed the process, for the predictions that die with it
         self._setup_untold = False
@@ -132,25 +130,25 @@ class CogRunner(Runner):
             self._setup_untold = False
             for line in self.setup_logs.splitlines():
                 yield LogLine(f"setup: {line}")
-        pid, session = ctx.prediction_id, self._client()
+        pid = ctx.prediction_id
         stream = _Stream(self._output, [str(input[name]) for name in self._secrets if input.get(name)])
         updates: asyncio.Queue = asyncio.Queue()  # ("log", line) from coglet's output, ("output", body) from webhooks
         loop = asyncio.get_running_loop()
-        process.output.watch(pid, lambda line: loop.call_soon_threadsafe(updates.put_nowait, ("log", line)))
+        process.output.watch(pid, lambda line: loop.call_soon_threadsafe(
+            updates.put_nowait, ("log", line) if line is not None else ("end", None)))
         hooks = await receiver() if stream.streams_output else None
         if hooks is not None:
             hooks.open(pid, updates)
-        call = asyncio.create_task(process.predict(session, pid, _to_cog(input),
+        call = asyncio.create_task(process.predict(pid, _to_cog(input),
                                                    hooks.webhook_for(pid) if hooks else ""))
         try:
-            async for event in self._follow(process, session, call, updates, stream):
+            async for event in self._follow(process, call, updates, stream):
                 yield event
             final = await self._final(call)
-            await asyncio.sleep(0)  # lines the reader thread handed over just before the answer
-            for event in [*_drain(updates, stream), *stream.update(final), *stream.finish(final.get("logs"))]:
+            for event in [*await _rest(updates, stream), *stream.update(final), *stream.finish(final.get("logs"))]:
                 yield event
         except asyncio.CancelledError:
-            await process.cancel(session, pid)
+            await process.cancel(pid)
             await asyncio.wait({call}, timeout=CANCEL_GRACE_S)
             raise
         finally:
@@ -170,10 +168,10 @@ class CogRunner(Runner):
             yield MetricsUpdate({"custom": custom})
         yield stream.output(final.get("output"))
 
-    async def _follow(self, process: CogProcess, session: aiohttp.ClientSession, call: asyncio.Task,
-                      updates: asyncio.Queue, stream: _Stream) -> AsyncIterator[Any]:
+    async def _follow(self, process: CogProcess, call: asyncio.Task, updates: asyncio.Queue,
+                      stream: _Stream) -> AsyncIterator[Any]:
         """The prediction's events while it runs; a process that stops answering is killed."""
-        watchdog = _Watchdog(process, session)
+        watchdog = _Watchdog(process)
         while not call.done():
             update = asyncio.create_task(updates.get())
             done, _ = await asyncio.wait({call, update}, timeout=WATCH_INTERVAL_S,
@@ -229,11 +227,6 @@ class CogRunner(Runner):
         assert self._process is not None
         return self._process
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=0, force_close=False)
-            self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
-        return self._session
 
 
 class _Watchdog:
@@ -241,24 +234,19 @@ class _Watchdog:
     health check at once even while the predictor computes, so silence means the process is wedged
     (stopped, deadlocked, swapping), not busy."""
 
-    def __init__(self, process: CogProcess, session: aiohttp.ClientSession) -> None:
+    def __init__(self, process: CogProcess) -> None:
         self._process = process
-        self._session = session
         self._misses = 0
         self.silent_s = 0.0
 
     async def hung(self) -> bool:
         started = time.monotonic()
-        try:
-            async with self._session.get(f"{self._process.url}/health-check",
-                                         timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S)) as reply:
-                await reply.read()
+        if await self._process.answers_health_check(HEALTH_TIMEOUT_S):
             self._misses, self.silent_s = 0, 0.0
             return False
-        except (aiohttp.ClientError, TimeoutError):
-            self._misses += 1
-            self.silent_s += WATCH_INTERVAL_S + time.monotonic() - started
-            return self._misses >= HUNG_AFTER_MISSES
+        self._misses += 1
+        self.silent_s += WATCH_INTERVAL_S + time.monotonic() - started
+        return self._misses >= HUNG_AFTER_MISSES
 
 
 class _Stream:
@@ -276,6 +264,7 @@ class _Stream:
         self._items = output_schema.get("items", {}) if self._iterator else {}
         self._sent_lines = 0
         self._sent_items = 0
+        self.ended = False
 
     @property
     def streams_output(self) -> bool:
@@ -288,7 +277,11 @@ class _Stream:
         return text
 
     def take(self, kind: str, body: Any) -> list[Any]:
-        """The events of one update: ``("log", line)`` or ``("output", snapshot)``."""
+        """The events of one update: ``("log", line)``, ``("output", snapshot)``, or ``("end", None)``
+        (coglet's line that the prediction ended: no line of it comes after)."""
+        if kind == "end":
+            self.ended = True
+            return []
         return self.log(body) if kind == "log" else self.update(body)
 
     def log(self, line: str) -> list[LogLine]:
@@ -318,10 +311,18 @@ class _Stream:
         return _output(value, self._schema)
 
 
-def _drain(updates: asyncio.Queue, stream: _Stream) -> list[Any]:
-    """The events of what is on ``updates`` now, without waiting."""
+async def _rest(updates: asyncio.Queue, stream: _Stream) -> list[Any]:
+    """The events still on their way once coglet answered: its answer can overtake the last lines the
+    predictor printed (coglet's final ``logs`` misses them after a failure), so wait for coglet's own
+    line that the prediction ended, which follows them, for up to ``END_LINE_WAIT_S``."""
     events: list[Any] = []
-    while not updates.empty():
+    deadline = asyncio.get_running_loop().time() + END_LINE_WAIT_S
+    while not stream.ended and (left := deadline - asyncio.get_running_loop().time()) > 0:
+        try:
+            events += stream.take(*await asyncio.wait_for(updates.get(), left))
+        except TimeoutError:
+            break
+    while not updates.empty():  # webhooks that came with the answer
         events += stream.take(*updates.get_nowait())
     return events
 

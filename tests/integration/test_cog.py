@@ -93,7 +93,7 @@ async def test_a_pushed_model_gets_cog_schema_enforced_at_the_gateway_and_runs(a
 
     for values, field in [({"count": 6}, "input.count"), ({"mode": "shout"}, "input.mode"),
                           ({"code": "AB1"}, "input.code"), ({"text": 3}, "input.text"),
-                          ({"nope": 1}, "input.nope")]:
+                          ({"nope": 1}, "input.nope"), ({"scale": float("nan")}, "input.scale")]:
         err = await refused(api.predictions.CreatePrediction(create("alice/typed", **values), metadata=api.md))
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and err.details().startswith(field), err.details()
 

@@ -303,10 +303,11 @@ def test_coglets_output_is_sorted_into_setup_lines_prediction_lines_and_a_tail()
     assert {"listening on 127.0.0.1:5000", "plain stderr text"} <= set(reader.tail)
     reader.watch("p1", got.append)  # lines printed before anyone watched are handed over first
     reader.take(coglet_line("coglet::prediction", "late", prediction_id="p1", source="Stderr"))
-    reader.take(coglet_line("coglet::prediction", "Prediction failed", prediction_id="p1"))  # coglet's own
+    reader.take(coglet_line("coglet::prediction", "Starting prediction", prediction_id="p1"))  # coglet's own
+    reader.take(coglet_line("coglet::prediction", "Prediction failed", prediction_id="p1"))  # it ended: None
     reader.unwatch("p1")
     reader.take(coglet_line("coglet::prediction", "after the end", prediction_id="p1", source="Stdout"))
-    assert got == ["early", "late"]
+    assert got == ["early", "late", None]
 
 
 # Package environments
@@ -365,3 +366,18 @@ def test_an_installed_environment_is_reused_without_pip(tmp_path, offline_pip):
     first = ensure_environment(config, tmp_path / "envs", bundle)
     (bundle / "wfdemo-0.1-py3-none-any.whl").unlink()  # pip would fail now; a reuse does not run it
     assert ensure_environment(config, tmp_path / "envs", bundle) == first
+
+
+def test_coglets_line_that_a_prediction_ended_reaches_its_watcher_as_none_after_its_lines():
+    reader, got = OutputReader(), []
+    reader.watch("p1", got.append)
+    reader.take(coglet_line("coglet::prediction", "Starting prediction", prediction_id="p1"))
+    reader.take(coglet_line("coglet::prediction", "about to divide", prediction_id="p1", source="Stdout"))
+    reader.take(coglet_line("coglet::prediction", "Prediction failed", prediction_id="p1",
+                            error="ValueError: x must not be zero"))
+    assert got == ["about to divide", None]
+
+
+def test_the_end_marks_the_stream_ended_and_adds_no_event():
+    stream = _Stream(ITERATOR, [])
+    assert not stream.ended and stream.take("end", None) == [] and stream.ended

@@ -237,3 +237,20 @@ def test_hardware_lists_each_sku_once():
 
 def test_pages_go_forward_only():
     assert shapes.page([1], "next-url") == {"next": "next-url", "previous": None, "results": [1]}
+
+
+def test_json_values_round_trip_as_json_format_makes_them_and_refuse_what_json_has_not():
+    from google.protobuf import json_format, struct_pb2
+
+    from warmfleet.jsonvalues import value_from_pb, value_to_pb
+
+    value = {"text": "ü\n", "n": 3, "f": 1.5, "big": 2**53, "none": None, "yes": True,
+             "nested": {"list": [1, 2.5, None, False, "x", [], {}]}}
+    assert value_to_pb(value) == json_format.ParseDict(value, struct_pb2.Value())
+    assert value_from_pb(value_to_pb(value)) == value
+    with pytest.raises(ValueError, match=r"value\.nested\[1\]: nan is not a JSON number"):
+        value_from_pb(value_to_pb({"nested": [0, float("nan")]}))
+    for bad, rule in [({1: 2}, "a key must be a string"), ({"a": object()}, "object is not JSON"),
+                      (10**400, "too large")]:
+        with pytest.raises(json_format.ParseError, match=rule):
+            value_to_pb(bad)
