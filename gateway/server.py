@@ -19,7 +19,7 @@ from gateway.http import HttpServer, build_app
 from gateway.interceptors import GatewayInterceptor
 from gateway.load_report import LoadReporter
 from gateway.metrics import GatewayMetrics
-from gateway.rest import RestContext, add_rest_routes
+from gateway.rest import RestContext, add_rest_routes, shapes
 from gateway.predictions import PredictionService
 from gateway.deployments import RouteService
 from gateway.push import PushService
@@ -57,6 +57,7 @@ class Gateway:
         self.catalog = ModelCatalog()
         self.hub = EventHub()
         self.webhooks = WebhookSender(WebhookSecrets(secret_path(settings.home)),
+                                      render=shapes.domain_prediction_json,
                                       allow_private=settings.allow_private_urls)
         self.router: Router | None = None
         self.service: PredictionService | None = None

@@ -130,18 +130,6 @@ def signed_headers(secret: str, msg_id: str, timestamp: int, body: bytes) -> dic
     }
 
 
-# The body: a prediction as Replicate's JSON
-
-
-def prediction_json(pred: Prediction, base_url: str) -> dict[str, Any]:
-    """A prediction as Replicate's prediction object, exactly as the REST API renders it."""
-    # Imported here: convert imports the prediction service, which imports this module.
-    from gateway import convert
-    from gateway.rest import shapes
-
-    return shapes.prediction_json(convert.prediction_to_pb(pred), base_url)
-
-
 # Throttling
 
 
@@ -214,7 +202,7 @@ class WebhookSender:
     """
 
     def __init__(self, secrets_: WebhookSecrets, *, base_url: str = "", post: Post | None = None,
-                 render: Callable[[Prediction, str], dict[str, Any]] = prediction_json,
+                 render: Callable[[Prediction, str], dict[str, Any]],
                  throttle_s: float = THROTTLE_S, retry_delays_s: Sequence[float] = RETRY_DELAYS_S,
                  clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time,
                  call_later: Callable[[float, Callable[[], None]], Any] | None = None,

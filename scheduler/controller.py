@@ -110,6 +110,7 @@ class Controller:
         self._measured_memory: dict[str, int] = {}  # version -> most an instance of it was measured using
         self._last_busy: dict[str, float] = {}  # route -> when it last had ongoing predictions
         self._bundles: dict[str, Any] = {}  # digest -> where a pushed bundle is (the seam's handles)
+        self._tasks: set[asyncio.Task] = set()  # loads and removals under way (see _spawn)
 
     async def start(self) -> None:
         """Provision agents, then load every model's minimum instances; returns when they are warm."""
@@ -206,10 +207,10 @@ class Controller:
         ready = [i for i in current if i.state != "starting"]  # a loading instance is left to finish
         if stale and len(ready) >= target:
             for info in stale:
-                asyncio.create_task(self._remove(info), name=f"remove-{info.id}")
+                self._spawn(self._remove(info), f"remove-{info.id}")
         if len(current) > target and ready:
             for info in (await self._removal_order(ready))[: len(current) - target]:
-                asyncio.create_task(self._remove(info), name=f"remove-{info.id}")
+                self._spawn(self._remove(info), f"remove-{info.id}")
 
     async def _removal_order(self, ready: list[InstanceInfo]) -> list[InstanceInfo]:
         """Instances to remove first: the least busy, by the agents' own figures."""
@@ -230,6 +231,20 @@ class Controller:
             self._instances.pop(info.id, None)
             self._removing.discard(info.id)
             await self._bump()
+
+    def _spawn(self, work: Awaitable[None], name: str) -> asyncio.Task:
+        """Run ``work`` in a task the controller keeps until it ends, and whose failure is logged (a task
+        nobody holds may be collected mid-way, and its exception is lost)."""
+        task = asyncio.ensure_future(work)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("controller task %s failed", task.get_name(), exc_info=task.exception())
 
     async def stop(self) -> None:
         for task in (self._autoscaler, self._membership, *self._drains.values()):
@@ -304,12 +319,12 @@ class Controller:
             minimum = self._models[info.model].min_instances if info.model in self._models else 0
             self._targets[info.model] = max(self._targets.get(info.model, 1) - 1, minimum)  # no reload
             log.info("evicting %s (%s) from %s to make room for %s", victim, info.model, info.node_id, spec.name)
-            asyncio.create_task(self._remove(info), name=f"evict-{victim}")
+            self._spawn(self._remove(info), f"evict-{victim}")
         node = self._nodes[placement.node_id]
         instance_id = self._next_instance_id(spec)
         self._instances[instance_id] = InstanceInfo(
             instance_id, spec.name, spec.version, node.node_id, "starting", 1)
-        return asyncio.create_task(self._complete_load(spec, node, instance_id), name=f"load-{instance_id}")
+        return self._spawn(self._complete_load(spec, node, instance_id), f"load-{instance_id}")
 
     async def _complete_load(self, spec: ModelSpec, node: NodeClient, instance_id: str) -> None:
         try:
@@ -399,7 +414,7 @@ class Controller:
             key.pop(name, None)
         for info in self._live(name):
             if info.state != "starting":
-                asyncio.create_task(self._remove(info), name=f"remove-{info.id}")
+                self._spawn(self._remove(info), f"remove-{info.id}")
         await self._bump()
         return spec
 
@@ -433,9 +448,6 @@ class Controller:
     async def scaling(self) -> dict[str, int]:
         """Each model's instance target, as the autoscaler last decided it."""
         return dict(self._targets)
-
-    async def ready(self) -> bool:
-        return True
 
     # Membership: a node that joins gets its agents; a node that leaves is removed with its instances
 

@@ -29,7 +29,6 @@ from warmfleet.domain import InstanceInfo, ModelSpec, NodeInfo, Task, TaskEvent
 log = logging.getLogger(__name__)
 
 CONTROLLER_NAME = "warmfleet-controller"
-GATEWAY_NAME = "warmfleet-gateway"
 _ACTOR_GONE = (RayActorError, ActorDiedError, ActorUnavailableError)
 
 

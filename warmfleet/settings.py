@@ -28,8 +28,6 @@ class Settings:
     ray_address: str = ""
     ray_namespace: str = "warmfleet"
     max_queue_per_model: int = 1024
-    default_wait_s: float = 0.0
-    max_wait_s: float = 60.0
     token: str = ""
     max_message_bytes: int = 256 * 1024 * 1024
     # The cluster config file (models, deployments) that `warmfleet up` serves; by default the --config

@@ -19,11 +19,12 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from gateway import convert
+from gateway.predictions import MAX_WAIT_S
+from warmfleet.domain import Prediction
 from warmfleet.errors import InvalidInput
 from warmfleet.jsonvalues import files_as_data_urls, value_from_pb
 from warmfleet.v1 import cluster_pb2, deployments_pb2, models_pb2, predictions_pb2, types_pb2
 
-MAX_WAIT_S = 60
 STATUS_NAMES = {
     types_pb2.STATUS_STARTING: "starting",
     types_pb2.STATUS_PROCESSING: "processing",
@@ -53,7 +54,7 @@ def prefer_wait_s(header: str | None) -> float:
             return float(MAX_WAIT_S)
         value = value.strip().strip('"')
         if not value.isdigit() or not 1 <= int(value) <= MAX_WAIT_S:
-            raise InvalidInput("Prefer", f"wait={value} is not whole seconds from 1 to {MAX_WAIT_S}")
+            raise InvalidInput("Prefer", f"wait={value} is not whole seconds from 1 to {MAX_WAIT_S:g}")
         return float(value)
     return 0.0
 
@@ -181,6 +182,11 @@ def prediction_json(pb: types_pb2.Prediction, base: str) -> dict[str, Any]:
             out[name] = list(value) if not isinstance(value, str) else value
     return out
 
+
+
+def domain_prediction_json(pred: Prediction, base: str) -> dict[str, Any]:
+    """A domain prediction as the REST API renders it (a webhook's body is exactly what GET answers)."""
+    return prediction_json(convert.prediction_to_pb(pred), base)
 
 def input_json(pb: types_pb2.PredictionInput) -> dict[str, Any]:
     """The input as given, in JSON: typed forms as their fields, files as data URLs."""

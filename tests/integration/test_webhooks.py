@@ -249,9 +249,11 @@ async def test_by_default_a_webhook_to_a_non_public_address_is_refused_naming_it
 
 async def test_a_name_that_resolves_to_a_private_address_is_not_called(receiver, tmp_path):
     """A name is judged by what it resolves to, at the connection (no DNS rebinding gap)."""
+    from gateway.rest import shapes
     from gateway.webhooks import WebhookSecrets, WebhookSender
 
-    sender = WebhookSender(WebhookSecrets(tmp_path / "secret"))  # allow_private off, as by default
+    sender = WebhookSender(WebhookSecrets(tmp_path / "secret"),  # allow_private off, as by default
+                           render=shapes.domain_prediction_json)
     await sender.start()
     try:
         with pytest.raises(aiohttp.ClientConnectorError) as err:

@@ -49,11 +49,11 @@ def test_flags_beat_env_beat_file_beat_defaults(config):
 
 
 def test_env_values_are_converted_to_each_setting_type(tmp_path):
-    env = {"WARMFLEET_HOME": str(tmp_path / "wf"), "WARMFLEET_MAX_WAIT_S": "2.5",
+    env = {"WARMFLEET_HOME": str(tmp_path / "wf"), "WARMFLEET_URL_FETCH_TIMEOUT_S": "2.5",
            "WARMFLEET_MAX_QUEUE_PER_MODEL": "7", "WARMFLEET_TOKEN": "wf_abc"}
     s = load_settings(environ=env)
     assert s.home == tmp_path / "wf" and isinstance(s.home, Path)
-    assert s.max_wait_s == 2.5 and s.max_queue_per_model == 7 and s.token == "wf_abc"
+    assert s.url_fetch_timeout_s == 2.5 and s.max_queue_per_model == 7 and s.token == "wf_abc"
 
 
 def test_a_home_with_a_tilde_is_expanded():
@@ -72,7 +72,7 @@ def test_an_unknown_setting_is_invalid_input_naming_it(config, source):
 
 @pytest.mark.parametrize("name, raw, source", [
     ("grpc_port", "fifty", "env"),
-    ("max_wait_s", "soon", "env"),
+    ("url_fetch_timeout_s", "soon", "env"),
     ("max_queue_per_model", "[1, 2]", "file"),
     ("http_port", "12ab", "flag"),
 ])
