@@ -147,6 +147,7 @@ def prediction_to_pb(p: Prediction) -> types_pb2.Prediction:
     pb = types_pb2.Prediction(
         id=p.id, model=p.model, version=p.version, deployment=p.deployment,
         input=input_to_pb(p.input, p.input_kind), logs="\n".join(p.logs), error=p.error,
+        error_code=p.error_code, error_field=p.error_field,
         status=STATUS_TO_PB[p.status], metrics=_metrics_to_pb(p.metrics), owner=p.owner,
         webhook=p.webhook, webhook_events_filter=p.webhook_events_filter, data_removed=p.data_removed,
     )

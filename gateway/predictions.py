@@ -186,6 +186,7 @@ class PredictionService:
             if pred.started_at is not None or body.started_at is not None:
                 body.metrics.boot_time_s = (body.started_at or pred.started_at) - pred.created_at
         pred.status, pred.error, pred.completed_at = body.status, body.error, body.completed_at
+        pred.error_code, pred.error_field = body.error_code, body.error_field
         pred.output = body.output
         if body.started_at is not None:
             pred.started_at = body.started_at

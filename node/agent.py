@@ -26,7 +26,7 @@ from warmfleet.domain import (
     Finished, InstanceInfo, Metrics, MetricsUpdate, ModelSpec, NodeInfo, Output, Rejected, Started, Status,
     Task, TaskEvent,
 )
-from warmfleet.errors import NotFound
+from warmfleet.errors import NotFound, error_code
 
 log = logging.getLogger(__name__)
 
@@ -189,10 +189,13 @@ class NodeAgent:
         return await self._outbox(router_id).take(max_wait_s)
 
 
-def _ended(started: float, status: Status, output: Output | None, error: str,
+def _ended(started: float, status: Status, output: Output | None, error: str | _Failure,
            reported: dict[str, Any]) -> Finished:
     done = time.time()
-    return Finished(status, started, done, output, error, Metrics(**{**reported, "predict_time_s": done - started}))
+    metrics = Metrics(**{**reported, "predict_time_s": done - started})
+    if isinstance(error, _Failure):
+        return Finished(status, started, done, output, error.text, metrics, error.code, error.field)
+    return Finished(status, started, done, output, error, metrics)
 
 
 def _report(task: Task, event: Any, box: Outbox, reported: dict[str, Any]) -> None:
@@ -203,9 +206,18 @@ def _report(task: Task, event: Any, box: Outbox, reported: dict[str, Any]) -> No
         box.put(TaskEvent(task.prediction_id, event))
 
 
-def _failed(task: Task, err: Exception) -> tuple[Status, str]:
+@dataclass(frozen=True)
+class _Failure:
+    """Why a prediction failed: its text, and the code and field of a warmfleet error."""
+
+    text: str
+    code: str = ""
+    field: str = ""
+
+
+def _failed(task: Task, err: Exception) -> tuple[Status, _Failure]:
     log.warning("prediction %s failed:\n%s", task.prediction_id, traceback.format_exc())
-    return Status.FAILED, f"{type(err).__name__}: {err}"
+    return Status.FAILED, _Failure(f"{type(err).__name__}: {err}", error_code(err), getattr(err, "field", ""))
 
 
 async def _run_async(runner: Runner, task: Task, ctx: PredictContext, box: Outbox) -> Finished:

@@ -84,6 +84,10 @@ class Prediction:
     output: Output | None = None
     logs: list[str] = field(default_factory=list)
     error: str = ""
+    # When a runner refused it with one of warmfleet's errors: that error's class in the status table
+    # ("InvalidInput"), and the field it names; "" otherwise.
+    error_code: str = ""
+    error_field: str = ""
     started_at: float | None = None
     completed_at: float | None = None
     metrics: Metrics = field(default_factory=Metrics)
@@ -151,6 +155,8 @@ class Finished:
     output: Output | None = None
     error: str = ""
     metrics: Metrics = field(default_factory=Metrics)
+    error_code: str = ""  # the runner's error's class in the status table ("InvalidInput"), if it is one
+    error_field: str = ""  # the field an InvalidInput names
 
 
 @dataclass(frozen=True)

@@ -72,3 +72,25 @@ def status_for(error: BaseException) -> tuple[str, int]:
         if row is not None:
             return row
     return INTERNAL
+
+
+# Errors that cross a process (a runner's, on a node) travel as their table class's name and field, not as
+# text to parse: the gateway makes the same class again from them.
+
+_BY_NAME = {cls.__name__: cls for cls in STATUS_TABLE}
+
+
+def error_code(error: BaseException) -> str:
+    """The name of the table class ``error`` falls under ("InvalidInput"...); "" for any other error."""
+    for cls in type(error).__mro__:
+        if cls in STATUS_TABLE:
+            return cls.__name__
+    return ""
+
+
+def error_from_code(code: str, message: str, field: str = "") -> WarmfleetError:
+    """The error a code, message and field (``error_code``'s, ``InvalidInput.field``) stand for."""
+    cls = _BY_NAME.get(code, WarmfleetError)
+    if cls is InvalidInput:
+        return InvalidInput(field, message.removeprefix(f"{field}: "))
+    return cls(message)

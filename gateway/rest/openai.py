@@ -48,7 +48,7 @@ from aiohttp import web
 
 from gateway.predictions import MAX_WAIT_S
 from gateway.rest import REST, RestContext, problem
-from warmfleet.errors import InvalidInput, NotFound, Unavailable, WarmfleetError, status_for
+from warmfleet.errors import InvalidInput, NotFound, Unavailable, WarmfleetError, error_from_code, status_for
 from warmfleet.v1 import deployments_pb2, models_pb2, predictions_pb2 as P, types_pb2 as T
 
 log = logging.getLogger(__name__)
@@ -335,12 +335,11 @@ class Chunks:
 
 
 def ended_error(pred: T.Prediction) -> WarmfleetError:
-    """The error a prediction that did not succeed stands for. The runner's invalid-input errors reach the
-    prediction as ``InvalidInput: <field>: <rule>`` (the node agent's form); they are the client's."""
-    prefix = f"{InvalidInput.__name__}: "
-    if pred.status == T.STATUS_FAILED and pred.error.startswith(prefix) and ": " in pred.error[len(prefix):]:
-        name, rule = pred.error[len(prefix):].split(": ", 1)
-        return InvalidInput(name, rule)
+    """The error a prediction that did not succeed stands for: the runner's own (its code and field; an
+    invalid input is the client's), else a server-side one."""
+    if pred.status == T.STATUS_FAILED and pred.error_code:
+        message = pred.error.removeprefix(f"{pred.error_code}: ")
+        return error_from_code(pred.error_code, message, pred.error_field)
     if pred.status == T.STATUS_FAILED:
         return WarmfleetError(f"prediction {pred.id} failed: {pred.error}")
     status = T.Status.Name(pred.status).removeprefix("STATUS_").lower()

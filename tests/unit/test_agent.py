@@ -41,6 +41,14 @@ class RaisesOnPredict(_Fixture):
         raise RuntimeError("the model exploded")
 
 
+class RefusesItsInput(_Fixture):
+    family = "refuses-its-input"
+
+    def predict(self, input: dict[str, Any], ctx: PredictContext) -> PredictGenerator:
+        raise InvalidInput("input.messages", "this model has no chat template")
+        yield  # a generator
+
+
 class RaisesBeforeItsFirstEvent(_Fixture):
     """``predict`` is a plain function (it returns a generator later, or here never): it raises on call."""
 
@@ -227,6 +235,16 @@ async def test_a_runner_that_raises_ends_failed_with_the_error_text(agent, regis
     assert bodies[-1].error == "RuntimeError: the model exploded"
     [info] = await agent.instances()
     assert (info.state, info.in_flight) == ("idle", 0)  # one failed prediction does not fail the instance
+
+
+async def test_a_runners_own_error_travels_as_its_code_and_field_not_as_text(agent, register):
+    register(RefusesItsInput)
+    await agent.load_instance("strict-1", ModelSpec("acme/strict", RefusesItsInput.family))
+    await agent.submit(ROUTER, [Task("p1", "strict-1", {})])
+    [finished] = [b for b in _of(await collect(agent, {"p1"}), "p1") if isinstance(b, Finished)]
+    assert (finished.status, finished.error_code, finished.error_field) == (
+        Status.FAILED, "InvalidInput", "input.messages")
+    assert finished.error == "InvalidInput: input.messages: this model has no chat template"
 
 
 async def test_runner_metrics_are_kept_and_the_agent_measures_predict_time_itself(agent, register):

@@ -82,3 +82,21 @@ def test_invalid_input_names_the_field_and_the_rule():
     err = InvalidInput("input.delay_ms", "must be at least 0")
     assert (err.field, err.rule) == ("input.delay_ms", "must be at least 0")
     assert str(err) == "input.delay_ms: must be at least 0"
+
+
+@pytest.mark.parametrize("cls", list(EXPECTED), ids=lambda c: c.__name__)
+def test_an_error_crosses_a_process_as_its_code_and_field_and_is_the_same_error_again(cls):
+    original = _make(cls)
+    code = errors.error_code(original)
+    again = errors.error_from_code(code, str(original), getattr(original, "field", ""))
+    assert code == cls.__name__ and type(again) is cls and str(again) == str(original)
+    assert status_for(again) == EXPECTED[cls]
+
+
+def test_an_error_outside_the_hierarchy_has_no_code_and_a_subclass_has_its_rows():
+    class Refused(InvalidInput):
+        pass
+
+    assert errors.error_code(ValueError("x")) == ""
+    assert errors.error_code(Refused("input.a", "no")) == "InvalidInput"
+    assert type(errors.error_from_code("NoSuchCode", "text")) is WarmfleetError

@@ -208,7 +208,8 @@ def test_without_include_usage_chunks_carry_no_usage_and_no_usage_chunk_ends_the
 
 def test_a_failed_prediction_with_the_runners_invalid_input_is_the_clients_error():
     pred = prediction(status=T.STATUS_FAILED, error="InvalidInput: input.messages: this model has no chat "
-                                                    "template; give a plain prompt")
+                                                    "template; give a plain prompt",
+                      error_code="InvalidInput", error_field="input.messages")
     err = oa.ended_error(pred)
     assert isinstance(err, InvalidInput) and err.field == "input.messages"
     assert err.rule == "this model has no chat template; give a plain prompt"
@@ -217,6 +218,8 @@ def test_a_failed_prediction_with_the_runners_invalid_input_is_the_clients_error
 @pytest.mark.parametrize("status, error, cls, text", [
     (T.STATUS_FAILED, "RuntimeError: generation failed: oom", WarmfleetError,
      "prediction p123 failed: RuntimeError: generation failed: oom"),
+    # Text that reads like a runner's InvalidInput, without its code, is not taken for one.
+    (T.STATUS_FAILED, "InvalidInput: input.x: no", WarmfleetError, "prediction p123 failed: InvalidInput: input.x: no"),
     (T.STATUS_CANCELED, "canceled while processing", Unavailable,
      "prediction p123 was canceled: canceled while processing"),
     (T.STATUS_ABORTED, "", Unavailable, "prediction p123 was aborted"),
