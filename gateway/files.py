@@ -3,7 +3,7 @@
 - ``FileStore``: uploads under ``$WARMFLEET_HOME/files``: the bytes content-addressed
   (``blobs/<sha256>``, shared by identical uploads), and one JSON document of metadata per file
   (``meta/<id>.json``), read into memory when the store opens.
-- ``resolve_input``: the REST edge's step before a prediction is created. A file input arrives as a
+- ``InputResolver``: the REST edge's step before a prediction is created. A file input arrives as a
   string: a ``data:`` URL, an ``http(s)://`` URL (fetched with ``gateway.fetch.UrlFetcher``'s bounds
   and address fence), or the URL of a file uploaded here (``/v1/files/{id}``, its owner's only). Each
   becomes a ``FileData``, the form the schema validator and the runners take.
@@ -27,7 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from yarl import URL
 
@@ -38,13 +38,8 @@ from warmfleet.domain import FileData
 from warmfleet.errors import InvalidInput, NotFound
 from warmfleet.settings import Settings
 
-if TYPE_CHECKING:
-    from gateway.rest import RestContext
-
 log = logging.getLogger(__name__)
 
-FILES = "files"  # ctx.extras keys: the FileStore, and the InputResolver over it
-RESOLVER = "input_resolver"
 FILE_FORMAT = "uri"  # a schema place whose string takes a file (runners/schema.py's rule)
 _FILE_PATH = re.compile(r"^/v1/files/([A-Za-z0-9_-]{1,64})(?:/download)?/?$")
 
@@ -258,18 +253,6 @@ def _named(file: FileData, path: str) -> FileData:
     stem = re.sub(r"[^A-Za-z0-9_-]+", "-", path.rsplit(".", 1)[-1]).strip("-") or "input"
     extension = mimetypes.guess_extension(file.content_type) or ""
     return FileData(file.data, file.content_type, stem + extension, file.width, file.height)
-
-
-async def resolve_input(ctx: RestContext, principal: Principal, input: dict[str, Any],
-                        schema: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``input`` with its file inputs as ``FileData``; ``InvalidInput`` naming the field otherwise.
-
-    ``schema`` is the target version's input schema (``CatalogEntry.input_schema``). Where it says a
-    place takes a file (format "uri"), a data: URL is decoded, a URL of a file uploaded here is read
-    (its owner's only), and any other http(s) URL is fetched within the settings' bounds. Strings
-    anywhere else stay strings. Without a schema, only data: URLs are decoded, wherever they are."""
-    resolver = ctx.extras.get(RESOLVER) or InputResolver.from_settings(ctx.settings, ctx.extras.get(FILES))
-    return await resolver.resolve(principal, input, schema)
 
 
 # Retention

@@ -15,12 +15,14 @@ from grpc_reflection.v1alpha import reflection
 from gateway.auth import TokenRegistry
 from gateway.catalog import ModelCatalog
 from gateway.events import EventHub
+from gateway.files import FileStore, InputResolver, Retention
 from gateway.http import HttpServer, build_app
 from gateway.interceptors import GatewayInterceptor
 from gateway.load_report import LoadReporter
 from gateway.metrics import GatewayMetrics
 from gateway.rest import RestContext, add_rest_routes, shapes
 from gateway.predictions import PredictionService
+from gateway.rate_limit import RateLimiter
 from gateway.deployments import RouteService
 from gateway.push import PushService
 from gateway.servicers import ClusterServicer, DeploymentsServicer, ModelsServicer, PredictionsServicer
@@ -59,6 +61,11 @@ class Gateway:
         self.webhooks = WebhookSender(WebhookSecrets(secret_path(settings.home)),
                                       render=shapes.domain_prediction_json,
                                       allow_private=settings.allow_private_urls)
+        # The Files API's store and its sweep serve gRPC predictions too: started here, whatever HTTP does.
+        self.files = FileStore(settings.files_path)
+        self.resolver = InputResolver.from_settings(settings, self.files)
+        self.retention = Retention(self.store, self.files, settings.retention_s, settings.retention_interval_s)
+        self.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
         self.router: Router | None = None
         self.service: PredictionService | None = None
         self.server: grpc.aio.Server | None = None
@@ -86,6 +93,8 @@ class Gateway:
                                          metrics=self.metrics.predictions,
                                          on_cold=self.load_reporter.report_now, webhooks=self.webhooks)
         await self.webhooks.start()
+        await self.files.open()
+        self.retention.start()
         models = await self.controller.models()
         await self._republish_bundles(models)
         self.catalog.update(models)
@@ -144,7 +153,8 @@ class Gateway:
                 settings=self.settings, tokens=self.tokens, service=self.service,
                 predictions=PredictionsServicer(self.service), models=ModelsServicer(self.catalog, routes, pusher),
                 deployments=DeploymentsServicer(self.catalog, routes, self.controller),
-                cluster=ClusterServicer(self.controller, self.tokens), extras={"webhooks": self.webhooks})
+                cluster=ClusterServicer(self.controller, self.tokens), files=self.files, resolver=self.resolver,
+                webhooks=self.webhooks, rate_limiter=self.rate_limiter)
         return self._servicers
 
     def _build_server(self) -> grpc.aio.Server:
@@ -211,6 +221,8 @@ class Gateway:
         if self.service:
             await self.service.fail_all_active(SHUTDOWN_REASON)
         await self.webhooks.stop()  # after the above: their completed webhooks get a moment to go out
+        await self.retention.stop()
+        self.files.close()
         if self.router:
             await self.router.close()
         await self.store.close()

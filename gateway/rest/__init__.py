@@ -16,14 +16,21 @@ into JSON. Authentication, the error table and the domain logic are the gRPC sid
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from aiohttp import web
 
 from gateway.auth import TokenRegistry, current_principal
 from warmfleet.errors import INTERNAL, STATUS_TABLE, WarmfleetError
 from warmfleet.settings import Settings
+
+if TYPE_CHECKING:  # the parts' types; the parts themselves are the gateway's (gateway.server)
+    from gateway.files import FileStore, InputResolver
+    from gateway.predictions import PredictionService
+    from gateway.rate_limit import RateLimiter
+    from gateway.servicers import ClusterServicer, DeploymentsServicer, ModelsServicer, PredictionsServicer
+    from gateway.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -34,16 +41,20 @@ RETRY_AFTER_S = 1
 
 @dataclass
 class RestContext:
-    """What REST routes call: the gRPC servicers (in-process) and the gateway's shared parts."""
+    """What REST routes call: the gRPC servicers (in-process) and the gateway's shared parts, each built
+    and started by the gateway (``gateway.server``), none by a route."""
 
     settings: Settings
     tokens: TokenRegistry
-    predictions: Any  # gateway.servicers.PredictionsServicer
-    models: Any  # gateway.servicers.ModelsServicer
-    deployments: Any  # gateway.servicers.DeploymentsServicer
-    cluster: Any  # gateway.servicers.ClusterServicer
-    service: Any  # gateway.predictions.PredictionService (events, for SSE and webhooks)
-    extras: dict[str, Any] = field(default_factory=dict)  # parts a route module adds (files, webhooks...)
+    predictions: PredictionsServicer
+    models: ModelsServicer
+    deployments: DeploymentsServicer
+    cluster: ClusterServicer
+    service: PredictionService  # events, for SSE
+    files: FileStore  # the Files API's uploads
+    resolver: InputResolver  # file inputs (data:, http(s), Files API URLs) to bytes
+    webhooks: WebhookSender  # its secrets sign the webhooks of a caller's predictions
+    rate_limiter: RateLimiter  # prediction creates per token
 
 
 REST = web.AppKey("rest", RestContext)

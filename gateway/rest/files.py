@@ -20,8 +20,8 @@ from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.multipart import parse_content_disposition
 
 from gateway.auth import current_principal
-from gateway.files import FILES, RESOLVER, FileStore, InputResolver, Retention, StoredFile
-from gateway.rest import REST, RestContext, base_url, problem
+from gateway.files import FileStore, StoredFile
+from gateway.rest import REST, base_url, problem
 from warmfleet.errors import InvalidInput
 
 PAGE_SIZE = 100
@@ -32,12 +32,7 @@ _MEDIA_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0
 
 
 def register(app: web.Application) -> None:
-    """Add the Files API, and open the file store and start the retention sweep as the app starts."""
-    ctx = app[REST]
-    files = FileStore(ctx.settings.files_path)
-    ctx.extras[FILES] = files
-    ctx.extras[RESOLVER] = InputResolver.from_settings(ctx.settings, files)
-    app.cleanup_ctx.append(lambda app: _lifetime(ctx, files))
+    """Add the Files API (its store is the gateway's, opened and swept by it)."""
     app.router.add_post("/v1/files", create_file)
     app.router.add_get("/v1/files", list_files)
     app.router.add_get("/v1/files/{id}", get_file)
@@ -45,21 +40,8 @@ def register(app: web.Application) -> None:
     app.router.add_delete("/v1/files/{id}", delete_file)
 
 
-async def _lifetime(ctx: RestContext, files: FileStore) -> AsyncIterator[None]:
-    await files.open()
-    # The prediction store is the service's: RestContext names no store of its own.
-    store = getattr(ctx.service, "_store", None)
-    retention = Retention(store, files, ctx.settings.retention_s, ctx.settings.retention_interval_s)
-    retention.start()
-    try:
-        yield
-    finally:
-        await retention.stop()
-        files.close()
-
-
 def _files(request: web.Request) -> FileStore:
-    return request.app[REST].extras[FILES]
+    return request.app[REST].files
 
 
 def file_json(stored: StoredFile, base: str) -> dict[str, Any]:

@@ -19,21 +19,14 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from gateway import files
 from gateway.auth import current_principal
-from gateway.rate_limit import RateLimiter
 from gateway.rest import REST, RestContext, base_url, problem
 from gateway.rest import shapes
 from warmfleet.errors import InvalidInput, NotFound
 from warmfleet.v1 import deployments_pb2, models_pb2, predictions_pb2
 
-RATE_LIMITER = "rate_limiter"  # ctx.extras key: the per-token limit on creates, for any route that creates
-
-
 def register(app: web.Application) -> None:
     """Add this module's routes to the app."""
-    ctx = app[REST]
-    ctx.extras.setdefault(RATE_LIMITER, RateLimiter(ctx.settings.rate_limit_per_minute))
     app.router.add_post("/v1/predictions", create_by_version)
     app.router.add_post("/v1/models/{owner}/{name}/predictions", create_for_model)
     app.router.add_post("/v1/deployments/{owner}/{name}/predictions", create_for_deployment)
@@ -58,7 +51,7 @@ async def resolve_files(ctx: RestContext, input: dict[str, Any], target: dict[st
     if not shapes.mentions_url(input):
         return input  # the common case: no string could name a file, and no schema is read for it
     schema = await input_schema(ctx, target)
-    return await files.resolve_input(ctx, current_principal.get(), input, schema)
+    return await ctx.resolver.resolve(current_principal.get(), input, schema)
 
 
 async def input_schema(ctx: RestContext, target: dict[str, str]) -> dict[str, Any] | None:
@@ -79,7 +72,7 @@ async def input_schema(ctx: RestContext, target: dict[str, str]) -> dict[str, An
 
 def rate_limited(request: web.Request) -> web.Response | None:
     """A 429 problem when the caller is over its rate limit; None when it may go on."""
-    decision = request.app[REST].extras[RATE_LIMITER].take(current_principal.get().name)
+    decision = request.app[REST].rate_limiter.take(current_principal.get().name)
     if decision.allowed:
         return None
     response = problem(429, "Rate Limited", f"over {request.app[REST].settings.rate_limit_per_minute} "

@@ -7,13 +7,10 @@ from aiohttp import web
 
 from gateway.auth import current_principal
 from gateway.rest import REST
-from gateway.webhooks import WebhookSecrets, secret_path
 
 
 async def default_secret(request: web.Request) -> web.Response:
-    ctx = request.app[REST]
-    sender = ctx.extras.get("webhooks")
-    secrets = sender.secrets if sender is not None else WebhookSecrets(secret_path(ctx.settings.home))
+    secrets = request.app[REST].webhooks.secrets
     return web.json_response({"key": secrets.key_for(current_principal.get().name)})
 
 

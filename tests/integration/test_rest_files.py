@@ -16,7 +16,6 @@ from aiohttp import web
 from PIL import Image
 
 from gateway.auth import Principal, Role
-from gateway.files import resolve_input
 from gateway.predictions import CreateRequest
 from tests.integration.conftest import ESRGAN, RunningGateway, user
 from warmfleet.domain import FileData, Status
@@ -121,7 +120,7 @@ def schema(gw: RunningGateway, model: str = ESRGAN) -> dict:
 
 
 async def resolve(gw: RunningGateway, principal: Principal, input: dict) -> dict:
-    return await resolve_input(gw.gateway.servicers(), principal, input, schema(gw))
+    return await gw.gateway.resolver.resolve(principal, input, schema(gw))
 
 
 async def upscale(gw: RunningGateway, principal: Principal, input: dict):
@@ -254,7 +253,7 @@ async def test_retention_removes_inputs_and_outputs_and_sets_data_removed(retain
     async with aiohttp.ClientSession(base(gw)) as http:
         status, made = await _upload(http, bearer(gw.api.token), PNG, "short-lived.png")
         assert status == 201 and made["expires_at"] is not None
-    blob = gw.gateway.servicers().extras["files"].root / "blobs" / made["checksums"]["sha256"]
+    blob = gw.gateway.files.root / "blobs" / made["checksums"]["sha256"]
     async with asyncio.timeout(10):
         while not (stored := await gw.gateway.store.get(pred.id)).data_removed:
             await asyncio.sleep(0.1)

@@ -24,7 +24,8 @@ METHODS = {"get", "post", "put", "patch", "delete"}
 def app(tmp_path) -> web.Application:
     app = build_app(GatewayMetrics(controller=None), lambda: True)
     add_rest_routes(app, RestContext(settings=Settings(home=tmp_path), tokens=None, predictions=None,
-                                     models=None, deployments=None, cluster=None, service=None))
+                                     models=None, deployments=None, cluster=None, service=None, files=None,
+                                     resolver=None, webhooks=None, rate_limiter=None))
     return app
 
 
