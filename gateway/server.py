@@ -20,7 +20,9 @@ from gateway.http import HttpServer, build_app
 from gateway.interceptors import GatewayInterceptor
 from gateway.load_report import LoadReporter
 from gateway.metrics import GatewayMetrics
-from gateway.rest import RestContext, add_rest_routes, shapes
+from gateway.rest import shapes
+from gateway.rest.app import add_rest_routes
+from gateway.rest.context import RestContext
 from gateway.predictions import PredictionService
 from gateway.rate_limit import RateLimiter
 from gateway.deployments import RouteService

@@ -18,7 +18,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.auth import current_principal
-from gateway.rest import REST, base_url
+from gateway.rest.context import REST, base_url
 from gateway.rest import shapes
 from gateway.rest.predictions import json_body
 from warmfleet.v1 import cluster_pb2, deployments_pb2, models_pb2

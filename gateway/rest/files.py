@@ -21,7 +21,7 @@ from aiohttp.multipart import parse_content_disposition
 
 from gateway.auth import current_principal
 from gateway.files import FileStore, StoredFile
-from gateway.rest import REST, base_url, problem
+from gateway.rest.context import REST, base_url, problem
 from warmfleet.errors import InvalidInput
 
 PAGE_SIZE = 100

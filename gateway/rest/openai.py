@@ -47,7 +47,7 @@ import orjson
 from aiohttp import web
 
 from gateway.predictions import MAX_WAIT_S
-from gateway.rest import REST, RestContext, problem
+from gateway.rest.context import REST, RestContext, problem
 from warmfleet.errors import InvalidInput, NotFound, Unavailable, WarmfleetError, error_from_code, status_for
 from warmfleet.v1 import deployments_pb2, models_pb2, predictions_pb2 as P, types_pb2 as T
 

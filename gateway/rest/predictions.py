@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from gateway.auth import current_principal
-from gateway.rest import REST, RestContext, base_url, problem
+from gateway.rest.context import REST, RestContext, base_url, problem
 from gateway.rest import shapes
 from warmfleet.errors import InvalidInput, NotFound
 from warmfleet.v1 import deployments_pb2, models_pb2, predictions_pb2

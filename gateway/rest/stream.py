@@ -26,7 +26,7 @@ import orjson
 from aiohttp import web
 
 from gateway.auth import current_principal
-from gateway.rest import REST, problem
+from gateway.rest.context import REST, problem
 from warmfleet.domain import Completed, LogLine, OutputChunk, PredictionEvent, Status
 from warmfleet.errors import InvalidInput
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.auth import current_principal
-from gateway.rest import REST
+from gateway.rest.context import REST
 
 
 async def default_secret(request: web.Request) -> web.Response:

@@ -14,7 +14,9 @@ from schemathesis.specs.openapi.definitions import OPENAPI_31
 
 from gateway.http import build_app
 from gateway.metrics import GatewayMetrics
-from gateway.rest import PUBLIC_PATHS, RestContext, add_rest_routes, openapi
+from gateway.rest import openapi
+from gateway.rest.app import add_rest_routes
+from gateway.rest.context import PUBLIC_PATHS, RestContext
 from warmfleet.settings import Settings
 
 METHODS = {"get", "post", "put", "patch", "delete"}

@@ -1,0 +1,16 @@
+"""The REST API on an aiohttp application: the context, the middleware and every route module's routes."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.rest import catalog, files, openai, openapi, predictions, stream, webhooks
+from gateway.rest.context import REST, RestContext, middleware
+
+
+def add_rest_routes(app: web.Application, ctx: RestContext) -> None:
+    """Put the REST API on ``app`` (before it serves)."""
+    app[REST] = ctx
+    app.middlewares.append(middleware)
+    for module in (predictions, catalog, stream, webhooks, files, openai, openapi):
+        module.register(app)
