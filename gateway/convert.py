@@ -221,10 +221,9 @@ def model_spec_from_pb(req: models_pb2.CreateModelRequest) -> ModelSpec:
 
 
 def deployment_to_pb(spec: ModelSpec, target: int) -> deployments_pb2.Deployment:
-    maximum = spec.max_instances if spec.max_instances is not None else max(1, spec.min_instances)
     return deployments_pb2.Deployment(
         name=spec.name, model=spec.model, version=spec.version, hardware=spec.hardware,
-        min_instances=spec.min_instances, max_instances=maximum,
+        min_instances=spec.min_instances, max_instances=spec.most_instances,
         autoscaling=deployments_pb2.Autoscaling(**spec.autoscaling), current_release=spec.release,
         target_instances=target, runner=spec.runner,
     )

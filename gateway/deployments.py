@@ -13,7 +13,7 @@ from typing import Any, Awaitable, Callable
 
 from gateway.catalog import ModelCatalog
 from runners.registry import runner_class
-from scheduler.controller import scaling_config
+from scheduler.autoscaling import scaling_config
 from scheduler.ports import ControllerClient
 from warmfleet.domain import ModelSpec, version_route_name
 from warmfleet.errors import AlreadyExists, FailedPrecondition, InvalidInput, NotFound, PermissionDenied, WarmfleetError

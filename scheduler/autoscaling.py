@@ -32,6 +32,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from warmfleet.domain import ModelSpec
+
 Direction = Literal["none", "up", "down"]
 
 
@@ -118,3 +120,9 @@ def decide(config: AutoscalingConfig, current: int, ongoing: int, state: Scaling
     if now - since >= config.downscale_delay_s and max(raw, 1) < current:
         return max(raw, 1), settled
     return current, pending
+
+
+def scaling_config(spec: ModelSpec) -> AutoscalingConfig:
+    """The autoscaler's settings for a model: its min and max instances and its other knobs."""
+    return AutoscalingConfig(min_instances=spec.min_instances, max_instances=spec.most_instances,
+                             **spec.autoscaling)

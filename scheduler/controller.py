@@ -12,11 +12,13 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable
 
-from scheduler.autoscaling import AutoscalingConfig, ScalingState, decide
-from scheduler.placement import InstanceSnapshot, NoCapacity, NodeSnapshot, Placement, PlacementRequest, place
+from scheduler.autoscaling import ScalingState, decide, scaling_config
+from scheduler.placement import (
+    InstanceSnapshot, NoCapacity, NodeSnapshot, Placement, PlacementRequest, estimate_memory_bytes, hardware_matches,
+    place,
+)
 from scheduler.ports import NodeClient, NodeLost, NodeProvisioner, RoutingTable
 from scheduler.route_journal import RouteJournal
 from warmfleet.domain import InstanceInfo, ModelSpec, NodeInfo
@@ -28,19 +30,11 @@ LIVE_STATES = ("starting", "idle", "processing")
 NODE_INFO_REFRESH_S = 5.0
 # Of a node's memory, the share instances may be booked on (the rest: CUDA context, activations, the OS).
 MEMORY_FRACTION = 0.9
-# Weights on disk to memory in use: activations, caches and allocator slack on top of the weights.
-WEIGHTS_OVERHEAD = 1.2
 AUTOSCALE_INTERVAL_S = 0.5
 # A router's load report counts for this long; a gateway that stopped reporting stops counting.
 LOAD_REPORT_TTL_S = 3.0
 MEMBERSHIP_INTERVAL_S = 1.0  # how often the controller looks for nodes that joined or left
 DRAIN_POLL_S = 0.2  # how often a drain re-checks what it waits for
-
-
-def scaling_config(spec: ModelSpec) -> AutoscalingConfig:
-    """The autoscaler's settings for a model: its min and max instances and its other knobs."""
-    maximum = spec.max_instances if spec.max_instances is not None else max(1, spec.min_instances)
-    return AutoscalingConfig(min_instances=spec.min_instances, max_instances=maximum, **spec.autoscaling)
 
 
 @dataclass(frozen=True)
@@ -50,25 +44,6 @@ class DrainStatus:
     node_id: str
     instances_left: int  # on the node still: waiting for their replacements, or finishing their predictions
     done: bool  # every instance has left; the node stays, and takes no new one
-
-
-def hardware_matches(wanted: str, node_hardware: str) -> bool:
-    """Whether a node of ``node_hardware`` may host an instance asking for ``wanted``: the same SKU, or
-    any GPU for "gpu" (a Cog model's ``build.gpu``)."""
-    return wanted == node_hardware or (wanted == "gpu" and node_hardware.startswith("gpu-"))
-
-
-def estimate_memory_bytes(spec: ModelSpec) -> int:
-    """The memory an instance of ``spec`` is booked for: the option ``memory_bytes`` when given, else its
-    weight files' size on disk times ``WEIGHTS_OVERHEAD`` (0 for a runner without weights, or weights
-    this host cannot see)."""
-    if "memory_bytes" in spec.options:
-        return int(spec.options["memory_bytes"])
-    path = Path(spec.weights) if spec.weights else None
-    if path is None or not path.exists():
-        return 0
-    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
-    return int(sum(f.stat().st_size for f in files) * WEIGHTS_OVERHEAD)
 
 
 class Controller:

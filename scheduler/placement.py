@@ -47,7 +47,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+from warmfleet.domain import ModelSpec
 from warmfleet.errors import Unavailable
 
 INSTANCE_STATES = frozenset({"starting", "idle", "processing", "draining"})
@@ -221,3 +223,26 @@ def _no_room(request: PlacementRequest, nodes: Sequence[NodeSnapshot], best_offe
 
 def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB ({n} bytes)"
+
+
+# Weights on disk to memory in use: activations, caches and allocator slack on top of the weights.
+WEIGHTS_OVERHEAD = 1.2
+
+
+def hardware_matches(wanted: str, node_hardware: str) -> bool:
+    """Whether a node of ``node_hardware`` may host an instance asking for ``wanted``: the same SKU, or
+    any GPU for "gpu" (a Cog model's ``build.gpu``)."""
+    return wanted == node_hardware or (wanted == "gpu" and node_hardware.startswith("gpu-"))
+
+
+def estimate_memory_bytes(spec: ModelSpec) -> int:
+    """The memory an instance of ``spec`` is booked for: the option ``memory_bytes`` when given, else its
+    weight files' size on disk times ``WEIGHTS_OVERHEAD`` (0 for a runner without weights, or weights
+    this host cannot see)."""
+    if "memory_bytes" in spec.options:
+        return int(spec.options["memory_bytes"])
+    path = Path(spec.weights) if spec.weights else None
+    if path is None or not path.exists():
+        return 0
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return int(sum(f.stat().st_size for f in files) * WEIGHTS_OVERHEAD)

@@ -252,6 +252,11 @@ class ModelSpec:
         return self.model or self.version_of or self.name
 
     @property
+    def most_instances(self) -> int:
+        """``max_instances``, or its default: max(1, min_instances) (a fixed size)."""
+        return self.max_instances if self.max_instances is not None else max(1, self.min_instances)
+
+    @property
     def is_version_route(self) -> bool:
         return bool(self.version_of)
 

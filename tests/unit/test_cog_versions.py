@@ -11,7 +11,8 @@ import pytest
 from gateway.catalog import ModelCatalog
 from gateway.deployments import RouteService, Scale
 from runners.cog.schema import input_json_schema
-from scheduler.controller import Controller, hardware_matches
+from scheduler.controller import Controller
+from scheduler.placement import hardware_matches
 from tests.unit.fakes import FakeNodeClient
 from warmfleet.domain import ModelSpec, version_route_name
 from warmfleet.errors import FailedPrecondition, InvalidInput, NotFound, PermissionDenied

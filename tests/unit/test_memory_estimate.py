@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scheduler.controller import WEIGHTS_OVERHEAD, estimate_memory_bytes
+from scheduler.placement import WEIGHTS_OVERHEAD, estimate_memory_bytes
 from warmfleet.domain import ModelSpec
 
 
