@@ -16,7 +16,7 @@ from runners.registry import runner_class
 from scheduler.autoscaling import scaling_config
 from scheduler.ports import ControllerClient
 from warmfleet.domain import ModelSpec, version_route_name
-from warmfleet.errors import AlreadyExists, FailedPrecondition, InvalidInput, NotFound, PermissionDenied, WarmfleetError
+from warmfleet.errors import FailedPrecondition, InvalidInput, NotFound, PermissionDenied, WarmfleetError
 
 NAME_RULE = "must be owner/name: letters, digits, '-', '_' or '.', one '/'"
 
@@ -57,9 +57,7 @@ class RouteService:
     # Models
 
     async def create_model(self, spec: ModelSpec) -> ModelSpec:
-        check_name("name", spec.name)
-        if self._catalog.has_deployment(spec.name):
-            raise AlreadyExists(f"{spec.name!r} is a deployment's name")
+        check_name("name", spec.name)  # a deployment's name is refused by the controller (AlreadyExists)
         _check_runner(spec)
         return await self._put(spec)
 
@@ -133,12 +131,10 @@ class RouteService:
 
     async def create_deployment(self, name: str, model: str, version: str, scale: Scale) -> ModelSpec:
         check_name("name", name)
-        if self._catalog.has_route(name):
-            raise AlreadyExists(f"{name!r} is taken (by a model or deployment)")
         base = await self._version_of(model, version)
         spec = replace(base, name=name, model=model, version_of="", release=0, min_instances=0,
                        max_instances=None, autoscaling={}, hardware=base.hardware)
-        return await self._put(_scaled(spec, scale, creating=True))
+        return await self._put(_scaled(spec, scale, creating=True), new=True)  # taken: the controller says
 
     async def update_deployment(self, name: str, version: str | None, scale: Scale) -> ModelSpec:
         current = self._catalog.deployment(name).spec
@@ -165,12 +161,12 @@ class RouteService:
             raise NotFound(f"version {version!r} of {model} not found")
         return spec
 
-    async def _put(self, spec: ModelSpec) -> ModelSpec:
+    async def _put(self, spec: ModelSpec, new: bool = False) -> ModelSpec:
         try:
             scaling_config(spec)
         except (TypeError, ValueError) as err:
             raise InvalidInput(_field_of(err), str(err)) from None
-        spec = await self._controller.put_route(spec)
+        spec = await self._controller.put_route(spec, new)
         await self._changed()
         return spec
 

@@ -22,7 +22,7 @@ from scheduler.placement import (
 from scheduler.ports import NodeClient, NodeLost, NodeProvisioner, RoutingTable
 from scheduler.route_journal import RouteJournal
 from warmfleet.domain import InstanceInfo, ModelSpec, NodeInfo
-from warmfleet.errors import FailedPrecondition, NotFound, Unavailable
+from warmfleet.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -357,11 +357,16 @@ class Controller:
 
     # The desired state: routes (models and deployments) and their versions
 
-    async def put_route(self, spec: ModelSpec) -> ModelSpec:
+    async def put_route(self, spec: ModelSpec, new: bool = False) -> ModelSpec:
         """Serve ``spec`` under its name: a new route, or an update of one (a new version rolls out, a new
-        size is scaled to). The answer carries the release number (deployments count their updates)."""
+        size is scaled to). The answer carries the release number (deployments count their updates).
+        With ``new``, a name already served is refused (``AlreadyExists``): the controller is the one
+        owner of the routes, so two gateways creating one name cannot both succeed."""
         config = scaling_config(spec)  # ValueError naming a bad knob, before anything changes
         previous = self._models.get(spec.name)
+        if previous is not None and (new or previous.is_deployment != spec.is_deployment):
+            kind = "a deployment" if previous.is_deployment else "a model"
+            raise AlreadyExists(f"{spec.name!r} is taken (by {kind})")
         if spec.is_deployment:
             spec = replace(spec, release=previous.release + 1 if previous else 1)
         self._models[spec.name] = spec

@@ -66,7 +66,8 @@ class ControllerClient(Protocol):
 
     async def report_load(self, router_id: str, ongoing: dict[str, int]) -> None: ...
 
-    async def put_route(self, spec: ModelSpec) -> ModelSpec: ...
+    async def put_route(self, spec: ModelSpec, new: bool = False) -> ModelSpec:
+        """Serve ``spec``; with ``new``, refuse a name already served (``AlreadyExists``)."""
 
     async def delete_route(self, name: str) -> ModelSpec | None: ...
 

@@ -285,8 +285,8 @@ class RayControllerClient:
     async def drain_node(self, node_id: str, wait: bool = True) -> DrainStatus:
         return await _await(self._h.drain_node.remote(node_id, wait))
 
-    async def put_route(self, spec: ModelSpec) -> ModelSpec:
-        return await _await(self._h.put_route.remote(spec))
+    async def put_route(self, spec: ModelSpec, new: bool = False) -> ModelSpec:
+        return await _await(self._h.put_route.remote(spec, new))
 
     async def delete_route(self, name: str) -> ModelSpec | None:
         return await _await(self._h.delete_route.remote(name))

@@ -5,6 +5,7 @@ ownership decides who may push; a version a deployment serves cannot be deleted.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 
 import pytest
 
@@ -15,7 +16,7 @@ from scheduler.controller import Controller
 from scheduler.placement import hardware_matches
 from tests.unit.fakes import FakeNodeClient
 from warmfleet.domain import ModelSpec, version_route_name
-from warmfleet.errors import FailedPrecondition, InvalidInput, NotFound, PermissionDenied
+from warmfleet.errors import AlreadyExists, FailedPrecondition, InvalidInput, NotFound, PermissionDenied
 
 MODEL = "alice/styler"
 BUILTIN = "acme/echo"
@@ -249,3 +250,16 @@ async def test_a_deployment_cannot_take_a_version_of_another_model(cluster):
 ])
 def test_hardware_matches_the_same_sku_or_any_gpu_for_gpu(wanted, node, matches):
     assert hardware_matches(wanted, node) is matches
+
+
+async def test_the_controller_owns_names_a_second_create_and_a_model_over_a_deployment_are_taken(cluster):
+    controller, catalog, routes = cluster
+    await routes.push_version(pushed(D1, 1.0))
+    await routes.create_deployment("alice/prod", MODEL, D1, Scale())
+    # What a second gateway sends when its catalog has not seen the first create yet:
+    racing = replace(catalog.deployment("alice/prod").spec, min_instances=1)
+    with pytest.raises(AlreadyExists, match="alice/prod"):
+        await controller.put_route(racing, new=True)
+    with pytest.raises(AlreadyExists, match="taken \\(by a deployment\\)"):
+        await controller.put_route(ModelSpec("alice/prod", "echo"))
+    assert catalog.deployment("alice/prod").spec.min_instances == 0  # the first create stands
