@@ -83,7 +83,8 @@ class RouteService:
             raise InvalidInput("model", f"{model} is a {current.runner} model of the cluster's configuration; "
                                         "push to a new name")
         if not is_admin and current.owner != owner:
-            raise PermissionDenied(f"{model} belongs to {current.owner or 'the cluster'}; push to a model of yours")
+            raise PermissionDenied(f"{model} belongs to {current.owner or 'the cluster'}; "
+                                   "push to a model of yours")
 
     async def push_version(self, spec: ModelSpec) -> PushResult:
         """Make ``spec`` (a pushed version) its model's latest. The previous latest keeps serving
@@ -117,7 +118,8 @@ class RouteService:
         versions = self._catalog.versions(model)
         if not entry.spec.is_version_route:
             if len(versions) == 1:
-                raise FailedPrecondition(f"{version} is the only version of {model}; delete the model instead")
+                raise FailedPrecondition(f"{version} is the only version of {model}; "
+                                         "delete the model instead")
             successor = versions[1].spec
             await self._put(replace(entry.spec, runner=successor.runner, weights=successor.weights,
                                     options=successor.options, version_id=successor.version_id,

@@ -84,7 +84,8 @@ class PushService:
             try:
                 await asyncio.to_thread(extract_bundle, archive, bundle_dir)
             except (tarfile.TarError, OSError) as err:
-                raise InvalidInput("bundle", f"is not a bundle as `warmfleet push` makes it (a tar): {err}") from None
+                raise InvalidInput("bundle", f"is not a bundle as `warmfleet push` makes it (a tar): "
+                                             f"{err}") from None
             config = check_runnable(bundle_dir)
             await self._check_hardware(config)
             return config, await self._inspect(config, bundle_dir)
@@ -107,7 +108,8 @@ class PushService:
             raise InvalidInput("header.size_bytes", f"says {header.size_bytes} bytes; {writer.size} arrived")
         digest, path = writer.commit()
         if header.digest and header.digest != digest:
-            raise InvalidInput("header.digest", f"says {header.digest}; the bytes that arrived hash to {digest}")
+            raise InvalidInput("header.digest",
+                               f"says {header.digest}; the bytes that arrived hash to {digest}")
         if writer.size == 0:
             raise InvalidInput("chunk", "no bundle bytes arrived after the header")
         return digest, path
@@ -136,7 +138,8 @@ class PushService:
             out, err = await asyncio.wait_for(proc.communicate(), INSPECT_TIMEOUT_S)
         except TimeoutError:
             proc.kill()
-            raise InvalidInput("predict", f"importing the predictor took over {INSPECT_TIMEOUT_S:g} s") from None
+            raise InvalidInput("predict",
+                               f"importing the predictor took over {INSPECT_TIMEOUT_S:g} s") from None
         lines = out.decode(errors="replace").strip().splitlines()
         try:
             doc = json.loads(lines[-1]) if lines else {}

@@ -152,7 +152,8 @@ def _visible(entry):
     """The entry, if the caller may see its model (public, theirs, or they are an admin); else NotFound
     as if it did not exist."""
     if not current_principal.get().may_see(entry.spec):
-        raise NotFound(f"model {entry.spec.model_name!r} not found; `warmfleet models list` shows what is served")
+        raise NotFound(f"model {entry.spec.model_name!r} not found; "
+                       "`warmfleet models list` shows what is served")
     return entry
 
 

@@ -16,8 +16,8 @@ from typing import Any, Awaitable, Callable, Iterable
 
 from scheduler.autoscaling import ScalingState, decide, scaling_config
 from scheduler.placement import (
-    InstanceSnapshot, NoCapacity, NodeSnapshot, Placement, PlacementRequest, estimate_memory_bytes, hardware_matches,
-    place,
+    InstanceSnapshot, NoCapacity, NodeSnapshot, Placement, PlacementRequest, estimate_memory_bytes,
+    hardware_matches, place,
 )
 from scheduler.ports import NodeClient, NodeLost, NodeProvisioner, RoutingTable
 from scheduler.route_journal import RouteJournal

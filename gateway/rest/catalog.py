@@ -72,7 +72,8 @@ async def delete_model(request: web.Request) -> web.Response:
 
 
 async def list_versions(request: web.Request) -> web.Response:
-    reply = await request.app[REST].models.ListVersions(models_pb2.ListVersionsRequest(model=_name(request)), None)
+    request_pb = models_pb2.ListVersionsRequest(model=_name(request))
+    reply = await request.app[REST].models.ListVersions(request_pb, None)
     return web.json_response(shapes.page([shapes.version_json(v) for v in reply.versions]))
 
 
@@ -81,17 +82,20 @@ def _version_request(request: web.Request, cls):
 
 
 async def get_version(request: web.Request) -> web.Response:
-    reply = await request.app[REST].models.GetVersion(_version_request(request, models_pb2.GetVersionRequest), None)
+    request_pb = _version_request(request, models_pb2.GetVersionRequest)
+    reply = await request.app[REST].models.GetVersion(request_pb, None)
     return web.json_response(shapes.version_json(reply))
 
 
 async def delete_version(request: web.Request) -> web.Response:
-    await request.app[REST].models.DeleteVersion(_version_request(request, models_pb2.DeleteVersionRequest), None)
+    request_pb = _version_request(request, models_pb2.DeleteVersionRequest)
+    await request.app[REST].models.DeleteVersion(request_pb, None)
     return web.Response(status=202)
 
 
 async def push_version(request: web.Request) -> web.Response:
-    header = models_pb2.PushHeader(model=_name(request), description=request.headers.get("X-Model-Description", ""),
+    header = models_pb2.PushHeader(model=_name(request),
+                                   description=request.headers.get("X-Model-Description", ""),
                                    digest=request.headers.get("X-Bundle-Digest", ""),
                                    size_bytes=request.content_length or 0)
 

@@ -130,7 +130,8 @@ def _packages(root: Path, build: dict[str, Any]) -> tuple[str, ...]:
     if req:
         path = (root / str(req)).resolve()
         if not path.is_relative_to(root.resolve()) or not path.is_file():
-            raise _field("build.python_requirements", f"names {req}, which is not a file in the model directory")
+            raise _field("build.python_requirements",
+                         f"names {req}, which is not a file in the model directory")
         lines += [ln.strip() for ln in path.read_text().splitlines()
                   if ln.strip() and not ln.strip().startswith("#")]
     return tuple(lines)

@@ -52,7 +52,8 @@ def _install(packages: tuple[str, ...], target: Path, cwd: Path) -> None:
     command = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
                "--target", str(target), "-r", str(requirements)]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S, check=False, cwd=cwd,
+        done = subprocess.run(command, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S, check=False,
+                              cwd=cwd,
                               env={**os.environ, "PIP_NO_WARN_SCRIPT_LOCATION": "1"})
     except subprocess.TimeoutExpired as err:
         shutil.rmtree(target, ignore_errors=True)

@@ -3,9 +3,9 @@ inspector, in a process of its own (the predictor's module is imported, and may 
 
 ``PREDICT_REF`` is cog.yaml's ``predict``, ``predict.py:Predictor`` or ``src/predict.py:Predictor``. The
 module is imported by its dotted path from the bundle's root (``src.predict``), with the bundle first on
-``sys.path`` and as the working directory, as it will run. One JSON line goes to stdout, ``{"openapi": ...}``
-(and ``"async"``: whether ``run``/``predict`` is a coroutine) with exit status 0, or ``{"error": "<one line>", "traceback": "..."}`` with exit status 1. Anything else
-written to stdout (the predictor's prints, a native library's) goes to stderr instead.
+``sys.path`` and as the working directory, as it will run. One JSON line goes to stdout: ``{"openapi": ...,
+"async": ...}`` (whether ``run``/``predict`` is a coroutine) with exit status 0, or ``{"error": "<one line>",
+"traceback": "..."}`` with exit status 1. Anything else written to stdout (the predictor's prints, a native library's) goes to stderr instead.
 """
 
 from __future__ import annotations

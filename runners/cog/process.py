@@ -156,12 +156,14 @@ class CogProcess:
         self.http = CogletClient("127.0.0.1", self.port)
         bin_dir = str(Path(sys.executable).parent)  # coglet starts its worker with the `python` on PATH
         env = {**os.environ, **dict(self.spec.environment), "PORT": str(self.port),
-               "COG_PREDICT_TYPE_STUB": self.spec.predict, "COG_MAX_CONCURRENCY": str(self.spec.max_concurrency),
+               "COG_PREDICT_TYPE_STUB": self.spec.predict,
+               "COG_MAX_CONCURRENCY": str(self.spec.max_concurrency),
                "COG_THROTTLE_RESPONSE_INTERVAL": "0", "PYTHONUNBUFFERED": "1",
                "PYTHONPATH": python_path(self.spec.bundle_dir, self.spec.env_dir),
                "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1", "--await-explicit-shutdown", "true"],
+            [sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1",
+             "--await-explicit-shutdown", "true"],
             cwd=self.spec.bundle_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
         )
@@ -183,7 +185,8 @@ class CogProcess:
         while time.monotonic() < deadline:
             code = self.exit_code()
             if code is not None:
-                raise SetupFailed(f"the Cog process exited with code {code} during setup:\n{self.output_tail()}")
+                raise SetupFailed(f"the Cog process exited with code {code} during setup:\n"
+                                  f"{self.output_tail()}")
             doc = self.health()
             status = (doc or {}).get("status")
             if status in ("READY", "BUSY"):

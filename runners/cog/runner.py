@@ -39,8 +39,8 @@ log = logging.getLogger(__name__)
 
 FAMILY = "cog"
 SETUP_TIMEOUT_S = 600.0
-CANCEL_GRACE_S = 10.0
-END_LINE_WAIT_S = 1.0  # most a finished prediction waits for its last log lines (coglet's "ended" line)  # how long a canceled prediction may take to stop before its slot is given back
+CANCEL_GRACE_S = 10.0  # how long a canceled prediction may take to stop before its slot is given back
+END_LINE_WAIT_S = 1.0  # most a finished prediction waits for its last log lines (coglet's "ended" line)
 _DATA_URL = re.compile(r"^data:([^;,]*)((?:;[^;,=]+=[^;,]*)*)(;base64)?,", re.DOTALL)
 READY_STATES = ("READY", "BUSY")
 # While a prediction runs, its coglet is asked every WATCH_INTERVAL_S with no news; HUNG_AFTER_MISSES
@@ -89,7 +89,8 @@ class CogRunner(Runner):
         if self.node is None or self.node.bundles is None:
             raise RuntimeError("this node has no bundle source; Cog models need one (see NodeResources)")
         root = self.node.cache_dir / "cog"
-        bundle_dir = materialize_bundle(self.node, self.spec.options["bundle"], self.spec.options["openapi_schema"])
+        options = self.spec.options
+        bundle_dir = materialize_bundle(self.node, options["bundle"], options["openapi_schema"])
         config = read_config(bundle_dir)
         env_dir = ensure_environment(config, root / "envs", bundle_dir)
         environment = dict(config.environment)
@@ -132,7 +133,8 @@ class CogRunner(Runner):
                 yield LogLine(f"setup: {line}")
         pid = ctx.prediction_id
         stream = _Stream(self._output, [str(input[name]) for name in self._secrets if input.get(name)])
-        updates: asyncio.Queue = asyncio.Queue()  # ("log", line) from coglet's output, ("output", body) from webhooks
+        # ("log", line) from coglet's output, ("output", body) from webhooks, ("end", None) at the end
+        updates: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
         process.output.watch(pid, lambda line: loop.call_soon_threadsafe(
             updates.put_nowait, ("log", line) if line is not None else ("end", None)))
@@ -145,7 +147,8 @@ class CogRunner(Runner):
             async for event in self._follow(process, call, updates, stream):
                 yield event
             final = await self._final(call)
-            for event in [*await _rest(updates, stream), *stream.update(final), *stream.finish(final.get("logs"))]:
+            rest = await _rest(updates, stream)
+            for event in [*rest, *stream.update(final), *stream.finish(final.get("logs"))]:
                 yield event
         except asyncio.CancelledError:
             await process.cancel(pid)
