@@ -154,7 +154,8 @@ class NodeAgent:
             inst = self._instances.get(task.instance_id)
             if inst is None or inst.lifecycle.free_slots <= 0:
                 state = inst.lifecycle.state.value if inst else "absent"
-                box.put(TaskEvent(task.prediction_id, Rejected(f"instance {task.instance_id} is {state}")))
+                closed = inst is None or not inst.lifecycle.accepting
+                box.put(TaskEvent(task.prediction_id, Rejected(f"instance {task.instance_id} is {state}", closed)))
                 continue
             inst.lifecycle.begin()
             ctx = PredictContext(task.prediction_id)

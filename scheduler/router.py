@@ -105,6 +105,15 @@ class Router:
             for model in [m for m, n in self._queue_len.items() if n and m not in served]:
                 self._fail_queued(model, f"{model} is no longer served (it was deleted)")
 
+    def _close_instance(self, instance_id: str) -> None:
+        """Stop dispatching to an instance until a routing table lists it again."""
+        self._instances.pop(instance_id, None)
+        model = self._model_of_instance.pop(instance_id, None)
+        if model is not None and instance_id in self._by_model.get(model, []):
+            self._by_model[model].remove(instance_id)
+            if not self._by_model[model]:
+                del self._by_model[model]
+
     def _fail_queued(self, model: str, reason: str) -> None:
         """End every prediction queued for ``model``, with ``reason``."""
         while (item := self._pop(model)) is not None:
@@ -293,6 +302,8 @@ class Router:
             if running is None:
                 return
             item = running.item
+            if body.instance_closed:  # its agent let it go before our table did: send it nothing more
+                self._close_instance(running.instance_id)
             item.rejections += 1
             if item.rejections >= MAX_REJECTIONS:
                 self._finish(prediction_id, Status.FAILED, f"no instance would take it: {body.reason}")
@@ -311,11 +322,7 @@ class Router:
         self._nodes.pop(node_id, None)
         self._pollers.pop(node_id, None)
         for iid in [i for i, load in self._instances.items() if load.node_id == node_id]:
-            del self._instances[iid]
-            model = self._model_of_instance.pop(iid)
-            self._by_model[model].remove(iid)
-            if not self._by_model[model]:
-                del self._by_model[model]
+            self._close_instance(iid)
         for pid in [p for p, r in self._running.items() if r.node_id == node_id]:
             self._release(pid)
             self._finish(pid, Status.FAILED, f"node {node_id} was lost while running the prediction")

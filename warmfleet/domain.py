@@ -165,6 +165,9 @@ class Rejected:
     places it again. Never a terminal outcome by itself."""
 
     reason: str
+    # The instance takes no work at all (gone, draining, stopped), not merely full: the router sends it
+    # nothing more until a routing table lists it again.
+    instance_closed: bool = False
 
 
 TaskEventBody = Union[Started, LogLine, OutputChunk, ProgressUpdate, Finished, Rejected]

@@ -324,12 +324,11 @@ async def test_two_versions_side_by_side_and_a_deployment_rolled_under_load(api,
     warm = await api.predictions.CreatePrediction(by_deployment, metadata=api.md)  # its instance is up
     assert warm.output.value.string_value == "one"
     stop = asyncio.Event()
+    results: list = []
 
-    async def steady_load() -> list:
-        results = []
-        while not stop.is_set():
+    async def steady_load() -> None:  # until the new version has answered, after the old one's instance left
+        while not stop.is_set() or not any(p.output.value.string_value == "two" for p in results[-1:]):
             results.append(await api.predictions.CreatePrediction(by_deployment, metadata=api.md))
-        return results
 
     load = asyncio.create_task(steady_load())
     await deployments.UpdateDeployment(D.UpdateDeploymentRequest(name="alice/versioned-prod", version=two),
@@ -338,7 +337,8 @@ async def test_two_versions_side_by_side_and_a_deployment_rolled_under_load(api,
         while {i.version for i in await instances_of(api, "alice/versioned-prod")} != {two}:
             await asyncio.sleep(0.1)
     stop.set()
-    results = await load
+    async with asyncio.timeout(30):
+        await load
     assert results and all(p.status == T.STATUS_SUCCEEDED for p in results), [p.error for p in results]
     outputs = [p.output.value.string_value for p in results]
     assert set(outputs) == {"one", "two"}  # both served while it rolled, none dropped

@@ -106,8 +106,8 @@ class FakeNodeClient(NodeClient):
         output = Output(value=value) if status is Status.SUCCEEDED else None
         self.push(TaskEvent(prediction_id, Finished(status, 1.0, 2.0, output)))
 
-    def reject(self, prediction_id: str, reason: str = "instance is draining") -> None:
-        self.push(TaskEvent(prediction_id, Rejected(reason)))
+    def reject(self, prediction_id: str, reason: str = "instance is draining", closed: bool = False) -> None:
+        self.push(TaskEvent(prediction_id, Rejected(reason, closed)))
 
     def lose(self) -> None:
         """The router's next poll of this node raises NodeLost."""

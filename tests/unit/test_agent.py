@@ -321,7 +321,7 @@ async def test_unload_drains_in_flight_work_then_removes_and_unloads_the_instanc
     assert info.state == "draining"
     await agent.submit(ROUTER, [Task("late", "g-1", {})])
     [rejected] = _of(await collect(agent, {"late"}), "late")
-    assert rejected == Rejected("instance g-1 is draining")
+    assert rejected == Rejected("instance g-1 is draining", instance_closed=True)
     assert not gated.unloaded.is_set()
 
     gated.gate.set()

@@ -308,6 +308,24 @@ async def test_a_prediction_rejected_max_rejections_times_fails_with_the_reason(
     assert len(log.finished("p1")) == 1
 
 
+async def test_an_instance_its_agent_closed_takes_nothing_more_until_a_table_lists_it_again(make_router):
+    a, b = FakeNodeClient("A"), FakeNodeClient("B")
+    log = EventLog()
+    router = make_router(log)
+    router.update_table(table(1, [instance("i1", MODEL, "A", 4)], a))
+    router.enqueue("p1", MODEL, _input(1))
+    await a.wait_submitted(1)
+    # The agent unloaded i1 before the router's table said so; a table with i2 on B is on its way.
+    a.reject("p1", "instance i1 is absent", closed=True)
+    await settle()
+    router.enqueue("p2", MODEL, _input(2))
+    await settle()
+    assert a.submitted_ids == ["p1"] and router.queue_length(MODEL) == 2  # both wait, none bounce on i1
+    router.update_table(table(2, [instance("i2", MODEL, "B", 4)], a, b))
+    await b.wait_submitted(2)
+    assert sorted(b.submitted_ids) == ["p1", "p2"] and a.submitted_ids == ["p1"]
+
+
 async def test_a_rejected_prediction_back_in_the_queue_still_has_its_deadline(make_router):
     now = [1000.0]
     a = FakeNodeClient("A")
