@@ -78,7 +78,7 @@ class ModelCatalog:
     def by_name(self, name: str) -> CatalogEntry:
         entry = self._by_name.get(name)
         if entry is None or _rank(entry.spec) != 0:
-            raise NotFound(f"model {name!r} not found; `warmfleet models list` shows what is served")
+            raise model_not_found(name)
         return entry
 
     def deployment(self, name: str) -> CatalogEntry:
@@ -99,6 +99,11 @@ class ModelCatalog:
         if not model:
             raise InvalidInput("model", "is required (or version, or deployment)")
         return self.by_name(model)
+
+
+def model_not_found(name: str) -> NotFound:
+    """The one answer for a model that does not exist, or that the caller may not see."""
+    return NotFound(f"model {name!r} not found; `warmfleet models list` shows what is served")
 
 
 def _rank(spec: ModelSpec) -> int:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
 
 from gateway.auth import Principal
-from gateway.catalog import ModelCatalog
+from gateway.catalog import ModelCatalog, model_not_found
 from gateway.events import EventHub
 from gateway.metrics import PredictionMetrics
 from gateway.store import PredictionStore
@@ -80,7 +80,7 @@ class PredictionService:
                 return self._idempotent(principal, existing, req)
         entry = self._catalog.resolve(req.model, req.version, req.deployment)
         if not principal.may_see(entry.spec):
-            raise NotFound(f"model {entry.spec.model_name!r} not found; `warmfleet models list` shows what is served")
+            raise model_not_found(entry.spec.model_name)
         filled = entry.validator.validate(req.input)
         cold = not self._router.has_instances(entry.spec.name)
         now = self._clock()

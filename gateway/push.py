@@ -59,12 +59,11 @@ class PushService:
                    ) -> PushResult:
         check_name("model", header.model)
         self._routes.check_may_push(header.model, owner, is_admin)
-        known = {p.name for p in self._bundles.glob("*.tar")} if self._bundles.exists() else set()
-        digest, archive = await self._receive(header, chunks)
+        digest, archive, existed = await self._receive(header, chunks)
         try:
             config, openapi = await self._read(archive)
         except BaseException:
-            if archive.name not in known:  # a refused push leaves nothing behind
+            if not existed:  # a refused push leaves nothing behind
                 archive.unlink(missing_ok=True)
             raise
         await self._publish(digest, archive)
@@ -92,7 +91,8 @@ class PushService:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    async def _receive(self, header: PushHeader, chunks: AsyncIterator[bytes]) -> tuple[str, Path]:
+    async def _receive(self, header: PushHeader, chunks: AsyncIterator[bytes]) -> tuple[str, Path, bool]:
+        """The bundle stored under its digest: the digest, its path, and whether it was there before."""
         writer = BundleWriter(self._bundles, MAX_BUNDLE_BYTES)
         try:
             async for chunk in chunks:
@@ -107,12 +107,17 @@ class PushService:
             writer.abort()
             raise InvalidInput("header.size_bytes", f"says {header.size_bytes} bytes; {writer.size} arrived")
         digest, path = writer.commit()
+        refusal = None
         if header.digest and header.digest != digest:
-            raise InvalidInput("header.digest",
-                               f"says {header.digest}; the bytes that arrived hash to {digest}")
-        if writer.size == 0:
-            raise InvalidInput("chunk", "no bundle bytes arrived after the header")
-        return digest, path
+            refusal = InvalidInput("header.digest",
+                                   f"says {header.digest}; the bytes that arrived hash to {digest}")
+        elif writer.size == 0:
+            refusal = InvalidInput("chunk", "no bundle bytes arrived after the header")
+        if refusal is not None:
+            if not writer.existed:  # a refused push leaves nothing behind
+                path.unlink(missing_ok=True)
+            raise refusal
+        return digest, path, writer.existed
 
     async def _check_hardware(self, config: CogConfig) -> None:
         if not config.gpu:

@@ -6,12 +6,12 @@ import json
 
 from gateway import convert
 from gateway.auth import TokenRegistry, current_principal, require_admin
-from gateway.catalog import ModelCatalog
+from gateway.catalog import ModelCatalog, model_not_found
 from gateway.deployments import RouteService, Scale
 from gateway.predictions import PredictionService
 from gateway.push import PushHeader, PushService
 from scheduler.ports import ControllerClient
-from warmfleet.errors import InvalidInput, NotFound, PermissionDenied
+from warmfleet.errors import InvalidInput, PermissionDenied
 from warmfleet.v1 import (
     cluster_pb2, cluster_pb2_grpc, deployments_pb2, deployments_pb2_grpc, models_pb2, models_pb2_grpc,
     predictions_pb2, predictions_pb2_grpc,
@@ -152,8 +152,7 @@ def _visible(entry):
     """The entry, if the caller may see its model (public, theirs, or they are an admin); else NotFound
     as if it did not exist."""
     if not current_principal.get().may_see(entry.spec):
-        raise NotFound(f"model {entry.spec.model_name!r} not found; "
-                       "`warmfleet models list` shows what is served")
+        raise model_not_found(entry.spec.model_name)
     return entry
 
 

@@ -125,6 +125,7 @@ class BundleWriter:
         self._file = os.fdopen(fd, "wb")
         self._hash = hashlib.sha256()
         self.size = 0
+        self.existed = False  # after commit: the store held these bytes already (an identical push)
 
     def write(self, chunk: bytes) -> None:
         self.size += len(chunk)
@@ -138,6 +139,7 @@ class BundleWriter:
         self._file.close()
         digest = self._hash.hexdigest()
         final = self._dir / f"{digest}.tar"
+        self.existed = final.exists()
         os.replace(self._path, final)
         return digest, final
 

@@ -403,7 +403,8 @@ def materialize_bundle(node: NodeResources, digest: str, openapi: dict[str, Any]
         archive = root / f"{digest}.tar.part"
         assert node.bundles is not None
         node.bundles.fetch(digest, archive)
-        got = _sha256(archive)
+        with archive.open("rb") as f:
+            got = hashlib.file_digest(f, "sha256").hexdigest()
         if got != digest:
             archive.unlink(missing_ok=True)
             raise RuntimeError(f"the bundle fetched for {digest} has digest {got}: refusing it")
@@ -414,11 +415,3 @@ def materialize_bundle(node: NodeResources, digest: str, openapi: dict[str, Any]
         staging.write_text(json.dumps(openapi))
         staging.rename(target / ".cog" / "openapi_schema.json")  # written last: marks the bundle complete
     return target
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
