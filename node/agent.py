@@ -17,13 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from node.instance import InstanceLifecycle, InstanceState
+from node.instance import InstanceLifecycle
 from node.metrics import GPU_UNKNOWN, Nvml, host_memory, process_tree, rss_bytes
 from node.outbox import Outbox
 from runners.base import Cancelled, NodeResources, PredictContext, Runner
 from runners.registry import runner_class
 from warmfleet.domain import (
-    Finished, InstanceInfo, Metrics, MetricsUpdate, ModelSpec, NodeInfo, Output, Rejected, Started, Status,
+    Finished, InstanceInfo, InstanceState, Metrics, MetricsUpdate, ModelSpec, NodeInfo, Output, Rejected, Started, Status,
     Task, TaskEvent,
 )
 from warmfleet.errors import NotFound, error_code

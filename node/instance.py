@@ -11,16 +11,7 @@ An instance is ``processing`` while at least one prediction runs on it and ``idl
 
 from __future__ import annotations
 
-import enum
-
-
-class InstanceState(str, enum.Enum):
-    STARTING = "starting"
-    IDLE = "idle"
-    PROCESSING = "processing"
-    DRAINING = "draining"
-    FAILED = "failed"
-    STOPPED = "stopped"
+from warmfleet.domain import InstanceState
 
 
 _ALLOWED: dict[InstanceState, frozenset[InstanceState]] = {

@@ -282,6 +282,17 @@ def version_route_name(model: str, version: str) -> str:
     return f"{model}@{version[:16]}"
 
 
+class InstanceState(str, enum.Enum):
+    """Where an instance is in its life (``node.instance`` holds the transitions an agent may make)."""
+
+    STARTING = "starting"
+    IDLE = "idle"
+    PROCESSING = "processing"
+    DRAINING = "draining"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
 @dataclass(frozen=True)
 class InstanceInfo:
     """A model instance as the control plane sees it."""
@@ -290,7 +301,7 @@ class InstanceInfo:
     model: str
     version: str
     node_id: str
-    state: str
+    state: InstanceState
     max_concurrency: int
     in_flight: int = 0
     # What its own processes use (GPU memory on a GPU node, resident memory on a CPU node), as its agent

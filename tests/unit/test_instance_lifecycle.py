@@ -7,7 +7,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from node.instance import InstanceLifecycle, InstanceState, InvalidTransition
+from node.instance import InstanceLifecycle, InvalidTransition
+from warmfleet.domain import InstanceState
 
 S = InstanceState
 ACCEPTING = {S.IDLE, S.PROCESSING}
