@@ -23,8 +23,8 @@ from node.outbox import Outbox
 from runners.base import Cancelled, NodeResources, PredictContext, Runner
 from runners.registry import runner_class
 from warmfleet.domain import (
-    Finished, InstanceInfo, InstanceState, Metrics, MetricsUpdate, ModelSpec, NodeInfo, Output, Rejected, Started, Status,
-    Task, TaskEvent,
+    Finished, InstanceInfo, InstanceState, Metrics, MetricsUpdate, ModelSpec, NodeInfo, Output, Rejected,
+    Started, Status, Task, TaskEvent,
 )
 from warmfleet.errors import NotFound, error_code
 
