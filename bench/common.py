@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from warmfleet import launch
-from warmfleet.launch import ClusterState
+from warmfleet.cli import launch
+from warmfleet.cluster_state import ClusterState
 from warmfleet.settings import Settings
 
 CLUSTER = "cluster"

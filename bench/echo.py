@@ -1,6 +1,6 @@
 """The echo scenario: predictions/s and latency through the cluster, against a bare grpc.aio baseline.
 
-Starts ``bench.baseline_server`` and a private cluster (``warmfleet.launch.up`` on a temporary home, its
+Starts ``bench.baseline_server`` and a private cluster (``warmfleet.cli.launch.up`` on a temporary home, its
 own local Ray), then runs ``bench.load`` in a separate process for every (concurrency, repeat, target),
 interleaving the two targets so that they share the machine's noise. Writes ``echo.json`` and
 ``echo.png`` under ``--out`` and prints a table. The cluster is always stopped with ``launch.down``.
@@ -25,7 +25,7 @@ import grpc
 
 from bench.common import CLUSTER, Target, cluster_settings, machine_info, start_cluster
 from bench.load import WAIT_S, echo_request
-from warmfleet import launch
+from warmfleet.cli import launch
 from warmfleet.v1 import predictions_pb2_grpc, types_pb2
 
 BASELINE = "baseline"

@@ -26,7 +26,7 @@ from typing import Any
 import grpc
 
 from bench.common import Report, Target, private_home, running_cluster
-from warmfleet.defaults import TINY_ESRGAN, TINY_SD
+from warmfleet.cli.defaults import TINY_ESRGAN, TINY_SD
 from warmfleet.v1 import predictions_pb2 as P, predictions_pb2_grpc, types_pb2 as T
 
 GOAL_SPEEDUP = 1.8

@@ -26,7 +26,7 @@ from typing import Any
 
 from bench.common import Report, private_home, running_cluster
 from warmfleet.client import Client
-from warmfleet.defaults import TINY_ESRGAN, TINY_LLAMA, TINY_SD
+from warmfleet.cli.defaults import TINY_ESRGAN, TINY_LLAMA, TINY_SD
 
 ECHO = "warmfleet/echo"
 

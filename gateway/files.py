@@ -68,9 +68,10 @@ class FileStore:
     """Uploaded files by id. The index is in memory; every disk operation runs, in order, on one thread,
     so a delete that frees a blob and a create that writes the same blob cannot interleave."""
 
-    def __init__(self, root: Path, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, root: Path, clock: Callable[[], float] = time.time, ttl_s: float = 0.0) -> None:
         self.root = root
         self._clock = clock
+        self._ttl_s = ttl_s  # how long an upload is kept when its create names no time (0: until deleted)
         self._files: dict[str, StoredFile] = {}
         self._exec = ThreadPoolExecutor(1, thread_name_prefix="wf-files")
 
@@ -100,7 +101,10 @@ class FileStore:
         return self.root / "blobs" / stored.sha256
 
     async def create(self, owner: str, data: bytes, name: str = "", content_type: str = "",
-                     metadata: dict[str, Any] | None = None, ttl_s: float = 0.0) -> StoredFile:
+                     metadata: dict[str, Any] | None = None, ttl_s: float | None = None) -> StoredFile:
+        """Store an upload of ``owner``'s; it expires ``ttl_s`` after now (None: the store's ``ttl_s``; 0:
+        kept until deleted). Its type, when not given, is guessed from its name."""
+        ttl_s = self._ttl_s if ttl_s is None else ttl_s
         sha256, md5 = await self._run(lambda: (hashlib.sha256(data).hexdigest(), hashlib.md5(data).hexdigest()))
         now = self._clock()
         stored = StoredFile(

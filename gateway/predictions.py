@@ -151,9 +151,16 @@ class PredictionService:
 
     async def events(self, principal: Principal, prediction_id: str, after_seq: int = 0
                      ) -> AsyncIterator[PredictionEvent]:
-        pred = await self.get(principal, prediction_id)
-        async for event in self._hub.subscribe(pred, after_seq):
+        """The prediction's events after ``after_seq``, live, ending with its ``Completed`` event; the
+        caller's access is checked at the first read."""
+        async for event in await self.follow(principal, prediction_id, after_seq):
             yield event
+
+    async def follow(self, principal: Principal, prediction_id: str, after_seq: int = 0
+                     ) -> AsyncIterator[PredictionEvent]:
+        """``events``, with the caller's access checked by this call: ``NotFound`` comes now, before the
+        first read, while an HTTP stream can still answer it as a status."""
+        return self._hub.subscribe(await self.get(principal, prediction_id), after_seq)
 
     # What nodes report, via the router
 

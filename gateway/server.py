@@ -17,7 +17,8 @@ from gateway.catalog import ModelCatalog
 from gateway.events import EventHub
 from gateway.files import FileStore, InputResolver, Retention
 from gateway.http import HttpServer, build_app
-from gateway.interceptors import GatewayInterceptor
+from gateway.grpc.interceptors import GatewayInterceptor
+from gateway.grpc.servicers import ClusterServicer, DeploymentsServicer, ModelsServicer, PredictionsServicer
 from gateway.load_report import LoadReporter
 from gateway.metrics import GatewayMetrics
 from gateway.rest import shapes
@@ -27,7 +28,6 @@ from gateway.predictions import PredictionService
 from gateway.rate_limit import RateLimiter
 from gateway.deployments import RouteService
 from gateway.push import PushService
-from gateway.servicers import ClusterServicer, DeploymentsServicer, ModelsServicer, PredictionsServicer
 from gateway.store import PredictionStore
 from gateway.webhooks import WebhookSecrets, WebhookSender, secret_path
 from scheduler.ports import ControllerClient
@@ -64,7 +64,7 @@ class Gateway:
                                       render=shapes.domain_prediction_json,
                                       allow_private=settings.allow_private_urls)
         # The Files API's store and its sweep serve gRPC predictions too: started here, whatever HTTP does.
-        self.files = FileStore(settings.files_path)
+        self.files = FileStore(settings.files_path, ttl_s=settings.file_ttl_s)
         self.resolver = InputResolver.from_settings(settings, self.files)
         self.retention = Retention(self.store, self.files, settings.retention_s, settings.retention_interval_s)
         self.rate_limiter = RateLimiter(settings.rate_limit_per_minute)

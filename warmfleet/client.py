@@ -28,8 +28,8 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from warmfleet import launch
 from warmfleet.bundle import bundle_to_tempfile, read_chunks
+from warmfleet.cluster_state import read_state
 from warmfleet.jsonvalues import place_files, split_files, struct_from_pb, value_from_pb, value_to_pb
 from warmfleet.settings import Settings, load_settings
 from warmfleet.v1 import (
@@ -502,7 +502,7 @@ def resolve_target(url: str | None, settings: Callable[[], Settings]) -> str:
     url = url or os.environ.get("WARMFLEET_URL")
     if url:
         return _strip_scheme(url)
-    state = launch.read_state(settings())
+    state = read_state(settings())
     return state.grpc_target if state is not None else settings().grpc_target
 
 

@@ -31,7 +31,7 @@ class Settings:
     token: str = ""
     max_message_bytes: int = 256 * 1024 * 1024
     # The cluster config file (models, deployments) that `warmfleet up` serves; by default the --config
-    # file itself, when one is given (see warmfleet/cluster_config.py).
+    # file itself, when one is given (see warmfleet/cli/cluster_config.py).
     cluster_config: str = ""
     # Files (gateway/files.py). An input URL is fetched with these bounds; addresses that are not public
     # (loopback, private, link-local...) are refused unless the operator allows them.

@@ -2,8 +2,10 @@
 (and OpenAI's, for LLMs), served by the gateway's aiohttp application beside gRPC.
 
 One translation layer, not a second implementation: a route turns its JSON into the request message of
-one gRPC method, calls the in-process servicer (the very object gRPC calls), and turns the reply message
-into JSON. Authentication, the error table and the domain logic are the gRPC side's.
+one gRPC method, calls the in-process servicer (the very object gRPC calls, ``gateway.grpc``), and turns
+the reply message into JSON. The SSE stream and the Files API call the core services directly
+(``PredictionService.follow``, ``gateway.files.FileStore``), with no protobuf message between.
+Authentication, the error table and the domain logic are the core's.
 
 - ``context``: ``RestContext``, the servicers and parts routes reach, stored on the app (``REST``);
 - ``middleware``: reads ``Authorization: Bearer <token>`` (or ``Token <token>``, as Replicate's older

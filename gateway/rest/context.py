@@ -17,9 +17,11 @@ from warmfleet.settings import Settings
 
 if TYPE_CHECKING:  # the parts' types; the parts themselves are the gateway's (gateway.server)
     from gateway.files import FileStore, InputResolver
+    from gateway.grpc.servicers import (
+        ClusterServicer, DeploymentsServicer, ModelsServicer, PredictionsServicer,
+    )
     from gateway.predictions import PredictionService
     from gateway.rate_limit import RateLimiter
-    from gateway.servicers import ClusterServicer, DeploymentsServicer, ModelsServicer, PredictionsServicer
     from gateway.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
@@ -31,8 +33,9 @@ RETRY_AFTER_S = 1
 
 @dataclass
 class RestContext:
-    """What REST routes call: the gRPC servicers (in-process) and the gateway's shared parts, each built
-    and started by the gateway (``gateway.server``), none by a route."""
+    """What REST routes call: the gRPC servicers (in-process, ``gateway.grpc``), the core services and
+    the gateway's shared parts, each built and started by the gateway (``gateway.server``), none by a
+    route."""
 
     settings: Settings
     tokens: TokenRegistry
@@ -40,7 +43,7 @@ class RestContext:
     models: ModelsServicer
     deployments: DeploymentsServicer
     cluster: ClusterServicer
-    service: PredictionService  # events, for SSE
+    service: PredictionService  # follow, for SSE
     files: FileStore  # the Files API's uploads
     resolver: InputResolver  # file inputs (data:, http(s), Files API URLs) to bytes
     webhooks: WebhookSender  # its secrets sign the webhooks of a caller's predictions

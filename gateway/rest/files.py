@@ -84,8 +84,7 @@ async def create_file(request: web.Request) -> web.StreamResponse:
                                                  f"the most an upload may be (files_max_bytes)")
     if content_type and not _MEDIA_TYPE.match(content_type):  # it is served back as the Content-Type
         raise InvalidInput("type", f"{content_type!r} is not a media type such as image/png")
-    stored = await _files(request).create(current_principal.get().name, data, name, content_type, metadata,
-                                          settings.file_ttl_s)
+    stored = await _files(request).create(current_principal.get().name, data, name, content_type, metadata)
     return web.json_response(file_json(stored, base_url(request)), status=201)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from gateway import convert
+from gateway.grpc import convert
 from gateway.predictions import MAX_WAIT_S
 from warmfleet.domain import Prediction
 from warmfleet.errors import InvalidInput

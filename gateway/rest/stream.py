@@ -92,11 +92,10 @@ async def stream_prediction(request: web.Request) -> web.StreamResponse:
                        f"this URL serves only {CONTENT_TYPE}; send 'Accept: {CONTENT_TYPE}'")
     after_seq = _last_event_id(request.headers.get("Last-Event-ID"))
     ctx, principal, prediction_id = request.app[REST], current_principal.get(), request.match_info["id"]
-    await ctx.service.get(principal, prediction_id)  # 404 now, while an error can still be a status
+    events = await ctx.service.follow(principal, prediction_id, after_seq)  # 404 now, before the stream
     response = web.StreamResponse(headers={
         "Content-Type": CONTENT_TYPE, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     await response.prepare(request)
-    events = ctx.service.events(principal, prediction_id, after_seq)
     try:
         await _pump(response, events, request.app[CLOSING], whole_output=after_seq == 0)
     except ConnectionResetError:

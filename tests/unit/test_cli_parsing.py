@@ -17,7 +17,8 @@ import pytest
 from click.testing import CliRunner
 from google.protobuf import struct_pb2
 
-from warmfleet import cli, client
+from warmfleet import client
+from warmfleet.cli import commands as cli
 from warmfleet.client import (
     Client, Event, File, GatewayUnreachableError, InvalidArgumentError, Node, NotFoundError, Output,
     Prediction, PredictionError, UnauthenticatedError, UnavailableError, WarmfleetClientError,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from warmfleet.cluster_config import load_cluster_config
+from warmfleet.cli.cluster_config import load_cluster_config
 from warmfleet.domain import ModelSpec
 from warmfleet.errors import InvalidInput
 

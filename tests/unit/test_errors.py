@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 import warmfleet.errors as errors
-from gateway.interceptors import error_status
+from gateway.grpc.interceptors import error_status
 from warmfleet.errors import (
     INTERNAL, STATUS_TABLE, AlreadyExists, FailedPrecondition, InvalidInput, NotFound, PermissionDenied,
     QueueFull, Unauthenticated, Unavailable, WarmfleetError, status_for,

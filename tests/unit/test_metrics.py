@@ -13,7 +13,7 @@ from gateway.http import build_app
 from gateway.metrics import GatewayMetrics, PredictionMetrics
 from scheduler.ports import ControllerClient, RoutingTable
 from warmfleet.domain import InstanceInfo, Metrics, ModelSpec, NodeInfo, Prediction, Status
-from warmfleet.launch import read_state, write_state
+from warmfleet.cluster_state import read_state, write_state
 from warmfleet.settings import Settings
 
 GPU_NODE = NodeInfo("host1-gpu3", "ray1", "10.0.0.1", accelerator="NVIDIA H100 80GB HBM3",

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from gateway import convert
+from gateway.grpc import convert
 from gateway.rest import shapes
 from warmfleet.domain import FileData
 from warmfleet.errors import InvalidInput

@@ -22,7 +22,7 @@ from transformers import (
 
 from runners import tiny_models
 from runners.tiny_models import make_tiny_llama
-from warmfleet import cli
+from warmfleet.cli import commands as cli
 
 MESSAGES = [
     {"role": "system", "content": "You are brief."},

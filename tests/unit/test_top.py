@@ -11,7 +11,7 @@ import pytest
 from rich.console import Console
 
 from warmfleet.client import Client, Cluster, Instance, Node, PermissionDeniedError
-from warmfleet.top import (
+from warmfleet.cli.top import (
     QueueFigures,
     Snapshot,
     instances_table,

@@ -1,4 +1,5 @@
-"""The gateway process: joins (or starts) Ray, starts the controller and its agents, serves gRPC until
+"""`warmfleet serve`, the gateway process: joins (or starts) Ray, assembles the served models (the
+built-in ones and the cluster config file's), starts the controller and its agents, serves gRPC until
 SIGTERM or SIGINT, then shuts down in order. `warmfleet up` runs this in the background."""
 
 from __future__ import annotations
@@ -9,9 +10,9 @@ import signal
 
 from gateway.server import Gateway
 from scheduler import ray_adapter
-from warmfleet.cluster_config import load_cluster_config
-from warmfleet.defaults import default_models, prepare_default_weights
-from warmfleet.launch import write_state
+from warmfleet.cli.cluster_config import load_cluster_config
+from warmfleet.cli.defaults import default_models, prepare_default_weights
+from warmfleet.cluster_state import write_state
 from warmfleet.domain import ModelSpec
 from warmfleet.settings import Settings
 

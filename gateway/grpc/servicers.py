@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-from gateway import convert
 from gateway.auth import TokenRegistry, current_principal, require_admin
 from gateway.catalog import ModelCatalog, model_not_found
 from gateway.deployments import RouteService, Scale
+from gateway.grpc import convert
 from gateway.predictions import PredictionService
 from gateway.push import PushHeader, PushService
 from scheduler.ports import ControllerClient

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import click
 
-from warmfleet import launch
+from warmfleet.cli import launch
 from warmfleet.client import Client, Event, File, Prediction, WarmfleetClientError
 from warmfleet.errors import WarmfleetError
 from warmfleet.settings import Settings, load_settings
@@ -275,8 +275,8 @@ def up(obj: CliContext, grpc_port: int | None, ray_address: str | None) -> None:
     settings = obj.settings(grpc_port=grpc_port, ray_address=ray_address)
     already = launch.running(settings)
     if settings.cluster_config:  # refuse a bad file here, naming the place, not in the background log
-        from warmfleet.cluster_config import load_cluster_config
-        from warmfleet.defaults import default_models
+        from warmfleet.cli.cluster_config import load_cluster_config
+        from warmfleet.cli.defaults import default_models
 
         load_cluster_config(settings.cluster_config, default_models(settings))
     with _spinner("starting warmfleet (Ray, controller, gateway)..."):
@@ -293,7 +293,7 @@ def up(obj: CliContext, grpc_port: int | None, ray_address: str | None) -> None:
 @pass_cli
 def serve(obj: CliContext) -> None:
     """Run the gateway in the foreground (what `up` runs in the background)."""
-    from gateway.main import main as serve_main  # imports Ray: only here
+    from warmfleet.cli.serve import main as serve_main  # imports Ray: only here
 
     serve_main(obj.settings())
 
@@ -327,7 +327,7 @@ def status(obj: CliContext) -> None:
 
 
 def _show_fleet(client: Client) -> None:
-    from warmfleet.top import instances_table, nodes_table
+    from warmfleet.cli.top import instances_table, nodes_table
 
     try:
         nodes, instances = client.cluster.nodes(), client.cluster.instances()
@@ -358,7 +358,7 @@ def _print(renderable: Any) -> None:
 @pass_cli
 def nodes(obj: CliContext, as_json: bool) -> None:
     """List the nodes: accelerator, memory, utilization, instances (admin)."""
-    from warmfleet.top import nodes_table
+    from warmfleet.cli.top import nodes_table
 
     found = obj.client().cluster.nodes()
     if as_json:
@@ -372,7 +372,7 @@ def nodes(obj: CliContext, as_json: bool) -> None:
 @pass_cli
 def instances(obj: CliContext, as_json: bool) -> None:
     """List the model instances: model, version, node, state, in-flight predictions (admin)."""
-    from warmfleet.top import instances_table
+    from warmfleet.cli.top import instances_table
 
     found = obj.client().cluster.instances()
     if as_json:
@@ -392,7 +392,7 @@ def top(obj: CliContext, interval_s: float, once: bool, metrics_url: str | None)
     from rich.console import Console
     from rich.live import Live
 
-    from warmfleet.top import Snapshot, render, take_snapshot
+    from warmfleet.cli.top import Snapshot, render, take_snapshot
 
     client = _top_client(obj, interval_s)
     url = _metrics_url(obj, client) if metrics_url is None else metrics_url
@@ -872,6 +872,3 @@ def main() -> None:
     """The `warmfleet` console script."""
     cli(prog_name="warmfleet")
 
-
-if __name__ == "__main__":
-    main()
