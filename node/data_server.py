@@ -1,12 +1,13 @@
 """The agent's end of the data plane (see ``warmfleet.dataplane``): a grpc.aio server on the agent's own
-event loop, one session per router, feeding ``NodeAgent.submit``/``cancel`` and streaming its events."""
+event loop, one session per router: its ``Submit`` and ``Cancel`` frames feed ``NodeAgent.submit`` and
+``cancel``, and the router's events (``NodeAgent.poll``) go back to it as ``Events`` frames."""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
 import logging
-from typing import Any, AsyncIterator
+from typing import AsyncIterator, NoReturn
 
 import grpc
 
@@ -29,9 +30,11 @@ class DataServer:
     async def start(self) -> str:
         """Bind (a free port on the node's address) and serve; returns ``host:port``."""
         if self._server is None:
-            handler = grpc.method_handlers_generic_handler("warmfleet.internal.NodeData", {
-                "Session": grpc.stream_stream_rpc_method_handler(
-                    self._session, request_deserializer=dataplane.decode, response_serializer=dataplane.encode),
+            # Requests come in as bytes and are decoded in the session, so that a frame it cannot read
+            # ends the session with a status naming it, not with a deserializer's INTERNAL.
+            handler = grpc.method_handlers_generic_handler(dataplane.SERVICE, {
+                dataplane.SESSION: grpc.stream_stream_rpc_method_handler(
+                    self._session, response_serializer=dataplane.encode),
             })
             self._server = grpc.aio.server(options=dataplane.CHANNEL_OPTIONS)
             self._server.add_generic_rpc_handlers((handler,))
@@ -44,27 +47,51 @@ class DataServer:
         if self._server is not None:
             await self._server.stop(1.0)
 
-    async def _session(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext):
+    async def _session(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+                       ) -> AsyncIterator[dataplane.Events]:
+        """One router's session: a ``Hello``, then its ``Submit`` and ``Cancel`` frames go to the agent
+        while the agent's events for it stream back as ``Events``, until the router hangs up."""
         offered = dict(context.invocation_metadata() or ()).get(dataplane.SECRET_HEADER, "")
         if not hmac.compare_digest(offered.encode(), self._secret.encode()):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "not a member of this cluster")
-        kind, router_id = await anext(requests)
-        if kind != "hello":
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a session starts with hello")
-        reader = asyncio.create_task(self._read(requests, router_id))
+        first = await anext(requests, None)
+        if first is None:
+            return  # the router hung up before it said hello
+        try:
+            hello = dataplane.decode(first)
+        except dataplane.UnknownFrame as err:
+            await _refuse(context, "?", err)
+        if not isinstance(hello, dataplane.Hello):
+            await _refuse(context, "?", dataplane.UnknownFrame(
+                f"a session starts with Hello, not {type(hello).__name__}"))
+        reader = asyncio.create_task(self._read(requests, hello.router_id))
         try:
             while not reader.done():
-                events = await self._agent.poll(router_id, SESSION_POLL_S)
+                events = await self._agent.poll(hello.router_id, SESSION_POLL_S)
                 if events:
-                    yield events
+                    yield dataplane.Events(events)
         finally:
             reader.cancel()
+        error = None if reader.cancelled() else reader.exception()
+        if isinstance(error, dataplane.UnknownFrame):
+            await _refuse(context, hello.router_id, error)
+        elif error is not None:
+            log.error("the session of router %s failed", hello.router_id, exc_info=error)
+            await context.abort(grpc.StatusCode.INTERNAL, f"the agent's session failed: {error!r}")
 
-    async def _read(self, requests: AsyncIterator[Any], router_id: str) -> None:
-        async for kind, payload in requests:
-            if kind == "submit":
-                await self._agent.submit(router_id, payload)
-            elif kind == "cancel":
-                await self._agent.cancel(payload)
-            else:
-                log.warning("router %s sent an unknown frame %r", router_id, kind)
+    async def _read(self, requests: AsyncIterator[bytes], router_id: str) -> None:
+        async for data in requests:
+            match dataplane.decode(data):
+                case dataplane.Submit(tasks):
+                    await self._agent.submit(router_id, tasks)
+                case dataplane.Cancel(prediction_ids):
+                    await self._agent.cancel(prediction_ids)
+                case frame:
+                    raise dataplane.UnknownFrame(f"{type(frame).__name__} is not for an agent mid-session")
+
+
+async def _refuse(context: grpc.aio.ServicerContext, router_id: str,
+                  err: dataplane.UnknownFrame) -> NoReturn:
+    """End a session whose router sent what the agent cannot take (this raises, as ``abort`` does)."""
+    log.error("router %s sent a frame the agent refuses: %s", router_id, err)
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))

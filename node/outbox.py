@@ -1,7 +1,8 @@
-"""A thread-safe buffer of task events for one router, drained by that router's long poll.
+"""A thread-safe buffer of task events for one router, drained by that router's data plane session.
 
-Worker threads append; the agent's event loop wakes the pending poll at most once per batch, so under load
-one poll carries many events and the Ray round trips per prediction fall well below one.
+Worker threads append; the agent's event loop wakes the session's pending ``take`` at most once per
+batch, and what it takes goes to the router as one ``Events`` frame (``node.data_server``). So under
+load one frame carries many events, and the messages per prediction fall well below one.
 """
 
 from __future__ import annotations
@@ -58,14 +59,15 @@ def coalesce(events: list[TaskEvent]) -> list[TaskEvent]:
     """Merge text chunks of a prediction that piled up with nothing else of it between them.
 
     Each prediction's events keep their order. At low load every token still travels alone; under load
-    (many streams, one poll) one message carries several tokens of a stream, which spares the data
+    (many streams, one frame) one message carries several tokens of a stream, which spares the data
     plane, the gateway and the client one event per token.
     """
     out: list[TaskEvent] = []
     open_chunk: dict[str, int] = {}  # prediction id -> index in ``out`` of its latest text chunk
     for event in events:
         body, pid = event.body, event.prediction_id
-        if isinstance(body, OutputChunk) and isinstance(body.value, str) and body.file is None and body.joinable:
+        joinable = isinstance(body, OutputChunk) and body.joinable and body.file is None
+        if joinable and isinstance(body.value, str):
             at = open_chunk.get(pid)
             if at is not None:
                 out[at] = TaskEvent(pid, OutputChunk(value=out[at].body.value + body.value))

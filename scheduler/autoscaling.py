@@ -29,6 +29,7 @@ Guarantees of ``decide`` (``raw`` = ceil(ongoing / target_ongoing_requests) clam
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
 
@@ -126,3 +127,25 @@ def scaling_config(spec: ModelSpec) -> AutoscalingConfig:
     """The autoscaler's settings for a model: its min and max instances and its other knobs."""
     return AutoscalingConfig(min_instances=spec.min_instances, max_instances=spec.most_instances,
                              **spec.autoscaling)
+
+
+class LoadReports:
+    """The ongoing predictions (queued + in flight) per route, as each router last reported them. A report
+    counts for ``ttl_s``: a gateway that stopped reporting stops counting."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self._ttl_s = ttl_s
+        self._reports: dict[str, tuple[float, dict[str, int]]] = {}  # router id -> (reported at, ongoing)
+
+    def report(self, router_id: str, ongoing: dict[str, int], now: float) -> None:
+        self._reports[router_id] = (now, dict(ongoing))
+
+    def total(self, now: float) -> Counter:
+        """Every fresh report summed, per route; stale ones are dropped."""
+        total: Counter = Counter()
+        for router_id, (at, ongoing) in list(self._reports.items()):
+            if now - at > self._ttl_s:
+                del self._reports[router_id]
+            else:
+                total.update(ongoing)
+        return total

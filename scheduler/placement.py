@@ -49,10 +49,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from warmfleet.domain import ModelSpec
+from warmfleet.domain import InstanceInfo, InstanceState, ModelSpec
 from warmfleet.errors import Unavailable
 
-INSTANCE_STATES = frozenset({"starting", "idle", "processing", "draining"})
+INSTANCE_STATES = frozenset({InstanceState.STARTING, InstanceState.IDLE, InstanceState.PROCESSING,
+                             InstanceState.DRAINING})
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class InstanceSnapshot:
     node_id: str
     deployment: str
     memory_bytes: int
-    state: str  # "starting" | "idle" | "processing" | "draining"
+    state: InstanceState  # starting, idle, processing or draining
     last_used_at: float  # seconds, on the same clock as ``now``
     evictable: bool  # its deployment is above its minimum, so it may be removed
 
@@ -246,3 +247,30 @@ def estimate_memory_bytes(spec: ModelSpec) -> int:
         return 0
     files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
     return int(sum(f.stat().st_size for f in files) * WEIGHTS_OVERHEAD)
+
+
+class MemoryBook:
+    """What an instance of each version is booked for: the most one of its instances was measured using
+    (an instance in a process of its own, a pushed Cog model), else the estimate (``estimate_memory_bytes``,
+    computed once per version)."""
+
+    def __init__(self) -> None:
+        self._estimates: dict[str, int] = {}
+        self._measured: dict[str, int] = {}
+
+    def of(self, spec: ModelSpec | None) -> int:
+        if spec is None:
+            return 0
+        if spec.version in self._measured:
+            return self._measured[spec.version]
+        if spec.version not in self._estimates:
+            self._estimates[spec.version] = estimate_memory_bytes(spec)
+        return self._estimates[spec.version]
+
+    def measured(self, instances: Iterable[InstanceInfo]) -> None:
+        """Take in what the agents said their instances use: per version, the most of this listing."""
+        latest: dict[str, int] = {}
+        for info in instances:
+            if info.memory_bytes:
+                latest[info.version] = max(latest.get(info.version, 0), info.memory_bytes)
+        self._measured.update(latest)

@@ -1,4 +1,7 @@
-"""The interfaces the router and controller use to reach node agents, without naming Ray.
+"""The interfaces the router and controller use to reach node agents and each other, without naming Ray.
+
+A node agent has two ports: ``NodeControl`` for the controller (instances in and out, the node's facts)
+and ``NodeData`` for the router (tasks, cancellations, events).
 
 ``scheduler.ray_adapter`` implements them over Ray actors; tests implement them with fakes.
 """
@@ -6,25 +9,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Protocol
 
-from warmfleet.domain import InstanceInfo, ModelSpec, NodeInfo, Task, TaskEvent
+from warmfleet.domain import DrainStatus, InstanceInfo, ModelSpec, NodeInfo, Task, TaskEvent
 
 
 class NodeLost(Exception):
     """The node agent is gone (its process or machine died, or it was removed)."""
 
 
-class NodeClient(Protocol):
-    """A handle on one node agent."""
+class NodeControl(Protocol):
+    """A node agent as the controller uses it: loading, unloading and listing instances, and the node's
+    facts. These are control calls (Ray's, in ``scheduler.ray_adapter``); no prediction passes here."""
 
     node_id: str
-
-    async def submit(self, router_id: str, tasks: list[Task]) -> None: ...
-
-    async def cancel(self, prediction_ids: list[str]) -> None: ...
-
-    async def poll(self, router_id: str, max_wait_s: float) -> list[TaskEvent]: ...
 
     async def load_instance(self, instance_id: str, spec: ModelSpec) -> InstanceInfo: ...
 
@@ -33,6 +32,27 @@ class NodeClient(Protocol):
     async def instances(self) -> list[InstanceInfo]: ...
 
     async def info(self) -> NodeInfo: ...
+
+
+class NodeData(Protocol):
+    """A node agent as the router uses it: the data plane (``warmfleet.dataplane``). Tasks go out in
+    batches, cancellations by prediction id, and the events of a router's tasks come back by ``poll``."""
+
+    node_id: str
+
+    async def submit(self, router_id: str, tasks: list[Task]) -> None: ...
+
+    async def cancel(self, prediction_ids: list[str]) -> None: ...
+
+    async def poll(self, router_id: str, max_wait_s: float) -> list[TaskEvent]:
+        """The events for ``router_id``'s tasks since its last poll, waiting up to ``max_wait_s`` for
+        the first; raises ``NodeLost`` once the agent is gone."""
+        ...
+
+
+class NodeHandle(NodeControl, NodeData, Protocol):
+    """A node agent with both ports: what the provisioner gives the controller, and what the routing
+    table carries to the routers (each uses its own port of it)."""
 
 
 @dataclass
@@ -44,7 +64,8 @@ class RoutingTable:
 
     revision: int
     instances: list[InstanceInfo] = field(default_factory=list)
-    nodes: dict[str, NodeClient] = field(default_factory=dict)
+    # The data plane of every node in the cluster, by node id: what the router submits to and polls.
+    nodes: dict[str, NodeData] = field(default_factory=dict)
     # Models whose last instance load failed, with the error: a prediction waiting for one of them with
     # no instance to go to fails with that reason instead of waiting for a boot that is not coming.
     load_failures: dict[str, str] = field(default_factory=dict)
@@ -56,6 +77,12 @@ class RoutingTable:
 class ControllerClient(Protocol):
     """A handle on the controller, as the gateway uses it."""
 
+    async def start(self) -> None:
+        """Start the controller's turns (autoscaling, membership): once, by the gateway that created it."""
+
+    def kill(self) -> None:
+        """Stop the controller for good: by the gateway that created it, when it shuts down."""
+
     async def models(self) -> list[ModelSpec]: ...
 
     async def routing_table(self, since_revision: int, max_wait_s: float) -> RoutingTable: ...
@@ -63,6 +90,9 @@ class ControllerClient(Protocol):
     async def nodes(self) -> list[NodeInfo]: ...
 
     async def instances(self) -> list[InstanceInfo]: ...
+
+    async def scaling(self) -> dict[str, int]:
+        """Each model's instance target, as the autoscaler last decided it."""
 
     async def report_load(self, router_id: str, ongoing: dict[str, int]) -> None: ...
 
@@ -73,9 +103,9 @@ class ControllerClient(Protocol):
 
     async def version(self, version_id: str) -> ModelSpec | None: ...
 
-    async def drain_node(self, node_id: str, wait: bool = True) -> Any: ...
+    async def drain_node(self, node_id: str, wait: bool = True) -> DrainStatus: ...
 
-    async def publish_bundle(self, digest: str, path: Any) -> None:
+    async def publish_bundle(self, digest: str, path: Path) -> None:
         """Make a pushed bundle (the file at ``path``) fetchable by every agent of the cluster."""
 
 
@@ -86,7 +116,7 @@ class NodeProvisioner(Protocol):
     nothing changed.
     """
 
-    async def provision(self) -> list[NodeClient]:
+    async def provision(self) -> list[NodeHandle]:
         """Agents for every node (one per GPU, or one per host without one) not yet provisioned."""
         ...
 

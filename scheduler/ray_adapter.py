@@ -20,11 +20,11 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from node.agent import NodeAgent
 from node.data_server import DataServer
 from runners.base import NodeResources
-from scheduler.controller import Controller, DrainStatus
+from scheduler.controller import Controller
 from scheduler.data_channel import DataChannel
 from scheduler.ports import NodeLost, RoutingTable
 from scheduler.route_journal import RouteJournal
-from warmfleet.domain import InstanceInfo, ModelSpec, NodeInfo, Task, TaskEvent
+from warmfleet.domain import DrainStatus, InstanceInfo, ModelSpec, NodeInfo, Task, TaskEvent
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +102,11 @@ class RayBundleSource:
                 out.write(ray.get(ref))
 
 
-class RayNodeClient:
-    """A ``NodeClient`` for a node agent actor: control calls go through Ray; predictions and their events
-    through the agent's data plane stream (``warmfleet.dataplane``), one per router."""
+class RayNodeHandle:
+    """A node agent actor, as both ports see it. ``NodeControl`` (the controller's): each call is a Ray
+    call. ``NodeData`` (the router's, which gets this handle in the routing table): each call goes on the
+    agent's data plane (``scheduler.data_channel``), a gRPC stream per router opened in the router's
+    process; no prediction rides a Ray call."""
 
     def __init__(self, handle: Any, node_id: str, data_address: str, secret: str) -> None:
         self._h = handle
@@ -123,15 +125,19 @@ class RayNodeClient:
                 self.node_id, self._data_address, self._secret, router_id)
         return channel
 
+    # NodeData
+
     async def submit(self, router_id: str, tasks: list[Task]) -> None:
-        await self._channel(router_id).submit(tasks)
+        await self._channel(router_id).submit(router_id, tasks)
 
     async def cancel(self, prediction_ids: list[str]) -> None:
         for channel in list(self._channels.values()):
             await channel.cancel(prediction_ids)
 
     async def poll(self, router_id: str, max_wait_s: float) -> list[TaskEvent]:
-        return await self._channel(router_id).poll(max_wait_s)
+        return await self._channel(router_id).poll(router_id, max_wait_s)
+
+    # NodeControl
 
     async def load_instance(self, instance_id: str, spec: ModelSpec) -> InstanceInfo:
         return await _await(self._h.load_instance.remote(instance_id, spec), self.node_id)
@@ -183,7 +189,7 @@ class RayNodeProvisioner:
         self._agents: dict[str, tuple[str, Any]] = {}  # agent id -> (its Ray node id, its actor handle)
         self._secret = secrets.token_urlsafe(32)  # admits routers to the agents' data plane
 
-    async def provision(self) -> list[RayNodeClient]:
+    async def provision(self) -> list[RayNodeHandle]:
         """Start agents on the nodes that have none yet, all at once; one that fails to start is
         stopped and forgotten, so the next call tries again."""
         starting = []
@@ -208,7 +214,7 @@ class RayNodeProvisioner:
                 log.warning("the agent %s did not start: %r", agent_id, address)
                 await self.release(agent_id)
             else:
-                clients.append(RayNodeClient(handle, agent_id, address, self._secret))
+                clients.append(RayNodeHandle(handle, agent_id, address, self._secret))
         return clients
 
     async def departed(self) -> set[str]:

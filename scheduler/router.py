@@ -3,7 +3,8 @@
 It lives in the gateway process. Dispatch is batched per node: each node has at most one ``submit`` on
 its way, and whatever becomes dispatchable meanwhile goes in the next one; one ``poll`` per node brings
 back the events of many predictions. So under load the messages per prediction fall well below one.
-The router knows nodes only through ``NodeClient`` (the data plane stream, or an in-process agent).
+The router knows nodes only through the ``NodeData`` port: in the cluster, a gRPC stream to each agent
+(``scheduler.data_channel``, frames in ``warmfleet.dataplane``); in tests, a fake.
 
 Every prediction the router accepts ends with exactly one ``Finished`` delivered to ``on_event``:
 succeeded, failed (with a reason), canceled or aborted. None is dropped.
@@ -20,8 +21,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from scheduler.policies import InstanceLoad, pick_instance
-from scheduler.ports import NodeClient, NodeLost, RoutingTable
-from warmfleet.domain import Finished, Rejected, Status, Task, TaskEventBody
+from scheduler.ports import NodeData, NodeLost, RoutingTable
+from warmfleet.domain import Finished, InstanceState, Rejected, Status, Task, TaskEventBody
 from warmfleet.errors import QueueFull
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,8 @@ EventSink = Callable[[str, TaskEventBody], None]
 
 MAX_REJECTIONS = 5  # a prediction bounced this often by agents fails rather than loop forever
 POLL_WAIT_S = 5.0
+# The states in which an instance takes predictions: the router dispatches to no other.
+SERVING_STATES = frozenset({InstanceState.IDLE, InstanceState.PROCESSING})
 
 
 @dataclass
@@ -65,7 +68,7 @@ class Router:
         self._instances: dict[str, InstanceLoad] = {}
         self._by_model: dict[str, list[str]] = {}
         self._model_of_instance: dict[str, str] = {}
-        self._nodes: dict[str, NodeClient] = {}
+        self._nodes: dict[str, NodeData] = {}
         self._pollers: dict[str, asyncio.Task] = {}
         self._outgoing: dict[str, list[Task]] = {}
         self._senders: dict[str, asyncio.Task] = {}
@@ -82,7 +85,7 @@ class Router:
         old = self._instances
         self._instances, self._by_model, self._model_of_instance = {}, {}, {}
         for info in table.instances:
-            if info.state not in ("idle", "processing"):
+            if info.state not in SERVING_STATES:
                 continue
             prev = old.get(info.id)
             self._instances[info.id] = InstanceLoad(
@@ -149,9 +152,11 @@ class Router:
         """Queue ``item`` (again), arming its deadline."""
         if item.deadline_at is not None:
             delay = max(0.0, item.deadline_at - self._clock())
-            item.deadline_timer = asyncio.get_running_loop().call_later(delay, self._abort, item.prediction_id)
+            loop = asyncio.get_running_loop()
+            item.deadline_timer = loop.call_later(delay, self._abort, item.prediction_id)
         self._queued[item.prediction_id] = item
-        heapq.heappush(self._heaps.setdefault(item.model, []), (-item.priority, next(self._seq), item.prediction_id))
+        entry = (-item.priority, next(self._seq), item.prediction_id)
+        heapq.heappush(self._heaps.setdefault(item.model, []), entry)
         self._queue_len[item.model] = self._queue_len.get(item.model, 0) + 1
 
     def _pop(self, model: str) -> _Queued | None:
@@ -236,8 +241,8 @@ class Router:
 
     async def _send_loop(self, node_id: str) -> None:
         """Send a node its tasks, one submit at a time: what queues up while a submit is on its way goes
-        in the next one, so the number of Ray calls falls as the load rises. Starts on the next turn of
-        the loop, so everything dispatched in this turn shares the first call."""
+        in the next one, so the number of data plane messages per task falls as the load rises. Starts on
+        the next turn of the loop, so everything dispatched in this turn shares the first submit."""
         try:
             while tasks := self._outgoing.pop(node_id, None):
                 await self._send(node_id, tasks)
@@ -259,7 +264,7 @@ class Router:
                 if self._release(task.prediction_id) is not None:
                     self._finish(task.prediction_id, Status.FAILED, reason)
 
-    async def _call(self, node: NodeClient, call) -> None:
+    async def _call(self, node: NodeData, call) -> None:
         try:
             await call
         except NodeLost:
@@ -277,7 +282,7 @@ class Router:
 
     # Events from nodes
 
-    async def _poll(self, node: NodeClient) -> None:
+    async def _poll(self, node: NodeData) -> None:
         while True:
             try:
                 events = await node.poll(self.router_id, POLL_WAIT_S)

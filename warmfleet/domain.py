@@ -282,7 +282,7 @@ def version_route_name(model: str, version: str) -> str:
     return f"{model}@{version[:16]}"
 
 
-class InstanceState(str, enum.Enum):
+class InstanceState(enum.StrEnum):
     """Where an instance is in its life (``node.instance`` holds the transitions an agent may make)."""
 
     STARTING = "starting"
@@ -309,6 +309,15 @@ class InstanceInfo:
     memory_bytes: int = 0
     input_schema: dict[str, Any] = field(default_factory=dict)
     output_schema: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DrainStatus:
+    """How far the drain of a node has come."""
+
+    node_id: str
+    instances_left: int  # on the node still: waiting for their replacements, or finishing their predictions
+    done: bool  # every instance has left; the node stays, and takes no new one
 
 
 @dataclass(frozen=True)

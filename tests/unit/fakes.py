@@ -1,9 +1,10 @@
 """Fakes of the scheduler's ports, and small helpers for driving the router in unit tests.
 
-``FakeNodeClient`` subclasses the real ``NodeClient`` protocol. It records every ``submit`` and
-``cancel`` in the order they arrive, and its ``poll`` is fed by the test through an ``asyncio.Queue``:
-``push`` hands the router one batch of task events, ``lose`` makes the router's next poll raise
-``NodeLost``. Nothing here sleeps: tests await the conditions they need.
+Each fake subclasses the port it stands for. ``FakeNodeData`` (the router's ``NodeData``) records every
+``submit`` and ``cancel`` in the order they arrive, and its ``poll`` is fed by the test through an
+``asyncio.Queue``: ``push`` hands the router one batch of task events, ``lose`` makes the router's next
+poll raise ``NodeLost``. ``FakeNodeControl`` (the controller's ``NodeControl``) loads and unloads
+instances in a dict. Nothing here sleeps: tests await the conditions they need.
 """
 
 from __future__ import annotations
@@ -11,15 +12,17 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Callable
 
-from scheduler.ports import NodeClient, NodeLost, RoutingTable
+from scheduler.ports import NodeControl, NodeData, NodeLost, RoutingTable
 from warmfleet.domain import (
-    Finished, InstanceInfo, ModelSpec, NodeInfo, Output, Rejected, Status, Task, TaskEvent, TaskEventBody,
+    Finished, InstanceInfo, InstanceState, ModelSpec, NodeInfo, Output, Rejected, Status, Task, TaskEvent,
+    TaskEventBody,
 )
 
 WAIT_S = 2.0  # how long a test waits for something that should happen at once
 
 
-async def wait_until(predicate: Callable[[], bool], changed: asyncio.Event, timeout_s: float = WAIT_S) -> None:
+async def wait_until(predicate: Callable[[], bool], changed: asyncio.Event,
+                     timeout_s: float = WAIT_S) -> None:
     """Wait until ``predicate()`` holds, re-checking whenever ``changed`` is set."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
@@ -44,8 +47,8 @@ async def settle(turns: int = 20) -> None:
         await asyncio.sleep(0)
 
 
-class FakeNodeClient(NodeClient):
-    """A node agent the test scripts: records calls, replays pushed events, can be lost."""
+class FakeNodeData(NodeData):
+    """A node agent's data plane the test scripts: records calls, replays pushed events, can be lost."""
 
     def __init__(self, node_id: str) -> None:
         self.node_id = node_id
@@ -58,7 +61,7 @@ class FakeNodeClient(NodeClient):
         self.changed = asyncio.Event()
         self._events: asyncio.Queue[list[TaskEvent] | BaseException] = asyncio.Queue()
 
-    # The NodeClient protocol
+    # The NodeData port
 
     async def submit(self, router_id: str, tasks: list[Task]) -> None:
         self.calls.append(("submit", tuple(t.prediction_id for t in tasks)))
@@ -82,18 +85,6 @@ class FakeNodeClient(NodeClient):
         if isinstance(item, BaseException):
             raise item
         return item
-
-    async def load_instance(self, instance_id: str, spec: ModelSpec) -> InstanceInfo:
-        raise NotImplementedError("the router never loads instances")
-
-    async def unload_instance(self, instance_id: str) -> None:
-        raise NotImplementedError("the router never unloads instances")
-
-    async def instances(self) -> list[InstanceInfo]:
-        return []
-
-    async def info(self) -> NodeInfo:
-        return NodeInfo(id=self.node_id, ray_node_id="", address="")
 
     # What the test does
 
@@ -128,6 +119,30 @@ class FakeNodeClient(NodeClient):
         await wait_until(lambda: len(self.submitted_ids) >= count, self.changed, timeout_s)
 
 
+class FakeNodeControl(NodeControl):
+    """A node agent as the controller sees it: a load succeeds at once (an idle instance, as many slots
+    as the spec's ``max_concurrency``, 1 without), an unload forgets the instance."""
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self.loaded: dict[str, InstanceInfo] = {}
+
+    async def load_instance(self, instance_id: str, spec: ModelSpec) -> InstanceInfo:
+        slots = int(spec.options.get("max_concurrency", 1))
+        info = InstanceInfo(instance_id, spec.name, spec.version, self.node_id, InstanceState.IDLE, slots)
+        self.loaded[instance_id] = info
+        return info
+
+    async def unload_instance(self, instance_id: str) -> None:
+        self.loaded.pop(instance_id, None)
+
+    async def instances(self) -> list[InstanceInfo]:
+        return list(self.loaded.values())
+
+    async def info(self) -> NodeInfo:
+        return NodeInfo(id=self.node_id, ray_node_id="", address="")
+
+
 class EventLog:
     """The router's ``on_event`` sink: records every (prediction id, body) it is given."""
 
@@ -151,11 +166,11 @@ class EventLog:
         return [self.finished(p)[0] for p in prediction_ids]
 
 
-def instance(instance_id: str, model: str, node_id: str, max_concurrency: int, state: str = "idle"
+def instance(instance_id: str, model: str, node_id: str, max_concurrency: int, state: str = InstanceState.IDLE
              ) -> InstanceInfo:
     return InstanceInfo(id=instance_id, model=model, version="v1", node_id=node_id, state=state,
                         max_concurrency=max_concurrency)
 
 
-def table(revision: int, instances: list[InstanceInfo], *nodes: FakeNodeClient) -> RoutingTable:
+def table(revision: int, instances: list[InstanceInfo], *nodes: FakeNodeData) -> RoutingTable:
     return RoutingTable(revision, list(instances), {n.node_id: n for n in nodes})

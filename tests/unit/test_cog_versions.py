@@ -14,7 +14,7 @@ from gateway.deployments import RouteService, Scale
 from runners.cog.schema import input_json_schema
 from scheduler.controller import Controller
 from scheduler.placement import hardware_matches
-from tests.unit.fakes import FakeNodeClient
+from tests.unit.fakes import FakeNodeControl
 from warmfleet.domain import ModelSpec, version_route_name
 from warmfleet.errors import AlreadyExists, FailedPrecondition, InvalidInput, NotFound, PermissionDenied
 
@@ -42,9 +42,9 @@ class OneNode:
     """A provisioner with one fake agent that never leaves."""
 
     def __init__(self) -> None:
-        self._waiting = [FakeNodeClient("node-1")]
+        self._waiting = [FakeNodeControl("node-1")]
 
-    async def provision(self) -> list[FakeNodeClient]:
+    async def provision(self) -> list[FakeNodeControl]:
         joined, self._waiting = self._waiting, []
         return joined
 

@@ -14,14 +14,14 @@ import pytest
 
 from scheduler.controller import Controller
 from scheduler.ports import NodeLost
-from tests.unit.fakes import FakeNodeClient, settle
+from tests.unit.fakes import FakeNodeControl, settle
 from warmfleet.domain import InstanceInfo, ModelSpec
 from warmfleet.errors import FailedPrecondition, NotFound
 
 ECHO = "acme/echo"
 
 
-class FakeAgentNode(FakeNodeClient):
+class FakeAgentNode(FakeNodeControl):
     """A fake agent that loads and unloads instances. A load waits while ``hold_loads`` is set to an
     unset Event; an unloaded instance stays (draining) while ``busy`` names it, as a real agent keeps an
     instance until its last prediction ends; ``lost`` makes every control call raise NodeLost."""

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from scheduler.ports import NodeLost
 from scheduler.router import MAX_REJECTIONS, Router
-from tests.unit.fakes import EventLog, FakeNodeClient, instance, settle, table, wait_until
+from tests.unit.fakes import EventLog, FakeNodeData, instance, settle, table, wait_until
 from warmfleet.domain import Finished, Rejected, Started, Status, TaskEvent, TERMINAL
 from warmfleet.errors import QueueFull
 
@@ -34,9 +34,9 @@ async def make_router():
         await router.close()
 
 
-def one_instance(make_router, capacity: int) -> tuple[Router, FakeNodeClient, EventLog]:
+def one_instance(make_router, capacity: int) -> tuple[Router, FakeNodeData, EventLog]:
     """A router whose table has one instance of MODEL, with ``capacity`` slots, on node A."""
-    node, log = FakeNodeClient("A"), EventLog()
+    node, log = FakeNodeData("A"), EventLog()
     router = make_router(log)
     router.update_table(table(1, [instance("i1", MODEL, "A", capacity)], node))
     return router, node, log
@@ -47,7 +47,7 @@ def _input(n: int) -> dict:
 
 
 async def test_dispatch_picks_least_loaded_instance_and_never_exceeds_max_concurrency(make_router):
-    a, b = FakeNodeClient("A"), FakeNodeClient("B")
+    a, b = FakeNodeData("A"), FakeNodeData("B")
     log = EventLog()
     router = make_router(log)
     router.update_table(table(1, [instance("i1", MODEL, "A", 2), instance("i2", MODEL, "B", 3)], a, b))
@@ -92,7 +92,7 @@ async def test_a_slot_freed_under_a_backlog_is_filled_and_its_task_reaches_the_n
 
 
 async def test_a_new_instance_smaller_than_the_backlog_gets_its_tasks(make_router):
-    a = FakeNodeClient("A")
+    a = FakeNodeData("A")
     router = make_router(EventLog())
     for n in range(3):
         router.enqueue(f"p{n}", MODEL, _input(n))
@@ -120,7 +120,7 @@ async def test_queued_prediction_waits_for_a_slot_and_takes_the_one_a_finish_fre
 
 
 async def test_higher_priority_is_dispatched_first_and_equal_priorities_keep_arrival_order(make_router):
-    a = FakeNodeClient("A")
+    a = FakeNodeData("A")
     router = make_router(EventLog())
     for pid, priority in [("low", 0), ("high", 5), ("mid", 2), ("high-later", 5), ("low-later", 0),
                           ("dropped", 9)]:
@@ -187,7 +187,7 @@ async def test_cancel_of_a_queued_prediction_emits_one_canceled_and_it_is_never_
 
 
 async def test_cancel_of_a_running_prediction_asks_its_node_and_forwards_the_node_verdict(make_router):
-    a, b = FakeNodeClient("A"), FakeNodeClient("B")
+    a, b = FakeNodeData("A"), FakeNodeData("B")
     log = EventLog()
     router = make_router(log)
     router.update_table(table(1, [instance("i1", MODEL, "A", 1), instance("i2", MODEL, "B", 1)], a, b))
@@ -241,7 +241,7 @@ async def test_a_slot_freed_by_canceling_an_unsent_task_goes_to_the_next_queued_
 
 async def test_a_deadline_passing_while_queued_aborts_only_that_prediction(make_router):
     now = 1000.0
-    a = FakeNodeClient("A")
+    a = FakeNodeData("A")
     log = EventLog()
     router = make_router(log, clock=lambda: now)
     router.update_table(table(1, [instance("i1", MODEL, "A", 1)], a))
@@ -309,7 +309,7 @@ async def test_a_prediction_rejected_max_rejections_times_fails_with_the_reason(
 
 
 async def test_an_instance_its_agent_closed_takes_nothing_more_until_a_table_lists_it_again(make_router):
-    a, b = FakeNodeClient("A"), FakeNodeClient("B")
+    a, b = FakeNodeData("A"), FakeNodeData("B")
     log = EventLog()
     router = make_router(log)
     router.update_table(table(1, [instance("i1", MODEL, "A", 4)], a))
@@ -328,7 +328,7 @@ async def test_an_instance_its_agent_closed_takes_nothing_more_until_a_table_lis
 
 async def test_a_rejected_prediction_back_in_the_queue_still_has_its_deadline(make_router):
     now = [1000.0]
-    a = FakeNodeClient("A")
+    a = FakeNodeData("A")
     log = EventLog()
     router = make_router(log, clock=lambda: now[0])
     router.update_table(table(1, [instance("i1", MODEL, "A", 1)], a))
@@ -345,7 +345,7 @@ async def test_a_rejected_prediction_back_in_the_queue_still_has_its_deadline(ma
 
 
 async def test_node_lost_fails_what_ran_there_with_a_reason_and_the_other_node_keeps_working(make_router):
-    a, b = FakeNodeClient("A"), FakeNodeClient("B")
+    a, b = FakeNodeData("A"), FakeNodeData("B")
     log = EventLog()
     router = make_router(log)
     router.update_table(table(1, [instance("i1", MODEL, "A", 2), instance("i2", MODEL, "B", 2)], a, b))
@@ -378,7 +378,7 @@ async def test_node_lost_fails_what_ran_there_with_a_reason_and_the_other_node_k
 
 
 async def test_node_lost_on_submit_fails_each_prediction_of_that_submit_once(make_router):
-    a = FakeNodeClient("A")
+    a = FakeNodeData("A")
     a.submit_error = NodeLost("A")
     log = EventLog()
     router = make_router(log)
@@ -394,7 +394,7 @@ async def test_node_lost_on_submit_fails_each_prediction_of_that_submit_once(mak
 
 
 async def test_node_lost_while_its_submit_is_in_flight_ends_the_prediction_once(make_router):
-    a = FakeNodeClient("A")
+    a = FakeNodeData("A")
     a.hold_submits = asyncio.Event()
     log = EventLog()
     router = make_router(log)
@@ -413,7 +413,7 @@ async def test_node_lost_while_its_submit_is_in_flight_ends_the_prediction_once(
 
 
 async def test_a_submit_that_fails_for_another_reason_still_ends_each_prediction(make_router):
-    a = FakeNodeClient("A")
+    a = FakeNodeData("A")
     a.submit_error = RuntimeError("could not serialise the task")
     log = EventLog()
     router = make_router(log)
@@ -453,7 +453,7 @@ async def test_events_for_predictions_the_router_is_not_running_are_dropped(make
 
 
 async def test_a_newer_routing_table_adds_instances_and_older_ones_are_ignored(make_router):
-    a = FakeNodeClient("A")
+    a = FakeNodeData("A")
     router = make_router(EventLog())
     router.enqueue("p1", MODEL, _input(1))
     assert router.models_with_instances() == set()
@@ -489,7 +489,7 @@ async def test_every_accepted_prediction_ends_with_exactly_one_finished(ops, cap
     """Under any interleaving of enqueues, cancels, node verdicts, rejections and the loss of a node:
     no instance ever holds more than its max_concurrency, and once the surviving node finishes what it
     is given, every accepted prediction has exactly one Finished."""
-    nodes = {"A": FakeNodeClient("A"), "B": FakeNodeClient("B")}
+    nodes = {"A": FakeNodeData("A"), "B": FakeNodeData("B")}
     caps = {"A": cap_a, "B": cap_b}
     log = EventLog()
     router = Router("router-1", log, max_queue_per_model=1000)
@@ -567,7 +567,7 @@ async def test_ongoing_counts_queued_and_in_flight_per_model_for_the_autoscaler(
 
 
 async def test_a_model_whose_load_failed_fails_its_waiting_predictions_with_the_error(make_router):
-    node, log = FakeNodeClient("A"), EventLog()
+    node, log = FakeNodeData("A"), EventLog()
     router = make_router(log)
     router.update_table(table(1, [], node))
     router.enqueue("p1", "acme/broken", _input(1))
