@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from runners.registry import runner_class
 from runners.schema import InputValidator
 from warmfleet.domain import ModelSpec
 from warmfleet.errors import InvalidInput, NotFound
+
+if TYPE_CHECKING:
+    from gateway.auth import Principal
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,29 @@ class ModelCatalog:
         if entry is None or not entry.spec.is_deployment:
             raise NotFound(f"deployment {name!r} not found; `warmfleet deployments list` shows them")
         return entry
+
+    # As a caller sees them: a private model is another caller's secret, so it is not found at all.
+
+    def visible_models(self, principal: Principal) -> list[CatalogEntry]:
+        """``models``, those the caller may see (public, theirs, or any for an admin)."""
+        return [e for e in self.models() if principal.may_see(e.spec)]
+
+    def visible(self, principal: Principal, name: str) -> CatalogEntry:
+        """``by_name``, if the caller may see the model; else NotFound, as if it did not exist."""
+        entry = self.by_name(name)
+        if not principal.may_see(entry.spec):
+            raise model_not_found(entry.spec.model_name)
+        return entry
+
+    def visible_versions(self, principal: Principal, model: str) -> list[CatalogEntry]:
+        """``versions`` of a model the caller may see."""
+        self.visible(principal, model)
+        return self.versions(model)
+
+    def visible_version(self, principal: Principal, model: str, version: str) -> CatalogEntry:
+        """``version_of`` a model the caller may see."""
+        self.visible(principal, model)
+        return self.version_of(model, version)
 
     def resolve(self, model: str, version: str, deployment: str) -> CatalogEntry:
         """The route a create request targets: a deployment, else a version, else a model's latest."""

@@ -9,16 +9,21 @@ what the new route is, and refuses what would be wrong, naming the field.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-from gateway.catalog import ModelCatalog
+from gateway.catalog import CatalogEntry, ModelCatalog
 from runners.registry import runner_class
 from scheduler.autoscaling import scaling_config
 from scheduler.ports import ControllerClient
 from warmfleet.domain import ModelSpec, version_route_name
 from warmfleet.errors import FailedPrecondition, InvalidInput, NotFound, PermissionDenied, WarmfleetError
 
+if TYPE_CHECKING:
+    from gateway.auth import Principal
+
 NAME_RULE = "must be owner/name: letters, digits, '-', '_' or '.', one '/'"
+# The autoscaler's knobs a create or update may set (``ModelSpec.autoscaling``), in the order they are kept.
+AUTOSCALING_FIELDS = ("target_ongoing_requests", "upscale_delay_s", "downscale_delay_s", "scale_to_zero_delay_s")
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,14 @@ class Scale:
     max_instances: int | None = None
     autoscaling: dict[str, float] | None = None
     hardware: str | None = None
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """A deployment as it is now: its route, and how many instances the autoscaler wants for it."""
+
+    spec: ModelSpec
+    target_instances: int
 
 
 @dataclass(frozen=True)
@@ -150,6 +163,52 @@ class RouteService:
     async def delete_deployment(self, name: str) -> ModelSpec:
         return await self._delete(self._catalog.deployment(name).spec.name)
 
+    async def deployment(self, name: str) -> Deployment:
+        return await self._with_target(self._catalog.deployment(name).spec)
+
+    async def _with_target(self, spec: ModelSpec) -> Deployment:
+        return Deployment(spec, (await self._controller.scaling()).get(spec.name, 0))
+
+    async def deployments(self) -> list[Deployment]:
+        targets = await self._controller.scaling()
+        return [Deployment(e.spec, targets.get(e.spec.name, 0)) for e in self._catalog.deployments()]
+
+    # As a caller asks: the edges (gRPC, REST) call these, so the access rules are here, once. Changing a
+    # model takes an admin or the owner of a pushed model; a model the caller may not see is not found.
+
+    async def create_model_as(self, principal: Principal, spec: ModelSpec) -> CatalogEntry:
+        _require_admin(principal)
+        return self._catalog.by_name((await self.create_model(spec)).name)
+
+    async def delete_model_as(self, principal: Principal, name: str) -> CatalogEntry:
+        """Delete a model the caller may change; returns it as it was."""
+        entry = self._catalog.visible(principal, name)
+        _check_may_change(principal, entry)
+        await self.delete_model(name)
+        return entry
+
+    async def delete_version_as(self, principal: Principal, model: str, version: str) -> CatalogEntry:
+        """Delete a version of a model the caller may change; returns the version as it was."""
+        _check_may_change(principal, self._catalog.visible(principal, model))
+        entry = self._catalog.version_of(model, version)
+        await self.delete_version(model, version)
+        return entry
+
+    async def create_deployment_as(self, principal: Principal, name: str, model: str, version: str,
+                                   scale: Scale) -> Deployment:
+        _require_admin(principal)
+        return await self._with_target(await self.create_deployment(name, model, version, scale))
+
+    async def update_deployment_as(self, principal: Principal, name: str, version: str | None,
+                                   scale: Scale) -> Deployment:
+        _require_admin(principal)
+        return await self._with_target(await self.update_deployment(name, version, scale))
+
+    async def delete_deployment_as(self, principal: Principal, name: str) -> Deployment:
+        """Delete a deployment; returns it as it was, with no instance wanted any more."""
+        _require_admin(principal)
+        return Deployment(await self.delete_deployment(name), 0)
+
     # Shared
 
     async def _version_of(self, model: str, version: str) -> ModelSpec:
@@ -193,6 +252,18 @@ def _scaled(spec: ModelSpec, scale: Scale, creating: bool) -> ModelSpec:
     if scale.hardware is not None:
         changes["hardware"] = scale.hardware
     return replace(spec, **changes)
+
+
+def _require_admin(principal: Principal) -> None:
+    if not principal.is_admin:
+        raise PermissionDenied("this call needs an admin token")
+
+
+def _check_may_change(principal: Principal, entry: CatalogEntry) -> None:
+    """Changing a model takes an admin, or the owner of a pushed model."""
+    spec = entry.spec
+    if not principal.is_admin and not (spec.owner and spec.owner == principal.name):
+        raise PermissionDenied(f"only {spec.owner or 'an admin'} may change {spec.model_name}")
 
 
 def check_name(field: str, name: str) -> None:

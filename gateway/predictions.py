@@ -10,7 +10,7 @@ import base64
 import re
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, AsyncIterator, Callable
 
 from gateway.auth import Principal
@@ -105,6 +105,13 @@ class PredictionService:
         if req.wait_s <= 0 or not await self._hub.wait(pred.id, req.wait_s):
             await self._store.flush()  # the client may come back for it: make it durable first
         return pred
+
+    async def create_and_follow(self, principal: Principal, req: CreateRequest
+                                ) -> tuple[Prediction, AsyncIterator[PredictionEvent]]:
+        """Create without waiting (the events are the wait: ``req.wait_s`` is not used) and follow the
+        prediction from its first event."""
+        pred = await self.create(principal, replace(req, wait_s=0.0))
+        return pred, await self.follow(principal, pred.id)
 
     def _idempotent(self, principal: Principal, existing: Prediction, req: CreateRequest) -> Prediction:
         same_input = existing.input == req.input or existing.input == self._redacted(existing, req.input)

@@ -21,8 +21,9 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
 
+from gateway.catalog import CatalogEntry, ModelCatalog
 from gateway.deployments import PushResult, RouteService, check_name
 from warmfleet.bundle import BundleWriter, extract_bundle
 from runners.cog.config import CogConfig, check_runnable
@@ -30,6 +31,9 @@ from runners.cog.env import InstallFailed, ensure_environment, python_path
 from runners.cog.runner import FAMILY
 from warmfleet.domain import ModelSpec, NodeInfo
 from warmfleet.errors import FailedPrecondition, InvalidInput
+
+if TYPE_CHECKING:
+    from gateway.auth import Principal
 
 INSPECT_TIMEOUT_S = 300.0
 MAX_BUNDLE_BYTES = 256 << 30
@@ -43,17 +47,37 @@ class PushHeader:
     size_bytes: int = 0
 
 
+@dataclass(frozen=True)
+class PushedVersion:
+    """A push as its caller is answered: the model as it is now, the version pushed, and what changed."""
+
+    model: CatalogEntry
+    version: CatalogEntry
+    created_model: bool
+    new_version: bool
+
+
 class PushService:
     def __init__(self, routes: RouteService, bundles_dir: Path, envs_dir: Path,
                  publish: Callable[[str, Path], Awaitable[None]],
-                 nodes: Callable[[], Awaitable[list[NodeInfo]]]) -> None:
+                 nodes: Callable[[], Awaitable[list[NodeInfo]]], *, catalog: ModelCatalog) -> None:
         """``publish`` hands a stored bundle to the cluster (the agents fetch it from there); ``nodes``
-        lists the cluster's nodes (a GPU model is refused where there is no GPU)."""
+        lists the cluster's nodes (a GPU model is refused where there is no GPU); ``catalog`` is where
+        the pushed version is found afterwards."""
         self._routes = routes
+        self._catalog = catalog
         self._bundles = bundles_dir
         self._envs = envs_dir
         self._publish = publish
         self._nodes = nodes
+
+    async def push_as(self, principal: Principal, header: PushHeader, chunks: AsyncIterator[bytes]
+                      ) -> PushedVersion:
+        """``push`` by the caller (to a new model or one of theirs), answered with the catalog's entries."""
+        result = await self.push(principal.name, principal.is_admin, header, chunks)
+        return PushedVersion(self._catalog.by_name(result.spec.name),
+                             self._catalog.version_of(result.spec.name, result.version.version),
+                             result.created_model, result.new_version)
 
     async def push(self, owner: str, is_admin: bool, header: PushHeader, chunks: AsyncIterator[bytes]
                    ) -> PushResult:

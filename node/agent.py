@@ -23,7 +23,7 @@ from node.outbox import Outbox
 from runners.base import Cancelled, NodeResources, PredictContext, Runner
 from runners.registry import runner_class
 from warmfleet.domain import (
-    Finished, InstanceInfo, InstanceState, Metrics, MetricsUpdate, ModelSpec, NodeInfo, Output, Rejected,
+    Finished, InstanceInfo, InstanceState, Metrics, MetricsUpdate, RouteSpec, NodeInfo, Output, Rejected,
     Started, Status, Task, TaskEvent,
 )
 from warmfleet.errors import NotFound, error_code
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class _Instance:
     id: str
-    spec: ModelSpec
+    spec: RouteSpec
     runner: Runner
     lifecycle: InstanceLifecycle
     executor: ThreadPoolExecutor
@@ -68,7 +68,7 @@ class NodeAgent:
 
     # Instances
 
-    async def load_instance(self, instance_id: str, spec: ModelSpec) -> InstanceInfo:
+    async def load_instance(self, instance_id: str, spec: RouteSpec) -> InstanceInfo:
         """Load a runner instance; answers when it is idle (or raises if loading failed)."""
         cls = runner_class(spec.runner)
         policy = cls.policy(spec)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncGenerator, ClassVar, Generator, Protocol, Union
 
-from warmfleet.domain import ModelSpec, Output, RunnerEvent
+from warmfleet.domain import RouteSpec, Output, RunnerEvent
 
 
 class Cancelled(Exception):
@@ -81,29 +81,29 @@ class Runner(ABC):
     # ``node.agent._LOAD_LOCK``); a runner whose model lives in a process of its own says False.
     loads_in_process: ClassVar[bool] = True
 
-    def __init__(self, spec: ModelSpec, device: str = "cpu", node: NodeResources | None = None) -> None:
+    def __init__(self, spec: RouteSpec, device: str = "cpu", node: NodeResources | None = None) -> None:
         self.spec = spec
         self.device = device
         self.node = node
 
     @classmethod
     @abstractmethod
-    def input_schema(cls, spec: ModelSpec) -> dict[str, Any]:
+    def input_schema(cls, spec: RouteSpec) -> dict[str, Any]:
         """JSON Schema of the input; defaults in it are applied before ``predict`` sees the input."""
 
     @classmethod
     @abstractmethod
-    def output_schema(cls, spec: ModelSpec) -> dict[str, Any]:
+    def output_schema(cls, spec: RouteSpec) -> dict[str, Any]:
         """JSON Schema of the output value."""
 
     @classmethod
-    def check_input(cls, spec: ModelSpec, input: dict[str, Any]) -> None:
+    def check_input(cls, spec: RouteSpec, input: dict[str, Any]) -> None:
         """Rules JSON Schema cannot state (one field against another), checked where the schema is,
         before the prediction is queued, on the input with defaults filled in. Raise ``InvalidInput``
         naming the field."""
 
     @classmethod
-    def policy(cls, spec: ModelSpec) -> RunnerPolicy:
+    def policy(cls, spec: RouteSpec) -> RunnerPolicy:
         return RunnerPolicy(max_concurrency=int(spec.options.get("max_concurrency", 1)))
 
     def load(self) -> None:

@@ -9,14 +9,14 @@ import asyncio
 from typing import Any
 
 from runners.base import AsyncPredictGenerator, PredictContext, Runner, RunnerPolicy
-from warmfleet.domain import LogLine, ModelSpec, Output, OutputChunk
+from warmfleet.domain import LogLine, RouteSpec, Output, OutputChunk
 
 
 class EchoRunner(Runner):
     family = "echo"
 
     @classmethod
-    def input_schema(cls, spec: ModelSpec) -> dict[str, Any]:
+    def input_schema(cls, spec: RouteSpec) -> dict[str, Any]:
         return {
             "type": "object",
             "additionalProperties": False,
@@ -35,11 +35,11 @@ class EchoRunner(Runner):
         }
 
     @classmethod
-    def output_schema(cls, spec: ModelSpec) -> dict[str, Any]:
+    def output_schema(cls, spec: RouteSpec) -> dict[str, Any]:
         return {"type": "string"}
 
     @classmethod
-    def policy(cls, spec: ModelSpec) -> RunnerPolicy:
+    def policy(cls, spec: RouteSpec) -> RunnerPolicy:
         return RunnerPolicy(max_concurrency=int(spec.options.get("max_concurrency", 64)))
 
     async def predict(self, input: dict[str, Any], ctx: PredictContext) -> AsyncPredictGenerator:

@@ -16,7 +16,7 @@ is divided by the sum of the weights at the end. Neighbouring ramps add up to on
 gradual cross-fade between two predictions rather than a hard edge, and memory is one tile's
 activations plus the canvas (kept on the CPU, so a GPU holds only the tile).
 
-Options (``ModelSpec.options``):
+Options (``RouteSpec.options``):
 
 - ``tile``: default of the ``tile`` input (256).
 - ``dtype``: "auto" (float16 on CUDA when the architecture supports it, else float32), "float32",
@@ -47,7 +47,7 @@ from runners.images import (
     encode_image,
     image_file_schema,
 )
-from warmfleet.domain import LogLine, MetricsUpdate, ModelSpec, Output, ProgressUpdate
+from warmfleet.domain import LogLine, MetricsUpdate, RouteSpec, Output, ProgressUpdate
 from warmfleet.errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -70,12 +70,12 @@ ModelFn = Callable[["torch.Tensor"], "torch.Tensor"]
 class UpscaleRunner(Runner):
     family = "upscale"
 
-    def __init__(self, spec: ModelSpec, device: str = "cpu", node: NodeResources | None = None) -> None:
+    def __init__(self, spec: RouteSpec, device: str = "cpu", node: NodeResources | None = None) -> None:
         super().__init__(spec, device, node)
         self.model: Any = None  # a spandrel ImageModelDescriptor once loaded
 
     @classmethod
-    def input_schema(cls, spec: ModelSpec) -> dict[str, Any]:
+    def input_schema(cls, spec: RouteSpec) -> dict[str, Any]:
         return {
             "type": "object",
             "additionalProperties": False,
@@ -105,12 +105,12 @@ class UpscaleRunner(Runner):
         }
 
     @classmethod
-    def check_input(cls, spec: ModelSpec, input: dict[str, Any]) -> None:
+    def check_input(cls, spec: RouteSpec, input: dict[str, Any]) -> None:
         """On entry, the rules across fields that need no image: tile_overlap against tile."""
         check_tiling(input, int(spec.options.get("tile", DEFAULT_TILE)))
 
     @classmethod
-    def output_schema(cls, spec: ModelSpec) -> dict[str, Any]:
+    def output_schema(cls, spec: RouteSpec) -> dict[str, Any]:
         return {"type": "null", "description": "No value: the upscaled image is the output's one file."}
 
     def load(self) -> None:

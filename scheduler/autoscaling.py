@@ -33,7 +33,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
 
-from warmfleet.domain import ModelSpec
+from warmfleet.domain import RouteSpec
 
 Direction = Literal["none", "up", "down"]
 
@@ -123,7 +123,7 @@ def decide(config: AutoscalingConfig, current: int, ongoing: int, state: Scaling
     return current, pending
 
 
-def scaling_config(spec: ModelSpec) -> AutoscalingConfig:
+def scaling_config(spec: RouteSpec) -> AutoscalingConfig:
     """The autoscaler's settings for a model: its min and max instances and its other knobs."""
     return AutoscalingConfig(min_instances=spec.min_instances, max_instances=spec.most_instances,
                              **spec.autoscaling)

@@ -19,7 +19,7 @@ from scheduler.placement import NoCapacity
 from scheduler.ports import NodeControl, NodeLost, NodeProvisioner, RoutingTable
 from scheduler.route_journal import RouteJournal
 from scheduler.routes import Route, Routes
-from warmfleet.domain import DrainStatus, InstanceInfo, InstanceState, ModelSpec, NodeInfo
+from warmfleet.domain import DrainStatus, InstanceInfo, InstanceState, RouteSpec, NodeInfo
 from warmfleet.tasks import Tasks, repeat
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ MEMBERSHIP_INTERVAL_S = 1.0  # how often the controller looks for nodes that joi
 
 
 class Controller:
-    def __init__(self, models: list[ModelSpec], provisioner: NodeProvisioner,
+    def __init__(self, models: list[RouteSpec], provisioner: NodeProvisioner,
                  clock: Callable[[], float] = time.monotonic,
                  autoscale_interval_s: float = AUTOSCALE_INTERVAL_S,
                  membership_interval_s: float | None = MEMBERSHIP_INTERVAL_S,
@@ -148,7 +148,7 @@ class Controller:
         self._tasks.cancel()
         self._drains.stop()
 
-    def _start_load(self, spec: ModelSpec) -> asyncio.Task:
+    def _start_load(self, spec: RouteSpec) -> asyncio.Task:
         """Book the new instance as starting now (so the next decision counts it), load it in a task.
         Raises NoCapacity (naming the hardware and memory) when no node can take it."""
         placement = self._fleet.place(spec, self._routes, self._clock())
@@ -163,7 +163,7 @@ class Controller:
         node = self._fleet.nodes[placement.node_id]
         return self._tasks.spawn(self._complete_load(spec, node, info.id), f"load-{info.id}")
 
-    async def _complete_load(self, spec: ModelSpec, node: NodeControl, instance_id: str) -> None:
+    async def _complete_load(self, spec: RouteSpec, node: NodeControl, instance_id: str) -> None:
         route = self._routes.get(spec.name)
         try:
             info = await node.load_instance(instance_id, spec)
@@ -210,7 +210,7 @@ class Controller:
 
     # The desired state: routes (models and deployments) and their versions
 
-    async def put_route(self, spec: ModelSpec, new: bool = False) -> ModelSpec:
+    async def put_route(self, spec: RouteSpec, new: bool = False) -> RouteSpec:
         """Serve ``spec`` under its name: a new route, or an update of one (a new version rolls out, a new
         size is scaled to). The answer carries the release number (deployments count their updates).
         With ``new``, a name already served is refused (``AlreadyExists``): the controller is the one
@@ -220,7 +220,7 @@ class Controller:
         self._kick.set()
         return route.spec
 
-    async def delete_route(self, name: str) -> ModelSpec | None:
+    async def delete_route(self, name: str) -> RouteSpec | None:
         """Stop serving ``name``: its instances drain and unload; predictions still queued for it fail."""
         spec = self._routes.delete(name)
         if spec is None:
@@ -231,11 +231,11 @@ class Controller:
         await self._bump()
         return spec
 
-    async def version(self, version_id: str) -> ModelSpec | None:
+    async def version(self, version_id: str) -> RouteSpec | None:
         """A version this controller has served, by id (versions are immutable)."""
         return self._routes.version(version_id)
 
-    async def models(self) -> list[ModelSpec]:
+    async def models(self) -> list[RouteSpec]:
         return self._routes.specs()
 
     # Pushed bundles: the controller holds what the seam stored them as, for agents to fetch

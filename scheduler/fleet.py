@@ -12,7 +12,7 @@ from scheduler.placement import (
 )
 from scheduler.ports import NodeHandle
 from scheduler.routes import Routes
-from warmfleet.domain import InstanceInfo, InstanceState, ModelSpec, NodeInfo
+from warmfleet.domain import InstanceInfo, InstanceState, RouteSpec, NodeInfo
 from warmfleet.errors import Unavailable
 
 # The states of an instance that counts towards its route's target.
@@ -43,7 +43,7 @@ class Fleet:
         """The node's instances that are not being removed already."""
         return [i for i in self.instances.values() if i.node_id == node_id and i.id not in self.removing]
 
-    def book(self, spec: ModelSpec, node_id: str) -> InstanceInfo:
+    def book(self, spec: RouteSpec, node_id: str) -> InstanceInfo:
         """A new instance of ``spec`` on the node, booked as starting (so the next decision counts it)."""
         self._serial[spec.name] += 1
         instance_id = f"{spec.name.replace('/', '.')}-{self._serial[spec.name]}"
@@ -69,7 +69,7 @@ class Fleet:
             self.removed(info.id)
         return node, lost
 
-    def place(self, spec: ModelSpec, routes: Routes, now: float) -> Placement:
+    def place(self, spec: RouteSpec, routes: Routes, now: float) -> Placement:
         """Where a new instance of ``spec`` goes (``scheduler.placement.place``), over the controller's own
         accounting: each node's memory (NVML's, or the host's) against what the instances booked on it are
         booked for. Raises NoCapacity naming the hardware and memory when no node can take it."""

@@ -49,7 +49,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from warmfleet.domain import InstanceInfo, InstanceState, ModelSpec
+from warmfleet.domain import InstanceInfo, InstanceState, RouteSpec
 from warmfleet.errors import Unavailable
 
 INSTANCE_STATES = frozenset({InstanceState.STARTING, InstanceState.IDLE, InstanceState.PROCESSING,
@@ -236,7 +236,7 @@ def hardware_matches(wanted: str, node_hardware: str) -> bool:
     return wanted == node_hardware or (wanted == "gpu" and node_hardware.startswith("gpu-"))
 
 
-def estimate_memory_bytes(spec: ModelSpec) -> int:
+def estimate_memory_bytes(spec: RouteSpec) -> int:
     """The memory an instance of ``spec`` is booked for: the option ``memory_bytes`` when given, else its
     weight files' size on disk times ``WEIGHTS_OVERHEAD`` (0 for a runner without weights, or weights
     this host cannot see)."""
@@ -258,7 +258,7 @@ class MemoryBook:
         self._estimates: dict[str, int] = {}
         self._measured: dict[str, int] = {}
 
-    def of(self, spec: ModelSpec | None) -> int:
+    def of(self, spec: RouteSpec | None) -> int:
         if spec is None:
             return 0
         if spec.version in self._measured:

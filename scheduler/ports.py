@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from warmfleet.domain import DrainStatus, InstanceInfo, ModelSpec, NodeInfo, Task, TaskEvent
+from warmfleet.domain import DrainStatus, InstanceInfo, RouteSpec, NodeInfo, Task, TaskEvent
 
 
 class NodeLost(Exception):
@@ -25,7 +25,7 @@ class NodeControl(Protocol):
 
     node_id: str
 
-    async def load_instance(self, instance_id: str, spec: ModelSpec) -> InstanceInfo: ...
+    async def load_instance(self, instance_id: str, spec: RouteSpec) -> InstanceInfo: ...
 
     async def unload_instance(self, instance_id: str) -> None: ...
 
@@ -71,7 +71,7 @@ class RoutingTable:
     load_failures: dict[str, str] = field(default_factory=dict)
     # Every route (model or deployment) served, when the controller sends them: the gateway's catalog
     # follows it, and predictions still queued for a route that is gone fail.
-    models: list[ModelSpec] | None = None
+    models: list[RouteSpec] | None = None
 
 
 class ControllerClient(Protocol):
@@ -83,7 +83,7 @@ class ControllerClient(Protocol):
     def kill(self) -> None:
         """Stop the controller for good: by the gateway that created it, when it shuts down."""
 
-    async def models(self) -> list[ModelSpec]: ...
+    async def models(self) -> list[RouteSpec]: ...
 
     async def routing_table(self, since_revision: int, max_wait_s: float) -> RoutingTable: ...
 
@@ -96,12 +96,12 @@ class ControllerClient(Protocol):
 
     async def report_load(self, router_id: str, ongoing: dict[str, int]) -> None: ...
 
-    async def put_route(self, spec: ModelSpec, new: bool = False) -> ModelSpec:
+    async def put_route(self, spec: RouteSpec, new: bool = False) -> RouteSpec:
         """Serve ``spec``; with ``new``, refuse a name already served (``AlreadyExists``)."""
 
-    async def delete_route(self, name: str) -> ModelSpec | None: ...
+    async def delete_route(self, name: str) -> RouteSpec | None: ...
 
-    async def version(self, version_id: str) -> ModelSpec | None: ...
+    async def version(self, version_id: str) -> RouteSpec | None: ...
 
     async def drain_node(self, node_id: str, wait: bool = True) -> DrainStatus: ...
 

@@ -24,7 +24,7 @@ from scheduler.controller import Controller
 from scheduler.data_channel import DataChannel
 from scheduler.ports import NodeLost, RoutingTable
 from scheduler.route_journal import RouteJournal
-from warmfleet.domain import DrainStatus, InstanceInfo, ModelSpec, NodeInfo, Task, TaskEvent
+from warmfleet.domain import DrainStatus, InstanceInfo, RouteSpec, NodeInfo, Task, TaskEvent
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class RayNodeHandle:
 
     # NodeControl
 
-    async def load_instance(self, instance_id: str, spec: ModelSpec) -> InstanceInfo:
+    async def load_instance(self, instance_id: str, spec: RouteSpec) -> InstanceInfo:
         return await _await(self._h.load_instance.remote(instance_id, spec), self.node_id)
 
     async def unload_instance(self, instance_id: str) -> None:
@@ -238,7 +238,7 @@ class RayNodeProvisioner:
 
 
 class _RayController(Controller):
-    def __init__(self, models: list[ModelSpec], journal_path: str = "", cache_dir: str = "") -> None:
+    def __init__(self, models: list[RouteSpec], journal_path: str = "", cache_dir: str = "") -> None:
         super().__init__(models, RayNodeProvisioner(cache_dir or str(Path("~/.warmfleet/node").expanduser())),
                          journal=RouteJournal(journal_path) if journal_path else None)
         self._incoming_bundles: dict[str, list[Any]] = {}
@@ -270,7 +270,7 @@ class RayControllerClient:
     async def start(self) -> None:
         await _await(self._h.start.remote())
 
-    async def models(self) -> list[ModelSpec]:
+    async def models(self) -> list[RouteSpec]:
         return await _await(self._h.models.remote())
 
     async def routing_table(self, since_revision: int, max_wait_s: float) -> RoutingTable:
@@ -291,13 +291,13 @@ class RayControllerClient:
     async def drain_node(self, node_id: str, wait: bool = True) -> DrainStatus:
         return await _await(self._h.drain_node.remote(node_id, wait))
 
-    async def put_route(self, spec: ModelSpec, new: bool = False) -> ModelSpec:
+    async def put_route(self, spec: RouteSpec, new: bool = False) -> RouteSpec:
         return await _await(self._h.put_route.remote(spec, new))
 
-    async def delete_route(self, name: str) -> ModelSpec | None:
+    async def delete_route(self, name: str) -> RouteSpec | None:
         return await _await(self._h.delete_route.remote(name))
 
-    async def version(self, version_id: str) -> ModelSpec | None:
+    async def version(self, version_id: str) -> RouteSpec | None:
         return await _await(self._h.version.remote(version_id))
 
     async def publish_bundle(self, digest: str, path: Path) -> None:
@@ -315,7 +315,7 @@ class RayControllerClient:
         ray.kill(self._h, no_restart=True)
 
 
-def start_controller(models: list[ModelSpec], detached: bool = True, journal_path: str = "",
+def start_controller(models: list[RouteSpec], detached: bool = True, journal_path: str = "",
                      cache_dir: str = "") -> RayControllerClient:
     """Create the named controller actor (``start`` it before use), on this process's node: a node with
     no actor of its own may be any other, and any other may leave the cluster (Ray Serve pins its

@@ -14,7 +14,7 @@ import json
 import os
 from pathlib import Path
 
-from warmfleet.domain import ModelSpec
+from warmfleet.domain import RouteSpec
 
 FORMAT = 1
 
@@ -22,21 +22,21 @@ FORMAT = 1
 class RouteJournal:
     def __init__(self, path: str | Path) -> None:
         self._path = Path(path)
-        self._put: dict[str, ModelSpec] = {}
+        self._put: dict[str, RouteSpec] = {}
         self._deleted: set[str] = set()
         if self._path.exists():
             doc = json.loads(self._path.read_text())
-            self._put = {s["name"]: ModelSpec(**s) for s in doc.get("put", [])}
+            self._put = {s["name"]: RouteSpec(**s) for s in doc.get("put", [])}
             self._deleted = set(doc.get("deleted", []))
 
-    def apply(self, routes: list[ModelSpec]) -> list[ModelSpec]:
+    def apply(self, routes: list[RouteSpec]) -> list[RouteSpec]:
         """``routes`` with the journal's changes on top, in the original order, new routes last."""
         by_name = {r.name: r for r in routes if r.name not in self._deleted}
         by_name.update(self._put)
         ordered = [by_name.pop(r.name) for r in routes if r.name in by_name]
         return ordered + list(by_name.values())
 
-    def put(self, spec: ModelSpec) -> None:
+    def put(self, spec: RouteSpec) -> None:
         self._put[spec.name] = spec
         self._deleted.discard(spec.name)
         self._write()

@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 
 from scheduler.autoscaling import AutoscalingConfig, ScalingState, scaling_config
 from scheduler.route_journal import RouteJournal
-from warmfleet.domain import ModelSpec
+from warmfleet.domain import RouteSpec
 from warmfleet.errors import AlreadyExists
 
 # The longest a route waits before its next load after failures (it backs off 2, 4, 8 ... s up to this).
@@ -23,7 +23,7 @@ MAX_RETRY_DELAY_S = 60.0
 
 @dataclass
 class Route:
-    spec: ModelSpec
+    spec: RouteSpec
     config: AutoscalingConfig
     target: int  # instances the autoscaler last decided on
     scaling: ScalingState = field(default_factory=ScalingState)
@@ -47,7 +47,7 @@ class Route:
 
 
 class Routes:
-    def __init__(self, specs: list[ModelSpec], journal: RouteJournal | None = None) -> None:
+    def __init__(self, specs: list[RouteSpec], journal: RouteJournal | None = None) -> None:
         """``journal``: where changes made through the API are kept, and laid over ``specs`` here. A spec
         with a bad knob raises ValueError naming it."""
         self._journal = journal
@@ -62,10 +62,10 @@ class Routes:
     def get(self, name: str) -> Route | None:
         return self._routes.get(name)
 
-    def specs(self) -> list[ModelSpec]:
+    def specs(self) -> list[RouteSpec]:
         return [r.spec for r in self._routes.values()]
 
-    def version(self, version_id: str) -> ModelSpec | None:
+    def version(self, version_id: str) -> RouteSpec | None:
         return self._versions.get(version_id)
 
     def minimum(self, name: str) -> int:
@@ -76,7 +76,7 @@ class Routes:
     def load_failures(self) -> dict[str, str]:
         return {r.name: r.last_error for r in self._routes.values() if r.failures}
 
-    def put(self, spec: ModelSpec, new: bool) -> Route:
+    def put(self, spec: RouteSpec, new: bool) -> Route:
         """Serve ``spec`` under its name: a new route or an update of one (a deployment counts its releases).
         Raises ValueError for a bad knob and ``AlreadyExists`` for a name taken (with ``new``, or by the
         other kind), before anything changes."""
@@ -99,7 +99,7 @@ class Routes:
         previous.target = config.clamp(previous.target)
         return previous
 
-    def delete(self, name: str) -> ModelSpec | None:
+    def delete(self, name: str) -> RouteSpec | None:
         route = self._routes.pop(name, None)
         if route is None:
             return None

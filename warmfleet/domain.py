@@ -216,7 +216,7 @@ class PredictionEvent:
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class RouteSpec:
     """What the cluster serves under one name (a route): a model version (runner family, weights,
     options) and how many instances of it to keep.
 
@@ -275,6 +275,9 @@ class ModelSpec:
             return self.version_id
         blob = json.dumps([self.runner, self.weights, self.options], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+ModelSpec = RouteSpec  # the old name, until gateway/ is renamed (this session)
 
 
 def version_route_name(model: str, version: str) -> str:

@@ -10,6 +10,8 @@ from google.protobuf import json_format, struct_pb2
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
+from gateway.catalog import CatalogEntry
+from gateway.deployments import AUTOSCALING_FIELDS, Deployment
 from gateway.predictions import CreateRequest
 from warmfleet.domain import (
     Completed, FileData, InstanceInfo, LogLine, Metrics, ModelSpec, NodeInfo, Output, OutputChunk, Prediction,
@@ -204,9 +206,6 @@ def instance_to_pb(i: InstanceInfo) -> cluster_pb2.Instance:
 # Models and deployments
 
 
-AUTOSCALING_FIELDS = ("target_ongoing_requests", "upscale_delay_s", "downscale_delay_s", "scale_to_zero_delay_s")
-
-
 def autoscaling_from_pb(pb: deployments_pb2.Autoscaling) -> dict[str, float]:
     return {name: getattr(pb, name) for name in AUTOSCALING_FIELDS if pb.HasField(name)}
 
@@ -220,12 +219,26 @@ def model_spec_from_pb(req: models_pb2.CreateModelRequest) -> ModelSpec:
     )
 
 
-def deployment_to_pb(spec: ModelSpec, target: int) -> deployments_pb2.Deployment:
+def model_to_pb(entry: CatalogEntry) -> models_pb2.Model:
+    spec = entry.spec
+    pb = models_pb2.Model(
+        name=spec.name, description=spec.description, runner=spec.runner, version=spec.version,
+        input_schema_json=json.dumps(entry.input_schema), output_schema_json=json.dumps(entry.output_schema),
+        owner=spec.owner, visibility=spec.visibility,
+    )
+    if spec.created_at:
+        pb.latest_version_created_at.FromNanoseconds(int(spec.created_at * 1e9))
+    pb.latest_version.CopyFrom(version_to_pb(entry))
+    return pb
+
+
+def deployment_to_pb(deployment: Deployment) -> deployments_pb2.Deployment:
+    spec = deployment.spec
     return deployments_pb2.Deployment(
         name=spec.name, model=spec.model, version=spec.version, hardware=spec.hardware,
         min_instances=spec.min_instances, max_instances=spec.most_instances,
         autoscaling=deployments_pb2.Autoscaling(**spec.autoscaling), current_release=spec.release,
-        target_instances=target, runner=spec.runner,
+        target_instances=deployment.target_instances, runner=spec.runner,
     )
 
 
@@ -240,7 +253,7 @@ async def push_chunks(requests: AsyncIterator[models_pb2.PushVersionRequest]) ->
         yield req.chunk
 
 
-def version_to_pb(entry: Any) -> models_pb2.Version:
+def version_to_pb(entry: CatalogEntry) -> models_pb2.Version:
     """A catalog entry's version (its spec and compiled schemas) as the Version message."""
     spec = entry.spec
     openapi = spec.options.get("openapi_schema") if spec.runner == "cog" else None

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
-
 from gateway.auth import TokenRegistry, current_principal, require_admin
-from gateway.catalog import ModelCatalog, model_not_found
+from gateway.catalog import ModelCatalog
 from gateway.deployments import RouteService, Scale
 from gateway.grpc import convert
 from gateway.predictions import PredictionService
 from gateway.push import PushHeader, PushService
 from scheduler.ports import ControllerClient
-from warmfleet.errors import InvalidInput, PermissionDenied
+from warmfleet.errors import InvalidInput
 from warmfleet.v1 import (
     cluster_pb2, cluster_pb2_grpc, deployments_pb2, deployments_pb2_grpc, models_pb2, models_pb2_grpc,
     predictions_pb2, predictions_pb2_grpc,
@@ -42,11 +40,8 @@ class PredictionsServicer(predictions_pb2_grpc.PredictionsServicer):
             yield convert.event_to_pb(event)
 
     async def CreateAndStreamPrediction(self, request, context):
-        principal = current_principal.get()
-        create = convert.create_from_pb(request)
-        create.wait_s = 0.0
-        pred = await self._service.create(principal, create)
-        async for event in self._service.events(principal, pred.id):
+        _, events = await self._service.create_and_follow(current_principal.get(), convert.create_from_pb(request))
+        async for event in events:
             yield convert.event_to_pb(event)
 
 
@@ -57,123 +52,75 @@ class ModelsServicer(models_pb2_grpc.ModelsServicer):
         self._pusher = pusher
 
     async def ListModels(self, request, context):
-        principal = current_principal.get()
-        return models_pb2.ListModelsResponse(
-            models=[_model_pb(e) for e in self._catalog.models() if principal.may_see(e.spec)])
+        entries = self._catalog.visible_models(current_principal.get())
+        return models_pb2.ListModelsResponse(models=[convert.model_to_pb(e) for e in entries])
 
     async def GetModel(self, request, context):
-        return _model_pb(_visible(self._catalog.by_name(request.name)))
+        return convert.model_to_pb(self._catalog.visible(current_principal.get(), request.name))
 
     async def PushVersion(self, request_iterator, context):
-        principal = current_principal.get()
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("part") != "header":
             raise InvalidInput("header", "a push starts with its header (model, digest, size_bytes)")
         h = first.header
         header = PushHeader(h.model, h.description, h.digest, h.size_bytes)
-        result = await self._pusher.push(principal.name, principal.is_admin, header,
-                                         convert.push_chunks(request_iterator))
+        pushed = await self._pusher.push_as(current_principal.get(), header, convert.push_chunks(request_iterator))
         return models_pb2.PushVersionResponse(
-            model=_model_pb(self._catalog.by_name(result.spec.name)), version=convert.version_to_pb(
-                self._catalog.version_of(result.spec.name, result.version.version)),
-            created_model=result.created_model, new_version=result.new_version)
+            model=convert.model_to_pb(pushed.model), version=convert.version_to_pb(pushed.version),
+            created_model=pushed.created_model, new_version=pushed.new_version)
 
     async def ListVersions(self, request, context):
-        _visible(self._catalog.by_name(request.model))
-        return models_pb2.ListVersionsResponse(
-            versions=[convert.version_to_pb(e) for e in self._catalog.versions(request.model)])
+        entries = self._catalog.visible_versions(current_principal.get(), request.model)
+        return models_pb2.ListVersionsResponse(versions=[convert.version_to_pb(e) for e in entries])
 
     async def GetVersion(self, request, context):
-        _visible(self._catalog.by_name(request.model))
-        return convert.version_to_pb(self._catalog.version_of(request.model, request.id))
+        entry = self._catalog.visible_version(current_principal.get(), request.model, request.id)
+        return convert.version_to_pb(entry)
 
     async def DeleteVersion(self, request, context):
-        entry = _visible(self._catalog.by_name(request.model))
-        _may_change(entry)
-        version = convert.version_to_pb(self._catalog.version_of(request.model, request.id))
-        await self._routes.delete_version(request.model, request.id)
-        return version
+        entry = await self._routes.delete_version_as(current_principal.get(), request.model, request.id)
+        return convert.version_to_pb(entry)
 
     async def CreateModel(self, request, context):
-        require_admin()
-        spec = await self._routes.create_model(convert.model_spec_from_pb(request))
-        return _model_pb(self._catalog.by_name(spec.name))
+        entry = await self._routes.create_model_as(current_principal.get(), convert.model_spec_from_pb(request))
+        return convert.model_to_pb(entry)
 
     async def DeleteModel(self, request, context):
-        entry = _visible(self._catalog.by_name(request.name))
-        _may_change(entry)
-        model = _model_pb(entry)
-        await self._routes.delete_model(request.name)
-        return models_pb2.DeleteModelResponse(model=model)
+        entry = await self._routes.delete_model_as(current_principal.get(), request.name)
+        return models_pb2.DeleteModelResponse(model=convert.model_to_pb(entry))
 
 
 class DeploymentsServicer(deployments_pb2_grpc.DeploymentsServicer):
-    def __init__(self, catalog: ModelCatalog, routes: RouteService, controller: ControllerClient) -> None:
-        self._catalog = catalog
+    def __init__(self, routes: RouteService) -> None:
         self._routes = routes
-        self._controller = controller
-
-    async def _pb(self, spec) -> deployments_pb2.Deployment:
-        targets = await self._controller.scaling()
-        return convert.deployment_to_pb(spec, targets.get(spec.name, 0))
 
     async def CreateDeployment(self, request, context):
-        require_admin()
         scale = Scale(request.min_instances,
                       request.max_instances if request.HasField("max_instances") else None,
                       convert.autoscaling_from_pb(request.autoscaling), request.hardware)
-        spec = await self._routes.create_deployment(request.name, request.model, request.version, scale)
-        return await self._pb(spec)
+        deployment = await self._routes.create_deployment_as(
+            current_principal.get(), request.name, request.model, request.version, scale)
+        return convert.deployment_to_pb(deployment)
 
     async def GetDeployment(self, request, context):
-        return await self._pb(self._catalog.deployment(request.name).spec)
+        return convert.deployment_to_pb(await self._routes.deployment(request.name))
 
     async def ListDeployments(self, request, context):
-        targets = await self._controller.scaling()
-        return deployments_pb2.ListDeploymentsResponse(deployments=[
-            convert.deployment_to_pb(e.spec, targets.get(e.spec.name, 0)) for e in self._catalog.deployments()])
+        return deployments_pb2.ListDeploymentsResponse(
+            deployments=[convert.deployment_to_pb(d) for d in await self._routes.deployments()])
 
     async def UpdateDeployment(self, request, context):
-        require_admin()
         scale = Scale(*(getattr(request, f) if request.HasField(f) else None
                         for f in ("min_instances", "max_instances")),
                       convert.autoscaling_from_pb(request.autoscaling),
                       request.hardware if request.HasField("hardware") else None)
         version = request.version if request.HasField("version") else None
-        return await self._pb(await self._routes.update_deployment(request.name, version, scale))
+        deployment = await self._routes.update_deployment_as(current_principal.get(), request.name, version, scale)
+        return convert.deployment_to_pb(deployment)
 
     async def DeleteDeployment(self, request, context):
-        require_admin()
-        spec = await self._routes.delete_deployment(request.name)
-        return deployments_pb2.DeleteDeploymentResponse(deployment=convert.deployment_to_pb(spec, 0))
-
-
-def _visible(entry):
-    """The entry, if the caller may see its model (public, theirs, or they are an admin); else NotFound
-    as if it did not exist."""
-    if not current_principal.get().may_see(entry.spec):
-        raise model_not_found(entry.spec.model_name)
-    return entry
-
-
-def _may_change(entry) -> None:
-    """Changing a model takes an admin, or the owner of a pushed model."""
-    principal = current_principal.get()
-    if not principal.is_admin and not (entry.spec.owner and entry.spec.owner == principal.name):
-        raise PermissionDenied(f"only {entry.spec.owner or 'an admin'} may change {entry.spec.model_name}")
-
-
-def _model_pb(entry) -> models_pb2.Model:
-    pb = models_pb2.Model(
-        name=entry.spec.name, description=entry.spec.description, runner=entry.spec.runner,
-        version=entry.spec.version, input_schema_json=json.dumps(entry.input_schema),
-        output_schema_json=json.dumps(entry.output_schema), owner=entry.spec.owner,
-        visibility=entry.spec.visibility,
-    )
-    if entry.spec.created_at:
-        pb.latest_version_created_at.FromNanoseconds(int(entry.spec.created_at * 1e9))
-    pb.latest_version.CopyFrom(convert.version_to_pb(entry))
-    return pb
+        deployment = await self._routes.delete_deployment_as(current_principal.get(), request.name)
+        return deployments_pb2.DeleteDeploymentResponse(deployment=convert.deployment_to_pb(deployment))
 
 
 class ClusterServicer(cluster_pb2_grpc.ClusterServicer):

@@ -1,8 +1,12 @@
-"""Replicate's HTTP API JSON <-> warmfleet.v1 messages: the REST edge's only translation layer.
+"""Replicate's HTTP API JSON <-> the core's domain types: the REST edge's only translation layer.
 
-Pure functions, no I/O and no web framework: request bodies and headers become request messages, reply
-messages become Replicate's JSON objects (prediction, model, version, deployment, hardware, pages).
-``base`` is the gateway's URL as the client reached it, for the links inside those objects.
+Pure functions, no I/O and no web framework: request bodies and headers become the core services'
+arguments (``CreateRequest``, ``Scale``...), domain objects (``Prediction``, ``CatalogEntry``,
+``Deployment``, ``NodeInfo``) become Replicate's JSON objects (prediction, model, version, deployment,
+hardware, pages). ``base`` is the gateway's URL as the client reached it, for the links inside those objects.
+
+JSON values read here as they read over gRPC, where they travel as protobuf ``Value``s (``as_api_json``):
+numbers are doubles, so an integral one is an int, and a NaN or an infinity is refused, naming its place.
 
 Where Replicate's shape has a field warmfleet has no data for, it is null (a version's ``created_at``,
 a model's ``github_url``) or the constant that holds here (``visibility`` "public", ``source`` "api").
@@ -10,34 +14,35 @@ a model's ``github_url``) or the constant that holds here (``visibility`` "publi
 
 from __future__ import annotations
 
-import json
+import math
 import re
-from datetime import timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from google.protobuf import json_format
-from google.protobuf.message import Message
-
-from gateway.grpc import convert
-from gateway.predictions import MAX_WAIT_S
-from warmfleet.domain import Prediction
+from gateway.catalog import CatalogEntry
+from gateway.deployments import AUTOSCALING_FIELDS, Deployment, Scale
+from gateway.predictions import MAX_WAIT_S, CreateRequest
+from warmfleet.domain import FileData, Metrics, NodeInfo, Prediction
 from warmfleet.errors import InvalidInput
-from warmfleet.jsonvalues import files_as_data_urls, value_from_pb
-from warmfleet.v1 import cluster_pb2, deployments_pb2, models_pb2, predictions_pb2, types_pb2
+from warmfleet.jsonvalues import files_as_data_urls
 
-STATUS_NAMES = {
-    types_pb2.STATUS_STARTING: "starting",
-    types_pb2.STATUS_PROCESSING: "processing",
-    types_pb2.STATUS_SUCCEEDED: "succeeded",
-    types_pb2.STATUS_FAILED: "failed",
-    types_pb2.STATUS_CANCELED: "canceled",
-    types_pb2.STATUS_ABORTED: "aborted",
-}
-# Body fields a create passes on to CreatePredictionRequest fields of the same name, where the proto has them.
+# Body fields a create passes on to the CreateRequest fields of the same name.
 PASSED_CREATE_FIELDS = ("webhook", "webhook_events_filter")
+# A metric's type as the API shows it (float seconds, whole counts), in the order it has always shown them;
+# its JSON name is the field's without the unit suffix (``predict_time_s`` -> ``predict_time``).
+METRIC_TYPES = {
+    "predict_time_s": float, "total_time_s": float, "queue_time_s": float, "input_token_count": int,
+    "output_token_count": int, "time_to_first_token_s": float, "tokens_per_second": float,
+    "finish_reason": str, "image_count": int, "batch_size": int, "boot_time_s": float,
+}
+# What a string field of the wrong type has always been told (the words of protobuf's Python runtime, which
+# these fields once passed through).
+WRONG_TYPE = "has the wrong type: bad argument type for built-in operation"
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _DURATION_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _SAFE_FILE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+_NANOS = 10**9
+_EPOCH = datetime(1970, 1, 1)
 
 
 # Headers
@@ -75,6 +80,48 @@ def cancel_after_s(header: str | None) -> float:
     if not seconds > 0 or seconds == float("inf"):
         raise InvalidInput("Cancel-After", f"{header!r} must be a positive duration")
     return seconds
+
+
+# JSON values
+
+
+def as_api_json(value: Any, path: str = "value") -> Any:
+    """``value`` as it reads after crossing the API as JSON (a protobuf ``Value`` over gRPC): numbers are
+    doubles, so an integral one comes back an int (and an int past 2**53 loses its low digits); a tuple
+    is a list; a file (``FileData``) stays where it is. ValueError names the place (``path``) of what
+    JSON cannot carry: a NaN or an infinity, a number too large for a double, text that is not UTF-8."""
+    if value is None or isinstance(value, (bool, FileData)):
+        return value
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError as err:
+            raise ValueError(f"{path}: is not UTF-8 text ({err.reason})") from None
+        return value
+    if isinstance(value, (int, float)):
+        try:
+            number = float(value)
+        except OverflowError:
+            raise ValueError(f"{path}: {value:.3g} is too large for a JSON number (a double)") from None
+        if number.is_integer():
+            return int(number)
+        if not math.isfinite(number):
+            raise ValueError(f"{path}: {number} is not a JSON number; numbers must be finite")
+        return number
+    if isinstance(value, dict):
+        return {key: as_api_json(item, f"{path}.{key}") for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [as_api_json(item, f"{path}[{i}]") for i, item in enumerate(value)]
+    raise ValueError(f"{path}: {type(value).__name__} is not JSON")
+
+
+def json_input(values: dict[str, Any]) -> dict[str, Any]:
+    """A create's input as the core takes it (``as_api_json``); InvalidInput names the field it refuses."""
+    try:
+        return as_api_json(values, "input")
+    except ValueError as err:
+        field, _, rule = str(err).partition(": ")
+        raise InvalidInput(field, rule) from None
 
 
 # Create
@@ -115,44 +162,55 @@ def mentions_url(value: Any) -> bool:
 
 
 def create_request(body: dict[str, Any], input: dict[str, Any], *, wait_s: float, deadline_s: float,
-                   model: str = "", version: str = "", deployment: str = ""
-                   ) -> predictions_pb2.CreatePredictionRequest:
-    """The create message: ``input`` (files in it as ``FileData``) in the generic JSON form, the target,
-    the wait and the deadline, and the passed-on body fields."""
-    try:
-        json_input = convert.input_to_pb(input, "json")
-    except json_format.ParseError as err:
-        raise InvalidInput("input", f"is not JSON-shaped: {err}") from None
-    pb = predictions_pb2.CreatePredictionRequest(
-        model=model, version=version, deployment=deployment, wait_s=wait_s, deadline_s=deadline_s,
-        input=json_input)
-    for name in PASSED_CREATE_FIELDS:
-        if body.get(name) is not None:
-            _set_passed_field(pb, name, body[name])
-    return pb
+                   model: str = "", version: str = "", deployment: str = "") -> CreateRequest:
+    """The core's create call: the passed-on body fields, ``input`` (files in it as ``FileData``) in the
+    generic JSON form, the target, the wait and the deadline."""
+    req = CreateRequest(input={}, model=model, version=version, deployment=deployment, wait_s=wait_s,
+                        deadline_s=deadline_s)
+    if body.get("webhook") is not None:
+        req.webhook = _text(body["webhook"], "webhook")
+    events = body.get("webhook_events_filter")
+    if events is not None:
+        if not isinstance(events, list):
+            raise InvalidInput("webhook_events_filter",
+                               f"has the wrong type: expected a list, got {type(events).__name__}")
+        req.webhook_events_filter = [_text(e, "webhook_events_filter") for e in events]
+    req.input = json_input(input)
+    return req
 
 
-def _set_passed_field(pb: Message, name: str, value: Any) -> None:
-    fd = pb.DESCRIPTOR.fields_by_name.get(name)
-    if fd is None:
-        raise InvalidInput(name, "is not served by this gateway")
+def _text(value: Any, field: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidInput(field, WRONG_TYPE)
     try:
-        if fd.is_repeated:
-            if not isinstance(value, list):
-                raise TypeError(f"expected a list, got {type(value).__name__}")
-            getattr(pb, name).extend(value)
-        else:
-            setattr(pb, name, value)
-    except (TypeError, ValueError) as err:
-        raise InvalidInput(name, f"has the wrong type: {err}") from None
+        value.encode()
+    except UnicodeEncodeError as err:
+        raise InvalidInput(field, f"has the wrong type: {err}") from None
+    return value
 
 
 # Predictions
 
 
-def timestamp(pb: Message, name: str) -> str | None:
-    """A Timestamp field as RFC 3339 in UTC ("2024-05-01T12:00:00.123Z"); None when unset."""
-    return getattr(pb, name).ToJsonString() if pb.HasField(name) else None
+def rfc3339(t: float | None) -> str | None:
+    """Seconds since the epoch as RFC 3339 in UTC, to the nanosecond, with 0, 3, 6 or 9 fractional digits as
+    protobuf's Timestamp writes it ("2024-05-01T12:00:00.123Z"); None for None."""
+    if t is None:
+        return None
+    seconds, nanos = divmod(int(t * 1e9), _NANOS)
+    text = (_EPOCH + timedelta(seconds=seconds)).isoformat()
+    if nanos == 0:
+        return text + "Z"
+    if nanos % 10**6 == 0:
+        return f"{text}.{nanos // 10**6:03d}Z"
+    if nanos % 10**3 == 0:
+        return f"{text}.{nanos // 10**3:06d}Z"
+    return f"{text}.{nanos:09d}Z"
+
+
+def epoch_seconds(t: float) -> int:
+    """The whole seconds of a time (as ``rfc3339`` counts them)."""
+    return int(t * 1e9) // _NANOS
 
 
 def prediction_urls(base: str, prediction_id: str) -> dict[str, str]:
@@ -164,57 +222,52 @@ def output_file_url(base: str, prediction_id: str, index: int) -> str:
     return f"{base}/v1/predictions/{prediction_id}/output/{index}"
 
 
-def prediction_json(pb: types_pb2.Prediction, base: str) -> dict[str, Any]:
-    """A prediction as Replicate's prediction object."""
+def prediction_json(pred: Prediction, base: str) -> dict[str, Any]:
+    """A prediction as Replicate's prediction object: what GET answers, and a webhook's body."""
     out: dict[str, Any] = {
-        "id": pb.id, "model": pb.model, "version": pb.version, "input": input_json(pb.input),
-        "output": output_json(pb, base), "logs": pb.logs, "error": pb.error or None,
-        "status": STATUS_NAMES.get(pb.status, "starting"), "created_at": timestamp(pb, "created_at"),
-        "started_at": timestamp(pb, "started_at"), "completed_at": timestamp(pb, "completed_at"),
-        "urls": prediction_urls(base, pb.id), "metrics": metrics_json(pb.metrics),
-        "data_removed": pb.data_removed, "source": "api",
+        "id": pred.id, "model": pred.model, "version": pred.version, "input": files_as_data_urls(pred.input),
+        "output": output_json(pred, base), "logs": "\n".join(pred.logs), "error": pred.error or None,
+        "status": pred.status.value, "created_at": rfc3339(pred.created_at),
+        "started_at": rfc3339(pred.started_at), "completed_at": rfc3339(pred.completed_at),
+        "urls": prediction_urls(base, pred.id), "metrics": metrics_json(pred.metrics),
+        "data_removed": pred.data_removed, "source": "api",
     }
-    if pb.deployment:
-        out["deployment"] = pb.deployment
+    if pred.deployment:
+        out["deployment"] = pred.deployment
     for name in PASSED_CREATE_FIELDS:
-        value = getattr(pb, name, None)
+        value = getattr(pred, name)
         if value:
             out[name] = list(value) if not isinstance(value, str) else value
     return out
 
 
-
-def domain_prediction_json(pred: Prediction, base: str) -> dict[str, Any]:
-    """A domain prediction as the REST API renders it (a webhook's body is exactly what GET answers)."""
-    return prediction_json(convert.prediction_to_pb(pred), base)
-
-def input_json(pb: types_pb2.PredictionInput) -> dict[str, Any]:
-    """The input as given, in JSON: typed forms as their fields, files as data URLs."""
-    if pb.WhichOneof("kind") is None:
-        return {}
-    values, _ = convert.input_from_pb(pb)
-    return files_as_data_urls(values)
+domain_prediction_json = prediction_json  # the name the webhook sender is given it by (gateway.server)
 
 
-def output_json(pb: types_pb2.Prediction, base: str) -> Any:
+def output_json(pred: Prediction, base: str) -> Any:
     """The output as Replicate gives it: the JSON value; for file outputs (images) the list of their URLs
     under the gateway; with both, ``{"value": ..., "files": [...]}``; null before there is one."""
-    if not pb.HasField("output"):
+    if pred.output is None:
         return None
-    value = value_from_pb(pb.output.value) if pb.output.HasField("value") else None
-    urls = [output_file_url(base, pb.id, i) for i in range(len(pb.output.files))]
+    value = as_api_json(pred.output.value)
+    urls = [output_file_url(base, pred.id, i) for i in range(len(pred.output.files))]
     if not urls:
         return value
     return urls if value is None else {"value": value, "files": urls}
 
 
-def metrics_json(pb: types_pb2.PredictionMetrics) -> dict[str, Any]:
-    """Replicate's metric names: the proto's without their unit suffix (``predict_time_s`` -> ``predict_time``)."""
-    named = {fd.name.removesuffix("_s"): value for fd, value in pb.ListFields() if fd.name != "custom"}
-    return {**dict(pb.custom), **named}  # a model's own figures beside ours, as Replicate shows them
+def metrics_json(metrics: Metrics) -> dict[str, Any]:
+    """Replicate's metric names (``predict_time_s`` -> ``predict_time``), those that apply; a model's own
+    figures (``custom``) beside ours, as Replicate shows them."""
+    named = {}
+    for name, kind in METRIC_TYPES.items():
+        value = getattr(metrics, name)
+        if value is not None and value != "":
+            named[name.removesuffix("_s")] = kind(value)
+    return {**{name: float(value) for name, value in metrics.custom.items()}, **named}
 
 
-def file_name(f: types_pb2.File) -> str | None:
+def file_name(f: FileData) -> str | None:
     """A file's name when it is safe to put in a header as it is."""
     return f.name if _SAFE_FILE_NAME.match(f.name) else None
 
@@ -245,80 +298,79 @@ def openapi_schema(input_schema: dict[str, Any], output_schema: dict[str, Any]) 
     }
 
 
-def version_json(pb: models_pb2.Version) -> dict[str, Any]:
+def version_json(entry: CatalogEntry) -> dict[str, Any]:
     """Replicate's version: id, created_at, cog_version and the OpenAPI schema (a pushed model's is
     Cog's own document; the built-in families' is made from their input and output schemas)."""
-    openapi = json.loads(pb.openapi_schema_json) if pb.openapi_schema_json else openapi_schema(
-        json.loads(pb.input_schema_json or "{}"), json.loads(pb.output_schema_json or "{}"))
-    created = pb.created_at.ToDatetime(tzinfo=timezone.utc).isoformat() if pb.HasField("created_at") else None
-    return {"id": pb.id, "created_at": created, "cog_version": pb.cog_version or None, "openapi_schema": openapi}
+    spec = entry.spec
+    cog_openapi = spec.options.get("openapi_schema") if spec.runner == "cog" else None
+    openapi = cog_openapi or openapi_schema(entry.input_schema, entry.output_schema)
+    created = None
+    if spec.created_at:
+        seconds, nanos = divmod(int(spec.created_at * 1e9), _NANOS)
+        created = (_EPOCH.replace(tzinfo=timezone.utc) + timedelta(seconds=seconds, microseconds=nanos // 1000)
+                   ).isoformat()
+    cog_version = str(spec.options.get("cog_version", "")) if cog_openapi else ""
+    return {"id": spec.version, "created_at": created, "cog_version": cog_version or None,
+            "openapi_schema": openapi}
 
 
-def latest_version_json(pb: models_pb2.Model) -> dict[str, Any]:
-    """A model's latest version (from what an older gateway's Model carries, when it has no whole one)."""
-    if pb.HasField("latest_version"):
-        return version_json(pb.latest_version)
-    return version_json(models_pb2.Version(id=pb.version, input_schema_json=pb.input_schema_json,
-                                           output_schema_json=pb.output_schema_json))
-
-
-def model_json(pb: models_pb2.Model, base: str) -> dict[str, Any]:
-    owner, name = split_name(pb.name)
+def model_json(entry: CatalogEntry, base: str) -> dict[str, Any]:
+    spec = entry.spec
+    owner, name = split_name(spec.name)
     return {
-        "url": f"{base}/v1/models/{pb.name}", "owner": owner, "name": name, "description": pb.description,
-        "visibility": pb.visibility or "public", "github_url": None, "paper_url": None, "license_url": None,
+        "url": f"{base}/v1/models/{spec.name}", "owner": owner, "name": name, "description": spec.description,
+        "visibility": spec.visibility or "public", "github_url": None, "paper_url": None, "license_url": None,
         "run_count": 0, "cover_image_url": None, "default_example": None,
-        "latest_version": latest_version_json(pb), "runner": pb.runner,
+        "latest_version": version_json(entry), "runner": spec.runner,
     }
 
 
 # Deployments
 
 
-def deployment_json(pb: deployments_pb2.Deployment) -> dict[str, Any]:
-    owner, name = split_name(pb.name)
+def deployment_json(deployment: Deployment) -> dict[str, Any]:
+    spec = deployment.spec
+    owner, name = split_name(spec.name)
+    autoscaling = {knob: float(spec.autoscaling[knob]) for knob in AUTOSCALING_FIELDS
+                   if spec.autoscaling.get(knob) is not None}
     return {
         "owner": owner, "name": name,
         "current_release": {
-            "number": pb.current_release, "model": pb.model, "version": pb.version, "created_at": None,
+            "number": spec.release, "model": spec.model, "version": spec.version, "created_at": None,
             "configuration": {
-                "hardware": pb.hardware or None, "min_instances": pb.min_instances,
-                "max_instances": pb.max_instances,
-                "autoscaling": {fd.name: v for fd, v in pb.autoscaling.ListFields()},
+                "hardware": spec.hardware or None, "min_instances": spec.min_instances,
+                "max_instances": spec.most_instances, "autoscaling": autoscaling,
             },
         },
-        "target_instances": pb.target_instances,
+        "target_instances": deployment.target_instances,
     }
 
 
-def deployment_create_request(body: Any, owner: str) -> deployments_pb2.CreateDeploymentRequest:
-    """Replicate's create body: ``name`` (a plain name is put under the caller, "owner/name" is kept),
-    ``model``, ``version``, ``hardware``, ``min_instances``, ``max_instances``; and ``autoscaling``."""
+def deployment_create(body: Any, owner: str) -> tuple[str, str, str, Scale]:
+    """Replicate's create body (``name``: a plain name is put under the caller, "owner/name" is kept;
+    ``model``, ``version``, ``hardware``, ``min_instances``, ``max_instances``; and ``autoscaling``) as
+    ``RouteService.create_deployment``'s name, model, version and scale."""
     if not isinstance(body, dict):
         raise InvalidInput("body", "must be a JSON object")
     name = _string(body, "name", required=True)
-    pb = deployments_pb2.CreateDeploymentRequest(
-        name=name if "/" in name else f"{owner}/{name}", model=_string(body, "model", required=True),
-        version=_string(body, "version"), hardware=_string(body, "hardware"),
-        min_instances=_count(body, "min_instances") or 0, autoscaling=_autoscaling(body))
-    if body.get("max_instances") is not None:
-        pb.max_instances = _count(body, "max_instances")
-    return pb
+    model = _string(body, "model", required=True)
+    version, hardware = _string(body, "version"), _string(body, "hardware")
+    min_instances = _count(body, "min_instances") or 0
+    autoscaling = _autoscaling(body)
+    scale = Scale(min_instances, _count(body, "max_instances"), autoscaling, hardware)
+    return name if "/" in name else f"{owner}/{name}", model, version, scale
 
 
-def deployment_update_request(name: str, body: Any) -> deployments_pb2.UpdateDeploymentRequest:
+def deployment_update(body: Any) -> tuple[str | None, Scale]:
     """Replicate's update body: any of ``version``, ``hardware``, ``min_instances``, ``max_instances``
-    (and ``autoscaling``); what is left out keeps its value."""
+    (and ``autoscaling``); what is left out keeps its value (None). As ``RouteService.update_deployment``'s
+    version and scale."""
     if not isinstance(body, dict):
         raise InvalidInput("body", "must be a JSON object")
-    pb = deployments_pb2.UpdateDeploymentRequest(name=name, autoscaling=_autoscaling(body))
-    for field in ("version", "hardware"):
-        if body.get(field) is not None:
-            setattr(pb, field, _string(body, field))
-    for field in ("min_instances", "max_instances"):
-        if body.get(field) is not None:
-            setattr(pb, field, _count(body, field))
-    return pb
+    autoscaling = _autoscaling(body)
+    version, hardware = (_string(body, f) if body.get(f) is not None else None for f in ("version", "hardware"))
+    min_instances, max_instances = (_count(body, f) for f in ("min_instances", "max_instances"))
+    return version, Scale(min_instances, max_instances, autoscaling, hardware)
 
 
 def _string(body: dict[str, Any], field: str, required: bool = False) -> str:
@@ -327,7 +379,7 @@ def _string(body: dict[str, Any], field: str, required: bool = False) -> str:
         return ""
     if not isinstance(value, str) or (required and not value):
         raise InvalidInput(field, "is required: a string" if required else "must be a string")
-    return value
+    return _text(value, field)
 
 
 def _count(body: dict[str, Any], field: str) -> int | None:
@@ -339,24 +391,23 @@ def _count(body: dict[str, Any], field: str) -> int | None:
     return value
 
 
-def _autoscaling(body: dict[str, Any]) -> deployments_pb2.Autoscaling:
+def _autoscaling(body: dict[str, Any]) -> dict[str, float]:
+    """The ``autoscaling`` object's knobs, as numbers, in ``AUTOSCALING_FIELDS`` order."""
     value = body.get("autoscaling") or {}
     if not isinstance(value, dict):
         raise InvalidInput("autoscaling", "must be an object of autoscaling settings")
-    pb = deployments_pb2.Autoscaling()
     for name, setting in value.items():
-        if name not in convert.AUTOSCALING_FIELDS:
-            raise InvalidInput(f"autoscaling.{name}", f"is not one of {', '.join(convert.AUTOSCALING_FIELDS)}")
+        if name not in AUTOSCALING_FIELDS:
+            raise InvalidInput(f"autoscaling.{name}", f"is not one of {', '.join(AUTOSCALING_FIELDS)}")
         if isinstance(setting, bool) or not isinstance(setting, (int, float)):
             raise InvalidInput(f"autoscaling.{name}", "must be a number")
-        setattr(pb, name, float(setting))
-    return pb
+    return {name: float(value[name]) for name in AUTOSCALING_FIELDS if name in value}
 
 
 # Hardware and account
 
 
-def hardware_json(nodes: list[cluster_pb2.Node]) -> list[dict[str, str]]:
+def hardware_json(nodes: list[NodeInfo]) -> list[dict[str, str]]:
     """The hardware SKUs the cluster's nodes offer, each once: ``{sku, name}``."""
     names: dict[str, str] = {}
     for node in nodes:

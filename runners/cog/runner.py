@@ -33,7 +33,7 @@ from runners.cog.process import CogProcess, ProcessGone, ProcessSpec
 from runners.cog.schema import input_json_schema, output_json_schema
 from runners.cog.webhooks import receiver
 from runners.schema import SECRET_MASK
-from warmfleet.domain import FileData, LogLine, MetricsUpdate, ModelSpec, Output, OutputChunk
+from warmfleet.domain import FileData, LogLine, MetricsUpdate, RouteSpec, Output, OutputChunk
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class CogRunner(Runner):
     family = FAMILY
     loads_in_process = False  # the model loads in its own process: other loads on this node go on
 
-    def __init__(self, spec: ModelSpec, device: str = "cpu", node: NodeResources | None = None) -> None:
+    def __init__(self, spec: RouteSpec, device: str = "cpu", node: NodeResources | None = None) -> None:
         super().__init__(spec, device, node)
         self._process: CogProcess | None = None
         self._restart: asyncio.Task | None = None
@@ -72,15 +72,15 @@ class CogRunner(Runner):
     # The version's schema
 
     @classmethod
-    def input_schema(cls, spec: ModelSpec) -> dict[str, Any]:
+    def input_schema(cls, spec: RouteSpec) -> dict[str, Any]:
         return input_json_schema(spec.options["openapi_schema"])
 
     @classmethod
-    def output_schema(cls, spec: ModelSpec) -> dict[str, Any]:
+    def output_schema(cls, spec: RouteSpec) -> dict[str, Any]:
         return output_json_schema(spec.options["openapi_schema"])
 
     @classmethod
-    def policy(cls, spec: ModelSpec) -> RunnerPolicy:
+    def policy(cls, spec: RouteSpec) -> RunnerPolicy:
         return RunnerPolicy(max_concurrency=int(spec.options.get("max_concurrency", 1)))
 
     # Life

@@ -6,7 +6,7 @@ on a worker thread, hands the job to the ``BatchWorker`` (which owns the pipelin
 and runs compatible jobs together), relays one progress event per denoising step, and encodes the
 images on a worker thread once its batch is done. This module imports no torch at import time.
 
-Options (``ModelSpec.options``):
+Options (``RouteSpec.options``):
 
 - ``controlnets``: {type: weights folder} for the ControlNets this version carries (types in
   ``controlnet.CONTROLNET_TYPES``).
@@ -34,7 +34,7 @@ from runners.diffusion.schedulers import SCHEDULER_NAMES, canonical_name
 from runners.images import (
     DEFAULT_MAX_PIXELS, OUTPUT_FORMAT_SCHEMA, decode_image, encode_image, image_file_schema,
 )
-from warmfleet.domain import LogLine, MetricsUpdate, ModelSpec, Output, ProgressUpdate
+from warmfleet.domain import LogLine, MetricsUpdate, RouteSpec, Output, ProgressUpdate
 from warmfleet.errors import InvalidInput
 
 DEFAULT_MAX_BATCH_SIZE = 4
@@ -43,11 +43,11 @@ MAX_SEED = 2**32 - 1
 MAX_STEPS = 500
 
 
-def _option(spec: ModelSpec, name: str, default: Any) -> Any:
+def _option(spec: RouteSpec, name: str, default: Any) -> Any:
     return spec.options.get(name, default)
 
 
-def input_schema(spec: ModelSpec) -> dict[str, Any]:
+def input_schema(spec: RouteSpec) -> dict[str, Any]:
     """The input schema of a version: its ControlNet types and its defaults and bounds."""
     max_side = int(_option(spec, "max_side", 2048))
     types = sorted(_option(spec, "controlnets", {}))
@@ -120,13 +120,13 @@ def input_schema(spec: ModelSpec) -> dict[str, Any]:
 class DiffusionRunner(Runner):
     family = "diffusion"
 
-    def __init__(self, spec: ModelSpec, device: str = "cpu", node: NodeResources | None = None) -> None:
+    def __init__(self, spec: RouteSpec, device: str = "cpu", node: NodeResources | None = None) -> None:
         super().__init__(spec, device, node)
         self.pipelines: Any = None
         self.worker: Any = None
 
     @classmethod
-    def input_schema(cls, spec: ModelSpec) -> dict[str, Any]:
+    def input_schema(cls, spec: RouteSpec) -> dict[str, Any]:
         unknown = set(_option(spec, "controlnets", {})) - set(CONTROLNET_TYPES)
         if unknown:
             raise InvalidInput("options.controlnets", f"unknown ControlNet types {sorted(unknown)}; "
@@ -134,11 +134,11 @@ class DiffusionRunner(Runner):
         return input_schema(spec)
 
     @classmethod
-    def output_schema(cls, spec: ModelSpec) -> dict[str, Any]:
+    def output_schema(cls, spec: RouteSpec) -> dict[str, Any]:
         return {"type": "null", "description": "Nothing: the images are the prediction's output files."}
 
     @classmethod
-    def check_input(cls, spec: ModelSpec, input: dict[str, Any]) -> None:
+    def check_input(cls, spec: RouteSpec, input: dict[str, Any]) -> None:
         if input.get("image"):
             steps, strength = input["num_inference_steps"], input["strength"]
             if int(steps * strength) < 1:
@@ -151,7 +151,7 @@ class DiffusionRunner(Runner):
                                                                            f"({start})")
 
     @classmethod
-    def policy(cls, spec: ModelSpec) -> RunnerPolicy:
+    def policy(cls, spec: RouteSpec) -> RunnerPolicy:
         batch = int(_option(spec, "max_batch_size", DEFAULT_MAX_BATCH_SIZE))
         return RunnerPolicy(max_concurrency=int(_option(spec, "max_concurrency", 2 * batch)))
 

@@ -5,7 +5,7 @@
 engine's text deltas as output chunks, and reports token counts and timings before the final output.
 This module imports no torch at import time (the registry imports it); ``load`` does.
 
-Options (``ModelSpec.options``):
+Options (``RouteSpec.options``):
 
 - ``dtype``: "auto" (float32 on CPU; bfloat16 on a GPU that has it, else float16), "float32",
   "float16" or "bfloat16".
@@ -24,7 +24,7 @@ from typing import Any
 
 from runners.base import AsyncPredictGenerator, NodeResources, PredictContext, Runner, RunnerPolicy
 from runners.devices import free_memory, resolve_dtype
-from warmfleet.domain import LogLine, MetricsUpdate, ModelSpec, Output, OutputChunk
+from warmfleet.domain import LogLine, MetricsUpdate, RouteSpec, Output, OutputChunk
 from warmfleet.errors import InvalidInput
 
 MAX_NEW_TOKENS = 4096
@@ -109,22 +109,22 @@ INPUT_SCHEMA: dict[str, Any] = {
 class LLMRunner(Runner):
     family = "llm"
 
-    def __init__(self, spec: ModelSpec, device: str = "cpu", node: NodeResources | None = None) -> None:
+    def __init__(self, spec: RouteSpec, device: str = "cpu", node: NodeResources | None = None) -> None:
         super().__init__(spec, device, node)
         self.model: Any = None
         self.tokenizer: Any = None
         self.engine: Any = None
 
     @classmethod
-    def input_schema(cls, spec: ModelSpec) -> dict[str, Any]:
+    def input_schema(cls, spec: RouteSpec) -> dict[str, Any]:
         return INPUT_SCHEMA
 
     @classmethod
-    def output_schema(cls, spec: ModelSpec) -> dict[str, Any]:
+    def output_schema(cls, spec: RouteSpec) -> dict[str, Any]:
         return {"type": "string", "description": "The generated text (streamed as chunks while generated)."}
 
     @classmethod
-    def policy(cls, spec: ModelSpec) -> RunnerPolicy:
+    def policy(cls, spec: RouteSpec) -> RunnerPolicy:
         return RunnerPolicy(max_concurrency=int(spec.options.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE)))
 
     def load(self) -> None:

@@ -12,7 +12,7 @@ import ray
 
 from gateway.server import Gateway
 from scheduler import ray_adapter
-from warmfleet.domain import ModelSpec
+from warmfleet.domain import RouteSpec
 from warmfleet.settings import Settings
 from warmfleet.v1 import (
     cluster_pb2_grpc, models_pb2_grpc, predictions_pb2 as P, predictions_pb2_grpc, types_pb2 as T,
@@ -48,18 +48,18 @@ def tiny_esrgan_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def models(tiny_llama_dir, tiny_sd_paths, tiny_esrgan_dir) -> list[ModelSpec]:
+def models(tiny_llama_dir, tiny_sd_paths, tiny_esrgan_dir) -> list[RouteSpec]:
     controlnets = {kind: str(path) for kind, path in tiny_sd_paths.items() if kind != "sd"}
     return [
-        ModelSpec(ECHO, "echo"),
-        ModelSpec(NARROW, "echo", options={"max_concurrency": 1}),
-        ModelSpec(LLM, "llm", weights=str(tiny_llama_dir), options={"max_batch_size": 16}),
+        RouteSpec(ECHO, "echo"),
+        RouteSpec(NARROW, "echo", options={"max_concurrency": 1}),
+        RouteSpec(LLM, "llm", weights=str(tiny_llama_dir), options={"max_batch_size": 16}),
         # Batches gather for up to 200 ms, so predictions sent together reliably share a call.
-        ModelSpec(SD, "diffusion", weights=str(tiny_sd_paths["sd"]),
+        RouteSpec(SD, "diffusion", weights=str(tiny_sd_paths["sd"]),
                   options={"controlnets": controlnets, "steps": 4, "max_batch_size": 4,
                            "max_batch_wait_ms": 200}),
-        ModelSpec(ESRGAN, "upscale", weights=str(tiny_esrgan_dir), options={"tile": 64}),
-        ModelSpec(AUTOSCALED, "echo", options={"max_concurrency": 1}, min_instances=0, max_instances=2,
+        RouteSpec(ESRGAN, "upscale", weights=str(tiny_esrgan_dir), options={"tile": 64}),
+        RouteSpec(AUTOSCALED, "echo", options={"max_concurrency": 1}, min_instances=0, max_instances=2,
                   autoscaling={"target_ongoing_requests": 1, "upscale_delay_s": 0.3, "downscale_delay_s": 1.5,
                                "scale_to_zero_delay_s": 2.5}),
     ]

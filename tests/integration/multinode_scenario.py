@@ -32,7 +32,7 @@ from ray.cluster_utils import Cluster
 from gateway.server import Gateway
 from scheduler import ray_adapter
 from warmfleet.client import Client
-from warmfleet.domain import ModelSpec
+from warmfleet.domain import RouteSpec
 from warmfleet.settings import Settings
 from warmfleet.v1 import cluster_pb2, cluster_pb2_grpc, predictions_pb2 as P, predictions_pb2_grpc, types_pb2 as T
 
@@ -218,7 +218,7 @@ async def main(home: Path) -> dict:
     cluster.add_node(num_cpus=1, resources={"worker_a": 1}, **NODE_MEMORY)
     ray_adapter.connect(cluster.address, "warmfleet-multinode")
     controller = ray_adapter.start_controller(
-        [ModelSpec(ECHO, "echo", options={"max_concurrency": 4}, min_instances=2)], detached=False)
+        [RouteSpec(ECHO, "echo", options={"max_concurrency": 4}, min_instances=2)], detached=False)
     await controller.start()
     gateway = Gateway(Settings(home=home, grpc_port=0, http_port=0), controller)
     port = await gateway.start()

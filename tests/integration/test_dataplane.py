@@ -18,7 +18,7 @@ from node.data_server import DataServer
 from scheduler.data_channel import DataChannel
 from scheduler.ports import NodeLost
 from warmfleet import dataplane
-from warmfleet.domain import Finished, ModelSpec, OutputChunk, Started, Status, Task, TaskEvent
+from warmfleet.domain import Finished, RouteSpec, OutputChunk, Started, Status, Task, TaskEvent
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +30,7 @@ ROUTER = "router-1"
 async def served():
     """An agent with one echo instance, serving its data plane on 127.0.0.1."""
     agent = NodeAgent("node-1")
-    await agent.load_instance("echo-1", ModelSpec("acme/echo", "echo", options={"max_concurrency": 4}))
+    await agent.load_instance("echo-1", RouteSpec("acme/echo", "echo", options={"max_concurrency": 4}))
     server = DataServer(agent, SECRET, "127.0.0.1")
     address = await server.start()
     yield agent, address

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from scheduler.ports import NodeControl, NodeData, NodeLost, RoutingTable
 from warmfleet.domain import (
-    Finished, InstanceInfo, InstanceState, ModelSpec, NodeInfo, Output, Rejected, Status, Task, TaskEvent,
+    Finished, InstanceInfo, InstanceState, RouteSpec, NodeInfo, Output, Rejected, Status, Task, TaskEvent,
     TaskEventBody,
 )
 
@@ -127,7 +127,7 @@ class FakeNodeControl(NodeControl):
         self.node_id = node_id
         self.loaded: dict[str, InstanceInfo] = {}
 
-    async def load_instance(self, instance_id: str, spec: ModelSpec) -> InstanceInfo:
+    async def load_instance(self, instance_id: str, spec: RouteSpec) -> InstanceInfo:
         slots = int(spec.options.get("max_concurrency", 1))
         info = InstanceInfo(instance_id, spec.name, spec.version, self.node_id, InstanceState.IDLE, slots)
         self.loaded[instance_id] = info

@@ -13,7 +13,7 @@ from node.agent import NodeAgent
 from runners import registry
 from runners.base import PredictContext, PredictGenerator, Runner
 from warmfleet.domain import (
-    Finished, LogLine, MetricsUpdate, ModelSpec, Output, OutputChunk, Rejected, Started, Status, Task, TaskEvent,
+    Finished, LogLine, MetricsUpdate, RouteSpec, Output, OutputChunk, Rejected, Started, Status, Task, TaskEvent,
 )
 from warmfleet.errors import InvalidInput, NotFound
 
@@ -25,11 +25,11 @@ ROUTER = "router-1"
 
 class _Fixture(Runner):
     @classmethod
-    def input_schema(cls, spec: ModelSpec) -> dict[str, Any]:
+    def input_schema(cls, spec: RouteSpec) -> dict[str, Any]:
         return {"type": "object"}
 
     @classmethod
-    def output_schema(cls, spec: ModelSpec) -> dict[str, Any]:
+    def output_schema(cls, spec: RouteSpec) -> dict[str, Any]:
         return {}
 
 
@@ -146,8 +146,8 @@ async def poll_until(agent: NodeAgent, kind: type, prediction_id: str, router_id
     return events
 
 
-def _echo(max_concurrency: int = 4) -> ModelSpec:
-    return ModelSpec("acme/echo", "echo", options={"max_concurrency": max_concurrency})
+def _echo(max_concurrency: int = 4) -> RouteSpec:
+    return RouteSpec("acme/echo", "echo", options={"max_concurrency": max_concurrency})
 
 
 def _of(events: list[TaskEvent], pid: str) -> list:
@@ -225,7 +225,7 @@ async def test_cancel_ends_a_delayed_task_canceled_well_before_its_delay(agent):
 
 async def test_a_runner_that_raises_ends_failed_with_the_error_text(agent, register):
     register(RaisesOnPredict)
-    await agent.load_instance("boom-1", ModelSpec("acme/boom", RaisesOnPredict.family))
+    await agent.load_instance("boom-1", RouteSpec("acme/boom", RaisesOnPredict.family))
     await agent.submit(ROUTER, [Task("p1", "boom-1", {})])
 
     bodies = _of(await collect(agent, {"p1"}), "p1")
@@ -239,7 +239,7 @@ async def test_a_runner_that_raises_ends_failed_with_the_error_text(agent, regis
 
 async def test_a_runners_own_error_travels_as_its_code_and_field_not_as_text(agent, register):
     register(RefusesItsInput)
-    await agent.load_instance("strict-1", ModelSpec("acme/strict", RefusesItsInput.family))
+    await agent.load_instance("strict-1", RouteSpec("acme/strict", RefusesItsInput.family))
     await agent.submit(ROUTER, [Task("p1", "strict-1", {})])
     [finished] = [b for b in _of(await collect(agent, {"p1"}), "p1") if isinstance(b, Finished)]
     assert (finished.status, finished.error_code, finished.error_field) == (
@@ -249,7 +249,7 @@ async def test_a_runners_own_error_travels_as_its_code_and_field_not_as_text(age
 
 async def test_runner_metrics_are_kept_and_the_agent_measures_predict_time_itself(agent, register):
     register(ReportsMetrics)
-    await agent.load_instance("m-1", ModelSpec("acme/metrics", ReportsMetrics.family))
+    await agent.load_instance("m-1", RouteSpec("acme/metrics", ReportsMetrics.family))
     await agent.submit(ROUTER, [Task("p1", "m-1", {})])
 
     finished = _of(await collect(agent, {"p1"}), "p1")[-1]
@@ -261,7 +261,7 @@ async def test_runner_metrics_are_kept_and_the_agent_measures_predict_time_itsel
 
 async def test_a_predict_that_raises_when_called_still_ends_failed(agent, register):
     register(RaisesBeforeItsFirstEvent)
-    await agent.load_instance("boom-1", ModelSpec("acme/boom", RaisesBeforeItsFirstEvent.family))
+    await agent.load_instance("boom-1", RouteSpec("acme/boom", RaisesBeforeItsFirstEvent.family))
     await agent.submit(ROUTER, [Task("p1", "boom-1", {})])
 
     bodies = _of(await collect(agent, {"p1"}), "p1")
@@ -274,7 +274,7 @@ async def test_a_predict_that_raises_when_called_still_ends_failed(agent, regist
 async def test_a_runner_that_fails_to_load_raises_and_its_instance_is_failed(agent, register):
     register(RaisesOnLoad)
     with pytest.raises(OSError, match="weights not found"):
-        await agent.load_instance("bad-1", ModelSpec("acme/bad", RaisesOnLoad.family))
+        await agent.load_instance("bad-1", RouteSpec("acme/bad", RaisesOnLoad.family))
 
     [info] = await agent.instances()
     assert info.state == "failed"
@@ -288,13 +288,13 @@ async def test_a_runner_that_fails_to_load_raises_and_its_instance_is_failed(age
 
 async def test_an_unknown_runner_family_is_invalid_input(agent):
     with pytest.raises(InvalidInput) as err:
-        await agent.load_instance("x-1", ModelSpec("acme/x", "no-such-family"))
+        await agent.load_instance("x-1", RouteSpec("acme/x", "no-such-family"))
     assert err.value.field == "runner"
     assert await agent.instances() == []
 
 
 async def test_submits_beyond_capacity_or_to_unknown_instances_are_rejected(agent, gated):
-    await agent.load_instance("g-1", ModelSpec("acme/gated", gated.family, options={"max_concurrency": 2}))
+    await agent.load_instance("g-1", RouteSpec("acme/gated", gated.family, options={"max_concurrency": 2}))
     await agent.submit(ROUTER, [Task(f"p{n}", "g-1", {"text": str(n)}) for n in range(3)]
                        + [Task("lost", "nowhere", {})])
 
@@ -312,7 +312,7 @@ async def test_submits_beyond_capacity_or_to_unknown_instances_are_rejected(agen
 
 
 async def test_unload_drains_in_flight_work_then_removes_and_unloads_the_instance(agent, gated):
-    await agent.load_instance("g-1", ModelSpec("acme/gated", gated.family))
+    await agent.load_instance("g-1", RouteSpec("acme/gated", gated.family))
     await agent.submit(ROUTER, [Task("running", "g-1", {"text": "kept"})])
     await poll_until(agent, Started, "running")
 
@@ -332,7 +332,7 @@ async def test_unload_drains_in_flight_work_then_removes_and_unloads_the_instanc
 
 
 async def test_unload_of_an_idle_instance_removes_it_at_once(agent, gated):
-    await agent.load_instance("g-1", ModelSpec("acme/gated", gated.family))
+    await agent.load_instance("g-1", RouteSpec("acme/gated", gated.family))
     await agent.unload_instance("g-1")
 
     assert await agent.instances() == []

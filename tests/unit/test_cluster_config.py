@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from warmfleet.cli.cluster_config import load_cluster_config
-from warmfleet.domain import ModelSpec
+from warmfleet.domain import RouteSpec
 from warmfleet.errors import InvalidInput
 
-BUILTIN = [ModelSpec("warmfleet/echo", "echo")]
+BUILTIN = [RouteSpec("warmfleet/echo", "echo")]
 
 GOOD = """
 [settings]

@@ -15,7 +15,7 @@ from runners.cog.schema import input_json_schema
 from scheduler.controller import Controller
 from scheduler.placement import hardware_matches
 from tests.unit.fakes import FakeNodeControl
-from warmfleet.domain import ModelSpec, version_route_name
+from warmfleet.domain import RouteSpec, version_route_name
 from warmfleet.errors import AlreadyExists, FailedPrecondition, InvalidInput, NotFound, PermissionDenied
 
 MODEL = "alice/styler"
@@ -32,9 +32,9 @@ def digest(n: int) -> str:
 D1, D2, D3 = digest(1), digest(2), digest(3)
 
 
-def pushed(version: str, created_at: float, owner: str = "alice", name: str = MODEL) -> ModelSpec:
+def pushed(version: str, created_at: float, owner: str = "alice", name: str = MODEL) -> RouteSpec:
     """A version as a push makes it (``gateway.push``): private, no instance until asked for."""
-    return ModelSpec(name, "cog", options={"bundle": version, "openapi_schema": OPENAPI}, min_instances=0,
+    return RouteSpec(name, "cog", options={"bundle": version, "openapi_schema": OPENAPI}, min_instances=0,
                      version_id=version, created_at=created_at, owner=owner, visibility="private")
 
 
@@ -58,7 +58,7 @@ class OneNode:
 @pytest.fixture
 async def cluster():
     """A controller serving one built-in model (no instances), the catalog and the route service."""
-    controller = Controller([ModelSpec(BUILTIN, "echo", min_instances=0)], OneNode(), clock=lambda: 100.0,
+    controller = Controller([RouteSpec(BUILTIN, "echo", min_instances=0)], OneNode(), clock=lambda: 100.0,
                             autoscale_interval_s=3600, membership_interval_s=None)
     await controller.start()
     catalog = ModelCatalog()
@@ -261,5 +261,5 @@ async def test_the_controller_owns_names_a_second_create_and_a_model_over_a_depl
     with pytest.raises(AlreadyExists, match="alice/prod"):
         await controller.put_route(racing, new=True)
     with pytest.raises(AlreadyExists, match="taken \\(by a deployment\\)"):
-        await controller.put_route(ModelSpec("alice/prod", "echo"))
+        await controller.put_route(RouteSpec("alice/prod", "echo"))
     assert catalog.deployment("alice/prod").spec.min_instances == 0  # the first create stands

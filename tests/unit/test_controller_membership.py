@@ -15,7 +15,7 @@ import pytest
 from scheduler.controller import Controller
 from scheduler.ports import NodeLost
 from tests.unit.fakes import FakeNodeControl, settle
-from warmfleet.domain import InstanceInfo, ModelSpec
+from warmfleet.domain import InstanceInfo, RouteSpec
 from warmfleet.errors import FailedPrecondition, NotFound
 
 ECHO = "acme/echo"
@@ -39,7 +39,7 @@ class FakeAgentNode(FakeNodeControl):
         if self.lost:
             raise NodeLost(self.node_id)
 
-    async def load_instance(self, instance_id: str, spec: ModelSpec) -> InstanceInfo:
+    async def load_instance(self, instance_id: str, spec: RouteSpec) -> InstanceInfo:
         self.load_calls.append(instance_id)
         if self.hold_loads is not None:
             await self.hold_loads.wait()
@@ -99,9 +99,9 @@ class FakeProvisioner:
         self.released.append(node_id)
 
 
-async def started(provisioner: FakeProvisioner, *models: ModelSpec) -> Controller:
+async def started(provisioner: FakeProvisioner, *models: RouteSpec) -> Controller:
     """A controller with no background loops: the test turns membership and autoscaling itself."""
-    controller = Controller(list(models) or [ModelSpec(ECHO, "echo", min_instances=2)], provisioner,
+    controller = Controller(list(models) or [RouteSpec(ECHO, "echo", min_instances=2)], provisioner,
                             clock=lambda: 100.0, autoscale_interval_s=3600, membership_interval_s=None)
     await controller.start()
     return controller
@@ -127,7 +127,7 @@ async def loaded_everywhere(controller: Controller) -> None:
 async def test_a_node_that_joins_gets_its_agent_and_takes_the_next_instance():
     a, b = FakeAgentNode("a"), FakeAgentNode("b")
     provisioner = FakeProvisioner(a)
-    model = ModelSpec(ECHO, "echo", min_instances=1, max_instances=2,
+    model = RouteSpec(ECHO, "echo", min_instances=1, max_instances=2,
                       autoscaling={"target_ongoing_requests": 1, "upscale_delay_s": 0})
     controller = await started(provisioner, model)
     before = (await controller.routing_table(-1, 0.0)).revision
@@ -177,7 +177,7 @@ async def test_an_agent_that_raises_node_lost_is_removed_and_the_others_still_an
 async def test_a_node_lost_while_loading_is_no_failure_of_the_model_and_the_instance_goes_elsewhere():
     a, b = FakeAgentNode("a"), FakeAgentNode("b")
     provisioner = FakeProvisioner(a)
-    model = ModelSpec(ECHO, "echo", min_instances=1, max_instances=2,
+    model = RouteSpec(ECHO, "echo", min_instances=1, max_instances=2,
                       autoscaling={"target_ongoing_requests": 1, "upscale_delay_s": 0})
     controller = await started(provisioner, model)
     provisioner.join(b)
@@ -201,7 +201,7 @@ async def test_a_node_lost_while_loading_is_no_failure_of_the_model_and_the_inst
 async def test_an_instance_whose_node_left_while_it_loaded_does_not_come_back():
     a, b = FakeAgentNode("a"), FakeAgentNode("b")
     provisioner = FakeProvisioner(a)
-    model = ModelSpec(ECHO, "echo", min_instances=1, max_instances=2,
+    model = RouteSpec(ECHO, "echo", min_instances=1, max_instances=2,
                       autoscaling={"target_ongoing_requests": 1, "upscale_delay_s": 0})
     controller = await started(provisioner, model)
     provisioner.join(b)
@@ -251,7 +251,7 @@ async def test_a_drain_readies_replacements_before_it_unloads_and_ends_with_the_
 
 async def test_a_drained_node_takes_no_new_instance():
     a, b = FakeAgentNode("a"), FakeAgentNode("b")
-    model = ModelSpec(ECHO, "echo", min_instances=1, max_instances=3,
+    model = RouteSpec(ECHO, "echo", min_instances=1, max_instances=3,
                       autoscaling={"target_ongoing_requests": 1, "upscale_delay_s": 0})
     controller = await started(FakeProvisioner(a, b), model)  # its one instance on a
     assert (await asyncio.wait_for(controller.drain_node("b"), 2.0)).done  # nothing to move

@@ -14,7 +14,7 @@ from runners.devices import resolve_dtype
 from runners.llm.runner import INPUT_SCHEMA, LLMRunner
 from runners.registry import runner_class
 from runners.schema import InputValidator
-from warmfleet.domain import Finished, LogLine, ModelSpec, OutputChunk, Status, Task
+from warmfleet.domain import Finished, LogLine, RouteSpec, OutputChunk, Status, Task
 from warmfleet.errors import InvalidInput
 
 ROUTER = "router-1"
@@ -27,8 +27,8 @@ def weights(tmp_path_factory):
     return str(make_tiny_llama(tmp_path_factory.getbasetemp() / "tiny-llama"))
 
 
-def _spec(weights: str, **options) -> ModelSpec:
-    return ModelSpec("warmfleet/tiny-llama", "llm", weights=weights, options=options)
+def _spec(weights: str, **options) -> RouteSpec:
+    return RouteSpec("warmfleet/tiny-llama", "llm", weights=weights, options=options)
 
 
 @pytest.fixture
@@ -106,8 +106,8 @@ def test_messages_alone_are_a_valid_input(validator):
 
 
 def test_the_policy_admits_as_many_predictions_as_the_engine_batches():
-    assert LLMRunner.policy(ModelSpec("m", "llm", options={"max_batch_size": 7})).max_concurrency == 7
-    assert LLMRunner.policy(ModelSpec("m", "llm")).max_concurrency == 32
+    assert LLMRunner.policy(RouteSpec("m", "llm", options={"max_batch_size": 7})).max_concurrency == 7
+    assert LLMRunner.policy(RouteSpec("m", "llm")).max_concurrency == 32
 
 
 def test_dtype_auto_is_float32_on_cpu_and_unknown_names_are_refused():

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.http import build_app
 from gateway.metrics import GatewayMetrics, PredictionMetrics
 from scheduler.ports import ControllerClient, RoutingTable
-from warmfleet.domain import InstanceInfo, Metrics, ModelSpec, NodeInfo, Prediction, Status
+from warmfleet.domain import InstanceInfo, Metrics, RouteSpec, NodeInfo, Prediction, Status
 from warmfleet.cluster_state import read_state, write_state
 from warmfleet.settings import Settings
 
@@ -43,7 +43,7 @@ class FakeController(ControllerClient):
         self.error = error
         self.hang = hang
 
-    async def models(self) -> list[ModelSpec]:
+    async def models(self) -> list[RouteSpec]:
         return []
 
     async def routing_table(self, since_revision: int, max_wait_s: float) -> RoutingTable:

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from scheduler.route_journal import RouteJournal
-from warmfleet.domain import ModelSpec
+from warmfleet.domain import RouteSpec
 
-START = [ModelSpec("warmfleet/echo", "echo"), ModelSpec("acme/chat", "llm", "/m/chat")]
+START = [RouteSpec("warmfleet/echo", "echo"), RouteSpec("acme/chat", "llm", "/m/chat")]
 
 
 def test_puts_replace_or_add_and_deletes_stay_deleted_across_a_reopen(tmp_path):
     journal = RouteJournal(tmp_path / "routes.json")
     assert journal.apply(START) == START  # no file yet: nothing changes
-    prod = ModelSpec("acme/chat-prod", "llm", "/m/chat", model="acme/chat", release=3, min_instances=0,
+    prod = RouteSpec("acme/chat-prod", "llm", "/m/chat", model="acme/chat", release=3, min_instances=0,
                      max_instances=4, autoscaling={"target_ongoing_requests": 2.0})
     journal.put(prod)
-    journal.put(ModelSpec("acme/chat", "llm", "/m/chat-v2"))
+    journal.put(RouteSpec("acme/chat", "llm", "/m/chat-v2"))
     journal.delete("warmfleet/echo")
 
     again = RouteJournal(tmp_path / "routes.json").apply(START)
@@ -27,6 +27,6 @@ def test_puts_replace_or_add_and_deletes_stay_deleted_across_a_reopen(tmp_path):
 def test_a_route_put_again_after_a_delete_is_back(tmp_path):
     journal = RouteJournal(tmp_path / "routes.json")
     journal.delete("warmfleet/echo")
-    journal.put(ModelSpec("warmfleet/echo", "echo", options={"max_concurrency": 2}))
+    journal.put(RouteSpec("warmfleet/echo", "echo", options={"max_concurrency": 2}))
     [echo, _] = RouteJournal(tmp_path / "routes.json").apply(START)
     assert echo.options == {"max_concurrency": 2}

@@ -7,7 +7,7 @@ import pytest
 
 from runners.echo import EchoRunner
 from runners.schema import InputValidator
-from warmfleet.domain import FileData, ModelSpec
+from warmfleet.domain import FileData, RouteSpec
 from warmfleet.errors import InvalidInput
 
 IMAGE = FileData(b"\x89PNG...", "image/png", "cat.png")
@@ -15,7 +15,7 @@ IMAGE = FileData(b"\x89PNG...", "image/png", "cat.png")
 
 @pytest.fixture
 def echo() -> InputValidator:
-    return InputValidator(EchoRunner.input_schema(ModelSpec("acme/echo", "echo")))
+    return InputValidator(EchoRunner.input_schema(RouteSpec("acme/echo", "echo")))
 
 
 def _field(validator: InputValidator, input: dict) -> InvalidInput:

@@ -480,11 +480,11 @@ def test_two_real_loads_at_once_in_one_agent_both_succeed(tmp_path, sd_bundle):
     import asyncio
 
     from node.agent import NodeAgent
-    from warmfleet.domain import ModelSpec
+    from warmfleet.domain import RouteSpec
 
     llama = make_tiny_llama(tmp_path / "tiny-llama")
-    specs = [ModelSpec("t/llama", "llm", str(llama)),
-             ModelSpec("t/sd", "diffusion", str(sd_bundle["sd"]),
+    specs = [RouteSpec("t/llama", "llm", str(llama)),
+             RouteSpec("t/sd", "diffusion", str(sd_bundle["sd"]),
                        options={"controlnets": {"canny": str(sd_bundle["canny"])}})]
 
     async def rounds() -> list[str]:

@@ -35,7 +35,7 @@ from runners.upscale import (
     tile_spans,
     upscale_tiled,
 )
-from warmfleet.domain import FileData, LogLine, MetricsUpdate, ModelSpec, Output, ProgressUpdate
+from warmfleet.domain import FileData, LogLine, MetricsUpdate, RouteSpec, Output, ProgressUpdate
 from warmfleet.errors import InvalidInput
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,7 +48,7 @@ def esrgan_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def runner(esrgan_dir: Path) -> UpscaleRunner:
-    loaded = UpscaleRunner(ModelSpec("test/esrgan", "upscale", weights=str(esrgan_dir)))
+    loaded = UpscaleRunner(RouteSpec("test/esrgan", "upscale", weights=str(esrgan_dir)))
     loaded.load()
     return loaded
 
@@ -101,7 +101,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_loads_weights_from_a_folder_or_a_file_and_upscales_at_the_model_scale(runner, esrgan_dir):
     image = picture(24, 20)
     _, from_folder = run(runner, image=png(image))
-    by_file = UpscaleRunner(ModelSpec("f", "upscale", weights=str(esrgan_dir / "model.safetensors")))
+    by_file = UpscaleRunner(RouteSpec("f", "upscale", weights=str(esrgan_dir / "model.safetensors")))
     by_file.load()
     _, from_file = run(by_file, image=png(image))
 
@@ -141,7 +141,7 @@ def test_a_greyscale_model_upscales_to_a_grey_rgb_image(tmp_path):
     torch.manual_seed(0)
     save_file(ESRGAN(in_nc=1, out_nc=1, num_filters=4, num_blocks=1, scale=2).state_dict(),
               tmp_path / "grey.safetensors")
-    grey = UpscaleRunner(ModelSpec("g", "upscale", weights=str(tmp_path)))
+    grey = UpscaleRunner(RouteSpec("g", "upscale", weights=str(tmp_path)))
     grey.load()
     _, output = run(grey, image=png(picture(24, 20)))
     pixels = np.asarray(opened(output.files[0]))
@@ -155,13 +155,13 @@ def test_refuses_weights_that_are_not_one_image_to_image_model(tmp_path, monkeyp
     for name in ("a.safetensors", "b.pth"):
         (two / name).write_bytes(b"x")
     with pytest.raises(ValueError, match=r"exactly one weights file.*a\.safetensors, b\.pth"):
-        UpscaleRunner(ModelSpec("m", "upscale", weights=str(two))).load()
+        UpscaleRunner(RouteSpec("m", "upscale", weights=str(two))).load()
     with pytest.raises(FileNotFoundError):
-        UpscaleRunner(ModelSpec("m", "upscale", weights=str(tmp_path / "missing"))).load()
+        UpscaleRunner(RouteSpec("m", "upscale", weights=str(tmp_path / "missing"))).load()
 
     save_file({"encoder.weight": torch.zeros(2, 2)}, tmp_path / "unknown.safetensors")
     with pytest.raises(ValueError, match="recognises no architecture"):
-        UpscaleRunner(ModelSpec("m", "upscale", weights=str(tmp_path / "unknown.safetensors"))).load()
+        UpscaleRunner(RouteSpec("m", "upscale", weights=str(tmp_path / "unknown.safetensors"))).load()
 
     # An inpainting model (spandrel's MaskedImageModelDescriptor) loads in spandrel but is no upscaler.
     lama = spandrel.MAIN_REGISTRY.get("LaMa").architecture
@@ -171,7 +171,7 @@ def test_refuses_weights_that_are_not_one_image_to_image_model(tmp_path, monkeyp
         supports_bfloat16=True, input_channels=3, output_channels=3)
     monkeypatch.setattr(spandrel.ModelLoader, "load_from_file", lambda self, path: inpainter)
     with pytest.raises(TypeError, match="LaMa model .*MaskedImageModelDescriptor.* not an image-to-image"):
-        UpscaleRunner(ModelSpec("m", "upscale", weights=str(esrgan_dir))).load()
+        UpscaleRunner(RouteSpec("m", "upscale", weights=str(esrgan_dir))).load()
 
 
 def test_dtype_auto_is_half_only_on_cuda_for_models_that_support_it():
@@ -184,10 +184,10 @@ def test_dtype_auto_is_half_only_on_cuda_for_models_that_support_it():
 
 
 def test_options_set_the_tile_default_and_the_concurrency():
-    spec = ModelSpec("m", "upscale", options={"tile": 64, "max_concurrency": 3})
+    spec = RouteSpec("m", "upscale", options={"tile": 64, "max_concurrency": 3})
     assert UpscaleRunner.input_schema(spec)["properties"]["tile"]["default"] == 64
     assert UpscaleRunner.policy(spec).max_concurrency == 3
-    plain = ModelSpec("m", "upscale")
+    plain = RouteSpec("m", "upscale")
     assert UpscaleRunner.input_schema(plain)["properties"]["tile"]["default"] == 256
     assert UpscaleRunner.policy(plain).max_concurrency == 1
 
@@ -274,7 +274,7 @@ MEASURE_PEAKS = textwrap.dedent("""
     from PIL import Image
     from runners.base import PredictContext
     from runners.upscale import UpscaleRunner
-    from warmfleet.domain import FileData, ModelSpec
+    from warmfleet.domain import FileData, RouteSpec
 
     def upscale(size, tile):
         buffer = io.BytesIO()
@@ -299,7 +299,7 @@ MEASURE_PEAKS = textwrap.dedent("""
         upscale(size, tile)
         return mib("VmHWM") - before
 
-    runner = UpscaleRunner(ModelSpec("m", "upscale", weights=sys.argv[1]))
+    runner = UpscaleRunner(RouteSpec("m", "upscale", weights=sys.argv[1]))
     runner.load()
     upscale(16, 0)  # imports and first-call set-up happen here, before any measure
     size, tile = int(sys.argv[2]), int(sys.argv[3])
@@ -375,14 +375,14 @@ def test_a_file_that_is_not_an_image_is_refused_naming_the_field(runner):
 
 
 def test_an_image_over_the_pixel_bound_is_refused_before_decoding(esrgan_dir):
-    small = UpscaleRunner(ModelSpec("m", "upscale", weights=str(esrgan_dir), options={"max_input_pixels": 400}))
+    small = UpscaleRunner(RouteSpec("m", "upscale", weights=str(esrgan_dir), options={"max_input_pixels": 400}))
     small.load()
     err = refused(small, image=png(picture(24, 20)))
     assert err.field == "input.image" and "24x20 = 480 pixels" in str(err)
 
 
 def test_an_output_over_its_bound_is_refused_before_any_tile_runs(esrgan_dir, monkeypatch):
-    bounded = UpscaleRunner(ModelSpec("m", "upscale", weights=str(esrgan_dir),
+    bounded = UpscaleRunner(RouteSpec("m", "upscale", weights=str(esrgan_dir),
                                       options={"max_output_pixels": 96 * 80 - 1}))
     bounded.load()
     monkeypatch.setattr(bounded, "_model_fn", lambda t: pytest.fail("a tile ran"))
@@ -413,7 +413,7 @@ def test_tile_overlap_must_be_less_than_half_the_tile(runner):
     err = refused(runner, image=png(picture(24, 20)), tile=32, tile_overlap=16)
     assert err.field == "input.tile_overlap" and "less than half of tile (32)" in str(err)
     # The same rule on entry, before queueing (the runner's check_input), against the option's tile.
-    spec = ModelSpec("m", "upscale", options={"tile": 40})
+    spec = RouteSpec("m", "upscale", options={"tile": 40})
     with pytest.raises(InvalidInput) as on_entry:
         UpscaleRunner.check_input(spec, {"tile_overlap": 20})
     assert on_entry.value.field == "input.tile_overlap" and "(40)" in str(on_entry.value)
@@ -439,7 +439,7 @@ def test_the_runner_checks_fields_again_for_inputs_that_skipped_the_schema(field
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU: the half-precision path is untested")
 def test_on_cuda_auto_dtype_is_half_and_matches_the_cpu_output(runner, esrgan_dir):
-    gpu = UpscaleRunner(ModelSpec("m", "upscale", weights=str(esrgan_dir)), device="cuda")
+    gpu = UpscaleRunner(RouteSpec("m", "upscale", weights=str(esrgan_dir)), device="cuda")
     gpu.load()
     assert gpu.model.dtype == torch.float16
     image = image_to_tensor(picture(100, 90))

@@ -30,7 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from warmfleet.domain import ModelSpec
+from warmfleet.domain import RouteSpec
 from warmfleet.errors import InvalidInput
 
 MODEL_KEYS = {"name", "runner", "weights", "options", "description", "min_instances", "max_instances",
@@ -39,7 +39,7 @@ DEPLOYMENT_KEYS = {"name", "model", "version", "min_instances", "max_instances",
 AUTOSCALING_KEYS = {"target_ongoing_requests", "upscale_delay_s", "downscale_delay_s", "scale_to_zero_delay_s"}
 
 
-def load_cluster_config(path: str | Path, builtin: list[ModelSpec]) -> list[ModelSpec]:
+def load_cluster_config(path: str | Path, builtin: list[RouteSpec]) -> list[RouteSpec]:
     """The routes the file asks for (with the built-in models unless it says not to), in order."""
     try:
         with open(path, "rb") as fh:
@@ -68,7 +68,7 @@ def load_cluster_config(path: str | Path, builtin: list[ModelSpec]) -> list[Mode
     return routes
 
 
-def _model(raw: dict[str, Any], where: str) -> ModelSpec:
+def _model(raw: dict[str, Any], where: str) -> RouteSpec:
     from runners.registry import RUNNERS
 
     runner = _str(raw, "runner", where, required=True)
@@ -77,7 +77,7 @@ def _model(raw: dict[str, Any], where: str) -> ModelSpec:
     options = raw.get("options", {})
     if not isinstance(options, dict):
         raise InvalidInput(f"{where}.options", "must be a table")
-    return ModelSpec(name=_str(raw, "name", where, required=True), runner=runner,
+    return RouteSpec(name=_str(raw, "name", where, required=True), runner=runner,
                      weights=_str(raw, "weights", where), options=options,
                      description=_str(raw, "description", where), **_sizing(raw, where, default_min=1))
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from runners.diffusion.controlnet import CONTROLNET_TYPES
-from warmfleet.domain import ModelSpec
+from warmfleet.domain import RouteSpec
 from warmfleet.settings import Settings
 
 TINY_LLAMA = "warmfleet/tiny-llama"
@@ -11,27 +11,27 @@ TINY_SD = "warmfleet/tiny-sd"
 TINY_ESRGAN = "warmfleet/tiny-esrgan"
 
 
-def default_models(settings: Settings) -> list[ModelSpec]:
+def default_models(settings: Settings) -> list[RouteSpec]:
     """The built-in models: echo, and tiny random-weight models with the real architectures."""
     models = settings.models_path
     return [
-        ModelSpec(
+        RouteSpec(
             name="warmfleet/echo", runner="echo",
             description="Returns its input text, optionally after a delay and in streamed chunks.",
         ),
-        ModelSpec(
+        RouteSpec(
             name=TINY_LLAMA, runner="llm", weights=str(models / "tiny-llama"),
             options={"max_batch_size": 32},
             description="A tiny random-weight Llama (real architecture, made locally): gibberish, fast.",
         ),
-        ModelSpec(
+        RouteSpec(
             name=TINY_SD, runner="diffusion", weights=str(models / "tiny-sd"),
             options={"controlnets": {t: str(models / f"tiny-controlnet-{t}") for t in CONTROLNET_TYPES},
                      "steps": 10, "max_batch_size": 8},
             description="A tiny random-weight Stable Diffusion 1.5 with a ControlNet of each type (real "
                         "architectures, made locally): 64x64 noise, fast.",
         ),
-        ModelSpec(
+        RouteSpec(
             name=TINY_ESRGAN, runner="upscale", weights=str(models / "tiny-esrgan"),
             description="A tiny random-weight ESRGAN x4 (real architecture, made locally).",
         ),

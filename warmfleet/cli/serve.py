@@ -13,7 +13,7 @@ from scheduler import ray_adapter
 from warmfleet.cli.cluster_config import load_cluster_config
 from warmfleet.cli.defaults import default_models, prepare_default_weights
 from warmfleet.cluster_state import write_state
-from warmfleet.domain import ModelSpec
+from warmfleet.domain import RouteSpec
 from warmfleet.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ async def serve(settings: Settings) -> None:
     ray_adapter.shutdown()
 
 
-def served_models(settings: Settings) -> list[ModelSpec]:
+def served_models(settings: Settings) -> list[RouteSpec]:
     """The built-in models, and what the cluster config file adds (or keeps them out)."""
     models = default_models(settings)
     if settings.cluster_config:
