@@ -94,9 +94,9 @@ def per_instance_load(ongoing: int, current: int) -> float:
 
 def decide(config: AutoscalingConfig, current: int, ongoing: int, state: ScalingState,
            now: float) -> tuple[int, ScalingState]:
-    """The desired instance count for a deployment, and the state to pass to the next call.
+    """The desired instance count for a route, and the state to pass to the next call.
 
-    ``ongoing`` is queued + in-flight requests over the whole deployment. See the module docstring.
+    ``ongoing`` is queued + in-flight requests over the whole route. See the module docstring.
     """
     if current < 0:
         raise ValueError(f"current: must be >= 0, got {current}")
@@ -124,7 +124,7 @@ def decide(config: AutoscalingConfig, current: int, ongoing: int, state: Scaling
 
 
 def scaling_config(spec: RouteSpec) -> AutoscalingConfig:
-    """The autoscaler's settings for a model: its min and max instances and its other knobs."""
+    """The autoscaler's settings for a route: its min and max instances and its other knobs."""
     return AutoscalingConfig(min_instances=spec.min_instances, max_instances=spec.most_instances,
                              **spec.autoscaling)
 

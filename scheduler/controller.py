@@ -1,4 +1,4 @@
-"""The controller: the cluster's control plane. It knows the models to serve, the node agents and the
+"""The controller: the cluster's control plane. It knows the routes to serve, the node agents and the
 instances on them, places instances, and publishes the routing table the gateways dispatch with.
 
 It runs as one named, detached Ray actor (see ``scheduler.ray_adapter``); this class knows nothing of Ray.

@@ -1,4 +1,4 @@
-"""Where a new instance of a deployment goes: a pure policy over a snapshot of the cluster.
+"""Where a new instance of a route goes: a pure policy over a snapshot of the cluster.
 
 ``place(request, nodes, instances, now)`` reads frozen snapshots and returns a ``Placement`` (a node,
 and the instances to unload from it first); it does no I/O, calls no Ray and reads no clock.
@@ -9,9 +9,9 @@ Guarantees of ``place``:
 2. No over-commit. The node's free memory (total - used) plus the memory of the instances it evicts
    is at least the request's memory estimate.
 3. Spread first. No eligible node that could host the instance (by free memory, or by evicting what
-   rule 6 allows) holds fewer live (not draining) instances of the same deployment than the chosen one.
-   So a deployment is spread across nodes before any node gets a second copy, even at the price of
-   evicting an idle, surplus instance of another deployment.
+   rule 6 allows) holds fewer live (not draining) instances of the same route than the chosen one.
+   So a route is spread across nodes before any node gets a second copy, even at the price of
+   evicting an idle, surplus instance of another route.
 4. Free room before eviction. Among nodes equal by rule 3, a node that fits without eviction is chosen
    over one that needs evictions, and then nothing is evicted.
 5. Most headroom. Among nodes that fit without eviction (and are equal by rule 3), the one with the
@@ -19,7 +19,7 @@ Guarantees of ``place``:
    keeps the most room for the next placement without eviction; an instance count is a poor proxy when
    instances range from a few hundred megabytes to tens of gigabytes.
 6. What may be evicted. Only instances on the chosen node that are idle (``state == "idle"``),
-   ``evictable``, of another deployment (evicting a copy of the same deployment to load another copy
+   ``evictable``, of another route (evicting a copy of the same route to load another copy
    is pointless churn), and idle for at least ``min_idle_s`` before ``now``. Never a ``starting``,
    ``processing`` or ``draining`` one. On a node, candidates are taken least recently used first
    (``last_used_at`` ascending, then id), and no more are taken than needed: ``evict`` is that shortest
@@ -33,8 +33,8 @@ Guarantees of ``place``:
    free memory plus evictable memory (rule 6) at least the request. Its message names the hardware,
    the memory asked, the most any node could offer, and how many nodes of that hardware exist.
 
-``evictable`` is the caller's word that an instance may go: its deployment is above its minimum. Mark
-at most (count - minimum) instances of a deployment evictable (say, its least recently used idle ones),
+``evictable`` is the caller's word that an instance may go: its route is above its minimum. Mark
+at most (count - minimum) instances of a route evictable (say, its least recently used idle ones),
 since ``place`` may evict every marked instance on one node.
 
 Cost: one pass groups instances by node, one pass scores nodes; a node's eviction candidates are
@@ -73,15 +73,15 @@ class NodeSnapshot:
 
 @dataclass(frozen=True)
 class InstanceSnapshot:
-    """A loaded (or loading) instance of a deployment on a node."""
+    """A loaded (or loading) instance of a route on a node."""
 
     instance_id: str
     node_id: str
-    deployment: str
+    route: str
     memory_bytes: int
     state: InstanceState  # starting, idle, processing or draining
     last_used_at: float  # seconds, on the same clock as ``now``
-    evictable: bool  # its deployment is above its minimum, so it may be removed
+    evictable: bool  # its route is above its minimum, so it may be removed
 
     def __post_init__(self) -> None:
         if self.state not in INSTANCE_STATES:
@@ -90,9 +90,9 @@ class InstanceSnapshot:
 
 @dataclass(frozen=True)
 class PlacementRequest:
-    """One new instance to place: its deployment, the hardware it needs, its memory estimate."""
+    """One new instance to place: its route, the hardware it needs, its memory estimate."""
 
-    deployment: str
+    route: str
     hardware: str
     memory_bytes: int
 
@@ -135,7 +135,7 @@ class _Option:
 
 def place(request: PlacementRequest, nodes: Sequence[NodeSnapshot],
           instances: Iterable[InstanceSnapshot], now: float, *, min_idle_s: float = 0.0) -> Placement:
-    """The node for one new instance of ``request.deployment``, and what to evict there first.
+    """The node for one new instance of ``request.route``, and what to evict there first.
 
     ``now`` is the snapshot's time; with ``min_idle_s`` > 0 an instance used less than ``min_idle_s``
     before ``now`` is not evicted (a guard against thrashing). See the module docstring for the rules.
@@ -169,7 +169,7 @@ def _group_by_node(instances: Iterable[InstanceSnapshot],
 def _score(request: PlacementRequest, node: NodeSnapshot, on_node: Sequence[InstanceSnapshot],
            now: float, min_idle_s: float) -> tuple[_Option | None, int]:
     """The node's option (None if it cannot host the request) and the most memory it could offer."""
-    same = sum(1 for i in on_node if i.deployment == request.deployment and i.state != "draining")
+    same = sum(1 for i in on_node if i.route == request.route and i.state != "draining")
     free = node.memory_free_bytes
     need = request.memory_bytes
     victims = [i for i in on_node if _may_evict(i, request, now, min_idle_s)]
@@ -192,7 +192,7 @@ def _score(request: PlacementRequest, node: NodeSnapshot, on_node: Sequence[Inst
 
 
 def _may_evict(inst: InstanceSnapshot, request: PlacementRequest, now: float, min_idle_s: float) -> bool:
-    if inst.state != "idle" or not inst.evictable or inst.deployment == request.deployment:
+    if inst.state != "idle" or not inst.evictable or inst.route == request.route:
         return False
     return min_idle_s <= 0 or now - inst.last_used_at >= min_idle_s
 
@@ -200,11 +200,11 @@ def _may_evict(inst: InstanceSnapshot, request: PlacementRequest, now: float, mi
 def _no_eligible_node(request: PlacementRequest, nodes: Sequence[NodeSnapshot]) -> NoCapacity:
     with_hw = [n for n in nodes if n.hardware == request.hardware]
     if with_hw:
-        message = (f"cannot place deployment {request.deployment!r}: all {len(with_hw)} node(s) with "
+        message = (f"cannot place {request.route!r}: all {len(with_hw)} node(s) with "
                    f"hardware {request.hardware!r} are draining")
     else:
         present = ", ".join(sorted({n.hardware for n in nodes})) or "none"
-        message = (f"cannot place deployment {request.deployment!r}: no node has hardware "
+        message = (f"cannot place {request.route!r}: no node has hardware "
                    f"{request.hardware!r}; present: {present}")
     return NoCapacity(message, hardware=request.hardware, requested_bytes=request.memory_bytes,
                       best_offer_bytes=None, nodes_with_hardware=len(with_hw))
@@ -214,7 +214,7 @@ def _no_room(request: PlacementRequest, nodes: Sequence[NodeSnapshot], best_offe
     with_hw = [n for n in nodes if n.hardware == request.hardware]
     draining = sum(1 for n in with_hw if n.draining)
     offer = max(best_offer or 0, 0)
-    message = (f"cannot place deployment {request.deployment!r}: it needs {_gib(request.memory_bytes)} on "
+    message = (f"cannot place {request.route!r}: it needs {_gib(request.memory_bytes)} on "
                f"hardware {request.hardware!r}, and the most any node offers is {_gib(offer)} "
                f"(free + evictable); {len(with_hw)} node(s) have that hardware"
                + (f", {draining} of them draining" if draining else ""))

@@ -1,4 +1,4 @@
-"""The router: one queue per model, dispatch to instances with a free slot, cancellation, backpressure.
+"""The router: one queue per route, dispatch to instances with a free slot, cancellation, backpressure.
 
 It lives in the gateway process. Dispatch is batched per node: each node has at most one ``submit`` on
 its way, and whatever becomes dispatchable meanwhile goes in the next one; one ``poll`` per node brings
@@ -38,7 +38,7 @@ SERVING_STATES = frozenset({InstanceState.IDLE, InstanceState.PROCESSING})
 @dataclass
 class _Queued:
     prediction_id: str
-    model: str
+    route: str
     input: dict[str, Any]
     priority: int
     deadline_at: float | None = None
@@ -66,13 +66,13 @@ class Router:
         self._queue_len: dict[str, int] = {}
         self._running: dict[str, _Running] = {}
         self._instances: dict[str, InstanceLoad] = {}
-        self._by_model: dict[str, list[str]] = {}
-        self._model_of_instance: dict[str, str] = {}
+        self._by_route: dict[str, list[str]] = {}
+        self._route_of_instance: dict[str, str] = {}
         self._nodes: dict[str, NodeData] = {}
         self._pollers: dict[str, asyncio.Task] = {}
         self._outgoing: dict[str, list[Task]] = {}
         self._senders: dict[str, asyncio.Task] = {}
-        self._dirty_models: set[str] = set()
+        self._dirty_routes: set[str] = set()
         self.revision = -1
 
     # The routing table
@@ -83,70 +83,70 @@ class Router:
             return
         self.revision = table.revision
         old = self._instances
-        self._instances, self._by_model, self._model_of_instance = {}, {}, {}
+        self._instances, self._by_route, self._route_of_instance = {}, {}, {}
         for info in table.instances:
             if info.state not in SERVING_STATES:
                 continue
             prev = old.get(info.id)
             self._instances[info.id] = InstanceLoad(
                 info.id, info.node_id, prev.in_flight if prev else 0, info.max_concurrency)
-            self._by_model.setdefault(info.model, []).append(info.id)
-            self._model_of_instance[info.id] = info.model
+            self._by_route.setdefault(info.model, []).append(info.id)
+            self._route_of_instance[info.id] = info.model
         for node_id, client in table.nodes.items():
             if node_id in self._nodes:
                 continue  # keep the client (and its open stream) the pollers already use
             self._nodes[node_id] = client
             if node_id not in self._pollers:
                 self._pollers[node_id] = asyncio.create_task(self._poll(client), name=f"poll-{node_id}")
-        for model in list(self._heaps):
-            self._dispatch(model)
-        for model, error in table.load_failures.items():
-            if model not in self._by_model:
-                self._fail_queued(model, f"no instance of {model} could be loaded: {error}")
+        for route in list(self._heaps):
+            self._dispatch(route)
+        for route, error in table.load_failures.items():
+            if route not in self._by_route:
+                self._fail_queued(route, f"no instance of {route} could be loaded: {error}")
         if table.models is not None:
             served = {m.name for m in table.models}
-            for model in [m for m, n in self._queue_len.items() if n and m not in served]:
-                self._fail_queued(model, f"{model} is no longer served (it was deleted)")
+            for route in [m for m, n in self._queue_len.items() if n and m not in served]:
+                self._fail_queued(route, f"{route} is no longer served (it was deleted)")
 
     def _close_instance(self, instance_id: str) -> None:
         """Stop dispatching to an instance until a routing table lists it again."""
         self._instances.pop(instance_id, None)
-        model = self._model_of_instance.pop(instance_id, None)
-        if model is not None and instance_id in self._by_model.get(model, []):
-            self._by_model[model].remove(instance_id)
-            if not self._by_model[model]:
-                del self._by_model[model]
+        route = self._route_of_instance.pop(instance_id, None)
+        if route is not None and instance_id in self._by_route.get(route, []):
+            self._by_route[route].remove(instance_id)
+            if not self._by_route[route]:
+                del self._by_route[route]
 
-    def _fail_queued(self, model: str, reason: str) -> None:
-        """End every prediction queued for ``model``, with ``reason``."""
-        while (item := self._pop(model)) is not None:
+    def _fail_queued(self, route: str, reason: str) -> None:
+        """End every prediction queued for ``route``, with ``reason``."""
+        while (item := self._pop(route)) is not None:
             if item.deadline_timer:
                 item.deadline_timer.cancel()
             self._finish(item.prediction_id, Status.FAILED, reason)
 
     def ongoing(self) -> dict[str, int]:
-        """Predictions per model that are queued or in flight here: what the autoscaler scales on."""
-        counts = {model: n for model, n in self._queue_len.items() if n}
+        """Predictions per route that are queued or in flight here: what the autoscaler scales on."""
+        counts = {route: n for route, n in self._queue_len.items() if n}
         for running in self._running.values():
-            counts[running.item.model] = counts.get(running.item.model, 0) + 1
+            counts[running.item.route] = counts.get(running.item.route, 0) + 1
         return counts
 
     def models_with_instances(self) -> set[str]:
-        return set(self._by_model)
+        return set(self._by_route)
 
-    def has_instances(self, model: str) -> bool:
-        """Whether any ready instance serves ``model``."""
-        return model in self._by_model
+    def has_instances(self, route: str) -> bool:
+        """Whether any ready instance serves ``route``."""
+        return route in self._by_route
 
     # Queueing
 
-    def enqueue(self, prediction_id: str, model: str, input: dict[str, Any], priority: int = 0,
+    def enqueue(self, prediction_id: str, route: str, input: dict[str, Any], priority: int = 0,
                 deadline_at: float | None = None) -> None:
-        """Queue a prediction; raises QueueFull when the model's queue is at its bound."""
-        if self._queue_len.get(model, 0) >= self._max_queue:
-            raise QueueFull(f"the queue of {model} is full ({self._max_queue} predictions); retry later")
-        self._push(_Queued(prediction_id, model, input, priority, deadline_at))
-        self._dispatch(model)
+        """Queue a prediction; raises QueueFull when the route's queue is at its bound."""
+        if self._queue_len.get(route, 0) >= self._max_queue:
+            raise QueueFull(f"the queue of {route} is full ({self._max_queue} predictions); retry later")
+        self._push(_Queued(prediction_id, route, input, priority, deadline_at))
+        self._dispatch(route)
 
     def _push(self, item: _Queued) -> None:
         """Queue ``item`` (again), arming its deadline."""
@@ -156,29 +156,29 @@ class Router:
             item.deadline_timer = loop.call_later(delay, self._abort, item.prediction_id)
         self._queued[item.prediction_id] = item
         entry = (-item.priority, next(self._seq), item.prediction_id)
-        heapq.heappush(self._heaps.setdefault(item.model, []), entry)
-        self._queue_len[item.model] = self._queue_len.get(item.model, 0) + 1
+        heapq.heappush(self._heaps.setdefault(item.route, []), entry)
+        self._queue_len[item.route] = self._queue_len.get(item.route, 0) + 1
 
-    def _pop(self, model: str) -> _Queued | None:
-        heap = self._heaps.get(model)
+    def _pop(self, route: str) -> _Queued | None:
+        heap = self._heaps.get(route)
         while heap:
             _, _, pid = heapq.heappop(heap)
             item = self._queued.pop(pid, None)
             if item is not None:  # entries of canceled or aborted predictions are skipped
-                self._queue_len[model] -= 1
+                self._queue_len[route] -= 1
                 return item
         return None
 
     def _remove_queued(self, prediction_id: str) -> _Queued | None:
         item = self._queued.pop(prediction_id, None)
         if item is not None:
-            self._queue_len[item.model] -= 1
+            self._queue_len[item.route] -= 1
             if item.deadline_timer:
                 item.deadline_timer.cancel()
         return item
 
-    def queue_length(self, model: str) -> int:
-        return self._queue_len.get(model, 0)
+    def queue_length(self, route: str) -> int:
+        return self._queue_len.get(route, 0)
 
     def in_flight(self) -> int:
         return len(self._running)
@@ -201,7 +201,7 @@ class Router:
         if running is not None and self._unsend(running):
             self._release(prediction_id)
             self._finish(prediction_id, Status.CANCELED, "canceled before it started")
-            self._dispatch(running.item.model)
+            self._dispatch(running.item.route)
         elif running is not None:
             node = self._nodes.get(running.node_id)
             if node is not None:
@@ -218,15 +218,15 @@ class Router:
 
     # Dispatch
 
-    def _dispatch(self, model: str) -> None:
-        ids = self._by_model.get(model)
-        if not ids or not self._queue_len.get(model):
+    def _dispatch(self, route: str) -> None:
+        ids = self._by_route.get(route)
+        if not ids or not self._queue_len.get(route):
             return
-        while self._queue_len.get(model):
+        while self._queue_len.get(route):
             choice = pick_instance([self._instances[i] for i in ids])
             if choice is None:
                 break
-            item = self._pop(model)
+            item = self._pop(route)
             if item is None:
                 break
             if item.deadline_timer:
@@ -277,7 +277,7 @@ class Router:
             if load is not None:
                 self._instances[running.instance_id] = InstanceLoad(
                     load.instance_id, load.node_id, load.in_flight - 1, load.max_concurrency)
-            self._dirty_models.add(running.item.model)
+            self._dirty_routes.add(running.item.route)
         return running
 
     # Events from nodes
@@ -297,9 +297,9 @@ class Router:
                 continue
             for event in events:
                 self._on_task_event(event.prediction_id, event.body)
-            dirty, self._dirty_models = self._dirty_models, set()
-            for model in dirty:
-                self._dispatch(model)
+            dirty, self._dirty_routes = self._dirty_routes, set()
+            for route in dirty:
+                self._dispatch(route)
 
     def _on_task_event(self, prediction_id: str, body: TaskEventBody) -> None:
         if isinstance(body, Rejected):

@@ -1,7 +1,7 @@
-"""REST routes: predictions, in Replicate's shapes, each over one Predictions RPC.
+"""REST routes: predictions, in Replicate's shapes, each over one call of ``PredictionService``.
 
 - ``POST /v1/predictions`` (``version``), ``POST /v1/models/{owner}/{name}/predictions`` and
-  ``POST /v1/deployments/{owner}/{name}/predictions``: CreatePrediction, answered 201. Headers:
+  ``POST /v1/deployments/{owner}/{name}/predictions``: ``create``, answered 201. Headers:
   ``Prefer: wait[=N]`` (wait_s), ``Cancel-After`` (deadline_s). Each token's creates go through the rate
   limit (``rate_limit_per_minute``): over it, 429 with ``Retry-After``. File inputs (data:, http(s) and
   Files API URLs) become bytes through one hook, ``resolve_files`` (``gateway.files``).
@@ -23,7 +23,7 @@ from gateway.auth import current_principal
 from gateway.rest.context import REST, RestContext, base_url, problem
 from gateway.rest import shapes
 from warmfleet.errors import InvalidInput, NotFound
-from warmfleet.v1 import deployments_pb2, models_pb2, predictions_pb2
+
 
 def register(app: web.Application) -> None:
     """Add this module's routes to the app."""
@@ -57,17 +57,14 @@ async def resolve_files(ctx: RestContext, input: dict[str, Any], target: dict[st
 async def input_schema(ctx: RestContext, target: dict[str, str]) -> dict[str, Any] | None:
     """The input schema where a create's files go: its model's (a deployment's model's latest version's;
     a bare version id's, when it is a model's latest); None when no model serves that version."""
-    name = target.get("model")
+    principal, name = current_principal.get(), target.get("model")
     if target.get("deployment"):
-        deployment = await ctx.deployments.GetDeployment(
-            deployments_pb2.GetDeploymentRequest(name=target["deployment"]), None)
-        name = deployment.model
+        name = ctx.catalog.deployment(target["deployment"]).spec.model
     if name:
-        model = await ctx.models.GetModel(models_pb2.GetModelRequest(name=name), None)
-    else:
-        listed = await ctx.models.ListModels(models_pb2.ListModelsRequest(), None)
-        model = next((m for m in listed.models if m.version == target.get("version")), None)
-    return json.loads(model.input_schema_json) if model is not None else None
+        return ctx.catalog.visible(principal, name).input_schema
+    listed = ctx.catalog.visible_models(principal)
+    entry = next((e for e in listed if e.spec.version == target.get("version")), None)
+    return entry.input_schema if entry is not None else None
 
 
 def rate_limited(request: web.Request) -> web.Response | None:
@@ -82,7 +79,7 @@ def rate_limited(request: web.Request) -> web.Response | None:
 
 
 async def _create(request: web.Request, target: Callable[[dict[str, Any]], dict[str, str]]) -> web.Response:
-    """One create: rate limit, headers, body, files, then CreatePrediction for the ``target`` the body names."""
+    """One create: rate limit, headers, body, files, then ``create`` for the ``target`` the body names."""
     refused = rate_limited(request)
     if refused is not None:
         return refused
@@ -93,11 +90,11 @@ async def _create(request: web.Request, target: Callable[[dict[str, Any]], dict[
     input = shapes.input_of(body)
     names = target(body)
     input = await resolve_files(ctx, input, names)
-    pb = shapes.create_request(body, input, wait_s=wait_s, deadline_s=deadline_s, **names)
-    reply = await ctx.predictions.CreatePrediction(pb, None)
+    create = shapes.create_request(body, input, wait_s=wait_s, deadline_s=deadline_s, **names)
+    pred = await ctx.predictions.create(current_principal.get(), create)
     base = base_url(request)
-    return web.json_response(shapes.prediction_json(reply, base), status=201,
-                             headers={"Location": shapes.prediction_urls(base, reply.id)["get"]})
+    return web.json_response(shapes.prediction_json(pred, base), status=201,
+                             headers={"Location": shapes.prediction_urls(base, pred.id)["get"]})
 
 
 async def create_by_version(request: web.Request) -> web.Response:
@@ -121,33 +118,30 @@ async def list_predictions(request: web.Request) -> web.Response:
     size = request.query.get("page_size", "")
     if size and not size.isdigit():
         raise InvalidInput("page_size", "must be a whole number from 1 to 1000")
-    reply = await ctx.predictions.ListPredictions(predictions_pb2.ListPredictionsRequest(
-        page_size=int(size or 0), cursor=request.query.get("cursor", "")), None)
+    predictions, cursor = await ctx.predictions.list(current_principal.get(), int(size or 0),
+                                                     request.query.get("cursor", ""))
     base = base_url(request)
     next_url = None
-    if reply.next_cursor:
-        query = {"cursor": reply.next_cursor, **({"page_size": size} if size else {})}
+    if cursor:
+        query = {"cursor": cursor, **({"page_size": size} if size else {})}
         next_url = f"{base}/v1/predictions?{urlencode(query)}"
-    return web.json_response(shapes.page([shapes.prediction_json(p, base) for p in reply.predictions], next_url))
+    return web.json_response(shapes.page([shapes.prediction_json(p, base) for p in predictions], next_url))
 
 
 async def get_prediction(request: web.Request) -> web.Response:
-    reply = await request.app[REST].predictions.GetPrediction(
-        predictions_pb2.GetPredictionRequest(id=request.match_info["id"]), None)
-    return web.json_response(shapes.prediction_json(reply, base_url(request)))
+    pred = await request.app[REST].predictions.get(current_principal.get(), request.match_info["id"])
+    return web.json_response(shapes.prediction_json(pred, base_url(request)))
 
 
 async def cancel_prediction(request: web.Request) -> web.Response:
-    reply = await request.app[REST].predictions.CancelPrediction(
-        predictions_pb2.CancelPredictionRequest(id=request.match_info["id"]), None)
-    return web.json_response(shapes.prediction_json(reply, base_url(request)))
+    pred = await request.app[REST].predictions.cancel(current_principal.get(), request.match_info["id"])
+    return web.json_response(shapes.prediction_json(pred, base_url(request)))
 
 
 async def get_output_file(request: web.Request) -> web.Response:
     prediction_id, index = request.match_info["id"], request.match_info["index"]
-    reply = await request.app[REST].predictions.GetPrediction(
-        predictions_pb2.GetPredictionRequest(id=prediction_id), None)
-    files = reply.output.files
+    pred = await request.app[REST].predictions.get(current_principal.get(), prediction_id)
+    files = pred.output.files if pred.output is not None else []
     if not index.isdigit() or int(index) >= len(files):
         raise NotFound(f"prediction {prediction_id!r} has no output file {index} ({len(files)} in all)")
     f = files[int(index)]

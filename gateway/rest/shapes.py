@@ -101,8 +101,8 @@ def as_api_json(value: Any, path: str = "value") -> Any:
     if isinstance(value, (int, float)):
         try:
             number = float(value)
-        except OverflowError:
-            raise ValueError(f"{path}: {value:.3g} is too large for a JSON number (a double)") from None
+        except OverflowError as err:
+            raise ValueError(f"{path}: {err}") from None
         if number.is_integer():
             return int(number)
         if not math.isfinite(number):

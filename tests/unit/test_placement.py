@@ -1,4 +1,4 @@
-"""``place``: where a new instance of a deployment goes. One test per rule, properties, a scenario."""
+"""``place``: where a new instance of a route goes. One test per rule, properties, a scenario."""
 
 from __future__ import annotations
 
@@ -30,13 +30,13 @@ def node(node_id: str, *, free_gib: float, total_gib: float = 80, hardware: str 
     return NodeSnapshot(node_id, hardware, total, total - int(free_gib * GIB), draining)
 
 
-def inst(instance_id: str, node_id: str, deployment: str = "other", *, gib: float = 10,
+def inst(instance_id: str, node_id: str, route: str = "other", *, gib: float = 10,
          state: str = "idle", last_used_at: float = 0.0, evictable: bool = True) -> InstanceSnapshot:
-    return InstanceSnapshot(instance_id, node_id, deployment, int(gib * GIB), state, last_used_at, evictable)
+    return InstanceSnapshot(instance_id, node_id, route, int(gib * GIB), state, last_used_at, evictable)
 
 
-def want(gib: float, deployment: str = "llama", hardware: str = H100) -> PlacementRequest:
-    return PlacementRequest(deployment, hardware, int(gib * GIB))
+def want(gib: float, route: str = "llama", hardware: str = H100) -> PlacementRequest:
+    return PlacementRequest(route, hardware, int(gib * GIB))
 
 
 # --- Rule 1: eligibility ------------------------------------------------------------------------------
@@ -64,7 +64,7 @@ def test_every_node_of_the_hardware_draining_is_refused_and_says_so():
 
 # --- Rule 3: spread first -----------------------------------------------------------------------------
 
-def test_a_deployment_spreads_to_a_node_without_a_copy_before_doubling_up():
+def test_a_route_spreads_to_a_node_without_a_copy_before_doubling_up():
     nodes = [node("a", free_gib=70), node("b", free_gib=20)]
     instances = [inst("llama-1", "a", "llama", state="processing")]
     assert place(want(10), nodes, instances, NOW).node_id == "b"  # a has far more room, but a copy
@@ -126,9 +126,9 @@ def test_evicts_least_recently_used_first_and_stops_as_soon_as_it_fits():
     inst("v", "a", "sd", state="starting"),
     inst("v", "a", "sd", state="draining"),
     inst("v", "a", "sd", evictable=False),
-    inst("v", "a", "llama"),  # the same deployment: evicting it to load another copy is churn
-], ids=["processing", "starting", "draining", "not-evictable", "same-deployment"])
-def test_never_evicts_a_busy_loading_draining_pinned_or_same_deployment_instance(unevictable):
+    inst("v", "a", "llama"),  # the same route: evicting it to load another copy is churn
+], ids=["processing", "starting", "draining", "not-evictable", "same-route"])
+def test_never_evicts_a_busy_loading_draining_pinned_or_same_route_instance(unevictable):
     with pytest.raises(NoCapacity):
         place(want(10), [node("a", free_gib=5)], [unevictable], NOW)
 
@@ -196,15 +196,15 @@ def test_snapshot_fields_are_checked_and_named(field, build):
 
 # --- Properties over random clusters --------------------------------------------------------------------
 
-def _may_evict(i: InstanceSnapshot, deployment: str) -> bool:
-    return i.state == "idle" and i.evictable and i.deployment != deployment
+def _may_evict(i: InstanceSnapshot, route: str) -> bool:
+    return i.state == "idle" and i.evictable and i.route != route
 
 
-def _evictions_needed(need: int, n: NodeSnapshot, on_node: list[InstanceSnapshot], deployment: str) -> int:
+def _evictions_needed(need: int, n: NodeSnapshot, on_node: list[InstanceSnapshot], route: str) -> int:
     """How many LRU victims a node needs (0 if it fits already); a large number if it cannot host."""
     free = n.memory_free_bytes
     count = 0
-    for v in sorted((i for i in on_node if _may_evict(i, deployment)),
+    for v in sorted((i for i in on_node if _may_evict(i, route)),
                     key=lambda i: (i.last_used_at, i.instance_id)):
         if free >= need:
             break
@@ -220,9 +220,9 @@ def check_guarantees(request, nodes, instances, outcome) -> None:
     for i in instances:
         if i.node_id in on:
             on[i.node_id].append(i)
-    same = {nid: sum(i.deployment == request.deployment and i.state != "draining" for i in on[nid])
+    same = {nid: sum(i.route == request.route and i.state != "draining" for i in on[nid])
             for nid in eligible}
-    needed = {nid: _evictions_needed(request.memory_bytes, eligible[nid], on[nid], request.deployment)
+    needed = {nid: _evictions_needed(request.memory_bytes, eligible[nid], on[nid], request.route)
               for nid in eligible}
     hostable = [nid for nid in eligible if needed[nid] < 10**9]
     if isinstance(outcome, NoCapacity):
@@ -230,7 +230,7 @@ def check_guarantees(request, nodes, instances, outcome) -> None:
         return
     chosen, victims = eligible[outcome.node_id], outcome.evict
     by_id = {i.instance_id: i for i in on[chosen.node_id]}
-    assert all(v in by_id and _may_evict(by_id[v], request.deployment) for v in victims)
+    assert all(v in by_id and _may_evict(by_id[v], request.route) for v in victims)
     freed = [by_id[v].memory_bytes for v in victims]
     assert chosen.memory_free_bytes + sum(freed) >= request.memory_bytes, "over-commit"
     assert [by_id[v].last_used_at for v in victims] == sorted(by_id[v].last_used_at for v in victims)
@@ -342,10 +342,10 @@ class FakeCluster:
         self.next_id = 0
 
     def snapshot(self) -> list[InstanceSnapshot]:
-        """Instances, with the least recently used idle surplus of each deployment marked evictable."""
+        """Instances, with the least recently used idle surplus of each route marked evictable."""
         by_dep: dict[str, list[InstanceSnapshot]] = {}
         for i in self.instances.values():
-            by_dep.setdefault(i.deployment, []).append(i)
+            by_dep.setdefault(i.route, []).append(i)
         out = []
         for group in by_dep.values():
             surplus = max(len(group) - self.MIN_INSTANCES, 0)
@@ -360,7 +360,7 @@ class FakeCluster:
             gone = self.instances.pop(victim)
             self._use(gone.node_id, -gone.memory_bytes)
         self.next_id += 1
-        new = InstanceSnapshot(f"i{self.next_id}", placement.node_id, request.deployment,
+        new = InstanceSnapshot(f"i{self.next_id}", placement.node_id, request.route,
                                request.memory_bytes, "starting", now, False)
         self.instances[new.instance_id] = new
         self._use(placement.node_id, request.memory_bytes)
@@ -403,7 +403,7 @@ def test_scenario_300_nodes_1000_placements_spread_no_overcommit_refusals_only_w
         else:
             copies = {n.node_id: 0 for n in nodes if n.hardware == sku}
             for i in instances:
-                if i.deployment == name and i.node_id in copies and i.state != "draining":
+                if i.route == name and i.node_id in copies and i.state != "draining":
                     copies[i.node_id] += 1
             if copies[outcome.node_id] >= 1:  # doubling up: only if every node with room has a copy
                 doubled += 1
