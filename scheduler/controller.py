@@ -10,17 +10,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from functools import partial
 from typing import Any, Awaitable, Callable, Iterable
 
 from scheduler.autoscaling import LoadReports, decide
 from scheduler.drain import Drains
-from scheduler.fleet import Fleet
+from scheduler.fleet import LIVE_STATES, Fleet
 from scheduler.placement import NoCapacity
 from scheduler.ports import NodeControl, NodeLost, NodeProvisioner, RoutingTable
 from scheduler.route_journal import RouteJournal
 from scheduler.routes import Route, Routes
 from warmfleet.domain import DrainStatus, InstanceInfo, InstanceState, RouteSpec, NodeInfo
-from warmfleet.tasks import Tasks, repeat
+from warmfleet.tasks import Tasks, repeat, wait_notified
 
 log = logging.getLogger(__name__)
 
@@ -45,28 +46,39 @@ class Controller:
         self._clock = clock
         self._interval_s = autoscale_interval_s
         self._membership_interval_s = membership_interval_s
-        self._revision = 0
+        # Revisions start at the wall clock's milliseconds, so a restarted controller's tables are newer
+        # than any its previous life sent (routers take only newer ones).
+        self._revision = time.time_ns() // 1_000_000
+        self._started: asyncio.Future | None = None
         self._changed = asyncio.Condition()
         self._loads = LoadReports(LOAD_REPORT_TTL_S)
         self._kick = asyncio.Event()
         self._drains = Drains(self._fleet, self._routes, remove=self._remove, ask_agents=self._ask_agents,
-                              wait_changed=self._wait_changed, kick=self._kick.set, clock=clock)
+                              wait_changed=partial(wait_notified, self._changed), kick=self._kick.set, clock=clock)
         self._node_info_at = float("-inf")
-        self._bundles: dict[str, Any] = {}  # digest -> where a pushed bundle is (the seam's handles)
         self._tasks = Tasks("controller")  # its loops, and the loads and removals under way
 
     async def start(self) -> None:
-        """Provision agents, then load every route's minimum instances; returns when they are warm."""
+        """Provision agents, take in the instances they already run (a controller that restarted finds
+        its agents, which outlive it, still serving), then load what each route lacks of its minimum;
+        returns when those are warm. Idempotent: a second call waits for the first."""
+        if self._started is None or (self._started.done() and self._started.exception() is not None):
+            self._started = asyncio.ensure_future(self._start())
+        await asyncio.shield(self._started)
+
+    async def _start(self) -> None:
         for node in await self._provisioner.provision():
             self._fleet.nodes[node.node_id] = node
         if not self._fleet.nodes:
             raise RuntimeError("no node could host an agent")
-        await self._refresh_node_info()
+        await self._fleet.refresh_node_info()
         self._node_info_at = self._clock()
+        await self._adopt()
         loads = []
         for route in self._routes:
             try:
-                loads += [self._start_load(route.spec) for _ in range(route.spec.min_instances)]
+                missing = route.spec.min_instances - len(self._fleet.live(route.name))
+                loads += [self._start_load(route.spec) for _ in range(missing)]
             except NoCapacity as err:  # the cluster still starts; the route says why it has no instance
                 log.error("%s: %s", route.name, err)
                 route.failed(str(err), self._clock())
@@ -75,6 +87,21 @@ class Controller:
         if self._membership_interval_s is not None:
             self._tasks.spawn(repeat(self.membership_once, self._membership_interval_s, "membership"),
                               "membership")
+
+    async def _adopt(self) -> None:
+        """Book the instances the agents run already: each route's target becomes what it has (so none
+        is unloaded for a minimum the autoscaler had raised); one whose route is gone is unloaded."""
+        listed = await self._ask_agents(list(self._fleet.nodes), lambda node: node.instances())
+        for info in (i for infos in listed.values() for i in infos):
+            route = self._routes.get(info.model)
+            if route is None or info.state not in LIVE_STATES:
+                self._tasks.spawn(self._fleet.nodes[info.node_id].unload_instance(info.id), f"unload-{info.id}")
+                continue
+            self._fleet.adopt(info)
+            route.target = route.config.clamp(len(self._fleet.live(route.name)))
+        if self._fleet.instances:
+            log.info("took in %d running instance(s): %s", len(self._fleet.instances),
+                     ", ".join(sorted(self._fleet.instances)))
 
     # Autoscaling
 
@@ -91,7 +118,7 @@ class Controller:
         ongoing = self._loads.total(now)
         self._routes.mark_busy(ongoing, now)
         if now - self._node_info_at >= NODE_INFO_REFRESH_S or set(self._fleet.nodes) - set(self._fleet.node_info):
-            await self._refresh_node_info()
+            await self._fleet.refresh_node_info()
             self._node_info_at = now
         for route in self._routes:
             if self._routes.get(route.name) is not route:
@@ -148,6 +175,12 @@ class Controller:
         self._tasks.cancel()
         self._drains.stop()
 
+    async def stop_agents(self) -> None:
+        """Stop every agent (they outlive the controller otherwise): the cluster is going down."""
+        for node_id in list(self._fleet.nodes):
+            self._fleet.forget_node(node_id)
+            await self._provisioner.release(node_id)
+
     def _start_load(self, spec: RouteSpec) -> asyncio.Task:
         """Book the new instance as starting now (so the next decision counts it), load it in a task.
         Raises NoCapacity (naming the hardware and memory) when no node can take it."""
@@ -183,26 +216,18 @@ class Controller:
         self._fleet.instances[instance_id] = info
         await self._bump()
 
-    async def _refresh_node_info(self) -> None:
-        """What each agent says of its node, and what the instances that run in processes of their own
-        (pushed Cog models) were measured to use: placement books that instead of the estimate."""
-        nodes = list(self._fleet.nodes.values())
-        answers = await asyncio.gather(*(n.info() for n in nodes), return_exceptions=True)
-        self._fleet.node_info = {n.node_id: a for n, a in zip(nodes, answers) if isinstance(a, NodeInfo)}
-        listed = await asyncio.gather(*(n.instances() for n in nodes), return_exceptions=True)
-        self._fleet.memory.measured(i for infos in listed if isinstance(infos, list) for i in infos)
-
     async def _bump(self) -> None:
         async with self._changed:
             self._revision += 1
             self._changed.notify_all()
 
     async def routing_table(self, since_revision: int, max_wait_s: float) -> RoutingTable:
-        """The routing table, once its revision is newer than ``since_revision`` (or ``max_wait_s`` passed)."""
+        """The routing table, once its revision is not ``since_revision`` (or ``max_wait_s`` passed): a
+        router that knew another life of the controller gets this one's at once."""
         async with self._changed:
             try:
                 await asyncio.wait_for(
-                    self._changed.wait_for(lambda: self._revision > since_revision), max_wait_s)
+                    self._changed.wait_for(lambda: self._revision != since_revision), max_wait_s)
             except TimeoutError:
                 pass
             return RoutingTable(self._revision, list(self._fleet.instances.values()), dict(self._fleet.nodes),
@@ -237,17 +262,6 @@ class Controller:
 
     async def models(self) -> list[RouteSpec]:
         return self._routes.specs()
-
-    # Pushed bundles: the controller holds what the seam stored them as, for agents to fetch
-
-    async def put_bundle(self, digest: str, handles: Any) -> None:
-        self._bundles[digest] = handles
-
-    async def bundle(self, digest: str) -> Any:
-        return self._bundles.get(digest)
-
-    async def has_bundle(self, digest: str) -> bool:
-        return digest in self._bundles
 
     async def nodes(self) -> list[NodeInfo]:
         return list((await self._ask_agents(list(self._fleet.nodes), lambda node: node.info())).values())
@@ -312,11 +326,3 @@ class Controller:
         """Move every instance off ``node_id``, finishing the predictions they run, and place nothing new
         there (see ``Drains.drain``)."""
         return await self._drains.drain(node_id, wait)
-
-    async def _wait_changed(self, timeout_s: float) -> None:
-        """Until the routing table changes, or ``timeout_s`` passes."""
-        async with self._changed:
-            try:
-                await asyncio.wait_for(self._changed.wait(), timeout_s)
-            except TimeoutError:
-                pass

@@ -4,6 +4,7 @@ said of itself. The controller changes it; ``place`` turns it into ``scheduler.p
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from dataclasses import replace
 
@@ -51,6 +52,14 @@ class Fleet:
             instance_id, spec.name, spec.version, node_id, InstanceState.STARTING, 1)
         return info
 
+    def adopt(self, info: InstanceInfo) -> None:
+        """Book an instance an agent already runs (found by a controller that restarted); ids booked
+        later do not reuse its serial."""
+        self.instances[info.id] = info
+        serial = info.id.rpartition("-")[2]
+        if serial.isdigit():
+            self._serial[info.model] = max(self._serial[info.model], int(serial))
+
     def mark_removing(self, info: InstanceInfo) -> None:
         self.removing.add(info.id)
         self.instances[info.id] = replace(info, state=InstanceState.DRAINING)
@@ -68,6 +77,16 @@ class Fleet:
         for info in lost:
             self.removed(info.id)
         return node, lost
+
+    async def refresh_node_info(self) -> None:
+        """What each agent says of its node, and what the instances that run in processes of their own
+        (pushed Cog models) were measured to use: placement books that instead of the estimate. An agent
+        that does not answer keeps no figures (it is placed on as if unknown)."""
+        nodes = list(self.nodes.values())
+        answers = await asyncio.gather(*(n.info() for n in nodes), return_exceptions=True)
+        self.node_info = {n.node_id: a for n, a in zip(nodes, answers) if isinstance(a, NodeInfo)}
+        listed = await asyncio.gather(*(n.instances() for n in nodes), return_exceptions=True)
+        self.memory.measured(i for infos in listed if isinstance(infos, list) for i in infos)
 
     def place(self, spec: RouteSpec, routes: Routes, now: float) -> Placement:
         """Where a new instance of ``spec`` goes (``scheduler.placement.place``), over the controller's own

@@ -78,10 +78,14 @@ class ControllerClient(Protocol):
     """A handle on the controller, as the gateway uses it."""
 
     async def start(self) -> None:
-        """Start the controller's turns (autoscaling, membership): once, by the gateway that created it."""
+        """Start the controller (agents, instances, its turns): by the gateway that created it; again is
+        harmless. A controller that restarted starts itself."""
+
+    async def shutdown(self) -> None:
+        """Stop the agents and the controller for good: by the gateway that created it, at its end."""
 
     def kill(self) -> None:
-        """Stop the controller for good: by the gateway that created it, when it shuts down."""
+        """Stop the controller alone; its agents keep serving, and a new controller takes them in."""
 
     async def models(self) -> list[RouteSpec]: ...
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,8 @@ from scheduler.controller import Controller
 from scheduler.data_channel import DataChannel
 from scheduler.ports import NodeLost, RoutingTable
 from scheduler.route_journal import RouteJournal
-from warmfleet.domain import DrainStatus, InstanceInfo, RouteSpec, NodeInfo, Task, TaskEvent
+from warmfleet.domain import DrainStatus, InstanceInfo, NodeInfo, RouteSpec, Task, TaskEvent
+from warmfleet.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,7 @@ async def _await(ref, node_id: str = ""):
 class _RayNodeAgent(NodeAgent):
     """The agent as an actor: it learns its node and GPU from Ray, and serves the data plane."""
 
-    def __init__(self, node_id: str, use_gpu: bool, secret: str, cache_dir: str) -> None:
+    def __init__(self, node_id: str, use_gpu: bool, cache_dir: str) -> None:
         ctx = ray.get_runtime_context()
         gpu_ids = ray.get_gpu_ids() if use_gpu else []
         super().__init__(
@@ -72,11 +74,16 @@ class _RayNodeAgent(NodeAgent):
             nvml_index=int(gpu_ids[0]) if gpu_ids else None,
             resources=NodeResources(Path(cache_dir).expanduser(), RayBundleSource()),
         )
-        self._data = DataServer(self, secret, self.address)
+        # Admits routers to this agent's data plane; handed out only over Ray, inside the cluster.
+        self._secret = secrets.token_urlsafe(32)
+        self._data = DataServer(self, self._secret, self.address)
 
-    async def data_address(self) -> str:
-        """Start the data plane server (once) and say where it listens."""
-        return await self._data.start()
+    async def data_plane(self) -> tuple[str, str]:
+        """Start the data plane server (once); where it listens, and the secret it admits routers with."""
+        return await self._data.start(), self._secret
+
+    async def pid(self) -> int:
+        return os.getpid()
 
 
 _AgentActor = ray.remote(_RayNodeAgent)
@@ -175,6 +182,24 @@ def node_liveness() -> dict[str, bool]:
 
 
 AGENT_START_TIMEOUT_S = 60.0  # an agent not serving by then is stopped, and tried again next turn
+AGENT_PREFIX = "warmfleet-agent-"
+
+
+def _running_agent(agent_id: str) -> Any | None:
+    """The agent actor of that id if one runs already (a controller that restarted finds it)."""
+    try:
+        return ray.get_actor(AGENT_PREFIX + agent_id)
+    except ValueError:
+        return None
+
+
+def _start_agent(agent_id: str, node: RayNode, cache_dir: str) -> Any:
+    """A new agent actor, pinned to its node. It is detached: it outlives the controller that started it
+    (whose restart finds it serving, its instances warm), and ``release`` stops it."""
+    return _AgentActor.options(
+        name=AGENT_PREFIX + agent_id, lifetime="detached", num_cpus=0, num_gpus=1 if node.gpus else 0,
+        max_concurrency=1000, scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
+    ).remote(agent_id, bool(node.gpus), cache_dir)
 
 
 class RayNodeProvisioner:
@@ -187,7 +212,6 @@ class RayNodeProvisioner:
     def __init__(self, cache_dir: str) -> None:
         self._cache_dir = cache_dir  # the agents' cache folder on each node (shared by the agents of a node)
         self._agents: dict[str, tuple[str, Any]] = {}  # agent id -> (its Ray node id, its actor handle)
-        self._secret = secrets.token_urlsafe(32)  # admits routers to the agents' data plane
 
     async def provision(self) -> list[RayNodeHandle]:
         """Start agents on the nodes that have none yet, all at once; one that fails to start is
@@ -198,23 +222,20 @@ class RayNodeProvisioner:
                 agent_id = f"{node.node_id[:8]}-{'gpu' + str(slot) if node.gpus else 'cpu'}"
                 if agent_id in self._agents:
                     continue
-                handle = _AgentActor.options(
-                    name=f"warmfleet-agent-{agent_id}", num_cpus=0, num_gpus=1 if node.gpus else 0,
-                    max_concurrency=1000,
-                    scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
-                ).remote(agent_id, bool(node.gpus), self._secret, self._cache_dir)
+                handle = await asyncio.to_thread(_running_agent, agent_id) or _start_agent(
+                    agent_id, node, self._cache_dir)
                 self._agents[agent_id] = (node.node_id, handle)
                 starting.append((agent_id, handle))
-        addresses = await asyncio.gather(*(
-            asyncio.wait_for(_await(handle.data_address.remote(), agent_id), AGENT_START_TIMEOUT_S)
+        planes = await asyncio.gather(*(
+            asyncio.wait_for(_await(handle.data_plane.remote(), agent_id), AGENT_START_TIMEOUT_S)
             for agent_id, handle in starting), return_exceptions=True)
         clients = []
-        for (agent_id, handle), address in zip(starting, addresses):
-            if isinstance(address, BaseException):
-                log.warning("the agent %s did not start: %r", agent_id, address)
+        for (agent_id, handle), plane in zip(starting, planes):
+            if isinstance(plane, BaseException):
+                log.warning("the agent %s did not start: %r", agent_id, plane)
                 await self.release(agent_id)
             else:
-                clients.append(RayNodeHandle(handle, agent_id, address, self._secret))
+                clients.append(RayNodeHandle(handle, agent_id, *plane))
         return clients
 
     async def departed(self) -> set[str]:
@@ -242,7 +263,23 @@ class _RayController(Controller):
         super().__init__(models, RayNodeProvisioner(cache_dir or str(Path("~/.warmfleet/node").expanduser())),
                          journal=RouteJournal(journal_path) if journal_path else None)
         self._incoming_bundles: dict[str, list[Any]] = {}
+        self._bundles: dict[str, list[Any]] = {}  # digest -> its chunks' object refs, owned here
 
+    async def routing_table(self, since_revision: int, max_wait_s: float) -> RoutingTable:
+        """As the controller's; after Ray restarted this actor (its process died), the first call starts
+        it again: the gateways' routing-table calls never stop, so recovery begins at once."""
+        if self._started is None and ray.get_runtime_context().was_current_actor_reconstructed:
+            self._tasks.spawn(self.start(), "recover")  # idempotent: one start, whoever asks
+        return await super().routing_table(since_revision, max_wait_s)
+
+    async def pid(self) -> int:
+        return os.getpid()
+
+    async def bundle(self, digest: str) -> list[Any] | None:
+        return self._bundles.get(digest)
+
+    async def has_bundle(self, digest: str) -> bool:
+        return digest in self._bundles
 
     async def add_bundle_chunk(self, digest: str, index: int, chunk: bytes) -> None:
         """The next chunk of a bundle being published: put into the object store, owned here."""
@@ -255,7 +292,7 @@ class _RayController(Controller):
         chunks = self._incoming_bundles.pop(digest, [])
         if len(chunks) != count:
             raise ValueError(f"bundle {digest}: {len(chunks)} chunks arrived of {count}")
-        await self.put_bundle(digest, chunks)
+        self._bundles[digest] = chunks
 
 
 _ControllerActor = ray.remote(_RayController)
@@ -267,51 +304,71 @@ class RayControllerClient:
     def __init__(self, handle: Any) -> None:
         self._h = handle
 
+    @staticmethod
+    async def _ask(ref: Any) -> Any:
+        try:
+            return await _await(ref)
+        except NodeLost as err:
+            raise Unavailable("the controller is unreachable (Ray restarts it when its process dies; "
+                              f"try again in a few seconds): {err}") from err
+
     async def start(self) -> None:
-        await _await(self._h.start.remote())
+        await self._ask(self._h.start.remote())
 
     async def models(self) -> list[RouteSpec]:
-        return await _await(self._h.models.remote())
+        return await self._ask(self._h.models.remote())
 
     async def routing_table(self, since_revision: int, max_wait_s: float) -> RoutingTable:
-        return await _await(self._h.routing_table.remote(since_revision, max_wait_s))
+        return await self._ask(self._h.routing_table.remote(since_revision, max_wait_s))
 
     async def nodes(self) -> list[NodeInfo]:
-        return await _await(self._h.nodes.remote())
+        return await self._ask(self._h.nodes.remote())
 
     async def instances(self) -> list[InstanceInfo]:
-        return await _await(self._h.instances.remote())
+        return await self._ask(self._h.instances.remote())
 
     async def report_load(self, router_id: str, ongoing: dict[str, int]) -> None:
-        await _await(self._h.report_load.remote(router_id, ongoing))
+        await self._ask(self._h.report_load.remote(router_id, ongoing))
 
     async def scaling(self) -> dict[str, int]:
-        return await _await(self._h.scaling.remote())
+        return await self._ask(self._h.scaling.remote())
 
     async def drain_node(self, node_id: str, wait: bool = True) -> DrainStatus:
-        return await _await(self._h.drain_node.remote(node_id, wait))
+        return await self._ask(self._h.drain_node.remote(node_id, wait))
 
     async def put_route(self, spec: RouteSpec, new: bool = False) -> RouteSpec:
-        return await _await(self._h.put_route.remote(spec, new))
+        return await self._ask(self._h.put_route.remote(spec, new))
 
     async def delete_route(self, name: str) -> RouteSpec | None:
-        return await _await(self._h.delete_route.remote(name))
+        return await self._ask(self._h.delete_route.remote(name))
 
     async def version(self, version_id: str) -> RouteSpec | None:
-        return await _await(self._h.version.remote(version_id))
+        return await self._ask(self._h.version.remote(version_id))
 
     async def publish_bundle(self, digest: str, path: Path) -> None:
         """Hand the bundle to the controller a chunk at a time (never in memory whole)."""
-        if await _await(self._h.has_bundle.remote(digest)):
+        if await self._ask(self._h.has_bundle.remote(digest)):
             return
         count = 0
         with path.open("rb") as f:
             while chunk := await asyncio.to_thread(f.read, BUNDLE_CHUNK_BYTES):
-                await _await(self._h.add_bundle_chunk.remote(digest, count, chunk))
+                await self._ask(self._h.add_bundle_chunk.remote(digest, count, chunk))
                 count += 1
-        await _await(self._h.seal_bundle.remote(digest, count))
+        await self._ask(self._h.seal_bundle.remote(digest, count))
+
+    async def pid(self) -> int:
+        """The controller's process id (to find it on the machine)."""
+        return await self._ask(self._h.pid.remote())
+
+    async def shutdown(self) -> None:
+        """Stop the agents, then the controller: the cluster goes down and leaves no actor behind."""
+        try:
+            await self._ask(self._h.stop_agents.remote())
+        finally:
+            self.kill()
 
     def kill(self) -> None:
+        """Stop the controller alone (the agents stay, and a new controller finds them)."""
         ray.kill(self._h, no_restart=True)
 
 
@@ -321,8 +378,10 @@ def start_controller(models: list[RouteSpec], detached: bool = True, journal_pat
     no actor of its own may be any other, and any other may leave the cluster (Ray Serve pins its
     controller to the head node for the same reason)."""
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    # Ray restarts it when its process dies (``max_restarts``): its desired state comes back from the
+    # arguments and its journal, its actual state from the agents, which outlive it.
     options: dict[str, Any] = dict(name=CONTROLLER_NAME, num_cpus=0, max_concurrency=1000,
-                                   scheduling_strategy=here)
+                                   scheduling_strategy=here, max_restarts=-1)
     if detached:
         options["lifetime"] = "detached"
     return RayControllerClient(_ControllerActor.options(**options).remote(models, journal_path, cache_dir))

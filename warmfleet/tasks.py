@@ -52,3 +52,12 @@ async def repeat(turn: Callable[[], Awaitable[None]], interval_s: float, what: s
             await turn()
         except Exception:  # noqa: BLE001 - the loop must outlive one bad turn; the next retries
             log.exception("%s turn failed", what)
+
+
+async def wait_notified(condition: asyncio.Condition, timeout_s: float) -> None:
+    """Until ``condition`` is notified, or ``timeout_s`` passes (whichever comes first)."""
+    async with condition:
+        try:
+            await asyncio.wait_for(condition.wait(), timeout_s)
+        except TimeoutError:
+            pass

@@ -77,7 +77,7 @@ async def controller(ray_session, models, tmp_path_factory):
     client = ray_adapter.start_controller(models, detached=False, cache_dir=str(tmp_path_factory.mktemp("node")))
     await client.start()
     yield client
-    client.kill()
+    await client.shutdown()
 
 
 @dataclass

@@ -233,7 +233,7 @@ async def main(home: Path) -> dict:
     finally:
         await channel.close()
         await gateway.stop(grace_s=1.0)
-        controller.kill()
+        await controller.shutdown()
         ray.shutdown()
         cluster.shutdown()
 

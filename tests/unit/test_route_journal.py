@@ -30,3 +30,38 @@ def test_a_route_put_again_after_a_delete_is_back(tmp_path):
     journal.put(RouteSpec("warmfleet/echo", "echo", options={"max_concurrency": 2}))
     [echo, _] = RouteJournal(tmp_path / "routes.json").apply(START)
     assert echo.options == {"max_concurrency": 2}
+
+
+def test_a_torn_journal_is_reported_set_aside_and_the_last_good_copy_used(tmp_path, caplog):
+    path = tmp_path / "routes.json"
+    journal = RouteJournal(path)
+    journal.put(RouteSpec("acme/one", "echo"))
+    journal.put(RouteSpec("acme/two", "echo"))  # the copy with only acme/one is now routes.json.bak
+    path.write_text(path.read_text()[:40])  # torn mid-write
+
+    again = RouteJournal(path)
+
+    assert [r.name for r in again.apply([])] == ["acme/one"]
+    assert "could not be read" in again.problem and "routes.json" in again.problem
+    assert any("could not be read" in r.getMessage() for r in caplog.records)
+    assert [p.name for p in tmp_path.glob("routes.json.unreadable-*")]  # kept for the operator
+    again.put(RouteSpec("acme/three", "echo"))  # and it writes on from what it has
+    assert [r.name for r in RouteJournal(path).apply([])] == ["acme/one", "acme/three"]
+
+
+def test_a_journal_with_no_good_copy_starts_empty_and_says_why(tmp_path):
+    path = tmp_path / "routes.json"
+    path.write_text('{"format": 99, "put": []}')
+    journal = RouteJournal(path)
+    assert journal.apply(START) == START
+    assert "format 1" in journal.problem
+
+
+def test_every_write_leaves_a_readable_journal_and_its_previous_copy(tmp_path):
+    path = tmp_path / "routes.json"
+    journal = RouteJournal(path)
+    for n in range(3):
+        journal.put(RouteSpec(f"acme/m{n}", "echo"))
+        assert not path.with_suffix(".tmp").exists()
+        assert [r.name for r in RouteJournal(path).apply([])] == [f"acme/m{k}" for k in range(n + 1)]
+    assert len(RouteJournal(path.with_name("routes.json.bak")).apply([])) == 2

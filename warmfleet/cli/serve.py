@@ -42,7 +42,7 @@ async def serve(settings: Settings) -> None:
     log.info("shutting down")
     await gateway.stop()
     if created:
-        controller.kill()
+        await controller.shutdown()
     settings.state_path.unlink(missing_ok=True)
     ray_adapter.shutdown()
 
