@@ -4,22 +4,34 @@ Saves are coalesced: ``save`` marks a prediction dirty and a single writer commi
 in one transaction on its own thread, so the commit rate falls as the load rises (group commit). ``flush``
 waits until what was saved before it is on disk; the gateway awaits it before acknowledging anything a
 client may read back later. On open, predictions left in flight by a gateway that died are marked failed.
+
+When a commit fails (a locked database, a full disk, an I/O error) its predictions stay dirty, under any
+newer save of the same prediction, and the writer tries again after a backoff (``Backoff``) until a commit
+succeeds: nothing saved is dropped, and the store recovers by itself once the cause goes away. Meanwhile
+``health()`` says why it cannot write, ``check_writable()`` refuses new predictions, a ``flush`` raises
+``Unavailable`` after at most ``flush_timeout_s``, reads still answer (from the database and the saves not
+yet on it), and ``close()`` returns in bounded time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
+import logging
 import sqlite3
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from gateway.codec import prediction_from_json, prediction_to_json
 from warmfleet.domain import TERMINAL, FileData, Prediction, Status
-from warmfleet.errors import InvalidInput
+from warmfleet.errors import InvalidInput, Unavailable
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
@@ -44,19 +56,107 @@ CREATE TABLE IF NOT EXISTS tokens (
 GATHER_S = 0.01
 RESTART_REASON = "the gateway stopped while the prediction was in flight; run it again"
 REMOVE_BATCH = 200  # predictions read per step of a retention sweep: bodies with files can be large
+BUSY_TIMEOUT_S = 5.0  # how long a statement waits on a lock another connection holds (SQLite's busy timeout)
+# How long a flush waits for its saves while the writer cannot commit them, before it raises; close waits
+# as long again for the database to close.
+FLUSH_TIMEOUT_S = 5.0
+CANNOT_WRITE = "the prediction store cannot write"  # how every Unavailable of the store begins
+
+
+@dataclasses.dataclass(frozen=True)
+class Backoff:
+    """How long the writer waits before it tries a failed commit again: ``initial_s`` after the first
+    failure, doubling with each failure in a row, never more than ``max_s``."""
+
+    initial_s: float = 0.05
+    max_s: float = 2.0
+
+    def after(self, delay_s: float) -> float:
+        """The wait after one more failure, when the wait before it was ``delay_s`` (0: the first)."""
+        return min(self.max_s, max(self.initial_s, 2 * delay_s))
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreHealth:
+    """What ``PredictionStore.health()`` reports, for the gateway's health check.
+
+    ``ok``: the store can write (no commit has failed since the last that succeeded, and it is open).
+    ``reason``: why it cannot, "" when ok: SQLite's message ("database or disk is full", "database is
+    locked"), "it is closed", "it is not open", "its writer stopped (...)". ``since``: when this state
+    began, on the store's clock (``time.time`` unless injected): the first failure of a run of them, or
+    the commit that recovered. ``pending``: predictions saved but not yet on disk. ``failures``: failed
+    commits in a row (0 when ok)."""
+
+    ok: bool
+    reason: str
+    since: float
+    pending: int
+    failures: int = 0
+
+
+def connect_sqlite(path: Path) -> sqlite3.Connection:
+    """The store's connection by default: shared with its writer thread, in autocommit mode (the store
+    issues BEGIN and COMMIT itself)."""
+    return sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, check_same_thread=False, isolation_level=None)
+
+
+class _Health:
+    """The store's state as ``StoreHealth`` reports it, and the events that wake whoever waits for one."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self.failure = "it is not open"  # why the store cannot write; "" while it can
+        self.failures = 0  # failed commits in a row
+        self.since = clock()
+        self._events = {True: asyncio.Event(), False: asyncio.Event()}  # each set while in its state
+        self._entered = {False: self.now(0)}  # the health as each state began
+        self._events[False].set()
+
+    def now(self, pending: int) -> StoreHealth:
+        return StoreHealth(not self.failure, self.failure, self.since, pending, self.failures)
+
+    def enter(self, failure: str, pending: int, failed_commit: bool = False) -> None:
+        """Record the state: "" (the store can write) or why it cannot; wakes whoever waits for it."""
+        ok, was_ok = not failure, not self.failure
+        self.failures = 0 if ok else self.failures + failed_commit
+        self.failure = failure
+        if ok != was_ok:
+            self.since = self._clock()
+            self._entered[ok] = self.now(pending)
+            self._events[was_ok].clear()
+            self._events[ok].set()
+
+    async def wait(self, ok: bool) -> StoreHealth:
+        await self._events[ok].wait()
+        return self._entered[ok]
 
 
 class PredictionStore:
-    def __init__(self, path: Path) -> None:
+    """The predictions (and the API tokens) of one gateway, in one SQLite file.
+
+    ``connect`` opens the connection (``connect_sqlite`` by default; tests pass one that fails on cue),
+    ``backoff`` paces the retries of a failed commit, ``flush_timeout_s`` bounds how long a flush waits
+    while the writer cannot commit, and ``clock`` stamps the changes of ``health()``."""
+
+    def __init__(self, path: Path, *, connect: Callable[[Path], sqlite3.Connection] = connect_sqlite,
+                 backoff: Backoff = Backoff(), flush_timeout_s: float = FLUSH_TIMEOUT_S,
+                 clock: Callable[[], float] = time.time) -> None:
         self.path = path
+        self._connect = connect
+        self._backoff = backoff
+        self._flush_timeout_s = flush_timeout_s
+        self._clock = clock
         self._exec = ThreadPoolExecutor(1, thread_name_prefix="wf-store")
         self._db: sqlite3.Connection | None = None
         self._dirty: dict[str, Prediction] = {}
+        self._inflight: dict[str, Prediction] = {}  # the batch the writer is committing
         self._saved = 0  # generation of the latest save
         self._committed = 0  # generation of the latest commit
         self._waiters: list[tuple[int, asyncio.Future]] = []
         self._wake: asyncio.Event | None = None
         self._writer: asyncio.Task | None = None
+        self._closed = False
+        self._health = _Health(clock)
 
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._exec, fn, *args)
@@ -67,10 +167,12 @@ class PredictionStore:
         recovered = await self._run(self._open)
         self._wake = asyncio.Event()
         self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
+        self._writer.add_done_callback(self._writer_ended)
+        self._health.enter("", 0)
         return recovered
 
     def _open(self) -> int:
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db = self._connect(self.path)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
@@ -89,93 +191,198 @@ class PredictionStore:
         self._write([_row(p) for p in fixed])
         return len(fixed)
 
-    async def close(self) -> None:
-        await self.flush()
-        if self._writer:
-            self._writer.cancel()
-        await self._run(self._db.close) if self._db else None
-        self._exec.shutdown(wait=True)
+    async def close(self) -> int:
+        """Write what is pending, stop the writer and close the database; returns how many saved
+        predictions it could not write (0 unless the writer was failing; they are logged).
+
+        Always returns, even while the writer is failing or backing off: it waits at most
+        ``flush_timeout_s`` for the pending saves, and as long again for the database to close."""
+        if self._closed:
+            return self.health().pending
+        try:
+            await self.flush()
+        except Unavailable as err:
+            unwritten = sorted(self._pending())
+            log.error("%s; closing with %d saved predictions not written: %s%s", err, len(unwritten),
+                      ", ".join(unwritten[:20]), ", ..." if len(unwritten) > 20 else "")
+        self._closed = True
+        if self._writer is not None:
+            self._writer.cancel()  # at once, also mid-backoff; a commit under way ends on its thread
+            await asyncio.wait({self._writer})
+        unwritten = self.health().pending
+        self._health.enter("it is closed", unwritten)
+        closed = True
+        if self._db is not None:
+            closing = asyncio.get_running_loop().run_in_executor(self._exec, self._db.close)
+            done, _ = await asyncio.wait({closing}, timeout=self._flush_timeout_s)
+            closed = bool(done)
+            if not closed:
+                log.error("the prediction store's database did not close within %g s", self._flush_timeout_s)
+        self._exec.shutdown(wait=closed)
+        return unwritten
+
+    # Health
+
+    def health(self) -> StoreHealth:
+        """Whether the store can write now, why not, since when, and how many saves wait (``StoreHealth``).
+        Cheap and synchronous: the gateway's health check reads it on every probe."""
+        return self._health.now(len(self._dirty.keys() | self._inflight.keys()))
+
+    async def wait_health(self, ok: bool) -> StoreHealth:
+        """Wait until the store can write (``ok=True``) or cannot (``ok=False``), returning at once if it
+        already is; returns its health as of the change (it may have changed again since). For a health
+        check that follows the store instead of polling it, and for tests."""
+        return await self._health.wait(ok)
+
+    def check_writable(self) -> None:
+        """Raise ``Unavailable`` naming the cause ("the prediction store cannot write: database or disk is
+        full") while the store cannot write: its last commit failed and the writer is retrying, or it is
+        closed. Call it before accepting a new prediction, so that a create is refused up front (503)
+        rather than accepted and then not written; the store accepts again once a commit succeeds.
+        Updates to predictions already accepted are still saved (and kept until they are written)."""
+        if self._health.failure:
+            raise self._unavailable()
+
+    def _unavailable(self, otherwise: str = "") -> Unavailable:
+        return Unavailable(f"{CANNOT_WRITE}: {self._health.failure or otherwise}")
+
+    def _writer_ended(self, task: asyncio.Task) -> None:
+        """A writer that is gone leaves nothing waiting on it: its waiters get the error, health says so."""
+        if task.cancelled():
+            self._health.enter("it is closed", self.health().pending)
+        else:
+            err = task.exception()
+            log.error("the prediction store's writer stopped", exc_info=err)
+            self._health.enter(f"its writer stopped ({_describe(err)})", self.health().pending)
+        for _, fut in self._waiters:
+            if not fut.done():
+                fut.set_exception(self._unavailable())
+        self._waiters = []
 
     # Writes
 
     def save(self, prediction: Prediction) -> None:
-        """Mark a prediction to be written; returns at once."""
+        """Mark a prediction to be written; returns at once. It stays pending until a commit succeeds."""
         self._dirty[prediction.id] = prediction
         self._saved += 1
         self._wake.set()
 
     async def flush(self) -> None:
-        """Wait until every save made before this call is committed."""
+        """Wait until every save made before this call is committed.
+
+        Raises ``Unavailable`` naming the cause when they are not on disk within ``flush_timeout_s`` (the
+        writer cannot commit: a full disk, a locked database...) or the writer is gone (closed, stopped).
+        The saves stay pending either way: the writer keeps retrying them."""
         target = self._saved
         if self._committed >= target:
             return
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters.append((target, fut))
+        if self._writer is None or self._writer.done():
+            raise self._unavailable("it is not open")
+        waiter = (target, asyncio.get_running_loop().create_future())
+        self._waiters.append(waiter)
         self._wake.set()
-        await fut
+        await asyncio.wait({waiter[1]}, timeout=self._flush_timeout_s)
+        if waiter[1].done():
+            return waiter[1].result()
+        self._waiters.remove(waiter)
+        raise self._unavailable(f"its saves were not on disk within {self._flush_timeout_s:g} s")
 
     async def _write_loop(self) -> None:
+        delay_s = 0.0  # the backoff before the next attempt: 0 while commits succeed
         while True:
             await self._wake.wait()
-            if not self._waiters:
+            if delay_s:
+                await asyncio.sleep(delay_s)  # backing off: saves gather meanwhile, and flushes wait
+            elif not self._waiters:
                 await asyncio.sleep(GATHER_S)
             self._wake.clear()
-            batch, self._dirty = self._dirty, {}
-            generation = self._saved
-            rows = [_row(p) for p in batch.values()]
-            await self._run(self._write, rows)
-            self._committed = generation
-            still = []
-            for target, fut in self._waiters:
-                if target <= generation:
-                    if not fut.done():
-                        fut.set_result(None)
-                else:
-                    still.append((target, fut))
-            self._waiters = still
+            if await self._commit_dirty():
+                delay_s = 0.0
+            else:
+                delay_s = self._backoff.after(delay_s)
+                self._wake.set()  # try again even if nothing more is saved
+
+    async def _commit_dirty(self) -> bool:
+        """Commit every dirty prediction in one transaction; whether it did. When it did not, they stay
+        dirty, each under any newer save of it made meanwhile, and the health says why."""
+        batch, self._dirty = self._dirty, {}
+        self._inflight = batch
+        generation = self._saved
+        try:
+            await self._run(self._write, _encode(batch))
+        except Exception as err:  # noqa: BLE001 - the writer outlives any error: it logs it and retries
+            self._dirty = {**batch, **self._dirty}
+            self._commit_failed(err)
+            return False
+        except BaseException:  # closing mid-commit: whether it landed is unknown, so it stays pending
+            self._dirty = {**batch, **self._dirty}
+            raise
+        finally:
+            self._inflight = {}
+        self._committed = generation
+        if self._health.failure:
+            log.warning("the prediction store writes again, after %d failed commits over %.1f s",
+                        self._health.failures, self._clock() - self._health.since)
+        self._health.enter("", self.health().pending)
+        self._release_waiters(generation)
+        return True
+
+    def _commit_failed(self, err: Exception) -> None:
+        reason = _describe(err)
+        if reason != self._health.failure:  # logged as it starts failing and as the cause changes, not per try
+            log.warning("the prediction store cannot write (%s): %d saved predictions wait; retrying every "
+                        "%g s at most", reason, len(self._dirty), self._backoff.max_s,
+                        exc_info=None if isinstance(err, sqlite3.Error) else err)
+        self._health.enter(reason, self.health().pending, failed_commit=True)
+
+    def _release_waiters(self, generation: int) -> None:
+        still = []
+        for target, fut in self._waiters:
+            if target <= generation:
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                still.append((target, fut))
+        self._waiters = still
 
     def _write(self, rows: list[tuple]) -> None:
-        if not rows:
-            return
-        db = self._db
-        db.execute("BEGIN")
-        db.executemany(
-            "INSERT INTO predictions (id, owner, created_at, status, body, data_removed) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET status = excluded.status, "
-            "body = excluded.body, data_removed = excluded.data_removed",
-            rows,
-        )
-        db.execute("COMMIT")
+        _upsert(self._db, rows)
 
-    # Reads
+    # Reads: from the database and the saves not yet on it, so they answer while the writer fails.
+
+    def _pending(self) -> dict[str, Prediction]:
+        """The saves not known to be on disk: the batch being committed, under the newer dirty ones."""
+        return {**self._inflight, **self._dirty}
+
+    def _pending_one(self, prediction_id: str) -> Prediction | None:
+        pending = self._dirty.get(prediction_id)
+        return pending if pending is not None else self._inflight.get(prediction_id)
 
     async def get(self, prediction_id: str) -> Prediction | None:
-        pending = self._dirty.get(prediction_id)
+        """A prediction: its latest save when that is not on disk yet, else the database's; None if unknown."""
+        pending = self._pending_one(prediction_id)
         if pending is not None:
             return pending
+        # Neither dirty nor in flight: it is on disk (or unknown), whatever the writer does meanwhile.
         row = await self._run(
             lambda: self._db.execute("SELECT body FROM predictions WHERE id = ?", (prediction_id,)).fetchone())
         return prediction_from_json(row[0]) if row else None
 
     async def list(self, owner: str | None, limit: int, cursor: str) -> tuple[list[Prediction], str]:
-        """A page of predictions, newest first (all owners when ``owner`` is None), and the next cursor."""
-        await self.flush()
-        where, args = [], []
-        if owner is not None:
-            where.append("owner = ?")
-            args.append(owner)
-        if cursor:
-            created_at, last_id = _decode_cursor(cursor)
-            where.append("(created_at, id) < (?, ?)")
-            args += [created_at, last_id]
-        sql = "SELECT body FROM predictions"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
-        args.append(limit + 1)
-        rows = await self._run(lambda: self._db.execute(sql, args).fetchall())
-        page = [prediction_from_json(r[0]) for r in rows[:limit]]
-        next_cursor = _encode_cursor(page[-1]) if len(rows) > limit else ""
+        """A page of predictions, newest first (all owners when ``owner`` is None), and the next cursor.
+
+        The page merges the database's rows with the saves not yet on it (a prediction's ``created_at``
+        and ``id``, the order's key, never change), so it neither waits for the writer nor misses them."""
+        after = _decode_cursor(cursor) if cursor else None
+        rows = await self._run(_select_page, self._db, owner, after, limit + 1)
+        # The saves are read after the rows: a batch committed after the rows were read is still in
+        # ``_inflight`` here (this task resumes before the writer's, its read having finished first).
+        found = {p.id: p for p in (prediction_from_json(body) for (body,) in rows)}
+        found.update((p.id, p) for p in self._pending().values()
+                     if (owner is None or p.owner == owner) and (after is None or _page_key(p) < after))
+        ordered = sorted(found.values(), key=_page_key, reverse=True)
+        page = ordered[:limit]
+        next_cursor = _encode_cursor(page[-1]) if len(ordered) > limit else ""
         return page, next_cursor
 
     # Retention
@@ -185,38 +392,101 @@ class PredictionStore:
         ``completed_before`` (``without_data``), and mark it ``data_removed``; returns how many.
 
         A prediction saved again while a sweep strips it would be written back whole; only creating and
-        completing one save it, so a completed prediction is not saved again."""
+        completing one save it, so a completed prediction is not saved again. Raises ``Unavailable``
+        (from ``flush``) while the store cannot write; the next sweep tries again."""
         await self.flush()
-        return await self._run(self._remove_data, completed_before)
-
-    def _remove_data(self, completed_before: float) -> int:
-        terminal = [s.value for s in TERMINAL]
-        after: tuple[float, str] = (float("-inf"), "")
-        removed = 0
-        while True:
-            rows = self._db.execute(
-                "SELECT created_at, id, body FROM predictions WHERE data_removed = 0 AND created_at < ? "
-                "AND (created_at, id) > (?, ?) AND status IN (%s) ORDER BY created_at, id LIMIT ?"
-                % ",".join("?" * len(terminal)),
-                [completed_before, *after, *terminal, REMOVE_BATCH]).fetchall()
-            if not rows:
-                return removed
-            after = rows[-1][:2]
-            done = [p for p in (prediction_from_json(body) for _, _, body in rows)
-                    if p.completed_at is not None and p.completed_at < completed_before]
-            self._write([_row(without_data(p)) for p in done])
-            removed += len(done)
+        return await self._run(_remove_data, self._db, completed_before)
 
     # Tokens
 
     async def add_token(self, token_hash: str, name: str, role: str) -> None:
-        await self._run(lambda: self._db.execute(
-            "INSERT INTO tokens (hash, name, role, created_at) VALUES (?, ?, ?, ?)",
-            (token_hash, name, role, time.time())))
+        """Store a token; raises ``Unavailable`` naming the cause when SQLite cannot write it."""
+        try:
+            await self._run(lambda: self._db.execute(
+                "INSERT INTO tokens (hash, name, role, created_at) VALUES (?, ?, ?, ?)",
+                (token_hash, name, role, time.time())))
+        except sqlite3.OperationalError as err:
+            raise Unavailable(f"{CANNOT_WRITE}: {err}") from err
 
     async def tokens(self) -> list[tuple[str, str, str]]:
         return await self._run(lambda: self._db.execute("SELECT hash, name, role FROM tokens").fetchall())
 
+
+def _upsert(db: sqlite3.Connection, rows: list[tuple]) -> None:
+    """Insert or replace ``rows`` (``_row``'s) in one transaction, rolled back if it fails."""
+    if not rows:
+        return
+    db.execute("BEGIN")
+    try:
+        db.executemany(
+            "INSERT INTO predictions (id, owner, created_at, status, body, data_removed) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET status = excluded.status, "
+            "body = excluded.body, data_removed = excluded.data_removed",
+            rows,
+        )
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:  # SQLite rolls some failures back itself (a full disk), not all
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+        raise
+
+
+def _select_page(db: sqlite3.Connection, owner: str | None, after: tuple[float, str] | None,
+                 count: int) -> list[tuple]:
+    where, args = [], []
+    if owner is not None:
+        where.append("owner = ?")
+        args.append(owner)
+    if after is not None:
+        where.append("(created_at, id) < (?, ?)")
+        args += list(after)
+    sql = "SELECT body FROM predictions"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+    args.append(count)
+    return db.execute(sql, args).fetchall()
+
+
+def _remove_data(db: sqlite3.Connection, completed_before: float) -> int:
+    terminal = [s.value for s in TERMINAL]
+    after: tuple[float, str] = (float("-inf"), "")
+    removed = 0
+    while True:
+        rows = db.execute(
+            "SELECT created_at, id, body FROM predictions WHERE data_removed = 0 AND created_at < ? "
+            "AND (created_at, id) > (?, ?) AND status IN (%s) ORDER BY created_at, id LIMIT ?"
+            % ",".join("?" * len(terminal)),
+            [completed_before, *after, *terminal, REMOVE_BATCH]).fetchall()
+        if not rows:
+            return removed
+        after = rows[-1][:2]
+        done = [p for p in (prediction_from_json(body) for _, _, body in rows)
+                if p.completed_at is not None and p.completed_at < completed_before]
+        _upsert(db, [_row(without_data(p)) for p in done])
+        removed += len(done)
+
+
+def _encode(batch: dict[str, Prediction]) -> list[tuple]:
+    rows = []
+    for p in batch.values():
+        try:
+            rows.append(_row(p))
+        except Exception:  # a prediction that cannot be encoded must not keep every other one off the disk
+            log.exception("prediction %s cannot be encoded, so it is not written", p.id)
+    return rows
+
+
+def _describe(err: BaseException) -> str:
+    """The cause as a client may read it: SQLite's own message, or the error's class and text."""
+    if isinstance(err, sqlite3.Error) and str(err):
+        return str(err)
+    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+
+
+def _page_key(p: Prediction) -> tuple[float, str]:
+    return (p.created_at, p.id)
 
 def _row(p: Prediction) -> tuple:
     return (p.id, p.owner, p.created_at, p.status.value, prediction_to_json(p), int(p.data_removed))
