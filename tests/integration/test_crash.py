@@ -129,8 +129,10 @@ def test_down_leaves_no_agent_or_controller_behind(tmp_path):
     env["WARMFLEET_HOME"] = str(tmp_path / "home")
     run = [sys.executable, "-m", "warmfleet.cli", "--config", str(config)]
     assert subprocess.run([*run, "up"], env=env, capture_output=True, timeout=180).returncode == 0
-    gateway = json.loads((tmp_path / "home" / "cluster.json").read_text())["pid"]
-    ours = ray_processes("_RayNodeAgent", gateway) | ray_processes("_RayController", gateway)
-    assert len(ours) == 2
-    assert subprocess.run([*run, "down"], env=env, capture_output=True, timeout=180).returncode == 0
+    try:
+        gateway = json.loads((tmp_path / "home" / "cluster.json").read_text())["pid"]
+        ours = ray_processes("_RayNodeAgent", gateway) | ray_processes("_RayController", gateway)
+        assert len(ours) == 2
+    finally:
+        assert subprocess.run([*run, "down"], env=env, capture_output=True, timeout=180).returncode == 0
     until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in ours), 30, "the cluster's actors to exit")
