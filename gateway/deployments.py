@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 NAME_RULE = "must be owner/name: letters, digits, '-', '_' or '.', one '/'"
 # The autoscaler's knobs a create or update may set (``ModelSpec.autoscaling``), in the order they are kept.
-AUTOSCALING_FIELDS = ("target_ongoing_requests", "upscale_delay_s", "downscale_delay_s", "scale_to_zero_delay_s")
+AUTOSCALING_FIELDS = ("target_ongoing_requests", "upscale_delay_s", "downscale_delay_s",
+                      "scale_to_zero_delay_s")
 
 
 @dataclass(frozen=True)

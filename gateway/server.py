@@ -68,6 +68,9 @@ class Gateway:
         self.resolver = InputResolver.from_settings(settings, self.files)
         self.retention = Retention(self.store, self.files, settings.retention_s, settings.retention_interval_s)
         self.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
+        self.routes = RouteService(controller, self.catalog, changed=self._follow_now)
+        self.pusher = PushService(self.routes, settings.bundles_path, settings.node_cache_path / "cog" / "envs",
+                                  controller.publish_bundle, controller.nodes, catalog=self.catalog)
         self.router: Router | None = None
         self.service: PredictionService | None = None
         self.server: grpc.aio.Server | None = None
@@ -75,7 +78,6 @@ class Gateway:
         self.metrics: GatewayMetrics | None = None
         self.http: HttpServer | None = None
         self.load_reporter: LoadReporter | None = None
-        self._servicers: RestContext | None = None
         self.port = 0
         self.http_port: int | None = None
         self._serving = False
@@ -130,7 +132,7 @@ class Gateway:
         # A JSON body carries its files as data URLs: base64 is 4/3 of the bytes, plus the JSON around them.
         app = build_app(self.metrics, lambda: self._serving,
                         max_body_bytes=self.settings.max_input_file_bytes * 4 // 3 + 1024**2)
-        add_rest_routes(app, self.servicers())
+        add_rest_routes(app, self._rest_context())
         http = HttpServer(app)
         try:
             self.http_port = await http.start(host, port)
@@ -145,30 +147,23 @@ class Gateway:
     def _on_task_event(self, prediction_id, body) -> None:
         self.service.on_task_event(prediction_id, body)
 
-    def servicers(self) -> RestContext:
-        """The servicers, built once: gRPC serves them, and the REST translation calls the same objects."""
-        if self._servicers is None:
-            routes = RouteService(self.controller, self.catalog, changed=self._follow_now)
-            pusher = PushService(routes, self.settings.bundles_path, self.settings.node_cache_path / "cog" / "envs",
-                                 self.controller.publish_bundle, self.controller.nodes)
-            self._servicers = RestContext(
-                settings=self.settings, tokens=self.tokens, service=self.service,
-                predictions=PredictionsServicer(self.service), models=ModelsServicer(self.catalog, routes, pusher),
-                deployments=DeploymentsServicer(self.catalog, routes, self.controller),
-                cluster=ClusterServicer(self.controller, self.tokens), files=self.files, resolver=self.resolver,
-                webhooks=self.webhooks, rate_limiter=self.rate_limiter)
-        return self._servicers
+    def _rest_context(self) -> RestContext:
+        """What the REST routes call: the same core services the gRPC servicers call."""
+        return RestContext(
+            settings=self.settings, tokens=self.tokens, predictions=self.service, catalog=self.catalog,
+            routes=self.routes, pusher=self.pusher, controller=self.controller, files=self.files,
+            resolver=self.resolver, webhooks=self.webhooks, rate_limiter=self.rate_limiter)
 
     def _build_server(self) -> grpc.aio.Server:
         server = grpc.aio.server(interceptors=[GatewayInterceptor(self.tokens)],
                                  options=[("grpc.so_reuseport", 0),
                                           ("grpc.max_receive_message_length", self.settings.max_message_bytes),
                                           ("grpc.max_send_message_length", self.settings.max_message_bytes)])
-        servicers = self.servicers()
-        predictions_pb2_grpc.add_PredictionsServicer_to_server(servicers.predictions, server)
-        models_pb2_grpc.add_ModelsServicer_to_server(servicers.models, server)
-        deployments_pb2_grpc.add_DeploymentsServicer_to_server(servicers.deployments, server)
-        cluster_pb2_grpc.add_ClusterServicer_to_server(servicers.cluster, server)
+        predictions_pb2_grpc.add_PredictionsServicer_to_server(PredictionsServicer(self.service), server)
+        models = ModelsServicer(self.catalog, self.routes, self.pusher)
+        models_pb2_grpc.add_ModelsServicer_to_server(models, server)
+        deployments_pb2_grpc.add_DeploymentsServicer_to_server(DeploymentsServicer(self.routes), server)
+        cluster_pb2_grpc.add_ClusterServicer_to_server(ClusterServicer(self.controller, self.tokens), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             SERVICE_NAMES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,

@@ -40,7 +40,8 @@ class PredictionsServicer(predictions_pb2_grpc.PredictionsServicer):
             yield convert.event_to_pb(event)
 
     async def CreateAndStreamPrediction(self, request, context):
-        _, events = await self._service.create_and_follow(current_principal.get(), convert.create_from_pb(request))
+        create = convert.create_from_pb(request)
+        _, events = await self._service.create_and_follow(current_principal.get(), create)
         async for event in events:
             yield convert.event_to_pb(event)
 
@@ -64,7 +65,8 @@ class ModelsServicer(models_pb2_grpc.ModelsServicer):
             raise InvalidInput("header", "a push starts with its header (model, digest, size_bytes)")
         h = first.header
         header = PushHeader(h.model, h.description, h.digest, h.size_bytes)
-        pushed = await self._pusher.push_as(current_principal.get(), header, convert.push_chunks(request_iterator))
+        chunks = convert.push_chunks(request_iterator)
+        pushed = await self._pusher.push_as(current_principal.get(), header, chunks)
         return models_pb2.PushVersionResponse(
             model=convert.model_to_pb(pushed.model), version=convert.version_to_pb(pushed.version),
             created_model=pushed.created_model, new_version=pushed.new_version)
@@ -82,7 +84,8 @@ class ModelsServicer(models_pb2_grpc.ModelsServicer):
         return convert.version_to_pb(entry)
 
     async def CreateModel(self, request, context):
-        entry = await self._routes.create_model_as(current_principal.get(), convert.model_spec_from_pb(request))
+        spec = convert.model_spec_from_pb(request)
+        entry = await self._routes.create_model_as(current_principal.get(), spec)
         return convert.model_to_pb(entry)
 
     async def DeleteModel(self, request, context):
@@ -115,7 +118,8 @@ class DeploymentsServicer(deployments_pb2_grpc.DeploymentsServicer):
                       convert.autoscaling_from_pb(request.autoscaling),
                       request.hardware if request.HasField("hardware") else None)
         version = request.version if request.HasField("version") else None
-        deployment = await self._routes.update_deployment_as(current_principal.get(), request.name, version, scale)
+        principal = current_principal.get()
+        deployment = await self._routes.update_deployment_as(principal, request.name, version, scale)
         return convert.deployment_to_pb(deployment)
 
     async def DeleteDeployment(self, request, context):

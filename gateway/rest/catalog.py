@@ -1,27 +1,31 @@
 """REST routes: models, versions, deployments, hardware and the account, in Replicate's shapes, each over
-one RPC of the Models, Deployments or Cluster service.
+one call of the core: the catalog (``ModelCatalog``), its changes (``RouteService``), pushes
+(``PushService``) and the controller's nodes.
 
-- ``GET /v1/models``, ``GET|DELETE /v1/models/{owner}/{name}`` (ListModels, GetModel, DeleteModel).
-- ``GET /v1/models/{owner}/{name}/versions``, ``GET|DELETE .../versions/{id}`` (ListVersions, GetVersion,
-  DeleteVersion): every version, newest first.
-- ``POST /v1/models/{owner}/{name}/versions`` (PushVersion): the body is a Cog model's bundle (a tar, as
+- ``GET /v1/models``, ``GET|DELETE /v1/models/{owner}/{name}``: the models the caller may see; deleting
+  one takes an admin or its owner.
+- ``GET /v1/models/{owner}/{name}/versions``, ``GET|DELETE .../versions/{id}``: every version, newest first.
+- ``POST /v1/models/{owner}/{name}/versions``: a push. The body is a Cog model's bundle (a tar, as
   ``warmfleet push`` makes it; ``X-Bundle-Digest`` may carry its SHA-256), streamed, never read whole.
-- ``GET|POST /v1/deployments``, ``GET|PATCH|DELETE /v1/deployments/{owner}/{name}`` (the Deployments
-  service; changes need an admin token, as over gRPC).
-- ``GET /v1/hardware`` (ListNodes): the SKUs of the cluster's nodes. Node listing is admin-only over gRPC,
-  and so it is here: this route needs an admin token.
-- ``GET /v1/account``: who the token is (no RPC: the token's principal is all there is to say).
+- ``GET|POST /v1/deployments``, ``GET|PATCH|DELETE /v1/deployments/{owner}/{name}`` (changes need an admin
+  token, as over gRPC).
+- ``GET /v1/hardware``: the SKUs of the cluster's nodes. Node listing is admin-only over gRPC, and so it is
+  here: this route needs an admin token.
+- ``GET /v1/account``: who the token is (the token's principal is all there is to say).
 """
 
 from __future__ import annotations
 
+from typing import AsyncIterator
+
 from aiohttp import web
 
-from gateway.auth import current_principal
+from gateway.auth import current_principal, require_admin
+from gateway.push import PushHeader
 from gateway.rest.context import REST, base_url
 from gateway.rest import shapes
 from gateway.rest.predictions import json_body
-from warmfleet.v1 import cluster_pb2, deployments_pb2, models_pb2
+from warmfleet.errors import InvalidInput
 
 
 PUSH_CHUNK_BYTES = 1 << 20
@@ -53,92 +57,93 @@ def _name(request: web.Request) -> str:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    reply = await request.app[REST].models.ListModels(models_pb2.ListModelsRequest(), None)
+    entries = request.app[REST].catalog.visible_models(current_principal.get())
     base = base_url(request)
-    return web.json_response(shapes.page([shapes.model_json(m, base) for m in reply.models]))
-
-
-async def _model(request: web.Request) -> models_pb2.Model:
-    return await request.app[REST].models.GetModel(models_pb2.GetModelRequest(name=_name(request)), None)
+    return web.json_response(shapes.page([shapes.model_json(e, base) for e in entries]))
 
 
 async def get_model(request: web.Request) -> web.Response:
-    return web.json_response(shapes.model_json(await _model(request), base_url(request)))
+    entry = request.app[REST].catalog.visible(current_principal.get(), _name(request))
+    return web.json_response(shapes.model_json(entry, base_url(request)))
 
 
 async def delete_model(request: web.Request) -> web.Response:
-    await request.app[REST].models.DeleteModel(models_pb2.DeleteModelRequest(name=_name(request)), None)
+    await request.app[REST].routes.delete_model_as(current_principal.get(), _name(request))
     return web.Response(status=204)
 
 
 async def list_versions(request: web.Request) -> web.Response:
-    request_pb = models_pb2.ListVersionsRequest(model=_name(request))
-    reply = await request.app[REST].models.ListVersions(request_pb, None)
-    return web.json_response(shapes.page([shapes.version_json(v) for v in reply.versions]))
-
-
-def _version_request(request: web.Request, cls):
-    return cls(model=_name(request), id=request.match_info["id"])
+    entries = request.app[REST].catalog.visible_versions(current_principal.get(), _name(request))
+    return web.json_response(shapes.page([shapes.version_json(e) for e in entries]))
 
 
 async def get_version(request: web.Request) -> web.Response:
-    request_pb = _version_request(request, models_pb2.GetVersionRequest)
-    reply = await request.app[REST].models.GetVersion(request_pb, None)
-    return web.json_response(shapes.version_json(reply))
+    catalog = request.app[REST].catalog
+    entry = catalog.visible_version(current_principal.get(), _name(request), request.match_info["id"])
+    return web.json_response(shapes.version_json(entry))
 
 
 async def delete_version(request: web.Request) -> web.Response:
-    request_pb = _version_request(request, models_pb2.DeleteVersionRequest)
-    await request.app[REST].models.DeleteVersion(request_pb, None)
+    routes = request.app[REST].routes
+    await routes.delete_version_as(current_principal.get(), _name(request), request.match_info["id"])
     return web.Response(status=202)
 
 
 async def push_version(request: web.Request) -> web.Response:
-    header = models_pb2.PushHeader(model=_name(request),
-                                   description=request.headers.get("X-Model-Description", ""),
-                                   digest=request.headers.get("X-Bundle-Digest", ""),
-                                   size_bytes=request.content_length or 0)
+    description = request.headers.get("X-Model-Description", "")
+    if not _utf8(description):  # aiohttp keeps a header's bytes that are not UTF-8 as surrogates
+        raise InvalidInput("X-Model-Description", "must be UTF-8 text")
+    header = PushHeader(_name(request), description, request.headers.get("X-Bundle-Digest", ""),
+                        request.content_length or 0)
 
-    async def parts():
-        yield models_pb2.PushVersionRequest(header=header)
+    async def chunks() -> AsyncIterator[bytes]:
         async for chunk in request.content.iter_chunked(PUSH_CHUNK_BYTES):
-            yield models_pb2.PushVersionRequest(chunk=chunk)
+            yield chunk
 
-    reply = await request.app[REST].models.PushVersion(parts(), None)
-    body = {**shapes.version_json(reply.version), "model": shapes.model_json(reply.model, base_url(request)),
-            "created_model": reply.created_model, "new_version": reply.new_version}
-    return web.json_response(body, status=201 if reply.new_version else 200)
+    pushed = await request.app[REST].pusher.push_as(current_principal.get(), header, chunks())
+    model = shapes.model_json(pushed.model, base_url(request))
+    body = {**shapes.version_json(pushed.version), "model": model, "created_model": pushed.created_model,
+            "new_version": pushed.new_version}
+    return web.json_response(body, status=201 if pushed.new_version else 200)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # Deployments
 
 
 async def list_deployments(request: web.Request) -> web.Response:
-    reply = await request.app[REST].deployments.ListDeployments(deployments_pb2.ListDeploymentsRequest(), None)
-    return web.json_response(shapes.page([shapes.deployment_json(d) for d in reply.deployments]))
+    deployments = await request.app[REST].routes.deployments()
+    return web.json_response(shapes.page([shapes.deployment_json(d) for d in deployments]))
 
 
 async def create_deployment(request: web.Request) -> web.Response:
-    pb = shapes.deployment_create_request(await json_body(request), current_principal.get().name)
-    reply = await request.app[REST].deployments.CreateDeployment(pb, None)
-    return web.json_response(shapes.deployment_json(reply), status=201)
+    principal = current_principal.get()
+    name, model, version, scale = shapes.deployment_create(await json_body(request), principal.name)
+    deployment = await request.app[REST].routes.create_deployment_as(principal, name, model, version, scale)
+    return web.json_response(shapes.deployment_json(deployment), status=201)
 
 
 async def get_deployment(request: web.Request) -> web.Response:
-    reply = await request.app[REST].deployments.GetDeployment(
-        deployments_pb2.GetDeploymentRequest(name=_name(request)), None)
-    return web.json_response(shapes.deployment_json(reply))
+    deployment = await request.app[REST].routes.deployment(_name(request))
+    return web.json_response(shapes.deployment_json(deployment))
 
 
 async def update_deployment(request: web.Request) -> web.Response:
-    pb = shapes.deployment_update_request(_name(request), await json_body(request))
-    reply = await request.app[REST].deployments.UpdateDeployment(pb, None)
-    return web.json_response(shapes.deployment_json(reply))
+    version, scale = shapes.deployment_update(await json_body(request))
+    routes = request.app[REST].routes
+    deployment = await routes.update_deployment_as(current_principal.get(), _name(request), version, scale)
+    return web.json_response(shapes.deployment_json(deployment))
 
 
 async def delete_deployment(request: web.Request) -> web.Response:
-    await request.app[REST].deployments.DeleteDeployment(
-        deployments_pb2.DeleteDeploymentRequest(name=_name(request)), None)
+    await request.app[REST].routes.delete_deployment_as(current_principal.get(), _name(request))
     return web.Response(status=204)
 
 
@@ -146,8 +151,8 @@ async def delete_deployment(request: web.Request) -> web.Response:
 
 
 async def list_hardware(request: web.Request) -> web.Response:
-    reply = await request.app[REST].cluster.ListNodes(cluster_pb2.ListNodesRequest(), None)
-    return web.json_response(shapes.hardware_json(list(reply.nodes)))
+    require_admin()  # as the gRPC ListNodes: the cluster's nodes are the operator's business
+    return web.json_response(shapes.hardware_json(await request.app[REST].controller.nodes()))
 
 
 async def get_account(request: web.Request) -> web.Response:

@@ -1,4 +1,4 @@
-"""The REST edge's shared parts: its context (the services it translates to), the auth and error
+"""The REST edge's shared parts: its context (the core services it translates to), the auth and error
 middleware, and the problem-details responses. Route modules import these; ``gateway.rest.app`` puts the
 routes on an app."""
 
@@ -15,14 +15,15 @@ from gateway.auth import TokenRegistry, current_principal
 from warmfleet.errors import INTERNAL, STATUS_TABLE, WarmfleetError
 from warmfleet.settings import Settings
 
-if TYPE_CHECKING:  # the parts' types; the parts themselves are the gateway's (gateway.server)
+if TYPE_CHECKING:  # the services' types; the services themselves are the gateway's (gateway.server)
+    from gateway.catalog import ModelCatalog
+    from gateway.deployments import RouteService
     from gateway.files import FileStore, InputResolver
-    from gateway.grpc.servicers import (
-        ClusterServicer, DeploymentsServicer, ModelsServicer, PredictionsServicer,
-    )
     from gateway.predictions import PredictionService
+    from gateway.push import PushService
     from gateway.rate_limit import RateLimiter
     from gateway.webhooks import WebhookSender
+    from scheduler.ports import ControllerClient
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +34,16 @@ RETRY_AFTER_S = 1
 
 @dataclass
 class RestContext:
-    """What REST routes call: the gRPC servicers (in-process, ``gateway.grpc``), the core services and
-    the gateway's shared parts, each built and started by the gateway (``gateway.server``), none by a
-    route."""
+    """What REST routes call: the core services (the very objects the gRPC servicers call) and the
+    gateway's shared parts, each built and started by the gateway (``gateway.server``), none by a route."""
 
     settings: Settings
     tokens: TokenRegistry
-    predictions: PredictionsServicer
-    models: ModelsServicer
-    deployments: DeploymentsServicer
-    cluster: ClusterServicer
-    service: PredictionService  # follow, for SSE
+    predictions: PredictionService  # create, read, list, cancel and follow predictions
+    catalog: ModelCatalog  # the models, versions and deployments as a caller sees them
+    routes: RouteService  # changes to models, versions and deployments
+    pusher: PushService  # pushes of Cog models
+    controller: ControllerClient  # the cluster's nodes (hardware)
     files: FileStore  # the Files API's uploads
     resolver: InputResolver  # file inputs (data:, http(s), Files API URLs) to bytes
     webhooks: WebhookSender  # its secrets sign the webhooks of a caller's predictions

@@ -1,10 +1,10 @@
 """OpenAI-compatible text generation: ``POST /v1/chat/completions`` and ``POST /v1/completions``.
 
-The same translation as every REST route: OpenAI's JSON becomes a ``CreatePredictionRequest`` with a
-typed ``text_generation`` input, the in-process Predictions servicer runs it (``CreatePrediction`` for a
-whole answer, ``CreateAndStreamPrediction`` for Server-Sent Events), and the prediction becomes OpenAI's
-JSON. Nothing here generates: sampling, stop sequences, defaults and their ranges are the runner's (its
-input schema checks them, and an error names the OpenAI field that carried the value).
+The same translation as every REST route: OpenAI's JSON becomes a ``CreateRequest`` with the typed
+``text_generation`` input (the fields of the runner's ``TextGenerationInput``), ``PredictionService`` runs
+it (``create`` for a whole answer, ``create_and_follow`` for Server-Sent Events), and the prediction
+becomes OpenAI's JSON. Nothing here generates: sampling, stop sequences, defaults and their ranges are the
+runner's (its input schema checks them, and an error names the OpenAI field that carried the value).
 
 How OpenAI's request reads here:
 
@@ -46,20 +46,27 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.predictions import MAX_WAIT_S
+from gateway.auth import Principal, current_principal
+from gateway.predictions import MAX_WAIT_S, CreateRequest
 from gateway.rest.context import REST, RestContext, problem
+from gateway.rest.shapes import epoch_seconds
+from warmfleet.domain import Completed, Metrics, OutputChunk, Prediction, PredictionEvent, Status
 from warmfleet.errors import InvalidInput, NotFound, Unavailable, WarmfleetError, error_from_code, status_for
-from warmfleet.v1 import deployments_pb2, models_pb2, predictions_pb2 as P, types_pb2 as T
 
 log = logging.getLogger(__name__)
 
-TERMINAL = (T.STATUS_SUCCEEDED, T.STATUS_FAILED, T.STATUS_CANCELED, T.STATUS_ABORTED)
+# The form of input these routes create, and its fields in their order (TextGenerationInput's). A field
+# appears only when it is given: one left out takes the model's default.
+INPUT_KIND = "text_generation"
+INPUT_FIELDS = ("prompt", "system_prompt", "messages", "max_new_tokens", "min_new_tokens", "temperature",
+                "top_p", "top_k", "repetition_penalty", "frequency_penalty", "presence_penalty",
+                "stop_sequences", "seed")
 # PredictionMetrics.finish_reason -> OpenAI's: an end-of-sequence token and a stop sequence both "stop".
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
-# Requests: OpenAI JSON -> TextGenerationInput
+# Requests: OpenAI JSON -> the text_generation input
 
 
 def _no(value: Any) -> bool:
@@ -87,7 +94,7 @@ class Generation:
     carried each runner field (so that an error from the runner's schema names what the client sent)."""
 
     model: str
-    input: T.TextGenerationInput
+    input: dict[str, Any]  # the text_generation input's fields, those the request gives (INPUT_FIELDS)
     stream: bool = False
     include_usage: bool = False
     fields: dict[str, str] = field(default_factory=dict)  # runner field -> OpenAI field
@@ -106,16 +113,24 @@ def chat_request(body: dict[str, Any]) -> Generation:
     """A chat completion request as a Generation (``messages`` -> ``messages``)."""
     _refuse_unsupported(body, UNSUPPORTED)
     gen = _common(body)
-    gen.input.messages.extend(_messages(body.get("messages")))
+    gen.input["messages"] = _messages(body.get("messages"))
     gen.fields["prompt"] = "messages"
-    return gen
+    return _ordered(gen)
 
 
 def completion_request(body: dict[str, Any]) -> Generation:
     """A (legacy) completion request as a Generation (``prompt`` -> ``prompt``)."""
     _refuse_unsupported(body, COMPLETION_UNSUPPORTED)
     gen = _common(body)
-    gen.input.prompt = _prompt(body.get("prompt"))
+    prompt = _prompt(body.get("prompt"))
+    if prompt:  # an empty prompt is no prompt: the model's schema says what is missing
+        gen.input["prompt"] = prompt
+    return _ordered(gen)
+
+
+def _ordered(gen: Generation) -> Generation:
+    """``gen`` with its input's fields in INPUT_FIELDS' order, as the typed input over gRPC has them."""
+    gen.input = {name: gen.input[name] for name in INPUT_FIELDS if name in gen.input}
     return gen
 
 
@@ -131,7 +146,7 @@ def _common(body: dict[str, Any]) -> Generation:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidInput("model", "is required: a model or deployment name, owner/name")
-    gen = Generation(model, T.TextGenerationInput(), stream=_flag(body, "stream"))
+    gen = Generation(model, {}, stream=_flag(body, "stream"))
     options = body.get("stream_options")
     if options is not None:
         if not isinstance(options, dict):
@@ -143,7 +158,6 @@ def _common(body: dict[str, Any]) -> Generation:
 
 def _sampling(body: dict[str, Any], gen: Generation) -> None:
     tokens_field = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    wire = gen.input
     for runner_field, openai_field, read in (
         ("max_new_tokens", tokens_field, _uint32),
         ("min_new_tokens", "min_tokens", _int32),
@@ -156,9 +170,11 @@ def _sampling(body: dict[str, Any], gen: Generation) -> None:
         ("seed", "seed", _int64),
     ):
         if body.get(openai_field) is not None:
-            setattr(wire, runner_field, read(body[openai_field], openai_field))
+            gen.input[runner_field] = read(body[openai_field], openai_field)
         gen.fields[runner_field] = openai_field
-    wire.stop_sequences.extend(_stop(body.get("stop")))
+    stops = _stop(body.get("stop"))
+    if stops:
+        gen.input["stop_sequences"] = stops
     gen.fields["stop_sequences"] = "stop"
 
 
@@ -210,13 +226,14 @@ def _prompt(value: Any) -> str:
     raise InvalidInput("prompt", "must be a string (token ids are not supported)")
 
 
-def _messages(value: Any) -> list[T.ChatMessage]:
+def _messages(value: Any) -> list[dict[str, str]]:
     if not isinstance(value, list) or not value:
         raise InvalidInput("messages", "must be a non-empty list of {role, content} objects")
     return [_message(m, f"messages[{i}]") for i, m in enumerate(value)]
 
 
-def _message(message: Any, where: str) -> T.ChatMessage:
+def _message(message: Any, where: str) -> dict[str, str]:
+    """A chat message as the typed input carries it: ``role``, and ``content`` unless it is empty."""
     if not isinstance(message, dict):
         raise InvalidInput(where, "must be an object with role and content")
     role = message.get("role")
@@ -226,7 +243,8 @@ def _message(message: Any, where: str) -> T.ChatMessage:
                                             f"{message.get('role')!r} (tools are not supported)")
     if message.get("tool_calls") or message.get("function_call"):
         raise InvalidInput(f"{where}.tool_calls", "is not supported by warmfleet; leave it out")
-    return T.ChatMessage(role=role, content=_content(message.get("content"), f"{where}.content"))
+    content = _content(message.get("content"), f"{where}.content")
+    return {"role": role, "content": content} if content else {"role": role}
 
 
 def _content(content: Any, where: str) -> str:
@@ -246,13 +264,13 @@ def _content(content: Any, where: str) -> str:
 # Responses: Prediction -> OpenAI JSON
 
 
-def finish_reason(metrics: T.PredictionMetrics) -> str:
+def finish_reason(metrics: Metrics) -> str:
     """OpenAI's finish_reason of an ended generation."""
-    return FINISH_REASONS.get(metrics.finish_reason, "stop")
+    return FINISH_REASONS.get(metrics.finish_reason or "", "stop")
 
 
-def usage(metrics: T.PredictionMetrics) -> dict[str, int]:
-    prompt, completion = metrics.input_token_count, metrics.output_token_count
+def usage(metrics: Metrics) -> dict[str, int]:
+    prompt, completion = metrics.input_token_count or 0, metrics.output_token_count or 0
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
@@ -290,14 +308,20 @@ COMPLETION = Dialect("cmpl-", "text_completion", "text_completion", completion_r
                      lambda text, finish: _text_whole(text or "", finish), ())
 
 
-def completion_response(dialect: Dialect, pred: T.Prediction, model: str) -> dict[str, Any]:
+def completion_response(dialect: Dialect, pred: Prediction, model: str) -> dict[str, Any]:
     """The whole answer for a prediction that succeeded."""
     return {
-        "id": dialect.id_prefix + pred.id, "object": dialect.object, "created": pred.created_at.seconds,
-        "model": model, "system_fingerprint": pred.version,
-        "choices": [dialect.whole(pred.output.value.string_value, finish_reason(pred.metrics))],
+        "id": dialect.id_prefix + pred.id, "object": dialect.object,
+        "created": epoch_seconds(pred.created_at), "model": model, "system_fingerprint": pred.version,
+        "choices": [dialect.whole(text_of(pred), finish_reason(pred.metrics))],
         "usage": usage(pred.metrics),
     }
+
+
+def text_of(pred: Prediction) -> str:
+    """The generated text: the output's value when it is text ("" otherwise)."""
+    value = pred.output.value if pred.output is not None else None
+    return value if isinstance(value, str) else ""
 
 
 @dataclass
@@ -323,7 +347,7 @@ class Chunks:
     def text(self, text: str) -> dict[str, Any]:
         return self.chunk([self.dialect.piece(text, None)])
 
-    def ending(self, pred: T.Prediction) -> list[dict[str, Any]]:
+    def ending(self, pred: Prediction) -> list[dict[str, Any]]:
         """The last chunk (finish_reason), and the usage chunk when asked for."""
         last = [self.chunk([self.dialect.piece(None, finish_reason(pred.metrics))])]
         if self.include_usage:
@@ -334,16 +358,16 @@ class Chunks:
 # Errors
 
 
-def ended_error(pred: T.Prediction) -> WarmfleetError:
+def ended_error(pred: Prediction) -> WarmfleetError:
     """The error a prediction that did not succeed stands for: the runner's own (its code and field; an
     invalid input is the client's), else a server-side one."""
-    if pred.status == T.STATUS_FAILED and pred.error_code:
+    if pred.status is Status.FAILED and pred.error_code:
         message = pred.error.removeprefix(f"{pred.error_code}: ")
         return error_from_code(pred.error_code, message, pred.error_field)
-    if pred.status == T.STATUS_FAILED:
+    if pred.status is Status.FAILED:
         return WarmfleetError(f"prediction {pred.id} failed: {pred.error}")
-    status = T.Status.Name(pred.status).removeprefix("STATUS_").lower()
-    return Unavailable(f"prediction {pred.id} was {status}" + (f": {pred.error}" if pred.error else ""))
+    because = f": {pred.error}" if pred.error else ""
+    return Unavailable(f"prediction {pred.id} was {pred.status.value}{because}")
 
 
 def openai_error(err: WarmfleetError) -> dict[str, Any]:
@@ -371,19 +395,19 @@ def renamed(err: WarmfleetError, gen: Generation) -> WarmfleetError:
 # Routes
 
 
-async def _target(ctx: RestContext, name: str) -> dict[str, str]:
+def _target(ctx: RestContext, principal: Principal, name: str) -> dict[str, str]:
     """``{"model": name}`` or ``{"deployment": name}``, for a text generation model or deployment."""
     try:
-        found: Any = await ctx.models.GetModel(models_pb2.GetModelRequest(name=name), None)
+        found = ctx.catalog.visible(principal, name)
         kind = "model"
     except NotFound:
         try:
-            found = await ctx.deployments.GetDeployment(deployments_pb2.GetDeploymentRequest(name=name), None)
+            found = ctx.catalog.deployment(name)
             kind = "deployment"
         except NotFound:
             raise NotFound(f"model {name!r} not found: no model or deployment has that name") from None
-    if found.runner != "llm":
-        raise InvalidInput("model", f"{name!r} runs {found.runner!r}: chat and completions need a text "
+    if found.spec.runner != "llm":
+        raise InvalidInput("model", f"{name!r} runs {found.spec.runner!r}: chat and completions need a text "
                                     "generation (llm) model")
     return {kind: name}
 
@@ -398,23 +422,23 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return body
 
 
-async def _answer(ctx: RestContext, gen: Generation, create: P.CreatePredictionRequest,
+async def _answer(ctx: RestContext, principal: Principal, gen: Generation, create: CreateRequest,
                   dialect: Dialect) -> web.Response:
-    pred = await ctx.predictions.CreatePrediction(create, None)
-    if pred.status not in TERMINAL:  # longer than one wait: follow it to its end
-        async for event in ctx.predictions.StreamPrediction(P.StreamPredictionRequest(id=pred.id), None):
-            if event.WhichOneof("kind") == "completed":
-                pred = event.completed
-    if pred.status != T.STATUS_SUCCEEDED:
+    pred = await ctx.predictions.create(principal, create)
+    if not pred.status.is_terminal:  # longer than one wait: follow it to its end
+        async for event in await ctx.predictions.follow(principal, pred.id):
+            if isinstance(event.body, Completed):
+                pred = event.body.prediction
+    if pred.status is not Status.SUCCEEDED:
         raise ended_error(pred)
     return web.json_response(completion_response(dialect, pred, gen.model), dumps=_dumps)
 
 
-async def _stream(request: web.Request, ctx: RestContext, gen: Generation, create: P.CreatePredictionRequest,
-                  dialect: Dialect) -> web.StreamResponse:
-    events = ctx.predictions.CreateAndStreamPrediction(create, None)
-    first = await anext(events)  # creates it: an invalid request raises here, before the stream opens
-    chunks = Chunks(dialect, first.prediction_id, gen.model, gen.include_usage)
+async def _stream(request: web.Request, ctx: RestContext, principal: Principal, gen: Generation,
+                  create: CreateRequest, dialect: Dialect) -> web.StreamResponse:
+    pred, events = await ctx.predictions.create_and_follow(principal, create)  # an invalid request raises now
+    first = await anext(events)  # the stream opens when the prediction has news (it started, or ended)
+    chunks = Chunks(dialect, pred.id, gen.model, gen.include_usage)
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
     ended = False
@@ -422,42 +446,42 @@ async def _stream(request: web.Request, ctx: RestContext, gen: Generation, creat
         for body in chunks.opening():
             await _send(response, body)
         async for event in _from(first, events):
-            kind = event.WhichOneof("kind")
-            if kind == "output" and event.output.value.string_value:
-                await _send(response, chunks.text(event.output.value.string_value))
-            elif kind == "completed":
+            if isinstance(event.body, OutputChunk) and isinstance(event.body.value, str) and event.body.value:
+                await _send(response, chunks.text(event.body.value))
+            elif isinstance(event.body, Completed):
                 ended = True
-                await _send_ending(response, chunks, gen, event.completed)
+                await _send_ending(response, chunks, gen, event.body.prediction)
         await response.write(b"data: [DONE]\n\n")
     except WarmfleetError as err:  # the stream is open: the error goes in it
         with contextlib.suppress(ConnectionResetError):
             await _send(response, {"error": openai_error(renamed(err, gen))})
     except ConnectionResetError:
-        log.info("the client left the stream of prediction %s", first.prediction_id)
+        log.info("the client left the stream of prediction %s", pred.id)
     finally:
         await events.aclose()
         if not ended:  # the client went away (or this task was cancelled): free the model's slot
-            await _cancel(ctx, first.prediction_id)
+            await _cancel(ctx, principal, pred.id)
     return response
 
 
-async def _cancel(ctx: RestContext, prediction_id: str) -> None:
+async def _cancel(ctx: RestContext, principal: Principal, prediction_id: str) -> None:
     try:
-        await ctx.predictions.CancelPrediction(P.CancelPredictionRequest(id=prediction_id), None)
+        await ctx.predictions.cancel(principal, prediction_id)
     except WarmfleetError as err:
         log.warning("could not cancel abandoned prediction %s: %s", prediction_id, err)
 
 
 async def _send_ending(response: web.StreamResponse, chunks: Chunks, gen: Generation,
-                       pred: T.Prediction) -> None:
-    if pred.status == T.STATUS_SUCCEEDED:
+                       pred: Prediction) -> None:
+    if pred.status is Status.SUCCEEDED:
         for body in chunks.ending(pred):
             await _send(response, body)
     else:
         await _send(response, {"error": openai_error(renamed(ended_error(pred), gen))})
 
 
-async def _from(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
+async def _from(first: PredictionEvent, rest: AsyncIterator[PredictionEvent]
+                ) -> AsyncIterator[PredictionEvent]:
     yield first
     async for event in rest:
         yield event
@@ -473,16 +497,16 @@ def _dumps(body: Any) -> str:
 
 def _route(dialect: Dialect) -> Callable[[web.Request], Any]:
     async def handle(request: web.Request) -> web.StreamResponse:
-        ctx = request.app[REST]
+        ctx, principal = request.app[REST], current_principal.get()
         gen: Generation | None = None
         try:
             gen = dialect.parse(await _body(request))
-            text_generation = T.PredictionInput(text_generation=gen.input)
-            create = P.CreatePredictionRequest(input=text_generation, **await _target(ctx, gen.model))
+            target = _target(ctx, principal, gen.model)
+            create = CreateRequest(input=gen.input, input_kind=INPUT_KIND, **target)
             if gen.stream:
-                return await _stream(request, ctx, gen, create, dialect)
+                return await _stream(request, ctx, principal, gen, create, dialect)
             create.wait_s = MAX_WAIT_S
-            return await _answer(ctx, gen, create, dialect)
+            return await _answer(ctx, principal, gen, create, dialect)
         except WarmfleetError as err:
             return error_response(renamed(err, gen) if gen else err)
     return handle

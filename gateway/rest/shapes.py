@@ -305,10 +305,10 @@ def version_json(entry: CatalogEntry) -> dict[str, Any]:
     cog_openapi = spec.options.get("openapi_schema") if spec.runner == "cog" else None
     openapi = cog_openapi or openapi_schema(entry.input_schema, entry.output_schema)
     created = None
-    if spec.created_at:
+    if spec.created_at:  # to the microsecond, toward zero
         seconds, nanos = divmod(int(spec.created_at * 1e9), _NANOS)
-        created = (_EPOCH.replace(tzinfo=timezone.utc) + timedelta(seconds=seconds, microseconds=nanos // 1000)
-                   ).isoformat()
+        delta = timedelta(seconds=seconds, microseconds=nanos // 1000)
+        created = (_EPOCH.replace(tzinfo=timezone.utc) + delta).isoformat()
     cog_version = str(spec.options.get("cog_version", "")) if cog_openapi else ""
     return {"id": spec.version, "created_at": created, "cog_version": cog_version or None,
             "openapi_schema": openapi}
@@ -368,7 +368,8 @@ def deployment_update(body: Any) -> tuple[str | None, Scale]:
     if not isinstance(body, dict):
         raise InvalidInput("body", "must be a JSON object")
     autoscaling = _autoscaling(body)
-    version, hardware = (_string(body, f) if body.get(f) is not None else None for f in ("version", "hardware"))
+    version, hardware = (_string(body, f) if body.get(f) is not None else None
+                         for f in ("version", "hardware"))
     min_instances, max_instances = (_count(body, f) for f in ("min_instances", "max_instances"))
     return version, Scale(min_instances, max_instances, autoscaling, hardware)
 

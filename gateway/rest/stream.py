@@ -92,7 +92,7 @@ async def stream_prediction(request: web.Request) -> web.StreamResponse:
                        f"this URL serves only {CONTENT_TYPE}; send 'Accept: {CONTENT_TYPE}'")
     after_seq = _last_event_id(request.headers.get("Last-Event-ID"))
     ctx, principal, prediction_id = request.app[REST], current_principal.get(), request.match_info["id"]
-    events = await ctx.service.follow(principal, prediction_id, after_seq)  # 404 now, before the stream
+    events = await ctx.predictions.follow(principal, prediction_id, after_seq)  # 404 now, before the stream
     response = web.StreamResponse(headers={
         "Content-Type": CONTENT_TYPE, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     await response.prepare(request)

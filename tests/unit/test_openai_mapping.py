@@ -1,4 +1,4 @@
-"""The OpenAI translation's pure parts: OpenAI JSON -> TextGenerationInput, and Prediction -> OpenAI JSON."""
+"""The OpenAI translation's pure parts: OpenAI JSON -> the text_generation input, and Prediction -> OpenAI JSON."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from gateway.rest import openai as oa
 from warmfleet.errors import InvalidInput, NotFound, QueueFull, Unavailable, WarmfleetError
-from warmfleet.v1 import types_pb2 as T
+from warmfleet.domain import Metrics, Output, Prediction, Status
 
 MODEL = "warmfleet/tiny-llama"
 
@@ -34,44 +34,44 @@ def test_a_chat_maps_every_sampling_field_to_the_runner_field():
         frequency_penalty=0.5, presence_penalty=-0.25, min_tokens=2, repetition_penalty=1.1,
         user="someone", store=False, metadata={"a": "b"}, some_future_field=1))
     wire = gen.input
-    assert [(m.role, m.content) for m in wire.messages] == [
-        ("system", "be brief"), ("user", "hi"), ("assistant", "hello"), ("user", "again")]
-    assert wire.max_new_tokens == 7 and wire.min_new_tokens == 2
-    assert wire.temperature == 0.0 and wire.HasField("temperature")  # 0 is greedy, not "unset"
-    assert (wire.top_p, wire.top_k, wire.seed) == (0.5, 3, 42)
-    assert (wire.frequency_penalty, wire.presence_penalty, wire.repetition_penalty) == (0.5, -0.25, 1.1)
-    assert list(wire.stop_sequences) == ["\n", "END"]
-    assert wire.prompt == "" and gen.model == MODEL and not gen.stream
+    assert wire["messages"] == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+                                {"role": "assistant", "content": "hello"}, {"role": "user", "content": "again"}]
+    assert wire["max_new_tokens"] == 7 and wire["min_new_tokens"] == 2
+    assert wire["temperature"] == 0.0  # 0 is greedy, not "unset"
+    assert (wire["top_p"], wire["top_k"], wire["seed"]) == (0.5, 3, 42)
+    assert (wire["frequency_penalty"], wire["presence_penalty"], wire["repetition_penalty"]) == (0.5, -0.25, 1.1)
+    assert wire["stop_sequences"] == ["\n", "END"]
+    assert "prompt" not in wire and gen.model == MODEL and not gen.stream
+    assert list(wire) == ["messages", "max_new_tokens", "min_new_tokens", "temperature", "top_p", "top_k",
+                          "repetition_penalty", "frequency_penalty", "presence_penalty", "stop_sequences", "seed"]
 
 
 def test_fields_left_out_stay_unset_so_the_model_defaults_apply():
     wire = oa.chat_request(chat()).input
-    for name in ("max_new_tokens", "min_new_tokens", "temperature", "top_p", "top_k", "seed",
-                 "repetition_penalty", "frequency_penalty", "presence_penalty"):
-        assert not wire.HasField(name), name
-    assert list(wire.stop_sequences) == []
-    assert not oa.chat_request(chat(temperature=None, stop=None)).input.HasField("temperature")
+    assert wire == {"messages": [{"role": "user", "content": "hi"}]}
+    assert "temperature" not in oa.chat_request(chat(temperature=None, stop=None)).input
+    assert oa.chat_request(chat(messages=[{"role": "user", "content": ""}])).input["messages"] == [{"role": "user"}]
 
 
 def test_max_tokens_is_read_when_max_completion_tokens_is_absent_and_loses_when_both_are_given():
-    assert oa.chat_request(chat(max_tokens=9)).input.max_new_tokens == 9
+    assert oa.chat_request(chat(max_tokens=9)).input["max_new_tokens"] == 9
     both = oa.chat_request(chat(max_tokens=9, max_completion_tokens=3))
-    assert both.input.max_new_tokens == 3 and both.openai_field("input.max_new_tokens") == "max_completion_tokens"
+    assert both.input["max_new_tokens"] == 3 and both.openai_field("input.max_new_tokens") == "max_completion_tokens"
 
 
 def test_content_as_text_parts_is_joined_and_a_single_stop_string_is_a_list_of_one():
     gen = oa.chat_request(chat(messages=[{"role": "user", "content": [
         {"type": "text", "text": "one"}, {"type": "text", "text": "two"}]}], stop="STOP"))
-    assert gen.input.messages[0].content == "one\ntwo"
-    assert list(gen.input.stop_sequences) == ["STOP"]
+    assert gen.input["messages"][0]["content"] == "one\ntwo"
+    assert gen.input["stop_sequences"] == ["STOP"]
 
 
 def test_a_completion_takes_a_prompt_string_or_a_list_of_one():
-    assert oa.completion_request({"model": MODEL, "prompt": "once upon"}).input.prompt == "once upon"
+    assert oa.completion_request({"model": MODEL, "prompt": "once upon"}).input["prompt"] == "once upon"
     gen = oa.completion_request({"model": MODEL, "prompt": ["once upon"], "max_tokens": 5, "stream": True,
                                  "stream_options": {"include_usage": True}})
-    assert gen.input.prompt == "once upon" and not gen.input.messages
-    assert gen.input.max_new_tokens == 5 and gen.stream and gen.include_usage
+    assert gen.input == {"prompt": "once upon", "max_new_tokens": 5} and gen.stream and gen.include_usage
+    assert oa.completion_request({"model": MODEL, "prompt": ""}).input == {}  # the schema says it is missing
 
 
 @pytest.mark.parametrize("body, field", [
@@ -122,9 +122,9 @@ def test_a_completion_the_translation_cannot_carry_is_refused_naming_the_field(b
 def test_no_op_values_of_unsupported_fields_are_accepted():
     gen = oa.chat_request(chat(n=1, logprobs=False, tools=[], tool_choice="none",
                                response_format={"type": "text"}, logit_bias={}, modalities=["text"]))
-    assert gen.input.messages[0].content == "hi"
+    assert gen.input["messages"][0]["content"] == "hi"
     assert oa.completion_request({"model": MODEL, "prompt": "a", "best_of": 1, "echo": False,
-                                  "logprobs": None}).input.prompt == "a"
+                                  "logprobs": None}).input["prompt"] == "a"
 
 
 @pytest.mark.parametrize("runner_field, sent", [
@@ -146,19 +146,16 @@ def test_a_runner_error_is_renamed_to_the_openai_field_the_client_sent(runner_fi
 # Responses
 
 
-def prediction(text: str = "hello there", finish: str = "eos", **fields) -> T.Prediction:
-    fields.setdefault("status", T.STATUS_SUCCEEDED)
-    pred = T.Prediction(id="p123", model=MODEL, version="v9",
-                        metrics=T.PredictionMetrics(input_token_count=5, output_token_count=3,
-                                                    finish_reason=finish), **fields)
-    pred.output.value.string_value = text
-    pred.created_at.FromSeconds(1_700_000_000)
-    return pred
+def prediction(text: str = "hello there", finish: str = "eos", **fields) -> Prediction:
+    fields.setdefault("status", Status.SUCCEEDED)
+    return Prediction(id="p123", model=MODEL, version="v9", input={}, owner="alice", created_at=1_700_000_000.25,
+                      metrics=Metrics(input_token_count=5, output_token_count=3, finish_reason=finish),
+                      output=Output(text), **fields)
 
 
 @pytest.mark.parametrize("ours, theirs", [("eos", "stop"), ("stop", "stop"), ("length", "length"), ("", "stop")])
 def test_finish_reasons(ours, theirs):
-    assert oa.finish_reason(T.PredictionMetrics(finish_reason=ours)) == theirs
+    assert oa.finish_reason(Metrics(finish_reason=ours)) == theirs
 
 
 def test_a_chat_completion_has_openais_shape():
@@ -207,7 +204,7 @@ def test_without_include_usage_chunks_carry_no_usage_and_no_usage_chunk_ends_the
 
 
 def test_a_failed_prediction_with_the_runners_invalid_input_is_the_clients_error():
-    pred = prediction(status=T.STATUS_FAILED, error="InvalidInput: input.messages: this model has no chat "
+    pred = prediction(status=Status.FAILED, error="InvalidInput: input.messages: this model has no chat "
                                                     "template; give a plain prompt",
                       error_code="InvalidInput", error_field="input.messages")
     err = oa.ended_error(pred)
@@ -216,13 +213,13 @@ def test_a_failed_prediction_with_the_runners_invalid_input_is_the_clients_error
 
 
 @pytest.mark.parametrize("status, error, cls, text", [
-    (T.STATUS_FAILED, "RuntimeError: generation failed: oom", WarmfleetError,
+    (Status.FAILED, "RuntimeError: generation failed: oom", WarmfleetError,
      "prediction p123 failed: RuntimeError: generation failed: oom"),
     # Text that reads like a runner's InvalidInput, without its code, is not taken for one.
-    (T.STATUS_FAILED, "InvalidInput: input.x: no", WarmfleetError, "prediction p123 failed: InvalidInput: input.x: no"),
-    (T.STATUS_CANCELED, "canceled while processing", Unavailable,
+    (Status.FAILED, "InvalidInput: input.x: no", WarmfleetError, "prediction p123 failed: InvalidInput: input.x: no"),
+    (Status.CANCELED, "canceled while processing", Unavailable,
      "prediction p123 was canceled: canceled while processing"),
-    (T.STATUS_ABORTED, "", Unavailable, "prediction p123 was aborted"),
+    (Status.ABORTED, "", Unavailable, "prediction p123 was aborted"),
 ])
 def test_other_ended_predictions_are_server_side_errors(status, error, cls, text):
     err = oa.ended_error(prediction(status=status, error=error))

@@ -26,7 +26,7 @@ METHODS = {"get", "post", "put", "patch", "delete"}
 def app(tmp_path) -> web.Application:
     app = build_app(GatewayMetrics(controller=None), lambda: True)
     add_rest_routes(app, RestContext(settings=Settings(home=tmp_path), tokens=None, predictions=None,
-                                     models=None, deployments=None, cluster=None, service=None, files=None,
+                                     catalog=None, routes=None, pusher=None, controller=None, files=None,
                                      resolver=None, webhooks=None, rate_limiter=None))
     return app
 

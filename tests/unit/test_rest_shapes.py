@@ -1,4 +1,4 @@
-"""Replicate's JSON <-> warmfleet.v1 messages: headers, create bodies, prediction objects, catalog shapes."""
+"""Replicate's JSON <-> the core's domain types: headers, create bodies, prediction objects, catalog shapes."""
 
 from __future__ import annotations
 
@@ -6,14 +6,16 @@ import base64
 import json
 
 import pytest
+from google.protobuf import timestamp_pb2
 
-from gateway.grpc import convert
+from gateway.catalog import CatalogEntry
+from gateway.deployments import Deployment, Scale
 from gateway.rest import shapes
-from warmfleet.domain import FileData
+from warmfleet.domain import FileData, Metrics, ModelSpec, NodeInfo, Output, Prediction, Status
 from warmfleet.errors import InvalidInput
-from warmfleet.v1 import cluster_pb2, deployments_pb2, models_pb2, predictions_pb2, types_pb2 as T
 
 BASE = "http://127.0.0.1:8000"
+CREATED = 1714564800.0  # 2024-05-01T12:00:00Z
 
 
 # Headers
@@ -69,17 +71,32 @@ def test_a_body_without_an_input_object_is_invalid_naming_it(body, field):
     assert err.value.field == field
 
 
-def test_a_create_body_becomes_the_json_input_form_with_its_files_beside():
+def test_a_create_body_becomes_the_json_input_form_with_its_files_in_place():
     png = FileData(b"\x89PNG...", "image/png", "in.png")
     input = {"prompt": "fox", "steps": 4, "controlnets": [{"type": "canny", "image": png}], "image": png}
-    pb = shapes.create_request({"input": {}}, input, wait_s=5.0, deadline_s=30.0, model="warmfleet/tiny-sd")
-    assert (pb.model, pb.version, pb.deployment, pb.wait_s, pb.deadline_s) == ("warmfleet/tiny-sd", "", "", 5.0, 30.0)
-    assert set(pb.input.json.files) == {"controlnets[0].image", "image"}  # bytes, never base64 in JSON
-    values, kind = convert.input_from_pb(pb.input)
-    assert kind == "json"
+    req = shapes.create_request({"input": {}}, input, wait_s=5.0, deadline_s=30.0, model="warmfleet/tiny-sd")
+    assert (req.model, req.version, req.deployment, req.wait_s, req.deadline_s) == ("warmfleet/tiny-sd", "", "", 5.0, 30.0)
+    assert req.input_kind == "json" and (req.webhook, req.webhook_events_filter) == ("", [])
+    values = req.input
     assert values["prompt"] == "fox" and values["steps"] == 4 and isinstance(values["steps"], int)
     assert values["controlnets"][0] == {"type": "canny", "image": png}
     assert values["image"] == png
+
+
+def test_input_numbers_read_as_json_numbers_do_over_grpc():
+    req = shapes.create_request({}, {"steps": 4.0, "big": 2**53 + 1, "pair": (1, 2.5), "x": {"n": -0.0}},
+                                wait_s=0, deadline_s=0, model="m/n")
+    assert req.input == {"steps": 4, "big": 2**53, "pair": [1, 2.5], "x": {"n": 0}}
+    assert isinstance(req.input["steps"], int) and isinstance(req.input["big"], int)
+
+
+@pytest.mark.parametrize("input, field", [
+    ({"scale": float("nan")}, "input.scale"), ({"cfg": {"steps": [1, float("inf")]}}, "input.cfg.steps[1]"),
+])
+def test_a_number_json_has_not_is_invalid_naming_its_place(input, field):
+    with pytest.raises(InvalidInput) as err:
+        shapes.create_request({}, input, wait_s=0, deadline_s=0, model="m/n")
+    assert err.value.field == field and "is not a JSON number; numbers must be finite" in err.value.rule
 
 
 @pytest.mark.parametrize("value, mentions", [
@@ -90,64 +107,76 @@ def test_only_an_input_with_url_strings_needs_its_files_resolved(value, mentions
     assert shapes.mentions_url(value) is mentions
 
 
-def test_webhook_fields_pass_on_where_the_proto_has_them():
-    fields = predictions_pb2.CreatePredictionRequest.DESCRIPTOR.fields_by_name
+def test_webhook_fields_pass_on_and_must_have_their_types():
     body = {"input": {}, "webhook": "https://example.com/hook", "webhook_events_filter": ["completed"]}
-    if "webhook" not in fields:
+    req = shapes.create_request(body, {}, wait_s=0, deadline_s=0, model="m/n")
+    assert req.webhook == "https://example.com/hook" and req.webhook_events_filter == ["completed"]
+    for bad, field in [({"webhook_events_filter": "completed"}, "webhook_events_filter"),
+                       ({"webhook_events_filter": [1]}, "webhook_events_filter"), ({"webhook": 5}, "webhook")]:
         with pytest.raises(InvalidInput) as err:
-            shapes.create_request(body, {}, wait_s=0, deadline_s=0, model="m/n")
-        assert err.value.field == "webhook"
-        return
-    pb = shapes.create_request(body, {}, wait_s=0, deadline_s=0, model="m/n")
-    assert pb.webhook == "https://example.com/hook" and list(pb.webhook_events_filter) == ["completed"]
-    with pytest.raises(InvalidInput) as err:
-        shapes.create_request({"webhook_events_filter": "completed"}, {}, wait_s=0, deadline_s=0)
-    assert err.value.field == "webhook_events_filter"
+            shapes.create_request(bad, {}, wait_s=0, deadline_s=0)
+        assert err.value.field == field and err.value.rule.startswith("has the wrong type")
 
 
 # Prediction objects
 
 
-def prediction(**fields) -> T.Prediction:
-    pb = T.Prediction(id="p1", model="warmfleet/echo", version="v1", status=T.STATUS_SUCCEEDED, logs="a\nb",
-                      input=T.PredictionInput(echo=T.EchoInput(text="hi", delay_ms=5)), **fields)
-    pb.created_at.FromJsonString("2024-05-01T12:00:00.250Z")
-    return pb
+def prediction(**fields) -> Prediction:
+    fields = {"status": Status.SUCCEEDED, "logs": ["a", "b"], "input": {"text": "hi", "delay_ms": 5},
+              "input_kind": "echo", **fields}
+    return Prediction(id="p1", model="warmfleet/echo", version="v1", owner="alice", created_at=CREATED + 0.5,
+                      **fields)
 
 
 def test_a_prediction_has_replicates_fields_and_links():
-    pb = prediction(output=T.PredictionOutput(value=convert.value_to_pb("hi")),
-                    metrics=T.PredictionMetrics(predict_time_s=0.5, total_time_s=0.75, output_token_count=3))
-    pb.started_at.FromJsonString("2024-05-01T12:00:00.500Z")
-    out = shapes.prediction_json(pb, BASE)
+    pred = prediction(output=Output("hi"), started_at=CREATED + 0.75,
+                      metrics=Metrics(predict_time_s=0.5, total_time_s=0.75, output_token_count=3))
+    out = shapes.prediction_json(pred, BASE)
     assert out == {
         "id": "p1", "model": "warmfleet/echo", "version": "v1", "input": {"text": "hi", "delay_ms": 5},
         "output": "hi", "logs": "a\nb", "error": None, "status": "succeeded",
-        "created_at": "2024-05-01T12:00:00.250Z", "started_at": "2024-05-01T12:00:00.500Z", "completed_at": None,
+        "created_at": "2024-05-01T12:00:00.500Z", "started_at": "2024-05-01T12:00:00.750000128Z",
+        "completed_at": None,
         "urls": {"get": f"{BASE}/v1/predictions/p1", "cancel": f"{BASE}/v1/predictions/p1/cancel",
                  "stream": f"{BASE}/v1/predictions/p1/stream"},
         "metrics": {"predict_time": 0.5, "total_time": 0.75, "output_token_count": 3},
         "data_removed": False, "source": "api",
     }
     json.dumps(out)  # JSON all the way down
+    assert shapes.domain_prediction_json is shapes.prediction_json  # one renderer: webhooks send what GET answers
+
+
+@pytest.mark.parametrize("t", [0.0, 1.5, CREATED, CREATED + 0.25, CREATED + 0.001, 1_700_000_000.123456,
+                               1_700_000_000.1234567, 1_699_999_999.9999998, 12.000001, -1.5])
+def test_times_are_rfc_3339_in_utc_as_protobuf_writes_timestamps(t):
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(int(t * 1e9))
+    assert shapes.rfc3339(t) == stamp.ToJsonString()
+    assert shapes.epoch_seconds(t) == stamp.seconds
+
+
+def test_metrics_are_replicates_names_with_the_models_own_beside():
+    metrics = Metrics(predict_time_s=1, queue_time_s=0.0, input_token_count=0, finish_reason="", image_count=2,
+                      custom={"steps": 3})
+    out = shapes.metrics_json(metrics)
+    assert out == {"steps": 3.0, "predict_time": 1.0, "queue_time": 0.0, "input_token_count": 0, "image_count": 2}
+    assert isinstance(out["predict_time"], float) and isinstance(out["image_count"], int)
 
 
 @pytest.mark.parametrize("status, name", [
-    (T.STATUS_STARTING, "starting"), (T.STATUS_PROCESSING, "processing"), (T.STATUS_FAILED, "failed"),
-    (T.STATUS_CANCELED, "canceled"), (T.STATUS_ABORTED, "aborted"),
+    (Status.STARTING, "starting"), (Status.PROCESSING, "processing"), (Status.FAILED, "failed"),
+    (Status.CANCELED, "canceled"), (Status.ABORTED, "aborted"),
 ])
 def test_statuses_are_replicates_words(status, name):
-    pb = prediction(error="boom")
-    pb.status = status
-    out = shapes.prediction_json(pb, BASE)
+    out = shapes.prediction_json(prediction(error="boom", status=status), BASE)
     assert out["status"] == name and out["error"] == "boom" and out["output"] is None
 
 
 def test_file_outputs_are_urls_under_the_gateway():
-    files = [T.File(data=b"1", content_type="image/png"), T.File(data=b"2", content_type="image/png")]
-    out = shapes.prediction_json(prediction(output=T.PredictionOutput(files=files)), BASE)
+    files = [FileData(b"1", "image/png"), FileData(b"2", "image/png")]
+    out = shapes.prediction_json(prediction(output=Output(files=files)), BASE)
     assert out["output"] == [f"{BASE}/v1/predictions/p1/output/0", f"{BASE}/v1/predictions/p1/output/1"]
-    both = prediction(output=T.PredictionOutput(value=convert.value_to_pb({"n": 2}), files=files[:1]))
+    both = prediction(output=Output(value={"n": 2.0}, files=files[:1]))
     assert shapes.prediction_json(both, BASE)["output"] == {
         "value": {"n": 2}, "files": [f"{BASE}/v1/predictions/p1/output/0"]}
 
@@ -157,41 +186,54 @@ def test_a_deployment_prediction_names_its_deployment():
     assert "deployment" not in shapes.prediction_json(prediction(), BASE)
 
 
+def test_a_prediction_with_a_webhook_shows_it():
+    out = shapes.prediction_json(prediction(webhook="https://x/h", webhook_events_filter=["completed"]), BASE)
+    assert (out["webhook"], out["webhook_events_filter"]) == ("https://x/h", ["completed"])
+    assert "webhook" not in shapes.prediction_json(prediction(), BASE)
+
+
 def test_input_files_come_back_as_data_urls():
-    pb = prediction()
-    pb.input.CopyFrom(convert.input_to_pb({"image": FileData(b"\x89PNG", "image/png"), "scale": 2}, "json"))
-    out = shapes.prediction_json(pb, BASE)["input"]
+    pred = prediction(input={"image": FileData(b"\x89PNG", "image/png"), "scale": 2}, input_kind="json")
+    out = shapes.prediction_json(pred, BASE)["input"]
     assert out == {"scale": 2, "image": "data:image/png;base64," + base64.b64encode(b"\x89PNG").decode()}
 
 
 def test_unsafe_file_names_stay_out_of_headers():
-    assert shapes.file_name(T.File(name="out-0.png")) == "out-0.png"
-    assert shapes.file_name(T.File(name='x"; evil=1')) is None
-    assert shapes.file_name(T.File(name="")) is None
+    assert shapes.file_name(FileData(b"", name="out-0.png")) == "out-0.png"
+    assert shapes.file_name(FileData(b"", name='x"; evil=1')) is None
+    assert shapes.file_name(FileData(b"", name="")) is None
 
 
 # Models, versions, deployments
 
 
 def test_a_model_carries_its_version_with_an_openapi_schema():
-    pb = models_pb2.Model(name="warmfleet/tiny-sd", description="draws", runner="diffusion", version="v9",
-                          input_schema_json=json.dumps({"type": "object", "properties": {"prompt": {"type": "string"}}}),
-                          output_schema_json=json.dumps({"type": "null"}))
-    out = shapes.model_json(pb, BASE)
+    spec = ModelSpec(name="warmfleet/tiny-sd", runner="diffusion", description="draws", version_id="v9")
+    entry = CatalogEntry(spec, {"type": "object", "properties": {"prompt": {"type": "string"}}}, {"type": "null"},
+                         validator=None)
+    out = shapes.model_json(entry, BASE)
     assert (out["owner"], out["name"], out["description"], out["visibility"]) == ("warmfleet", "tiny-sd", "draws", "public")
     schemas = out["latest_version"]["openapi_schema"]["components"]["schemas"]
-    assert out["latest_version"]["id"] == "v9"
+    assert out["latest_version"]["id"] == "v9" and out["latest_version"]["created_at"] is None
     assert schemas["Input"]["properties"] == {"prompt": {"type": "string"}}
     # Files only, over REST: the list of their URLs.
     assert schemas["Output"]["type"] == "array" and schemas["Output"]["items"]["format"] == "uri"
 
 
+def test_a_pushed_version_is_cogs_own_document_with_its_time_and_cog_version():
+    openapi = {"openapi": "3.0.2", "components": {"schemas": {"Input": {"type": "object"}}}}
+    spec = ModelSpec(name="alice/cog", runner="cog", version_id="d" * 64, created_at=CREATED + 0.5,
+                     options={"openapi_schema": openapi, "cog_version": "0.16.0"})
+    out = shapes.version_json(CatalogEntry(spec, {}, {}, validator=None))
+    assert out == {"id": "d" * 64, "created_at": "2024-05-01T12:00:00.500000+00:00", "cog_version": "0.16.0",
+                   "openapi_schema": openapi}
+
+
 def test_a_deployment_shows_its_current_release():
-    pb = deployments_pb2.Deployment(name="acme/echo", model="warmfleet/echo", version="v1", hardware="cpu",
-                                    min_instances=1, max_instances=3, current_release=2, target_instances=1,
-                                    autoscaling=deployments_pb2.Autoscaling(upscale_delay_s=2.0))
-    out = shapes.deployment_json(pb)
-    assert out["owner"] == "acme" and out["name"] == "echo"
+    spec = ModelSpec(name="acme/echo", runner="echo", model="warmfleet/echo", version_id="v1", hardware="cpu",
+                     min_instances=1, max_instances=3, release=2, autoscaling={"upscale_delay_s": 2})
+    out = shapes.deployment_json(Deployment(spec, target_instances=1))
+    assert out["owner"] == "acme" and out["name"] == "echo" and out["target_instances"] == 1
     release = out["current_release"]
     assert (release["number"], release["model"], release["version"]) == (2, "warmfleet/echo", "v1")
     assert release["configuration"] == {"hardware": "cpu", "min_instances": 1, "max_instances": 3,
@@ -199,14 +241,14 @@ def test_a_deployment_shows_its_current_release():
 
 
 def test_a_deployment_create_body_puts_a_plain_name_under_the_caller():
-    pb = shapes.deployment_create_request(
+    name, model, version, scale = shapes.deployment_create(
         {"name": "echo", "model": "warmfleet/echo", "hardware": "cpu", "min_instances": 1, "max_instances": 2,
-         "autoscaling": {"target_ongoing_requests": 2}}, "acme")
-    assert (pb.name, pb.model, pb.hardware, pb.min_instances, pb.max_instances) == (
-        "acme/echo", "warmfleet/echo", "cpu", 1, 2)
-    assert pb.autoscaling.target_ongoing_requests == 2.0
-    kept = shapes.deployment_create_request({"name": "other/echo", "model": "warmfleet/echo"}, "acme")
-    assert kept.name == "other/echo" and not kept.HasField("max_instances")
+         "autoscaling": {"upscale_delay_s": 1, "target_ongoing_requests": 2}}, "acme")
+    assert (name, model, version) == ("acme/echo", "warmfleet/echo", "")
+    assert scale == Scale(1, 2, {"target_ongoing_requests": 2.0, "upscale_delay_s": 1.0}, "cpu")
+    assert list(scale.autoscaling) == ["target_ongoing_requests", "upscale_delay_s"]  # as kept, whatever sent
+    kept, _, _, defaults = shapes.deployment_create({"name": "other/echo", "model": "warmfleet/echo"}, "acme")
+    assert kept == "other/echo" and defaults == Scale(0, None, {}, "")
 
 
 @pytest.mark.parametrize("body, field", [
@@ -217,20 +259,21 @@ def test_a_deployment_create_body_puts_a_plain_name_under_the_caller():
 ])
 def test_a_bad_deployment_body_names_the_field(body, field):
     with pytest.raises(InvalidInput) as err:
-        shapes.deployment_create_request(body, "acme")
+        shapes.deployment_create(body, "acme")
     assert err.value.field == field
 
 
 def test_an_update_sets_only_what_the_body_names():
-    pb = shapes.deployment_update_request("acme/echo", {"max_instances": 4, "version": None})
-    assert pb.name == "acme/echo" and pb.max_instances == 4
-    assert not pb.HasField("version") and not pb.HasField("min_instances") and not pb.HasField("hardware")
+    version, scale = shapes.deployment_update({"max_instances": 4, "version": None})
+    assert version is None and scale == Scale(None, 4, {}, None)
+    version, scale = shapes.deployment_update({"version": "", "hardware": "cpu"})
+    assert version == "" and scale == Scale(None, None, {}, "cpu")
 
 
 def test_hardware_lists_each_sku_once():
-    nodes = [cluster_pb2.Node(hardware="gpu-nvidia-h100-80gb", accelerator="NVIDIA H100 80GB HBM3"),
-             cluster_pb2.Node(hardware="cpu", accelerator="cpu"),
-             cluster_pb2.Node(hardware="gpu-nvidia-h100-80gb", accelerator="NVIDIA H100 80GB HBM3")]
+    nodes = [NodeInfo("n1", "r1", "a1", accelerator="NVIDIA H100 80GB HBM3", hardware="gpu-nvidia-h100-80gb"),
+             NodeInfo("n2", "r2", "a2", accelerator="cpu", hardware="cpu"),
+             NodeInfo("n3", "r3", "a3", accelerator="NVIDIA H100 80GB HBM3", hardware="gpu-nvidia-h100-80gb")]
     assert shapes.hardware_json(nodes) == [{"sku": "cpu", "name": "CPU"},
                                            {"sku": "gpu-nvidia-h100-80gb", "name": "NVIDIA H100 80GB HBM3"}]
 
