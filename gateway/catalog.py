@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from runners.registry import runner_class
 from runners.schema import InputValidator
-from warmfleet.domain import ModelSpec
+from warmfleet.domain import RouteSpec
 from warmfleet.errors import InvalidInput, NotFound
 
 if TYPE_CHECKING:
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class CatalogEntry:
-    spec: ModelSpec
+    spec: RouteSpec
     input_schema: dict[str, Any]
     output_schema: dict[str, Any]
     validator: InputValidator
@@ -31,7 +31,7 @@ class ModelCatalog:
         self._by_name: dict[str, CatalogEntry] = {}
         self._by_version: dict[str, CatalogEntry] = {}  # a model's own route first, else any
 
-    def update(self, specs: Iterable[ModelSpec]) -> None:
+    def update(self, specs: Iterable[RouteSpec]) -> None:
         by_name: dict[str, CatalogEntry] = {}
         by_version: dict[str, CatalogEntry] = {}
         known = {e.spec.version: e for e in self._by_name.values()}
@@ -132,7 +132,7 @@ def model_not_found(name: str) -> NotFound:
     return NotFound(f"model {name!r} not found; `warmfleet models list` shows what is served")
 
 
-def _rank(spec: ModelSpec) -> int:
+def _rank(spec: RouteSpec) -> int:
     """Which route a prediction pinned to a version goes to, of those that serve it: the model's own
     first, then the version's own route, then a deployment."""
     return 2 if spec.is_deployment else 1 if spec.is_version_route else 0

@@ -1,6 +1,6 @@
 """Models and deployments as the operator changes them: the checks, then one call to the controller.
 
-Both are routes to the controller (``ModelSpec``): a model's own route carries the model's name; a
+Both are routes to the controller (``RouteSpec``): a model's own route carries the model's name; a
 deployment is a route of its own naming the model and version it serves. The controller rolls a new
 version out on a route without dropping a prediction and scales each route; this module only decides
 what the new route is, and refuses what would be wrong, naming the field.
@@ -15,14 +15,14 @@ from gateway.catalog import CatalogEntry, ModelCatalog
 from runners.registry import runner_class
 from scheduler.autoscaling import scaling_config
 from scheduler.ports import ControllerClient
-from warmfleet.domain import ModelSpec, version_route_name
+from warmfleet.domain import RouteSpec, version_route_name
 from warmfleet.errors import FailedPrecondition, InvalidInput, NotFound, PermissionDenied, WarmfleetError
 
 if TYPE_CHECKING:
     from gateway.auth import Principal
 
 NAME_RULE = "must be owner/name: letters, digits, '-', '_' or '.', one '/'"
-# The autoscaler's knobs a create or update may set (``ModelSpec.autoscaling``), in the order they are kept.
+# The autoscaler's knobs a create or update may set (``RouteSpec.autoscaling``), in the order they are kept.
 AUTOSCALING_FIELDS = ("target_ongoing_requests", "upscale_delay_s", "downscale_delay_s",
                       "scale_to_zero_delay_s")
 
@@ -41,7 +41,7 @@ class Scale:
 class Deployment:
     """A deployment as it is now: its route, and how many instances the autoscaler wants for it."""
 
-    spec: ModelSpec
+    spec: RouteSpec
     target_instances: int
 
 
@@ -49,8 +49,8 @@ class Deployment:
 class PushResult:
     """What a push made: the model's route (the pushed version its latest) and the version's spec."""
 
-    spec: ModelSpec
-    version: ModelSpec
+    spec: RouteSpec
+    version: RouteSpec
     created_model: bool
     new_version: bool
 
@@ -70,12 +70,12 @@ class RouteService:
 
     # Models
 
-    async def create_model(self, spec: ModelSpec) -> ModelSpec:
+    async def create_model(self, spec: RouteSpec) -> RouteSpec:
         check_name("name", spec.name)  # a deployment's name is refused by the controller (AlreadyExists)
         _check_runner(spec)
         return await self._put(spec)
 
-    async def delete_model(self, name: str) -> ModelSpec:
+    async def delete_model(self, name: str) -> RouteSpec:
         entry = self._catalog.by_name(name)
         users = [e.spec.name for e in self._catalog.deployments() if e.spec.model == name]
         if users:
@@ -100,7 +100,7 @@ class RouteService:
             raise PermissionDenied(f"{model} belongs to {current.owner or 'the cluster'}; "
                                    "push to a model of yours")
 
-    async def push_version(self, spec: ModelSpec) -> PushResult:
+    async def push_version(self, spec: RouteSpec) -> PushResult:
         """Make ``spec`` (a pushed version) its model's latest. The previous latest keeps serving
         predictions pinned to it from its own version route, from zero instances; identical content is
         the version that exists."""
@@ -120,7 +120,7 @@ class RouteService:
         latest = await self._put(latest)
         return PushResult(latest, latest, created_model=False, new_version=True)
 
-    async def delete_version(self, model: str, version: str) -> ModelSpec:
+    async def delete_version(self, model: str, version: str) -> RouteSpec:
         """Delete a version: refused while a deployment serves it, or when it is the model's only one.
         Deleting the latest makes the newest earlier version the latest."""
         entry = self._catalog.version_of(model, version)
@@ -145,14 +145,14 @@ class RouteService:
 
     # Deployments
 
-    async def create_deployment(self, name: str, model: str, version: str, scale: Scale) -> ModelSpec:
+    async def create_deployment(self, name: str, model: str, version: str, scale: Scale) -> RouteSpec:
         check_name("name", name)
         base = await self._version_of(model, version)
         spec = replace(base, name=name, model=model, version_of="", release=0, min_instances=0,
                        max_instances=None, autoscaling={}, hardware=base.hardware)
         return await self._put(_scaled(spec, scale, creating=True), new=True)  # taken: the controller says
 
-    async def update_deployment(self, name: str, version: str | None, scale: Scale) -> ModelSpec:
+    async def update_deployment(self, name: str, version: str | None, scale: Scale) -> RouteSpec:
         current = self._catalog.deployment(name).spec
         spec = current
         if version is not None and version != current.version:
@@ -161,13 +161,13 @@ class RouteService:
                            description=new.description, version_id=new.version_id, created_at=new.created_at)
         return await self._put(_scaled(spec, scale, creating=False))
 
-    async def delete_deployment(self, name: str) -> ModelSpec:
+    async def delete_deployment(self, name: str) -> RouteSpec:
         return await self._delete(self._catalog.deployment(name).spec.name)
 
     async def deployment(self, name: str) -> Deployment:
         return await self._with_target(self._catalog.deployment(name).spec)
 
-    async def _with_target(self, spec: ModelSpec) -> Deployment:
+    async def _with_target(self, spec: RouteSpec) -> Deployment:
         return Deployment(spec, (await self._controller.scaling()).get(spec.name, 0))
 
     async def deployments(self) -> list[Deployment]:
@@ -177,7 +177,7 @@ class RouteService:
     # As a caller asks: the edges (gRPC, REST) call these, so the access rules are here, once. Changing a
     # model takes an admin or the owner of a pushed model; a model the caller may not see is not found.
 
-    async def create_model_as(self, principal: Principal, spec: ModelSpec) -> CatalogEntry:
+    async def create_model_as(self, principal: Principal, spec: RouteSpec) -> CatalogEntry:
         _require_admin(principal)
         return self._catalog.by_name((await self.create_model(spec)).name)
 
@@ -212,7 +212,7 @@ class RouteService:
 
     # Shared
 
-    async def _version_of(self, model: str, version: str) -> ModelSpec:
+    async def _version_of(self, model: str, version: str) -> RouteSpec:
         own = self._catalog.by_name(model).spec
         if not version or version == own.version:
             return own
@@ -223,7 +223,7 @@ class RouteService:
             raise NotFound(f"version {version!r} of {model} not found")
         return spec
 
-    async def _put(self, spec: ModelSpec, new: bool = False) -> ModelSpec:
+    async def _put(self, spec: RouteSpec, new: bool = False) -> RouteSpec:
         try:
             scaling_config(spec)
         except (TypeError, ValueError) as err:
@@ -232,7 +232,7 @@ class RouteService:
         await self._changed()
         return spec
 
-    async def _delete(self, name: str) -> ModelSpec:
+    async def _delete(self, name: str) -> RouteSpec:
         spec = await self._controller.delete_route(name)
         if spec is None:
             raise NotFound(f"{name!r} not found")
@@ -240,7 +240,7 @@ class RouteService:
         return spec
 
 
-def _scaled(spec: ModelSpec, scale: Scale, creating: bool) -> ModelSpec:
+def _scaled(spec: RouteSpec, scale: Scale, creating: bool) -> RouteSpec:
     changes: dict[str, Any] = {}
     if scale.min_instances is not None:
         changes["min_instances"] = scale.min_instances
@@ -274,7 +274,7 @@ def check_name(field: str, name: str) -> None:
         raise InvalidInput(field, f"{NAME_RULE}; got {name!r}")
 
 
-def _check_runner(spec: ModelSpec) -> None:
+def _check_runner(spec: RouteSpec) -> None:
     cls = runner_class(spec.runner)  # InvalidInput("runner", ...) naming the known families
     try:
         cls.input_schema(spec)

@@ -29,7 +29,7 @@ from warmfleet.bundle import BundleWriter, extract_bundle
 from runners.cog.config import CogConfig, check_runnable
 from runners.cog.env import InstallFailed, ensure_environment, python_path
 from runners.cog.runner import FAMILY
-from warmfleet.domain import ModelSpec, NodeInfo
+from warmfleet.domain import RouteSpec, NodeInfo
 from warmfleet.errors import FailedPrecondition, InvalidInput
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ class PushService:
                 archive.unlink(missing_ok=True)
             raise
         await self._publish(digest, archive)
-        spec = ModelSpec(
+        spec = RouteSpec(
             name=header.model, runner=FAMILY, description=header.description, min_instances=0,
             options=_options(digest, archive.stat().st_size, config, openapi),
             version_id=digest, created_at=time.time(), owner=owner, visibility="private",

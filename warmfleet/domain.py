@@ -277,9 +277,6 @@ class RouteSpec:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-ModelSpec = RouteSpec  # the old name, until gateway/ is renamed (this session)
-
-
 def version_route_name(model: str, version: str) -> str:
     """The route that serves ``version`` of ``model`` when it is not the model's latest."""
     return f"{model}@{version[:16]}"

@@ -14,7 +14,7 @@ from gateway.catalog import CatalogEntry
 from gateway.deployments import AUTOSCALING_FIELDS, Deployment
 from gateway.predictions import CreateRequest
 from warmfleet.domain import (
-    Completed, FileData, InstanceInfo, LogLine, Metrics, ModelSpec, NodeInfo, Output, OutputChunk, Prediction,
+    Completed, FileData, InstanceInfo, LogLine, Metrics, RouteSpec, NodeInfo, Output, OutputChunk, Prediction,
     PredictionEvent, ProgressUpdate, Status,
 )
 from warmfleet.errors import InvalidInput
@@ -210,8 +210,8 @@ def autoscaling_from_pb(pb: deployments_pb2.Autoscaling) -> dict[str, float]:
     return {name: getattr(pb, name) for name in AUTOSCALING_FIELDS if pb.HasField(name)}
 
 
-def model_spec_from_pb(req: models_pb2.CreateModelRequest) -> ModelSpec:
-    return ModelSpec(
+def model_spec_from_pb(req: models_pb2.CreateModelRequest) -> RouteSpec:
+    return RouteSpec(
         name=req.name, runner=req.runner, weights=req.weights,
         options=struct_from_pb(req.options, "options") if req.HasField("options") else {},
         description=req.description, min_instances=req.min_instances,

@@ -44,8 +44,9 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "gateway.server": (*KERNEL, "warmfleet.v1", "scheduler", "runners", "gateway"),
     "warmfleet.cli": PACKAGES,  # the top floor: the CLI and the process that assembles the cluster
 }
-# Within gateway, the core may not reach up to an edge.
-EDGES = ("gateway.grpc", "gateway.rest")
+# Within gateway, the core may not reach up to an edge, and an edge may not go through another: gRPC and
+# REST (and the web console, later) are siblings over the same core.
+EDGES = ("gateway.grpc", "gateway.rest", "gateway.web")
 
 
 @dataclass(frozen=True)
@@ -182,8 +183,9 @@ def layer_violations(known: dict[str, Module]) -> list[str]:
         layer = _layer(name)
         for target in imports(module, known):
             allowed = any(_within(target, prefix) for prefix in LAYERS[layer])
-            core_to_edge = (layer == "gateway" and any(_within(target, edge) for edge in EDGES))
-            if not allowed or core_to_edge:
+            edge = next((e for e in EDGES if _within(target, e)), None)
+            reaches_an_edge = edge is not None and layer != "gateway.server" and not _within(name, edge)
+            if not allowed or reaches_an_edge:
                 found.append(f"{name} -> {target}")
     return sorted(found)
 
@@ -201,6 +203,10 @@ def test_the_layer_check_sees_a_core_module_reaching_up_and_a_kernel_module_reac
         parsed("gateway.rest.shapes", "from gateway.predictions import y"),
         parsed("warmfleet.domain", "def f():\n    import scheduler.router"),
         parsed("scheduler.router", "from warmfleet.domain import z"),
+        parsed("gateway.grpc.convert", "from gateway.predictions import y"),
+        parsed("gateway.rest.catalog", "from gateway.grpc import convert\nfrom gateway.rest import shapes"),
+        parsed("gateway.server", "from gateway.rest import shapes\nfrom gateway.grpc import convert"),
     )}
     assert layer_violations(known) == ["gateway.predictions -> gateway.rest.shapes",
+                                       "gateway.rest.catalog -> gateway.grpc.convert",
                                        "warmfleet.domain -> scheduler.router"]

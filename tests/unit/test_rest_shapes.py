@@ -11,7 +11,7 @@ from google.protobuf import timestamp_pb2
 from gateway.catalog import CatalogEntry
 from gateway.deployments import Deployment, Scale
 from gateway.rest import shapes
-from warmfleet.domain import FileData, Metrics, ModelSpec, NodeInfo, Output, Prediction, Status
+from warmfleet.domain import FileData, Metrics, RouteSpec, NodeInfo, Output, Prediction, Status
 from warmfleet.errors import InvalidInput
 
 BASE = "http://127.0.0.1:8000"
@@ -208,7 +208,7 @@ def test_unsafe_file_names_stay_out_of_headers():
 
 
 def test_a_model_carries_its_version_with_an_openapi_schema():
-    spec = ModelSpec(name="warmfleet/tiny-sd", runner="diffusion", description="draws", version_id="v9")
+    spec = RouteSpec(name="warmfleet/tiny-sd", runner="diffusion", description="draws", version_id="v9")
     entry = CatalogEntry(spec, {"type": "object", "properties": {"prompt": {"type": "string"}}}, {"type": "null"},
                          validator=None)
     out = shapes.model_json(entry, BASE)
@@ -222,7 +222,7 @@ def test_a_model_carries_its_version_with_an_openapi_schema():
 
 def test_a_pushed_version_is_cogs_own_document_with_its_time_and_cog_version():
     openapi = {"openapi": "3.0.2", "components": {"schemas": {"Input": {"type": "object"}}}}
-    spec = ModelSpec(name="alice/cog", runner="cog", version_id="d" * 64, created_at=CREATED + 0.5,
+    spec = RouteSpec(name="alice/cog", runner="cog", version_id="d" * 64, created_at=CREATED + 0.5,
                      options={"openapi_schema": openapi, "cog_version": "0.16.0"})
     out = shapes.version_json(CatalogEntry(spec, {}, {}, validator=None))
     assert out == {"id": "d" * 64, "created_at": "2024-05-01T12:00:00.500000+00:00", "cog_version": "0.16.0",
@@ -230,7 +230,7 @@ def test_a_pushed_version_is_cogs_own_document_with_its_time_and_cog_version():
 
 
 def test_a_deployment_shows_its_current_release():
-    spec = ModelSpec(name="acme/echo", runner="echo", model="warmfleet/echo", version_id="v1", hardware="cpu",
+    spec = RouteSpec(name="acme/echo", runner="echo", model="warmfleet/echo", version_id="v1", hardware="cpu",
                      min_instances=1, max_instances=3, release=2, autoscaling={"upscale_delay_s": 2})
     out = shapes.deployment_json(Deployment(spec, target_instances=1))
     assert out["owner"] == "acme" and out["name"] == "echo" and out["target_instances"] == 1
