@@ -3,6 +3,11 @@
 One agent per GPU (or one per host without a GPU) runs as a Ray actor pinned to its node (see
 ``scheduler.ray_adapter``); this class itself knows nothing of Ray, so tests drive it directly.
 Model compute runs on per-instance worker threads; the agent's event loop only moves events.
+
+A prediction canceled (by its router, or at its deadline) whose runner does not stop within
+``cancel_grace_s`` is given up on: it ends CANCELED for its router at once, and its instance is restarted
+under the same id (unloaded aside, loaded anew) once its other predictions are done; meanwhile the
+instance rejects work as having no free slot, so routers wait for it rather than forget it.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Any
 
 from node.instance import InstanceLifecycle
 from node.metrics import GPU_UNKNOWN, Nvml, host_memory, process_tree, rss_bytes
-from node.outbox import Outbox
+from node.outbox import Batch, Outbox, ResumeRefused
 from runners.base import Cancelled, NodeResources, PredictContext, Runner
 from runners.registry import runner_class
 from warmfleet.domain import (
@@ -29,6 +34,10 @@ from warmfleet.domain import (
 from warmfleet.errors import NotFound, error_code
 
 log = logging.getLogger(__name__)
+
+CANCEL_GRACE_S = 10.0  # a runner still going this long after its cancel is hung: its instance restarts
+OUTBOX_GRACE_S = 60.0  # an outbox whose router is gone is kept this long, for it to come back for its events
+UNLOAD_TIMEOUT_S = 30.0  # how long a hung instance's unload may take before its replacement loads anyway
 
 
 @dataclass
@@ -40,6 +49,10 @@ class _Instance:
     executor: ThreadPoolExecutor
     running: dict[str, PredictContext] = field(default_factory=dict)
     tasks: dict[str, asyncio.Task] = field(default_factory=dict)  # async runners' predictions
+    boxes: dict[str, Outbox] = field(default_factory=dict)  # the outbox of each running prediction's router
+    # Predictions given up on as hung: ended for their router, maybe still on a worker thread.
+    abandoned: set[str] = field(default_factory=set)
+    restart: asyncio.Task | None = None  # its replacement, once a hung prediction made it due
 
     def info(self, node_id: str, memory_bytes: int = 0) -> InstanceInfo:
         return InstanceInfo(
@@ -53,10 +66,13 @@ class NodeAgent:
     """Loads instances, runs tasks on them and reports events to the routers that sent them."""
 
     def __init__(self, node_id: str, ray_node_id: str = "", address: str = "", device: str = "cpu",
-                 nvml_index: int | None = None, resources: NodeResources | None = None) -> None:
+                 nvml_index: int | None = None, resources: NodeResources | None = None,
+                 cancel_grace_s: float = CANCEL_GRACE_S, outbox_grace_s: float = OUTBOX_GRACE_S) -> None:
         """``device`` is the torch device runners load onto; ``nvml_index`` the physical GPU to report;
         ``resources`` the cache folder and bundle source runners of pushed models need."""
         self.node_id = node_id
+        self._cancel_grace_s = cancel_grace_s
+        self._outbox_grace_s = outbox_grace_s
         self.resources = resources
         self.ray_node_id = ray_node_id
         self.address = address
@@ -65,6 +81,7 @@ class NodeAgent:
         self._instances: dict[str, _Instance] = {}
         self._outboxes: dict[str, Outbox] = {}
         self._where: dict[str, _Instance] = {}  # prediction id -> instance it runs on
+        self._restarting: set[str] = set()  # ids of instances being replaced after a hung prediction
 
     # Instances
 
@@ -90,6 +107,10 @@ class NodeAgent:
     async def unload_instance(self, instance_id: str) -> None:
         """Drain an instance: it takes no new work and unloads when its last prediction ends."""
         inst = self._instances.get(instance_id)
+        if instance_id in self._restarting:
+            self._restarting.discard(instance_id)  # its restart unloads it and loads no replacement
+            if inst is None or inst.restart is not None:
+                return
         if inst is None:
             raise NotFound(f"instance {instance_id} is not on node {self.node_id}")
         if inst.lifecycle.state in (InstanceState.IDLE, InstanceState.PROCESSING):
@@ -143,7 +164,7 @@ class NodeAgent:
     def _outbox(self, router_id: str) -> Outbox:
         box = self._outboxes.get(router_id)
         if box is None:
-            box = self._outboxes[router_id] = Outbox(asyncio.get_running_loop())
+            box = self._outboxes[router_id] = Outbox(asyncio.get_running_loop(), router_id)
         return box
 
     async def submit(self, router_id: str, tasks: list[Task]) -> None:
@@ -152,42 +173,145 @@ class NodeAgent:
         loop = asyncio.get_running_loop()
         for task in tasks:
             inst = self._instances.get(task.instance_id)
-            if inst is None or inst.lifecycle.free_slots <= 0:
-                state = inst.lifecycle.state.value if inst else "absent"
-                closed = inst is None or not inst.lifecycle.accepting
-                box.put(TaskEvent(task.prediction_id, Rejected(f"instance {task.instance_id} is {state}", closed)))
+            if inst is None or inst.lifecycle.free_slots <= 0 or task.instance_id in self._restarting:
+                box.put(TaskEvent(task.prediction_id, self._rejection(task.instance_id, inst)))
                 continue
             inst.lifecycle.begin()
             ctx = PredictContext(task.prediction_id)
             inst.running[task.prediction_id] = ctx
+            inst.boxes[task.prediction_id] = box
+            box.active += 1
             self._where[task.prediction_id] = inst
             if inspect.isasyncgenfunction(inst.runner.predict):
-                fut = inst.tasks[task.prediction_id] = loop.create_task(_run_async(inst.runner, task, ctx, box))
+                fut = loop.create_task(_run_async(inst.runner, task, ctx, box))
+                inst.tasks[task.prediction_id] = fut
             else:
                 fut = loop.run_in_executor(inst.executor, _run_task, inst.runner, task, ctx, box)
-            fut.add_done_callback(lambda f, inst=inst, pid=task.prediction_id: self._task_done(inst, pid, f, box))
+            fut.add_done_callback(
+                lambda f, inst=inst, pid=task.prediction_id: self._task_done(inst, pid, f, box))
+
+    def _rejection(self, instance_id: str, inst: _Instance | None) -> Rejected:
+        """Why a task cannot start; ``instance_closed`` unless the instance will take work again."""
+        if instance_id in self._restarting:
+            return Rejected(f"instance {instance_id} is restarting", False)
+        if inst is not None and inst.lifecycle.accepting:
+            life = inst.lifecycle
+            return Rejected(f"instance {instance_id} has no free slot ({life.in_flight} of "
+                            f"{life.max_concurrency} busy)", False)
+        return Rejected(f"instance {instance_id} is {inst.lifecycle.state.value if inst else 'absent'}", True)
 
     def _task_done(self, inst: _Instance, prediction_id: str, fut: asyncio.Future, box: Outbox) -> None:
         # The slot is freed before the router hears of the end, so its next dispatch finds it free.
         inst.running.pop(prediction_id, None)
         inst.tasks.pop(prediction_id, None)
-        self._where.pop(prediction_id, None)
+        inst.boxes.pop(prediction_id, None)
+        if self._where.get(prediction_id) is inst:
+            del self._where[prediction_id]
         inst.lifecycle.end()
-        self._reap(inst)
-        box.put(TaskEvent(prediction_id, fut.result()))
+        if prediction_id in inst.abandoned:  # its router heard of its end when it was given up on
+            inst.abandoned.discard(prediction_id)
+        else:
+            self._reap(inst)
+            box.put(TaskEvent(prediction_id, fut.result()))
+            self._task_left(box)
+        if inst.id in self._restarting or inst.abandoned:
+            self._maybe_restart(inst)
 
     async def cancel(self, prediction_ids: list[str]) -> None:
-        """Ask running predictions to stop; each ends with a CANCELED ``Finished`` event."""
+        """Ask running predictions to stop; each ends with a CANCELED ``Finished`` event, within
+        ``cancel_grace_s`` even if its runner does not stop (then its instance is restarted)."""
         for pid in prediction_ids:
             inst = self._where.get(pid)
-            if inst is not None and pid in inst.running:
-                inst.running[pid].cancel_event.set()
-                if pid in inst.tasks:
-                    inst.tasks[pid].cancel()
+            ctx = inst.running.get(pid) if inst is not None else None
+            if ctx is None or ctx.cancelled or pid in inst.abandoned:
+                continue
+            ctx.cancel_event.set()
+            if pid in inst.tasks:
+                inst.tasks[pid].cancel()
+            asyncio.get_running_loop().call_later(self._cancel_grace_s, self._check_stopped, inst, pid, ctx)
+
+    def _check_stopped(self, inst: _Instance, prediction_id: str, ctx: PredictContext) -> None:
+        if inst.running.get(prediction_id) is not ctx or prediction_id in inst.abandoned:
+            return  # it stopped
+        log.error("prediction %s on %s did not stop within %.1f s of its cancel: restarting the instance",
+                  prediction_id, inst.id, self._cancel_grace_s)
+        inst.abandoned.add(prediction_id)
+        box = inst.boxes[prediction_id]
+        box.put(TaskEvent(prediction_id, Finished(
+            Status.CANCELED, None, time.time(), error=f"canceled, but its runner did not stop within "
+            f"{self._cancel_grace_s:g} s, so its instance {inst.id} is restarted")))
+        self._task_left(box)
+        if inst.lifecycle.state is not InstanceState.DRAINING and self._instances.get(inst.id) is inst:
+            self._restarting.add(inst.id)  # a draining one is not replaced: it goes, as asked
+        self._maybe_restart(inst)
+
+    def _maybe_restart(self, inst: _Instance) -> None:
+        """Replace an instance with a hung prediction once only hung ones are left on it."""
+        if inst.restart is None and all(pid in inst.abandoned for pid in inst.running):
+            inst.restart = asyncio.get_running_loop().create_task(
+                self._restart(inst), name=f"restart-{inst.id}")
+
+    async def _restart(self, old: _Instance) -> None:
+        """Unload ``old`` aside (its own threads may be stuck), then load its replacement under its id."""
+        if self._instances.get(old.id) is old:
+            del self._instances[old.id]
+        old.executor.shutdown(wait=False)
+        await _unload_aside(old.runner)
+        if old.id not in self._restarting:
+            return  # it was draining, or unloaded meanwhile: it goes for good
+        try:
+            await self.load_instance(old.id, old.spec)
+            log.info("instance %s (%s) restarted after a hung prediction", old.id, old.spec.name)
+        except Exception:  # noqa: BLE001 - load_instance logged it; the instance stays failed
+            pass
+        finally:
+            self._restarting.discard(old.id)
 
     async def poll(self, router_id: str, max_wait_s: float) -> list[TaskEvent]:
         """Events for ``router_id`` since its last poll, waiting up to ``max_wait_s`` for one."""
         return await self._outbox(router_id).take(max_wait_s)
+
+    # Sessions (``node.data_server``): what the agent holds for a router whose stream went away
+
+    def open_session(self, router_id: str, resume: bool, after_seq: int) -> tuple[Outbox, int, list[Batch]]:
+        """A router's session opens (``Outbox.attach``); raises ``ResumeRefused`` when it resumes one whose
+        outbox was released."""
+        box = self._outboxes.get(router_id)
+        if box is None and resume:
+            raise ResumeRefused(f"node {self.node_id} holds nothing for router {router_id} any more: its "
+                                f"stream was gone over {self._outbox_grace_s:g} s")
+        box = box or self._outbox(router_id)
+        if box.release_timer is not None:
+            box.release_timer.cancel()
+            box.release_timer = None
+        generation, replay = box.attach(resume, after_seq)
+        return box, generation, replay
+
+    def close_session(self, box: Outbox, generation: int) -> None:
+        """Session ``generation`` ended: its outbox waits ``outbox_grace_s`` for the router to come back,
+        counted from the end of the router's last task here, then goes."""
+        if box.detach(generation) and not box.active:
+            self._arm_release(box)
+
+    def _task_left(self, box: Outbox) -> None:
+        box.active -= 1
+        if not box.active and not box.attached:
+            self._arm_release(box)
+
+    def _arm_release(self, box: Outbox) -> None:
+        if box.release_timer is not None:
+            box.release_timer.cancel()
+        box.release_timer = asyncio.get_running_loop().call_later(self._outbox_grace_s, self._release, box)
+
+    def _release(self, box: Outbox) -> None:
+        box.release_timer = None
+        if not box.attached and not box.active and self._outboxes.get(box.router_id) is box:
+            del self._outboxes[box.router_id]
+
+    def footprint(self) -> dict[str, int]:
+        """The sizes of what the agent holds per router and per prediction (for tests and soak checks)."""
+        return {"outboxes": len(self._outboxes),
+                "events_held": sum(b.size() for b in self._outboxes.values()), "running": len(self._where)}
 
 
 def _ended(started: float, status: Status, output: Output | None, error: str | _Failure,
@@ -262,6 +386,28 @@ def _run_task(runner: Runner, task: Task, ctx: PredictContext, box: Outbox) -> F
     except Exception as err:
         status, error = _failed(task, err)
     return _ended(started, status, output, error, reported)
+
+
+async def _unload_aside(runner: Runner) -> None:
+    """``runner.unload`` on a thread of its own, waiting at most ``UNLOAD_TIMEOUT_S`` for it."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def unload() -> None:
+        try:
+            runner.unload()
+        except Exception:  # noqa: BLE001 - logged; the replacement loads anyway
+            log.exception("unloading a hung %s runner failed", runner.family)
+        try:
+            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+        except RuntimeError:
+            pass  # the loop closed meanwhile
+
+    threading.Thread(target=unload, daemon=True, name=f"wf-unload-{runner.family}").start()
+    try:
+        await asyncio.wait_for(done, UNLOAD_TIMEOUT_S)
+    except TimeoutError:
+        log.error("a hung %s runner did not unload within %.0f s", runner.family, UNLOAD_TIMEOUT_S)
 
 
 # One load at a time in this process. transformers and diffusers build big models on the "meta" device

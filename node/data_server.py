@@ -1,6 +1,8 @@
 """The agent's end of the data plane (see ``warmfleet.dataplane``): a grpc.aio server on the agent's own
 event loop, one session per router: its ``Submit`` and ``Cancel`` frames feed ``NodeAgent.submit`` and
-``cancel``, and the router's events (``NodeAgent.poll``) go back to it as ``Events`` frames."""
+``cancel``, and the router's events (its ``node.outbox``) go back to it as numbered ``Events`` frames,
+kept until its ``Ack``. A router whose stream broke reconnects and resumes: it is told how many of its
+frames were applied (``Welcome``) and gets again the ``Events`` it may have missed."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import AsyncIterator, NoReturn
 import grpc
 
 from node.agent import NodeAgent
+from node.outbox import Outbox, ResumeRefused, Superseded
 from warmfleet import dataplane
 
 log = logging.getLogger(__name__)
@@ -36,7 +39,7 @@ class DataServer:
                 dataplane.SESSION: grpc.stream_stream_rpc_method_handler(
                     self._session, response_serializer=dataplane.encode),
             })
-            self._server = grpc.aio.server(options=dataplane.CHANNEL_OPTIONS)
+            self._server = grpc.aio.server(options=dataplane.SERVER_OPTIONS)
             self._server.add_generic_rpc_handlers((handler,))
             port = self._server.add_insecure_port(f"{self._host}:0")
             await self._server.start()
@@ -48,30 +51,35 @@ class DataServer:
             await self._server.stop(1.0)
 
     async def _session(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
-                       ) -> AsyncIterator[dataplane.Events]:
-        """One router's session: a ``Hello``, then its ``Submit`` and ``Cancel`` frames go to the agent
-        while the agent's events for it stream back as ``Events``, until the router hangs up."""
+                       ) -> AsyncIterator[dataplane.ToRouter]:
+        """One router's session: a ``Hello``, answered with a ``Welcome`` and the ``Events`` it may have
+        missed; then its ``Submit`` and ``Cancel`` frames go to the agent while the agent's events for it
+        stream back as ``Events``, until the router hangs up or a newer session of it takes over."""
         offered = dict(context.invocation_metadata() or ()).get(dataplane.SECRET_HEADER, "")
         if not hmac.compare_digest(offered.encode(), self._secret.encode()):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "not a member of this cluster")
-        first = await anext(requests, None)
-        if first is None:
+        hello = await _hello(requests, context)
+        if hello is None:
             return  # the router hung up before it said hello
         try:
-            hello = dataplane.decode(first)
-        except dataplane.UnknownFrame as err:
-            await _refuse(context, "?", err)
-        if not isinstance(hello, dataplane.Hello):
-            await _refuse(context, "?", dataplane.UnknownFrame(
-                f"a session starts with Hello, not {type(hello).__name__}"))
-        reader = asyncio.create_task(self._read(requests, hello.router_id))
+            box, generation, replay = self._agent.open_session(hello.router_id, hello.resume, hello.after_seq)
+        except ResumeRefused as err:
+            log.warning("router %s cannot resume its session: %s", hello.router_id, err)
+            await context.abort(grpc.StatusCode.DATA_LOSS, str(err))
+        reader = asyncio.create_task(self._read(requests, hello.router_id, box, generation))
         try:
+            yield dataplane.Welcome(box.applied)
+            for seq, events in replay:
+                yield dataplane.Events(events, seq, box.applied)
             while not reader.done():
-                events = await self._agent.poll(hello.router_id, SESSION_POLL_S)
-                if events:
-                    yield dataplane.Events(events)
+                batch = await box.take_batch(generation, SESSION_POLL_S)
+                if batch is not None:
+                    yield dataplane.Events(batch[1], batch[0], box.applied)
+        except Superseded:
+            return  # the router reconnected: its newer session goes on
         finally:
             reader.cancel()
+            self._agent.close_session(box, generation)
         error = None if reader.cancelled() else reader.exception()
         if isinstance(error, dataplane.UnknownFrame):
             await _refuse(context, hello.router_id, error)
@@ -79,15 +87,40 @@ class DataServer:
             log.error("the session of router %s failed", hello.router_id, exc_info=error)
             await context.abort(grpc.StatusCode.INTERNAL, f"the agent's session failed: {error!r}")
 
-    async def _read(self, requests: AsyncIterator[bytes], router_id: str) -> None:
+    async def _read(self, requests: AsyncIterator[bytes], router_id: str, box: Outbox,
+                    generation: int) -> None:
+        """Apply the router's frames, counting those it numbers, until a newer session takes over."""
         async for data in requests:
-            match dataplane.decode(data):
+            frame = dataplane.decode(data)
+            if box.generation != generation:
+                return  # superseded: the newer session applies what the router sends again
+            match frame:
                 case dataplane.Submit(tasks):
                     await self._agent.submit(router_id, tasks)
+                    box.applied += 1
                 case dataplane.Cancel(prediction_ids):
                     await self._agent.cancel(prediction_ids)
+                    box.applied += 1
+                case dataplane.Ack(seq):
+                    box.ack(seq)
                 case frame:
                     raise dataplane.UnknownFrame(f"{type(frame).__name__} is not for an agent mid-session")
+
+
+async def _hello(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> dataplane.Hello | None:
+    """The session's first frame, which must be a ``Hello`` (else the session is refused); None if the
+    router hung up first."""
+    first = await anext(requests, None)
+    if first is None:
+        return None
+    try:
+        hello = dataplane.decode(first)
+    except dataplane.UnknownFrame as err:
+        await _refuse(context, "?", err)
+    if not isinstance(hello, dataplane.Hello):
+        await _refuse(context, "?", dataplane.UnknownFrame(
+            f"a session starts with Hello, not {type(hello).__name__}"))
+    return hello
 
 
 async def _refuse(context: grpc.aio.ServicerContext, router_id: str,

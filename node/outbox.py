@@ -1,26 +1,52 @@
-"""A thread-safe buffer of task events for one router, drained by that router's data plane session.
+"""A thread-safe buffer of task events for one router, drained by that router's data plane session, and
+what the agent keeps of that router's session so that it survives a broken stream.
 
 Worker threads append; the agent's event loop wakes the session's pending ``take`` at most once per
 batch, and what it takes goes to the router as one ``Events`` frame (``node.data_server``). So under
 load one frame carries many events, and the messages per prediction fall well below one.
+
+A session numbers its batches (``take_batch``) and keeps each until the router acknowledges it
+(``ack``), so a router that reconnects gets again what it may have missed (``attach``); it also counts
+the router's frames the agent applied (``applied``), so the router knows what to send again. A session
+that reconnects supersedes the one before: the old one takes nothing more (``Superseded``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from collections import deque
 
 from warmfleet.domain import OutputChunk, TaskEvent
 
+Batch = tuple[int, list[TaskEvent]]  # (seq, events): one Events frame
+
+
+class Superseded(Exception):
+    """A newer session of the same router took the outbox over: this one must end."""
+
+
+class ResumeRefused(Exception):
+    """A router asked to resume a session whose events the agent no longer holds."""
+
 
 class Outbox:
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, router_id: str = "") -> None:
+        self.router_id = router_id
         self._loop = loop
         self._lock = threading.Lock()
         self._items: list[TaskEvent] = []
         self._signalled = False
         self._wake = asyncio.Event()
         self._loop_thread = threading.get_ident()  # built on the loop's own thread
+        # The session's state, on the loop's thread only.
+        self.seq = 0  # the last batch taken
+        self._unacked: deque[Batch] = deque()  # taken, not yet acknowledged by the router
+        self.applied = 0  # the router's Submit and Cancel frames applied, over all its sessions
+        self.generation = 0  # the session that owns the outbox; a reconnect makes a new one
+        self.attached = False  # whether a session is open
+        self.active = 0  # the router's tasks running on this agent
+        self.release_timer: asyncio.TimerHandle | None = None
 
     def put(self, event: TaskEvent) -> None:
         """Add an event; callable from any thread."""
@@ -34,10 +60,13 @@ class Outbox:
         else:
             self._loop.call_soon_threadsafe(self._wake.set)
 
-    async def take(self, max_wait_s: float) -> list[TaskEvent]:
-        """Everything buffered, waiting up to ``max_wait_s`` for the first event."""
+    async def take(self, max_wait_s: float, generation: int | None = None) -> list[TaskEvent]:
+        """Everything buffered, waiting up to ``max_wait_s`` for the first event. With ``generation``,
+        raises ``Superseded`` once a newer session owns the outbox."""
         deadline = self._loop.time() + max_wait_s
         while True:
+            if generation is not None and generation != self.generation:
+                raise Superseded()
             with self._lock:
                 if self._items:
                     items, self._items, self._signalled = self._items, [], False
@@ -53,6 +82,53 @@ class Outbox:
             # Let what was woken in the same turn run first: a fast prediction's Started and Finished
             # then travel in one batch instead of two.
             await asyncio.sleep(0)
+
+    async def take_batch(self, generation: int, max_wait_s: float) -> Batch | None:
+        """``take`` for session ``generation``, numbered and kept until acknowledged; None if nothing
+        came within ``max_wait_s``."""
+        events = await self.take(max_wait_s, generation)
+        if not events:
+            return None
+        self.seq += 1
+        self._unacked.append((self.seq, events))
+        return self.seq, events
+
+    def ack(self, seq: int) -> None:
+        """The router has every batch up to ``seq``."""
+        unacked = self._unacked
+        while unacked and unacked[0][0] <= seq:
+            unacked.popleft()
+
+    def attach(self, resume: bool, after_seq: int) -> tuple[int, list[Batch]]:
+        """A session opens: its generation, and the batches to send it first (those after ``after_seq``
+        that the router may have missed). Without ``resume``, the router starts afresh: what was kept for
+        an earlier one of its sessions is dropped. Raises ``ResumeRefused`` when the router has had
+        batches this outbox never numbered (it was released and made anew meanwhile)."""
+        if resume and after_seq > self.seq:
+            raise ResumeRefused(f"the router had events up to {after_seq}, this agent numbered {self.seq}")
+        if not resume:
+            with self._lock:
+                self._items, self._signalled = [], False
+            self.seq, self.applied = 0, 0
+            self._unacked.clear()
+        self.ack(after_seq)
+        self.generation += 1
+        self.attached = True
+        self._wake.set()  # the session it supersedes, waiting in ``take``, ends now
+        return self.generation, list(self._unacked)
+
+    def detach(self, generation: int) -> bool:
+        """Session ``generation`` ended; whether it was the one that owned the outbox."""
+        if generation != self.generation:
+            return False
+        self.attached = False
+        return True
+
+    def size(self) -> int:
+        """Events held: buffered, and taken but not acknowledged."""
+        with self._lock:
+            buffered = len(self._items)
+        return buffered + sum(len(events) for _, events in self._unacked)
 
 
 def coalesce(events: list[TaskEvent]) -> list[TaskEvent]:

@@ -55,6 +55,7 @@ class FakeNodeData(NodeData):
         self.submits: list[list[Task]] = []  # one entry per submit call
         self.cancels: list[list[str]] = []  # one entry per cancel call
         self.calls: list[tuple[str, tuple[str, ...]]] = []  # ("submit" | "cancel", prediction ids), in order
+        self.submit_times: list[float] = []  # the event loop's time of each submit call
         self.polls = 0
         self.hold_submits: asyncio.Event | None = None  # when set to an unset Event, submit waits for it
         self.submit_error: BaseException | None = None  # raised by submit (after any hold)
@@ -65,6 +66,7 @@ class FakeNodeData(NodeData):
 
     async def submit(self, router_id: str, tasks: list[Task]) -> None:
         self.calls.append(("submit", tuple(t.prediction_id for t in tasks)))
+        self.submit_times.append(asyncio.get_running_loop().time())
         self.changed.set()
         if self.hold_submits is not None:
             await self.hold_submits.wait()
@@ -99,6 +101,10 @@ class FakeNodeData(NodeData):
 
     def reject(self, prediction_id: str, reason: str = "instance is draining", closed: bool = False) -> None:
         self.push(TaskEvent(prediction_id, Rejected(reason, closed)))
+
+    def reject_full(self, prediction_id: str) -> None:
+        """The agent had no free slot for it (another router's work fills the instance)."""
+        self.reject(prediction_id, "instance has no free slot (1 of 1 busy)", closed=False)
 
     def lose(self) -> None:
         """The router's next poll of this node raises NodeLost."""

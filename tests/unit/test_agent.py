@@ -299,8 +299,10 @@ async def test_submits_beyond_capacity_or_to_unknown_instances_are_rejected(agen
                        + [Task("lost", "nowhere", {})])
 
     early = await poll_until(agent, Rejected, "lost")
-    rejected = {e.prediction_id: e.body.reason for e in early if isinstance(e.body, Rejected)}
-    assert rejected == {"p2": "instance g-1 is processing", "lost": "instance nowhere is absent"}
+    rejected = {e.prediction_id: e.body for e in early if isinstance(e.body, Rejected)}
+    assert rejected == {  # full: the router tries again later; absent: it sends that instance nothing more
+        "p2": Rejected("instance g-1 has no free slot (2 of 2 busy)", instance_closed=False),
+        "lost": Rejected("instance nowhere is absent", instance_closed=True)}
     [info] = await agent.instances()
     assert (info.state, info.in_flight) == ("processing", 2)
 

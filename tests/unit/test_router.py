@@ -1,5 +1,6 @@
 """The router against fake nodes: placement, queueing, priority, backpressure, cancellation, deadlines,
-rejections, node loss, batching, and the promise that every accepted prediction ends exactly once."""
+rejections, node loss, batching, and the promise that every accepted prediction ends exactly once.
+(Shared instances, deadlines of running predictions and bounded memory: ``test_router_durability``.)"""
 
 from __future__ import annotations
 
@@ -262,16 +263,16 @@ async def test_a_deadline_passing_while_queued_aborts_only_that_prediction(make_
     assert len(log.finished("short")) == 1
 
 
-async def test_a_deadline_does_not_abort_a_prediction_that_already_started(make_router):
+async def test_a_deadline_passing_while_running_cancels_it_on_its_node(make_router):
     router, a, log = one_instance(make_router, 1)
     router.enqueue("started", MODEL, _input(1), deadline_at=time.time() + 0.05)
     router.enqueue("queued", MODEL, _input(2), deadline_at=time.time() + 0.15)
 
     [aborted] = await log.wait_finished("queued")  # fires after the first one's deadline has passed
     assert aborted.status is Status.ABORTED
-    assert log.finished("started") == []
     assert a.submitted_ids == ["started"]
-
+    assert a.cancels == [["started"]]  # the running one was canceled on its node at its deadline
+    assert log.finished("started") == []  # and the node says how it ended
 
 async def test_a_rejected_prediction_is_requeued_and_dispatched_again(make_router):
     router, a, log = one_instance(make_router, 1)
@@ -291,13 +292,16 @@ async def test_a_rejected_prediction_is_requeued_and_dispatched_again(make_route
     assert [type(b) for b in log.bodies("p1")] == [Started, Finished]
 
 
-async def test_a_prediction_rejected_max_rejections_times_fails_with_the_reason(make_router):
+async def test_a_prediction_closed_instances_rejected_max_rejections_times_fails(make_router):
     router, a, log = one_instance(make_router, 1)
     router.enqueue("p1", MODEL, _input(1))
 
     for n in range(1, MAX_REJECTIONS + 1):
         await a.wait_submitted(n)
-        a.reject("p1", "instance i1 is draining")
+        a.reject("p1", "instance i1 is draining", closed=True)
+        await wait_until(lambda: not router.has_instances(MODEL) or bool(log.finished("p1")), log.changed)
+        # A later table lists the instance again (the controller's view lagged the agent's).
+        router.update_table(table(1 + n, [instance("i1", MODEL, "A", 1)], a))
     [done] = await log.wait_finished("p1")
 
     assert done.status is Status.FAILED
@@ -492,7 +496,8 @@ async def test_every_accepted_prediction_ends_with_exactly_one_finished(ops, cap
     nodes = {"A": FakeNodeData("A"), "B": FakeNodeData("B")}
     caps = {"A": cap_a, "B": cap_b}
     log = EventLog()
-    router = Router("router-1", log, max_queue_per_model=1000)
+    # A full instance waits no wall-clock time here, so that the wind-down's loop turns see it again.
+    router = Router("router-1", log, max_queue_per_model=1000, full_backoff_s=0.0, full_backoff_max_s=0.0)
     router.update_table(table(1, [instance("iA", MODEL, "A", cap_a), instance("iB", MODEL, "B", cap_b)],
                               *nodes.values()))
     accepted: list[str] = []

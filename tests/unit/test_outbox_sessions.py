@@ -1,0 +1,103 @@
+"""What an agent's outbox keeps of a router's session: numbered batches kept until acknowledged and
+replayed to a router that resumes, the count of the router's frames it applied, and a session that a
+newer one supersedes. Memory follows what is unacknowledged, not what went through."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from node.outbox import Outbox, ResumeRefused, Superseded
+from warmfleet.domain import Finished, OutputChunk, Started, Status, TaskEvent
+
+
+def started(pid: str) -> TaskEvent:
+    return TaskEvent(pid, Started(1.0))
+
+
+@pytest.fixture
+async def box() -> Outbox:
+    return Outbox(asyncio.get_running_loop(), "router-1")
+
+
+async def test_batches_are_numbered_in_order_and_kept_until_acknowledged(box):
+    generation, replay = box.attach(False, 0)
+    assert replay == []
+    taken = []
+    for n in range(5):
+        box.put(started(f"p{n}"))
+        taken.append(await box.take_batch(generation, 1.0))
+
+    assert [seq for seq, _ in taken] == [1, 2, 3, 4, 5]
+    assert [events for _, events in taken] == [[started(f"p{n}")] for n in range(5)]
+    assert box.size() == 5
+    box.ack(3)
+    assert box.size() == 2
+    box.ack(2)  # an older ack changes nothing
+    assert box.size() == 2
+
+
+async def test_a_router_that_resumes_gets_what_it_had_not_had_and_nothing_twice(box):
+    generation, _ = box.attach(False, 0)
+    for n in range(4):
+        box.put(started(f"p{n}"))
+        await box.take_batch(generation, 1.0)
+    box.ack(1)  # the router acknowledged 1, then had 2, and the stream broke while 3 and 4 were on their way
+    box.put(started("later"))  # and this came while no session was open
+
+    generation, replay = box.attach(True, 2)
+
+    assert [seq for seq, _ in replay] == [3, 4]
+    assert box.size() == 3  # 3, 4 and the one not yet taken: 2 counts as acknowledged by the resume
+    assert await box.take_batch(generation, 1.0) == (5, [started("later")])
+
+
+async def test_a_router_that_starts_afresh_drops_what_was_kept_for_it(box):
+    generation, _ = box.attach(False, 0)
+    box.put(started("old"))
+    await box.take_batch(generation, 1.0)
+    box.applied = 7
+    box.put(started("stale"))
+
+    generation, replay = box.attach(False, 0)
+
+    assert replay == [] and box.size() == 0
+    assert (box.seq, box.applied) == (0, 0)
+    box.put(started("new"))
+    assert await box.take_batch(generation, 1.0) == (1, [started("new")])
+
+
+async def test_a_resume_past_what_the_outbox_numbered_is_refused(box):
+    box.attach(False, 0)
+    with pytest.raises(ResumeRefused, match="events up to 3"):
+        box.attach(True, 3)
+
+
+async def test_a_newer_session_supersedes_the_one_waiting_for_events(box):
+    old, _ = box.attach(False, 0)
+    waiting = asyncio.create_task(box.take_batch(old, 30.0))
+    await asyncio.sleep(0)  # it waits for an event
+
+    new, _ = box.attach(True, 0)
+
+    with pytest.raises(Superseded):
+        await asyncio.wait_for(waiting, 1.0)  # at once, not after its 30 s
+    box.put(started("p1"))
+    assert await box.take_batch(new, 1.0) == (1, [started("p1")])
+    assert not box.detach(old) and box.attached  # the old session's end does not detach the new one
+    assert box.detach(new) and not box.attached
+
+
+async def test_memory_follows_what_is_unacknowledged_not_what_went_through(box):
+    generation, _ = box.attach(False, 0)
+    for n in range(2000):
+        box.put(TaskEvent(f"p{n}", OutputChunk(value="x" * 10)))
+        box.put(TaskEvent(f"p{n}", Finished(Status.SUCCEEDED, 1.0, 2.0)))
+        seq, _ = await box.take_batch(generation, 1.0)
+        if seq % 32 == 0:  # the router acknowledges now and then
+            box.ack(seq)
+
+    assert box.size() <= 2 * 32
+    box.ack(box.seq)
+    assert box.size() == 0
