@@ -308,7 +308,7 @@ PREFER = header("Prefer", {"type": "string", "pattern": "^wait(=([1-9]|[1-5][0-9
                 "one when the wait passes.")
 CANCEL_AFTER = header("Cancel-After", {"type": "string", "pattern": "^(([1-9][0-9]{0,5}(ms|s|m|h))+|[1-9][0-9]{0,5})$"},
                       "A deadline such as 30s, 5m, 1h30m, 500ms, or bare seconds (90): the prediction is "
-                      "aborted if it has not started by then.")
+                      "aborted if it has not started by then, and canceled if it is still running then.")
 LAST_EVENT_ID = header("Last-Event-ID", {"type": "string", "pattern": "^[0-9]{1,9}$"},
                        "The id of the last event received: the stream resumes after it.")
 PUBLIC: list[S] = []
