@@ -67,7 +67,8 @@ def models(tiny_llama_dir, tiny_sd_paths, tiny_esrgan_dir) -> list[RouteSpec]:
 
 @pytest.fixture(scope="session")
 def ray_session():
-    ray_adapter.connect("", f"warmfleet-test-{uuid.uuid4().hex[:6]}", num_cpus=2, include_dashboard=False)
+    # A Ray of its own ("local"): never join another cluster that runs on this machine.
+    ray_adapter.connect("local", f"warmfleet-test-{uuid.uuid4().hex[:6]}", num_cpus=2, include_dashboard=False)
     yield
     ray.shutdown()
 

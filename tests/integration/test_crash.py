@@ -21,6 +21,7 @@ CONFIG = """
 [settings]
 grpc_port = 0
 http_port = 0
+ray_address = "local"  # a Ray of its own: never join another cluster running on this machine
 
 [cluster]
 builtin_models = false
