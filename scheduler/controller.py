@@ -74,6 +74,7 @@ class Controller:
         await self._fleet.refresh_node_info()
         self._node_info_at = self._clock()
         await self._adopt()
+        await self._bump()  # routers that took this life's first (empty) table learn of what it found
         loads = []
         for route in self._routes:
             try:

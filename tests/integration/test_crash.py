@@ -111,6 +111,9 @@ def test_a_killed_controller_restarts_and_nothing_is_lost_and_warm_instances_sta
     # The new controller took in what the agent runs: the same instance, on the same agent process.
     until(lambda: _instances_or_none(client) == warm, 60, "the restarted controller to list the instance")
     assert ray_processes("_RayNodeAgent", gateway) == {agent_pid}
+    # The gateway follows the new life's routing table: the instance it took in takes work.
+    for n in range(5):
+        assert client.run("acme/echo", {"text": f"a{n}"}, wait_s=20) == f"a{n}"
     # And it governs again: a model created now gets an instance and answers.
     client.models.create("acme/echo-two", "echo")
     assert client.run("acme/echo-two", {"text": "after"}) == "after"

@@ -70,3 +70,14 @@ async def test_a_router_that_knew_another_life_gets_this_ones_table_at_once():
     # A revision this life never had: answered at once, not after the 30 s a router would wait.
     table = await asyncio.wait_for(c.routing_table(mine + 10**9, 30.0), 5.0)
     assert table.revision == mine
+
+
+async def test_a_router_that_asked_while_it_recovered_learns_of_the_instances_it_took_in():
+    node = FakeAgentNode("a")
+    serving(node, "acme.echo-1")  # nothing to load: taking it in is the only change
+    restarted = controller(node)
+    early = await restarted.routing_table(-1, 0.0)  # asked before the recovery ended: no instance yet
+    assert early.instances == []
+    await restarted.start()
+    table = await asyncio.wait_for(restarted.routing_table(early.revision, 30.0), 5.0)
+    assert table.revision > early.revision and [i.id for i in table.instances] == ["acme.echo-1"]
