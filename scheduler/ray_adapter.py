@@ -35,12 +35,14 @@ _ACTOR_GONE = (RayActorError, ActorDiedError, ActorUnavailableError)
 
 
 def connect(address: str = "", namespace: str = "warmfleet", **init_kwargs: Any) -> None:
-    """Join the Ray cluster at ``address`` (or start a local one when empty). Idempotent."""
+    """Join the Ray cluster at ``address`` ("auto": the one last started on this machine), or start a
+    private local one when empty. Idempotent. Empty is never Ray's own ``None`` (which joins whatever
+    cluster this machine last started, even a dead one, and hangs on it)."""
     if ray.is_initialized():
         return
     kwargs = dict(namespace=namespace, log_to_driver=False, configure_logging=False)
     kwargs.update(init_kwargs)
-    ray.init(address=address or None, **kwargs)
+    ray.init(address=address or "local", **kwargs)
 
 
 def shutdown() -> None:

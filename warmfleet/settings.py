@@ -25,7 +25,7 @@ class Settings:
     grpc_port: int = 50051
     http_host: str = "127.0.0.1"
     http_port: int = 8000
-    ray_address: str = ""
+    ray_address: str = ""  # a Ray cluster to join ("auto": the one started on this machine); "": a new one
     ray_namespace: str = "warmfleet"
     max_queue_per_model: int = 1024
     token: str = ""
