@@ -26,7 +26,7 @@ from runners.base import PredictContext, PredictGenerator, Runner
 from scheduler.data_channel import DataChannel
 from scheduler.ports import NodeLost, RoutingTable
 from scheduler.router import DEADLINE_RUNNING, Router
-from tests.unit.fakes import EventLog, wait_until
+from tests.unit.fakes import EventLog, poll_until_ended, wait_until
 from warmfleet import dataplane
 from warmfleet.domain import (
     Finished, InstanceInfo, InstanceState, Output, OutputChunk, Rejected, RouteSpec, Started, Status, Task,
@@ -52,18 +52,7 @@ async def served():
 
 async def events_until_finished(channel: DataChannel, prediction_ids: set[str],
                                 timeout_s: float = 10.0) -> list[TaskEvent]:
-    events: list[TaskEvent] = []
-
-    async def loop() -> None:
-        pending = set(prediction_ids)
-        while pending:
-            for event in await channel.poll(ROUTER, 1.0):
-                events.append(event)
-                if isinstance(event.body, Finished):
-                    pending.discard(event.prediction_id)
-
-    await asyncio.wait_for(loop(), timeout_s)
-    return events
+    return await poll_until_ended(channel, ROUTER, prediction_ids, (Finished,), timeout_s)
 
 
 async def test_submitted_tasks_stream_their_events_back_to_the_router(served):

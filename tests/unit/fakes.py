@@ -180,3 +180,21 @@ def instance(instance_id: str, model: str, node_id: str, max_concurrency: int, s
 
 def table(revision: int, instances: list[InstanceInfo], *nodes: FakeNodeData) -> RoutingTable:
     return RoutingTable(revision, list(instances), {n.node_id: n for n in nodes})
+
+
+async def poll_until_ended(node: NodeData, router_id: str, prediction_ids: set[str],
+                           ends: tuple[type, ...] = (Finished,), timeout_s: float = 10.0) -> list[TaskEvent]:
+    """Poll ``node`` (an agent, or a data channel to one) for ``router_id`` until every prediction in
+    ``prediction_ids`` has an event of the ``ends`` kinds; returns everything polled."""
+    events: list[TaskEvent] = []
+
+    async def loop() -> None:
+        pending = set(prediction_ids)
+        while pending:
+            for event in await node.poll(router_id, 1.0):
+                events.append(event)
+                if isinstance(event.body, ends):
+                    pending.discard(event.prediction_id)
+
+    await asyncio.wait_for(loop(), timeout_s)
+    return events

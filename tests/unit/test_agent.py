@@ -17,6 +17,8 @@ from warmfleet.domain import (
 )
 from warmfleet.errors import InvalidInput, NotFound
 
+from tests.unit.fakes import poll_until_ended
+
 ROUTER = "router-1"
 
 
@@ -120,18 +122,7 @@ def agent():
 async def collect(agent: NodeAgent, prediction_ids: set[str], router_id: str = ROUTER,
                   timeout_s: float = 5.0) -> list[TaskEvent]:
     """Poll until every prediction in ``prediction_ids`` has its Finished (or Rejected) event."""
-    events: list[TaskEvent] = []
-
-    async def loop() -> None:
-        pending = set(prediction_ids)
-        while pending:
-            for event in await agent.poll(router_id, 1.0):
-                events.append(event)
-                if isinstance(event.body, (Finished, Rejected)):
-                    pending.discard(event.prediction_id)
-
-    await asyncio.wait_for(loop(), timeout_s)
-    return events
+    return await poll_until_ended(agent, router_id, prediction_ids, (Finished, Rejected), timeout_s)
 
 
 async def poll_until(agent: NodeAgent, kind: type, prediction_id: str, router_id: str = ROUTER) -> list[TaskEvent]:

@@ -360,11 +360,7 @@ def nodes(obj: CliContext, as_json: bool) -> None:
     """List the nodes: accelerator, memory, utilization, instances (admin)."""
     from warmfleet.cli.top import nodes_table
 
-    found = obj.client().cluster.nodes()
-    if as_json:
-        echo_json(found)
-    else:
-        _print(nodes_table(found))
+    _list_or_table(obj.client().cluster.nodes(), nodes_table, as_json)
 
 
 @cli.command()
@@ -374,11 +370,15 @@ def instances(obj: CliContext, as_json: bool) -> None:
     """List the model instances: model, version, node, state, in-flight predictions (admin)."""
     from warmfleet.cli.top import instances_table
 
-    found = obj.client().cluster.instances()
+    _list_or_table(obj.client().cluster.instances(), instances_table, as_json)
+
+
+def _list_or_table(found: list, table: Any, as_json: bool) -> None:
+    """Print ``found`` as JSON, or as the rich table ``table`` makes of it."""
     if as_json:
         echo_json(found)
     else:
-        _print(instances_table(found))
+        _print(table(found))
 
 
 @cli.command()
