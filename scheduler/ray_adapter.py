@@ -160,9 +160,6 @@ class RayNodeHandle:
     async def info(self) -> NodeInfo:
         return await _await(self._h.info.remote(), self.node_id)
 
-    def kill(self) -> None:
-        ray.kill(self._h, no_restart=True)
-
 
 @dataclass(frozen=True)
 class RayNode:

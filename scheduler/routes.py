@@ -10,7 +10,7 @@ busy), so adding or deleting a route is one change, never several dicts kept in 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator
+from typing import Iterator
 
 from scheduler.autoscaling import AutoscalingConfig, ScalingState, scaling_config
 from scheduler.route_journal import RouteJournal
@@ -112,6 +112,3 @@ class Routes:
             route = self._routes.get(name)
             if count and route is not None:
                 route.last_busy = now
-
-
-LastBusy = Callable[[str], float]
