@@ -275,7 +275,7 @@ class NodeAgent:
 
     def open_session(self, router_id: str, resume: bool, after_seq: int) -> tuple[Outbox, int, list[Batch]]:
         """A router's session opens (``Outbox.attach``); raises ``ResumeRefused`` when it resumes one whose
-        outbox was released."""
+        outbox was released. What the agent holds for the router is ``held``."""
         box = self._outboxes.get(router_id)
         if box is None and resume:
             raise ResumeRefused(f"node {self.node_id} holds nothing for router {router_id} any more: its "
@@ -286,6 +286,21 @@ class NodeAgent:
             box.release_timer = None
         generation, replay = box.attach(resume, after_seq)
         return box, generation, replay
+
+    def held(self, router_id: str) -> dict[str, str]:
+        """The router's predictions here (``dataplane.Welcome.held``): those running, by instance, and
+        those that ended with their events not yet acknowledged (instance "")."""
+        box = self._outboxes.get(router_id)
+        if box is None:
+            return {}
+        held = dict.fromkeys(box.held(), "")
+        held.update((pid, inst.id) for pid, inst in self._where.items()
+                    if inst.boxes.get(pid) is box and pid not in inst.abandoned)
+        return held
+
+    async def attach(self, router_id: str) -> dict[str, str]:
+        """The ``NodeData`` port's first call, in process (no session to open): ``held``."""
+        return self.held(router_id)
 
     def close_session(self, box: Outbox, generation: int) -> None:
         """Session ``generation`` ended: its outbox waits ``outbox_grace_s`` for the router to come back,

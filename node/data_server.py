@@ -68,7 +68,7 @@ class DataServer:
             await context.abort(grpc.StatusCode.DATA_LOSS, str(err))
         reader = asyncio.create_task(self._read(requests, hello.router_id, box, generation))
         try:
-            yield dataplane.Welcome(box.applied)
+            yield dataplane.Welcome(box.applied, self._agent.held(hello.router_id))
             for seq, events in replay:
                 yield dataplane.Events(events, seq, box.applied)
             while not reader.done():

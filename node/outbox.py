@@ -101,16 +101,15 @@ class Outbox:
 
     def attach(self, resume: bool, after_seq: int) -> tuple[int, list[Batch]]:
         """A session opens: its generation, and the batches to send it first (those after ``after_seq``
-        that the router may have missed). Without ``resume``, the router starts afresh: what was kept for
-        an earlier one of its sessions is dropped. Raises ``ResumeRefused`` when the router has had
-        batches this outbox never numbered (it was released and made anew meanwhile)."""
+        that the router may have missed). Without ``resume``, a new process of the router starts: both
+        counts start again, and the batches an earlier process did not acknowledge are numbered anew from
+        1, to be sent to this one (what is still buffered follows them). Raises ``ResumeRefused`` when
+        the router has had batches this outbox never numbered (it was released and made anew meanwhile)."""
         if resume and after_seq > self.seq:
             raise ResumeRefused(f"the router had events up to {after_seq}, this agent numbered {self.seq}")
         if not resume:
-            with self._lock:
-                self._items, self._signalled = [], False
-            self.seq, self.applied = 0, 0
-            self._unacked.clear()
+            self._unacked = deque(enumerate((events for _, events in self._unacked), start=1))
+            self.seq, self.applied = len(self._unacked), 0
         self.ack(after_seq)
         self.generation += 1
         self.attached = True
@@ -123,6 +122,12 @@ class Outbox:
             return False
         self.attached = False
         return True
+
+    def held(self) -> set[str]:
+        """The predictions with events here: buffered, or taken and not acknowledged."""
+        with self._lock:
+            ids = {event.prediction_id for event in self._items}
+        return ids.union(*({event.prediction_id for event in events} for _, events in self._unacked))
 
     def size(self) -> int:
         """Events held: buffered, and taken but not acknowledged."""

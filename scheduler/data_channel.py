@@ -74,6 +74,7 @@ class DataChannel:
         self._written = 0  # Submit and Cancel frames so far (their numbers)
         self._sent: deque[tuple[int, dataplane.ToAgent]] = deque()  # those the agent may not have applied
         self.reconnects = 0  # streams opened after the first (for tests and logs)
+        self._held: dict[str, str] | None = None  # the first Welcome's, until ``attach`` hands it over
 
     # Opening, and opening again
 
@@ -128,6 +129,8 @@ class DataChannel:
             # The agent holds a session for us now: a stream that breaks from here on, even before the
             # frames below are all written, is resumed (a fresh Hello would have them applied twice).
             self._resumable = True
+            if self._held is None:
+                self._held = dict(welcome.held)
             async with self._write_lock:
                 self._confirm(welcome.applied)
                 for _, frame in self._sent:
@@ -254,6 +257,19 @@ class DataChannel:
                              f"not {router_id}")
 
     # The NodeData port
+
+    async def attach(self, router_id: str) -> dict[str, str]:
+        """Open the session now (``NodeData.attach``) and hand over what the agent's first ``Welcome``
+        said it held (once: later calls get nothing)."""
+        self._check_router(router_id)
+        if self._held is None and self._lost is None:
+            self._start_opening()
+            if self._opener is not None:
+                await asyncio.shield(self._opener)
+        if self._lost is not None:
+            raise self._lost
+        held, self._held = self._held or {}, {}
+        return held
 
     async def submit(self, router_id: str, tasks: list[Task]) -> None:
         self._check_router(router_id)

@@ -40,6 +40,13 @@ class NodeData(Protocol):
 
     node_id: str
 
+    async def attach(self, router_id: str) -> dict[str, str]:
+        """Open ``router_id``'s session with the agent (the router's first call) and say what the agent
+        holds of that router's predictions: prediction id -> the instance running it, or "" for one that
+        ended and whose events are still to come. Empty but for a router that restarted (its earlier
+        process's predictions). Raises ``NodeLost`` when the agent cannot be reached."""
+        ...
+
     async def submit(self, router_id: str, tasks: list[Task]) -> None: ...
 
     async def cancel(self, prediction_ids: list[str]) -> None: ...

@@ -136,6 +136,9 @@ class RayNodeHandle:
 
     # NodeData
 
+    async def attach(self, router_id: str) -> dict[str, str]:
+        return await self._channel(router_id).attach(router_id)
+
     async def submit(self, router_id: str, tasks: list[Task]) -> None:
         await self._channel(router_id).submit(router_id, tasks)
 

@@ -9,6 +9,13 @@ The router knows nodes only through the ``NodeData`` port: in the cluster, a gRP
 Every prediction the router accepts ends with exactly one ``Finished`` delivered to ``on_event``:
 succeeded, failed (with a reason), canceled or aborted. None is dropped.
 
+A run lost to the infrastructure (its node was lost while it ran, or the gateway restarted and no node
+still runs it) is run once more, from its place in the queue, announced by a ``Requeued`` event; it
+fails only when it was a re-run already, or its route is not ``retryable``. A router that restarts (the
+same router id, a new process) takes up what its earlier process left (``recover``): each node says at
+its session's start which of the router's predictions it holds (``NodeData.attach``), those are followed
+again where they run, and the rest are queued once every node of the first routing table has answered.
+
 A deadline covers a prediction's whole life: one that has not started by then is aborted; one running
 then is canceled on its node and ends canceled with a reason naming the deadline (the node's verdict,
 or the router's own when the node has not confirmed within ``cancel_grace_s``). A task an agent rejects
@@ -25,12 +32,13 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 from scheduler.policies import InstanceLoad, pick_instance
-from scheduler.ports import NodeData, NodeLost, RoutingTable
+from scheduler.node_links import NodeLinks
+from scheduler.ports import NodeLost, RoutingTable
 from warmfleet.domain import (
-    Finished, InstanceInfo, InstanceState, Rejected, Started, Status, Task, TaskEventBody,
+    Finished, InstanceInfo, InstanceState, Rejected, Requeued, Started, Status, Task, TaskEvent, TaskEventBody,
 )
 from warmfleet.errors import QueueFull
 
@@ -38,8 +46,8 @@ log = logging.getLogger(__name__)
 
 EventSink = Callable[[str, TaskEventBody], None]
 
+MAX_ATTEMPTS = 2  # runs of a prediction: the first, and one re-run after an infrastructure failure
 MAX_REJECTIONS = 5  # a prediction bounced this often by closed instances fails rather than loop forever
-POLL_WAIT_S = 5.0
 CANCEL_GRACE_S = 15.0  # how long the node has to confirm a cancel at the deadline (its own grace is 10 s)
 FULL_BACKOFF_S = 0.02  # how long a full instance first gets nothing; it doubles while it stays full
 FULL_BACKOFF_MAX_S = 1.0
@@ -59,6 +67,59 @@ class _Queued:
     deadline_at: float | None = None
     deadline_timer: asyncio.TimerHandle | None = None  # armed once, for its whole life
     rejections: int = 0  # by closed instances
+    attempt: int = 1  # 2 once re-run (``MAX_ATTEMPTS``)
+
+
+@dataclass(frozen=True, slots=True)
+class Unfinished:
+    """A prediction an earlier process of this router left unfinished, as the gateway's store kept it:
+    to be taken up again (``Router.recover``). ``started``: it had begun to run."""
+
+    prediction_id: str
+    route: str
+    input: dict[str, Any]
+    priority: int = 0
+    deadline_at: float | None = None
+    started: bool = False
+    attempt: int = 1
+
+
+@dataclass(slots=True)
+class _Takeover:
+    """A restarted router's predictions not yet found on a node, and the first table's nodes that have
+    not said yet what they hold (None until that table comes)."""
+
+    unclaimed: dict[str, Unfinished]
+    waiting: set[str] | None = None
+
+    def answer(self, node_id: str, held: dict[str, str], running: dict[str, Any]
+               ) -> tuple[list[tuple[Unfinished, str]], list[str], list[Unfinished] | None]:
+        """``node_id`` holds ``held`` (``NodeData.attach``): the predictions it takes up again (with the
+        instance running each), the runs there that no one waits for any more (neither unclaimed nor
+        in ``running``: to cancel), and, once the last node of the first table has answered, the
+        predictions no node holds (else None)."""
+        claimed, orphans = [], []
+        for pid, instance_id in held.items():
+            if (found := self.unclaimed.pop(pid, None)) is not None:
+                claimed.append((found, instance_id))
+            elif instance_id and pid not in running:
+                orphans.append(pid)
+        if self.waiting is None:
+            return claimed, orphans, None
+        self.waiting.discard(node_id)
+        return claimed, orphans, None if self.waiting else list(self.unclaimed.values())
+
+
+def _refusal(item: _Queued, reason: str, now: float, not_retryable: set[str]) -> tuple[Status, str] | None:
+    """Why a prediction whose run was lost may not run again (its deadline passed, it was a re-run
+    already, or its route is not retryable), as its end; None when it may."""
+    if item.deadline_at is not None and item.deadline_at <= now:
+        return Status.ABORTED, f"{reason}; {DEADLINE_QUEUED} again"
+    if item.attempt >= MAX_ATTEMPTS:
+        return Status.FAILED, f"{reason}; not run again: it was a re-run already"
+    if item.route in not_retryable:
+        return Status.FAILED, f"{reason}; not run again: {item.route} is not retryable"
+    return None
 
 
 @dataclass(slots=True)
@@ -200,8 +261,12 @@ class InstancePool:
         self.loads[load.instance_id] = InstanceLoad(
             load.instance_id, load.node_id, load.in_flight + 1, load.max_concurrency)
 
-    def mark_full(self, instance_id: str) -> None:
-        if instance_id in self.loads:
+    def refused(self, instance_id: str, closed: bool) -> None:
+        """An agent refused a task for the instance: full (others' work fills it: a backoff), or closed
+        (its agent let it go before a routing table said so: it takes nothing more from us)."""
+        if closed:
+            self.close(instance_id)
+        elif instance_id in self.loads:
             self.full.full(instance_id)
 
     def vacate(self, instance_id: str) -> None:
@@ -269,11 +334,10 @@ class Router:
         self._queue = RouteQueues()
         self._running: dict[str, _Running] = {}
         self._pool = InstancePool(self._instance_free, full_backoff_s, full_backoff_max_s)
-        self._nodes: dict[str, NodeData] = {}
-        self._pollers: dict[str, asyncio.Task] = {}
-        self._outgoing: dict[str, list[Task]] = {}
-        self._senders: dict[str, asyncio.Task] = {}
+        self._links = NodeLinks(router_id, self._answered, self._events, self._node_lost, self._unsent)
         self._dirty_routes: set[str] = set()
+        self._not_retryable: set[str] = set()  # routes whose lost runs are not run again
+        self._takeover: _Takeover | None = None
         self.revision = -1
 
     # The routing table
@@ -284,12 +348,13 @@ class Router:
             return
         self.revision = table.revision
         self._pool.adopt(table.instances)
+        if table.models is not None:
+            self._not_retryable = {m.name for m in table.models if not m.retryable}
+        if self._takeover is not None and self._takeover.waiting is None:
+            self._takeover.waiting = set(table.nodes)
+            self._answered("", {})  # a table of no nodes: nothing runs anywhere
         for node_id, client in table.nodes.items():
-            if node_id in self._nodes:
-                continue  # keep the client (and its open stream) the pollers already use
-            self._nodes[node_id] = client
-            if node_id not in self._pollers:
-                self._pollers[node_id] = asyncio.create_task(self._poll(client), name=f"poll-{node_id}")
+            self._links.add(node_id, client)
         for route in self._queue.routes():
             self._dispatch(route)
         for route, error in table.load_failures.items():
@@ -318,9 +383,6 @@ class Router:
             counts[running.item.route] = counts.get(running.item.route, 0) + 1
         return counts
 
-    def models_with_instances(self) -> set[str]:
-        return set(self._pool.by_route)
-
     def has_instances(self, route: str) -> bool:
         """Whether any ready instance serves ``route``."""
         return route in self._pool.by_route
@@ -332,18 +394,62 @@ class Router:
         """Queue a prediction; raises QueueFull when the route's queue is at its bound."""
         if self._queue.length(route) >= self._max_queue:
             raise QueueFull(f"the queue of {route} is full ({self._max_queue} predictions); retry later")
-        item = _Queued(prediction_id, route, input, priority, next(self._seq), deadline_at)
+        self._queue.push(self._item(prediction_id, route, input, priority, deadline_at))
+        self._dispatch(route)
+
+    def _item(self, prediction_id: str, route: str, input: dict[str, Any], priority: int,
+              deadline_at: float | None, attempt: int = 1) -> _Queued:
+        """A prediction's entry, its deadline armed for its whole life."""
+        item = _Queued(prediction_id, route, input, priority, next(self._seq), deadline_at, attempt=attempt)
         if deadline_at is not None:
             delay = max(0.0, deadline_at - self._clock())
             item.deadline_timer = asyncio.get_running_loop().call_later(delay, self._deadline, prediction_id)
-        self._queue.push(item)
-        self._dispatch(route)
+        return item
+
+    def _rerun(self, item: _Queued, reason: str) -> None:
+        """Its run was lost to the infrastructure: queue it to run again in its place (the caller
+        dispatches), unless it may not (``_refusal``)."""
+        if (end := _refusal(item, reason, self._clock(), self._not_retryable)) is not None:
+            self._finish(item, *end)
+        else:
+            item.attempt += 1
+            self._on_event(item.prediction_id, Requeued(reason, item.attempt))
+            self._queue.push(item)
+
+    # Taking over from an earlier process of this router
+
+    def recover(self, unfinished: list[Unfinished]) -> None:
+        """Take up what an earlier process of this router left unfinished; before the first table. Each
+        is followed again where a node still runs it (or holds its end); once every node of the first
+        table has answered, the rest are queued: to run if they had not started, else re-run."""
+        self._takeover = _Takeover({u.prediction_id: u for u in unfinished})
+
+    def _answered(self, node_id: str, held: dict[str, str]) -> None:
+        """A node said what it holds of this router's predictions (``NodeData.attach``)."""
+        claimed, orphans, rest = (self._takeover or _Takeover({})).answer(node_id, held, self._running)
+        for found, instance_id in claimed:
+            self._running[found.prediction_id] = _Running(self._item_of(found), instance_id, node_id)
+            if (load := self._pool.loads.get(instance_id)) is not None:
+                self._pool.occupy(load)
+        if orphans:
+            self._links.cancel(node_id, orphans)
+        if rest is None:
+            return
+        self._takeover = None
+        for found in rest:
+            if found.started:
+                self._rerun(self._item_of(found), "the gateway restarted while it ran; no node still runs it")
+            else:
+                self._queue.push(self._item_of(found))
+        for route in {found.route for found in rest}:
+            self._dispatch(route)
+
+    def _item_of(self, found: Unfinished) -> _Queued:
+        return self._item(found.prediction_id, found.route, found.input, found.priority, found.deadline_at,
+                          found.attempt)
 
     def queue_length(self, route: str) -> int:
         return self._queue.length(route)
-
-    def in_flight(self) -> int:
-        return len(self._running)
 
     def _finish(self, item: _Queued, status: Status, error: str) -> None:
         """End a prediction the router holds no more (queued or running), with the router's verdict."""
@@ -353,29 +459,28 @@ class Router:
     def footprint(self) -> dict[str, int]:
         """The sizes of what the router holds per prediction: all 0 once every prediction has ended."""
         return {"queued": len(self._queue), "heap_entries": self._queue.entries(),
-                "running": len(self._running), "outgoing": sum(map(len, self._outgoing.values())),
+                "running": len(self._running), "outgoing": self._links.outgoing(),
                 "full_instances": len(self._pool.full), "dirty_routes": len(self._dirty_routes)}
 
     # Cancellation and deadlines
 
     def cancel(self, prediction_id: str) -> None:
         """Cancel a queued prediction at once, or ask its node to stop a running one."""
+        if self._takeover is not None and self._takeover.unclaimed.pop(prediction_id, None):
+            # Not found on a node yet: one that still runs it hears of the cancel as it answers.
+            self._on_event(prediction_id, Finished(Status.CANCELED, None, self._clock(), error="canceled"))
+            return
         item = self._queue.remove(prediction_id)
         if item is not None:
             self._finish(item, Status.CANCELED, "canceled while queued")
             return
         running = self._running.get(prediction_id)
-        if running is not None and self._unsend(running):
+        if running is not None and self._links.take_back(running.node_id, prediction_id):
             self._release(prediction_id)
             self._finish(running.item, Status.CANCELED, "canceled before it started")
             self._dispatch(running.item.route)
         elif running is not None:
-            self._cancel_on_node(running)
-
-    def _cancel_on_node(self, running: _Running) -> None:
-        node = self._nodes.get(running.node_id)
-        if node is not None:
-            asyncio.create_task(_unless_lost(node.cancel([running.item.prediction_id])))
+            self._links.cancel(running.node_id, [prediction_id])
 
     def _deadline(self, prediction_id: str) -> None:
         """A prediction's deadline passed: abort it if queued, cancel it on its node if running."""
@@ -386,13 +491,13 @@ class Router:
         running = self._running.get(prediction_id)
         if running is None or running.expired:
             return
-        if self._unsend(running):
+        if self._links.take_back(running.node_id, prediction_id):  # it had not left for its node yet
             self._release(prediction_id)
             self._finish(running.item, Status.ABORTED, DEADLINE_QUEUED)
             self._dispatch(running.item.route)
             return
         running.expired = True
-        self._cancel_on_node(running)
+        self._links.cancel(running.node_id, [prediction_id])
         loop = asyncio.get_running_loop()
         running.give_up = loop.call_later(self._cancel_grace_s, self._give_up, prediction_id)
 
@@ -407,10 +512,6 @@ class Router:
                      f"confirm its cancel within {self._cancel_grace_s:g} s")
         self._dispatch(running.item.route)
 
-    def _unsend(self, running: _Running) -> bool:
-        """Take a dispatched task back if it has not left for its node yet."""
-        return _take_back(self._outgoing.get(running.node_id, []), running.item.prediction_id)
-
     # Dispatch
 
     def _dispatch(self, route: str) -> None:
@@ -424,35 +525,24 @@ class Router:
                 break
             pool.occupy(choice)
             self._running[item.prediction_id] = _Running(item, choice.instance_id, choice.node_id)
-            self._outgoing.setdefault(choice.node_id, []).append(
-                Task(item.prediction_id, choice.instance_id, item.input))
-            if choice.node_id not in self._senders:
-                self._senders[choice.node_id] = asyncio.create_task(self._send_loop(choice.node_id))
+            self._links.send(choice.node_id, Task(item.prediction_id, choice.instance_id, item.input))
 
-    async def _send_loop(self, node_id: str) -> None:
-        """Send a node its tasks, one submit at a time: what queues up while a submit is on its way goes
-        in the next one, so the number of data plane messages per task falls as the load rises. Starts on
-        the next turn of the loop, so everything dispatched in this turn shares the first submit."""
-        try:
-            while tasks := self._outgoing.pop(node_id, None):
-                await self._send(node_id, tasks)
-        finally:
-            del self._senders[node_id]
-
-    async def _send(self, node_id: str, tasks: list[Task]) -> None:
-        node = self._nodes.get(node_id)
-        try:
-            if node is None:
-                raise NodeLost(node_id)
-            await node.submit(self.router_id, tasks)
-        except Exception as err:
-            reason = (f"node {node_id} was lost before the prediction started" if isinstance(err, NodeLost)
-                      else f"could not send the prediction to node {node_id}: {err}")
-            if not isinstance(err, NodeLost):
-                log.exception("submit to node %s failed", node_id)
-            for task in tasks:  # each ends once: the node's poller may have ended it already
-                if (running := self._release(task.prediction_id)) is not None:
-                    self._finish(running.item, Status.FAILED, reason)
+    def _unsent(self, node_id: str, tasks: list[Task], err: Exception) -> None:
+        """A submit failed. When the node was gone, its tasks never reached it: they are queued again,
+        for instances on other nodes; otherwise they fail, naming the error."""
+        lost = isinstance(err, NodeLost)
+        if lost:
+            for iid in self._pool.on_node(node_id):
+                self._pool.close(iid)
+        # Each once: the node's poller may have dealt with it already.
+        released = [r for r in map(self._release, (t.prediction_id for t in tasks)) if r is not None]
+        for running in released:
+            if lost:
+                self._queue.push(running.item)
+            else:
+                self._finish(running.item, Status.FAILED, f"could not send it to node {node_id}: {err}")
+        for route in {running.item.route for running in released}:
+            self._dispatch(route)
 
     def _release(self, prediction_id: str) -> _Running | None:
         """Free a running prediction's slot; the caller ends it or queues it again."""
@@ -465,24 +555,13 @@ class Router:
 
     # Events from nodes
 
-    async def _poll(self, node: NodeData) -> None:
-        while True:
-            try:
-                events = await node.poll(self.router_id, POLL_WAIT_S)
-            except NodeLost:
-                self._node_lost(node.node_id)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a transient transport error: log it, keep the node
-                log.exception("polling node %s failed", node.node_id)
-                await asyncio.sleep(0.5)
-                continue
-            for event in events:
-                self._on_task_event(event.prediction_id, event.body)
-            dirty, self._dirty_routes = self._dirty_routes, set()
-            for route in dirty:
-                self._dispatch(route)
+    def _events(self, events: list[TaskEvent]) -> None:
+        """A node's events; then the routes whose slots they freed take their next predictions."""
+        for event in events:
+            self._on_task_event(event.prediction_id, event.body)
+        dirty, self._dirty_routes = self._dirty_routes, set()
+        for route in dirty:
+            self._dispatch(route)
 
     def _on_task_event(self, prediction_id: str, body: TaskEventBody) -> None:
         if isinstance(body, Finished):
@@ -512,32 +591,28 @@ class Router:
         if running.expired or (item.deadline_at is not None and item.deadline_at <= self._clock()):
             self._finish(item, Status.ABORTED, DEADLINE_QUEUED)
             return
-        if not body.instance_closed:  # full: others share it; never a reason to fail
-            self._pool.mark_full(running.instance_id)
-        else:  # its agent let it go before our table did: send it nothing more
-            self._pool.close(running.instance_id)
-            item.rejections += 1
-            if item.rejections >= MAX_REJECTIONS:
-                self._finish(item, Status.FAILED, f"no instance would take it: {body.reason}")
-                return
-        self._queue.push(item)
+        self._pool.refused(running.instance_id, body.instance_closed)
+        item.rejections += body.instance_closed  # a full one is never a reason to fail: others share it
+        if item.rejections >= MAX_REJECTIONS:
+            self._finish(item, Status.FAILED, f"no instance would take it: {body.reason}")
+        else:
+            self._queue.push(item)
 
     def _node_lost(self, node_id: str) -> None:
         log.warning("node %s was lost", node_id)
-        self._nodes.pop(node_id, None)
-        self._pollers.pop(node_id, None)
+        self._links.drop(node_id)
         for iid in self._pool.on_node(node_id):
             self._pool.close(iid)
+        routes = set()
         for pid in [p for p, r in self._running.items() if r.node_id == node_id]:
             running = self._release(pid)
-            self._finish(running.item, Status.FAILED, f"node {node_id} was lost while running the prediction")
+            routes.add(running.item.route)
+            self._rerun(running.item, f"node {node_id} was lost while it ran")
+        for route in routes:
+            self._dispatch(route)
 
     async def close(self) -> None:
-        tasks = list(self._pollers.values()) + list(self._senders.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._pollers.clear()
+        await self._links.close()
         for item in self._queue.items() + [r.item for r in self._running.values()]:
             _cancel(item.deadline_timer)
         for running in self._running.values():
@@ -548,19 +623,3 @@ class Router:
 def _cancel(timer: asyncio.TimerHandle | None) -> None:
     if timer is not None:
         timer.cancel()
-
-
-def _take_back(tasks: list[Task], prediction_id: str) -> bool:
-    """Remove the task of ``prediction_id`` from ``tasks``; whether it was there."""
-    for i, task in enumerate(tasks):
-        if task.prediction_id == prediction_id:
-            del tasks[i]
-            return True
-    return False
-
-
-async def _unless_lost(call: Awaitable[None]) -> None:
-    try:
-        await call
-    except NodeLost:
-        pass  # the node's poller notices too, and fails what ran there

@@ -18,6 +18,11 @@ that reconnects (``Hello`` with ``resume``) loses and repeats nothing:
   stream keeps their order). The agent says how many it has applied (``Welcome.applied``, and on every
   ``Events`` frame); the router keeps the frames after that count and sends them again on a new stream.
 
+A router that restarts (a new process of the same router id: a gateway's id is kept in its home) says
+``Hello`` without ``resume``: the agent keeps what it holds for that id, the tasks still running and the
+events not acknowledged, numbers those events again from 1 for the new process, and names the tasks in
+its ``Welcome`` (``held``), so the new process takes them up where the old one left them.
+
 On the wire a frame is the pickle of ``(tag, payload)`` (pickle, as Ray's own transport uses, because
 the payloads are domain objects), so the stream is for the cluster's own processes only: the agent binds
 to its node's address and refuses a session without the cluster secret (which travels only inside Ray).
@@ -70,8 +75,9 @@ class Hello:
 
     ``resume``: the router spoke to this agent before (the stream broke): the agent continues that
     session, replaying the ``Events`` after ``after_seq`` (the last one the router had), or refuses with
-    DATA_LOSS when it no longer holds them. Without it, whatever the agent held for the router is
-    dropped and both counts start again."""
+    DATA_LOSS when it no longer holds them. Without it (a router process's first session), both counts
+    start again, and what the agent held for the router id (an earlier process's tasks and events) is
+    kept for this one: its events are replayed from the start, renumbered."""
 
     router_id: str
     resume: bool = False
@@ -103,9 +109,13 @@ class Ack:
 @dataclass(frozen=True, slots=True)
 class Welcome:
     """The agent's answer to ``Hello``: how many of the router's ``Submit`` and ``Cancel`` frames it has
-    applied over all their sessions. The router sends the ones after that again, in order."""
+    applied over all their sessions (the router sends the ones after that again, in order), and what it
+    holds of the router's predictions: prediction id -> the instance running it ("" for one that ended
+    and whose events wait in the outbox). A router that restarted learns here which of its predictions
+    are still alive on this agent, and takes them up again."""
 
     applied: int
+    held: dict[str, str]
 
 
 @dataclass(frozen=True, slots=True)

@@ -98,6 +98,8 @@ class Prediction:
     webhook: str = ""  # http(s) URL the gateway POSTs the prediction to as it progresses; "" for none
     # Which events send a webhook: "start", "output", "logs", "completed"; empty means all four.
     webhook_events_filter: list[str] = field(default_factory=list)
+    # Its runs: 1, and 2 once re-run after its node or the gateway stopped while it ran (``Requeued``).
+    attempt: int = 1
 
 
 # Events a runner yields while predicting.
@@ -170,7 +172,16 @@ class Rejected:
     instance_closed: bool = False
 
 
-TaskEventBody = Union[Started, LogLine, OutputChunk, ProgressUpdate, Finished, Rejected]
+@dataclass(frozen=True)
+class Requeued:
+    """Its run was lost to the infrastructure (its node, or the gateway, stopped while it ran): it is
+    queued to run again, as attempt ``attempt`` (2 for the one re-run). From the router, never an agent."""
+
+    reason: str
+    attempt: int
+
+
+TaskEventBody = Union[Started, LogLine, OutputChunk, ProgressUpdate, Finished, Rejected, Requeued]
 
 
 @dataclass(frozen=True)
@@ -248,6 +259,9 @@ class RouteSpec:
     version_of: str = ""
     owner: str = ""  # who pushed the model first; "" for the cluster's configuration
     visibility: str = "public"  # "public" or "private" (a pushed model starts private)
+    # Whether a prediction whose run was lost to the infrastructure (its node or the gateway stopped) may
+    # run once more; False for a model whose runs have effects outside it that must not happen twice.
+    retryable: bool = True
 
     @property
     def model_name(self) -> str:

@@ -60,9 +60,22 @@ class FakeNodeData(NodeData):
         self.hold_submits: asyncio.Event | None = None  # when set to an unset Event, submit waits for it
         self.submit_error: BaseException | None = None  # raised by submit (after any hold)
         self.changed = asyncio.Event()
+        self.held: dict[str, str] = {}  # what ``attach`` says the agent holds of the router's predictions
+        self.attach_error: BaseException | None = None  # raised by attach
+        self.attaches = 0
+        self.hold_attach: asyncio.Event | None = None  # when set to an unset Event, attach waits for it
         self._events: asyncio.Queue[list[TaskEvent] | BaseException] = asyncio.Queue()
 
     # The NodeData port
+
+    async def attach(self, router_id: str) -> dict[str, str]:
+        self.attaches += 1
+        if self.hold_attach is not None:
+            await self.hold_attach.wait()
+        if self.attach_error is not None:
+            raise self.attach_error
+        held, self.held = self.held, {}
+        return held
 
     async def submit(self, router_id: str, tasks: list[Task]) -> None:
         self.calls.append(("submit", tuple(t.prediction_id for t in tasks)))

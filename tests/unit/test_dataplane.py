@@ -17,7 +17,7 @@ FRAMES = [
     Hello("router-1"),
     Hello("router-1", resume=True, after_seq=41),
     Ack(41),
-    Welcome(17),
+    Welcome(17, {"p1": "i1", "p2": ""}),
     Submit([Task("p1", "echo-1", {"text": "hi", "n": [1, 2.5, None]}), Task("p2", "echo-1", {})]),
     Cancel(["p1", "p2"]),
     Events([
@@ -45,7 +45,7 @@ def test_the_wire_form_is_a_tag_and_the_payload():
     # change, so this pins it.
     assert pickle.loads(dataplane.encode(Cancel(["p1"]))) == ("cancel", ["p1"])
     assert pickle.loads(dataplane.encode(Ack(5))) == ("ack", 5)
-    assert pickle.loads(dataplane.encode(Welcome(3))) == ("welcome", 3)
+    assert pickle.loads(dataplane.encode(Welcome(3, {}))) == ("welcome", (3, {}))
     assert pickle.loads(dataplane.encode(Hello("r"))) == ("hello", ("r", False, 0))
     assert pickle.loads(dataplane.encode(Events([], 7, 3))) == ("events", ([], 7, 3))
 

@@ -53,19 +53,26 @@ async def test_a_router_that_resumes_gets_what_it_had_not_had_and_nothing_twice(
     assert await box.take_batch(generation, 1.0) == (5, [started("later")])
 
 
-async def test_a_router_that_starts_afresh_drops_what_was_kept_for_it(box):
+async def test_a_new_process_of_the_router_gets_what_the_old_one_had_not_acknowledged_renumbered(box):
     generation, _ = box.attach(False, 0)
+    box.put(started("acked"))
+    await box.take_batch(generation, 1.0)
+    box.ack(1)
     box.put(started("old"))
     await box.take_batch(generation, 1.0)
+    box.put(started("older"))
+    await box.take_batch(generation, 1.0)
     box.applied = 7
-    box.put(started("stale"))
+    box.put(started("buffered"))
+    assert box.held() == {"old", "older", "buffered"}
 
-    generation, replay = box.attach(False, 0)
+    generation, replay = box.attach(False, 0)  # the router restarted: it has had nothing yet
 
-    assert replay == [] and box.size() == 0
-    assert (box.seq, box.applied) == (0, 0)
-    box.put(started("new"))
-    assert await box.take_batch(generation, 1.0) == (1, [started("new")])
+    assert replay == [(1, [started("old")]), (2, [started("older")])]
+    assert (box.seq, box.applied) == (2, 0)
+    assert await box.take_batch(generation, 1.0) == (3, [started("buffered")])
+    box.ack(3)
+    assert box.size() == 0 and box.held() == set()
 
 
 async def test_a_resume_past_what_the_outbox_numbered_is_refused(box):

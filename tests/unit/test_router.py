@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from scheduler.ports import NodeLost
 from scheduler.router import MAX_REJECTIONS, Router
 from tests.unit.fakes import EventLog, FakeNodeData, instance, settle, table, wait_until
-from warmfleet.domain import Finished, Rejected, Started, Status, TaskEvent, TERMINAL
+from warmfleet.domain import Finished, Rejected, Requeued, RouteSpec, Started, Status, TaskEvent, TERMINAL
 from warmfleet.errors import QueueFull
 
 MODEL = "acme/echo"
@@ -57,7 +57,7 @@ async def test_dispatch_picks_least_loaded_instance_and_never_exceeds_max_concur
         router.enqueue(f"p{n}", MODEL, _input(n))
 
     # Capacity is 2 + 3: five run, two wait. Each went to the lowest load ratio (ties: most free slots).
-    assert router.in_flight() == 5
+    assert router.footprint()["running"] == 5
     assert router.queue_length(MODEL) == 2
     await a.wait_submitted(2)
     await b.wait_submitted(3)
@@ -75,7 +75,7 @@ async def test_dispatch_picks_least_loaded_instance_and_never_exceeds_max_concur
     await settle()
     assert a.tasks_on("i1") == ["p1", "p3", "p5"]
     assert b.submitted_ids == ["p0", "p2", "p4"]
-    assert router.in_flight() == 5 and router.queue_length(MODEL) == 1
+    assert router.footprint()["running"] == 5 and router.queue_length(MODEL) == 1
     [done] = log.finished("p1")
     assert done.status is Status.SUCCEEDED and done.output.value == "ok"
 
@@ -225,7 +225,7 @@ async def test_a_cancel_in_the_turn_of_dispatch_takes_effect(make_router):
         [done] = log.finished("p1")
         assert done.status is Status.CANCELED
         assert a.calls == []  # taken back: the node never saw it
-        assert router.in_flight() == 0
+        assert router.footprint()["running"] == 0
     else:
         assert a.calls == [("submit", ("p1",)), ("cancel", ("p1",))]
 
@@ -282,7 +282,7 @@ async def test_a_rejected_prediction_is_requeued_and_dispatched_again(make_route
     a.reject("p1", "instance i1 is starting")
     await a.wait_submitted(2)
     assert a.submitted_ids == ["p1", "p1"]
-    assert router.in_flight() == 1  # the slot the rejection freed is taken again, not leaked
+    assert router.footprint()["running"] == 1  # the slot the rejection freed is taken again, not leaked
 
     a.push(TaskEvent("p1", Started(1.0)))
     a.finish("p1")
@@ -308,7 +308,7 @@ async def test_a_prediction_closed_instances_rejected_max_rejections_times_fails
     assert "instance i1 is draining" in done.error
     await settle()
     assert a.submitted_ids == ["p1"] * MAX_REJECTIONS
-    assert router.in_flight() == 0 and router.queue_length(MODEL) == 0
+    assert router.footprint()["running"] == 0 and router.queue_length(MODEL) == 0
     assert len(log.finished("p1")) == 1
 
 
@@ -348,7 +348,7 @@ async def test_a_rejected_prediction_back_in_the_queue_still_has_its_deadline(ma
     assert done.status is Status.ABORTED
 
 
-async def test_node_lost_fails_what_ran_there_with_a_reason_and_the_other_node_keeps_working(make_router):
+async def test_node_lost_reruns_what_ran_there_once_in_its_place_and_the_other_node_keeps_working(make_router):
     a, b = FakeNodeData("A"), FakeNodeData("B")
     log = EventLog()
     router = make_router(log)
@@ -361,44 +361,80 @@ async def test_node_lost_fails_what_ran_there_with_a_reason_and_the_other_node_k
     assert router.queue_length(MODEL) == 1
 
     a.lose()
-    lost = await log.wait_finished(*on_a)
-    assert all(f.status is Status.FAILED and "A" in f.error and "lost" in f.error for f in lost)
-    assert all(log.finished(p) == [] for p in on_b)
-    assert router.queue_length(MODEL) == 1  # the queued one waits for B rather than failing
+    await wait_until(lambda: all(any(isinstance(e, Requeued) for e in log.bodies(p)) for p in on_a), log.changed)
+    for pid in on_a:
+        [again] = [e for e in log.bodies(pid) if isinstance(e, Requeued)]
+        assert again.attempt == 2 and "node A was lost while it ran" in again.reason
+        assert log.finished(pid) == []
+    assert router.queue_length(MODEL) == 3  # the two re-runs, ahead of p4 (their places), wait for B
 
     b.finish(on_b[0])
-    await b.wait_submitted(3)
-    assert b.submitted_ids[2] == "p4"
-    router.enqueue("late", MODEL, _input(9))
     b.finish(on_b[1])
     await b.wait_submitted(4)
-    assert b.submitted_ids[3] == "late"
+    assert b.submitted_ids[2:] == on_a  # back in their places: before p4, which came after them
+    router.enqueue("late", MODEL, _input(9))
+    for pid in on_a:
+        b.finish(pid)
+    await b.wait_submitted(6)
+    assert b.submitted_ids[4:] == ["p4", "late"]
     assert a.submitted_ids == on_a  # nothing more goes to the lost node
     for pid in ("p4", "late"):
         b.finish(pid)
-    done = await log.wait_finished(*on_b, "p4", "late")
+    done = await log.wait_finished(*on_a, *on_b, "p4", "late")
     assert all(f.status is Status.SUCCEEDED for f in done)
     assert all(len(log.finished(f"p{n}")) == 1 for n in range(5))
 
 
-async def test_node_lost_on_submit_fails_each_prediction_of_that_submit_once(make_router):
-    a = FakeNodeData("A")
+async def test_a_rerun_lost_again_fails_naming_both_and_a_route_not_retryable_is_not_rerun(make_router):
+    a, b = FakeNodeData("A"), FakeNodeData("B")
+    log = EventLog()
+    router = make_router(log)
+    once = RouteSpec(name="acme/once", runner="echo", retryable=False)
+    tab = table(1, [instance("i1", MODEL, "A", 1), instance("j1", "acme/once", "A", 1)], a)
+    tab.models = [RouteSpec(name=MODEL, runner="echo"), once]
+    router.update_table(tab)
+    router.enqueue("p1", MODEL, _input(1))
+    router.enqueue("q1", "acme/once", _input(2))
+    await a.wait_submitted(2)
+
+    a.lose()
+    [q1] = await log.wait_finished("q1")
+    assert q1.status is Status.FAILED and q1.error == ("node A was lost while it ran; not run again: "
+                                                      "acme/once is not retryable")
+    tab = table(2, [instance("i2", MODEL, "B", 1)], b)
+    tab.models = [RouteSpec(name=MODEL, runner="echo"), once]
+    router.update_table(tab)
+    await b.wait_submitted(1)
+    b.lose()
+    [p1] = await log.wait_finished("p1")
+    assert p1.status is Status.FAILED
+    assert p1.error == "node B was lost while it ran; not run again: it was a re-run already"
+    assert [type(e) for e in log.bodies("p1")] == [Requeued, Finished]
+
+
+async def test_tasks_a_lost_node_never_got_wait_for_another_node_without_counting_as_a_run(make_router):
+    a, b = FakeNodeData("A"), FakeNodeData("B")
     a.submit_error = NodeLost("A")
     log = EventLog()
     router = make_router(log)
     router.update_table(table(1, [instance("i1", MODEL, "A", 4)], a))
     router.enqueue("p1", MODEL, _input(1))
     router.enqueue("p2", MODEL, _input(2))
-
-    done = await log.wait_finished("p1", "p2")
-    assert all(f.status is Status.FAILED and "lost" in f.error for f in done)
-    assert router.in_flight() == 0
+    await wait_until(lambda: len(a.calls) == 1, a.changed)
     await settle()
-    assert len(log.finished("p1")) == len(log.finished("p2")) == 1
+    assert log.events == [] and router.queue_length(MODEL) == 2 and router.footprint()["running"] == 0
+
+    router.update_table(table(2, [instance("i2", MODEL, "B", 4)], b))
+    await b.wait_submitted(2)
+    b.finish("p1")
+    b.finish("p2")
+    done = await log.wait_finished("p1", "p2")
+    assert all(f.status is Status.SUCCEEDED for f in done)
+    assert [type(e) for e in log.bodies("p1")] == [Finished]  # no re-run: it never reached A
 
 
-async def test_node_lost_while_its_submit_is_in_flight_ends_the_prediction_once(make_router):
-    a = FakeNodeData("A")
+async def test_node_lost_while_its_submit_is_in_flight_reruns_the_prediction_once(make_router):
+    a, b = FakeNodeData("A"), FakeNodeData("B")
     a.hold_submits = asyncio.Event()
     log = EventLog()
     router = make_router(log)
@@ -408,12 +444,17 @@ async def test_node_lost_while_its_submit_is_in_flight_ends_the_prediction_once(
 
     # The node dies: its poll and its pending submit both fail.
     a.lose()
-    await log.wait_finished("p1")
+    await wait_until(lambda: log.events, log.changed)
     a.submit_error = NodeLost("A")
     a.hold_submits.set()
     await settle()
+    assert [type(e) for e in log.bodies("p1")] == [Requeued] and router.queue_length(MODEL) == 1
 
-    assert len(log.finished("p1")) == 1
+    router.update_table(table(2, [instance("i2", MODEL, "B", 1)], b))
+    await b.wait_submitted(1)
+    b.finish("p1")
+    [done] = await log.wait_finished("p1")
+    assert done.status is Status.SUCCEEDED and len(log.finished("p1")) == 1
 
 
 async def test_a_submit_that_fails_for_another_reason_still_ends_each_prediction(make_router):
@@ -460,16 +501,16 @@ async def test_a_newer_routing_table_adds_instances_and_older_ones_are_ignored(m
     a = FakeNodeData("A")
     router = make_router(EventLog())
     router.enqueue("p1", MODEL, _input(1))
-    assert router.models_with_instances() == set()
+    assert not router.has_instances(MODEL)
 
     router.update_table(table(2, [instance("i1", MODEL, "A", 1, state="starting")], a))
-    assert router.models_with_instances() == set()  # a starting instance takes no work
+    assert not router.has_instances(MODEL)  # a starting instance takes no work
     router.update_table(table(3, [instance("i1", MODEL, "A", 1)], a))
     await a.wait_submitted(1)
-    assert router.models_with_instances() == {MODEL}
+    assert router.has_instances(MODEL)
 
     router.update_table(table(1, [], a))  # stale: ignored
-    assert router.revision == 3 and router.models_with_instances() == {MODEL}
+    assert router.revision == 3 and router.has_instances(MODEL)
 
 
 # Every accepted prediction ends with exactly one Finished, whatever happens to it.

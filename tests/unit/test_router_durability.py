@@ -75,7 +75,7 @@ async def test_a_full_instance_gets_nothing_until_its_backoff_passes(make_router
     await settle()
 
     assert a.submitted_ids == ["p1"]  # nothing more is sent while the agent says it is full
-    assert router.queue_length(MODEL) == 2 and router.in_flight() == 0
+    assert router.queue_length(MODEL) == 2 and router.footprint()["running"] == 0
     assert router.ongoing() == {MODEL: 2}  # still counted for the autoscaler
     assert log.events == []  # and nothing ended
 
@@ -141,7 +141,7 @@ async def test_a_prediction_running_at_its_deadline_is_canceled_and_ends_cancele
     [done] = await log.wait_finished("p1")
     assert done.status is Status.CANCELED
     assert done.error == f"{DEADLINE_RUNNING}; canceled while processing"
-    assert router.in_flight() == 0
+    assert router.footprint()["running"] == 0
 
 
 async def test_a_prediction_that_ends_at_its_deadline_keeps_the_nodes_verdict(make_router):

@@ -11,6 +11,7 @@ control. The same file may carry the process settings (its ``[settings]`` table,
     min_instances = 0
     max_instances = 2
     options = { dtype = "float16", max_batch_size = 4 }
+    retryable = true                 # re-run once when its node or the gateway dies mid-run (default)
 
     [[deployments]]
     name = "acme/sd-prod"
@@ -34,7 +35,7 @@ from warmfleet.domain import RouteSpec
 from warmfleet.errors import InvalidInput
 
 MODEL_KEYS = {"name", "runner", "weights", "options", "description", "min_instances", "max_instances",
-              "autoscaling", "hardware"}
+              "autoscaling", "hardware", "retryable"}
 DEPLOYMENT_KEYS = {"name", "model", "version", "min_instances", "max_instances", "autoscaling", "hardware"}
 AUTOSCALING_KEYS = {"target_ongoing_requests", "upscale_delay_s", "downscale_delay_s", "scale_to_zero_delay_s"}
 
@@ -77,8 +78,11 @@ def _model(raw: dict[str, Any], where: str) -> RouteSpec:
     options = raw.get("options", {})
     if not isinstance(options, dict):
         raise InvalidInput(f"{where}.options", "must be a table")
+    retryable = raw.get("retryable", True)
+    if not isinstance(retryable, bool):
+        raise InvalidInput(f"{where}.retryable", f"must be true or false, not {retryable!r}")
     return RouteSpec(name=_str(raw, "name", where, required=True), runner=runner,
-                     weights=_str(raw, "weights", where), options=options,
+                     weights=_str(raw, "weights", where), options=options, retryable=retryable,
                      description=_str(raw, "description", where), **_sizing(raw, where, default_min=1))
 
 
