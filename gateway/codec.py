@@ -66,3 +66,12 @@ def prediction_from_json(text: str) -> Prediction:
     out = doc["output"]
     doc["output"] = None if out is None else Output(value=_decode(out["value"]), files=_decode(out["files"]))
     return Prediction(**doc)
+
+
+def value_to_json(value: Any) -> str:
+    """A JSON value that may hold files (a prediction's input as routed), for the store."""
+    return orjson.dumps(_encode(value)).decode()
+
+
+def value_from_json(text: str) -> Any:
+    return _decode(orjson.loads(text))

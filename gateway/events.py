@@ -49,6 +49,11 @@ class EventHub:
             if stream.done is not None and not stream.done.done():
                 stream.done.set_result(body.prediction)
 
+    def published(self, prediction_id: str) -> list[PublicEventBody]:
+        """What was published of an active prediction so far (nothing once it ended)."""
+        stream = self._streams.get(prediction_id)
+        return [e.body for e in stream.events] if stream is not None else []
+
     async def wait(self, prediction_id: str, timeout_s: float) -> bool:
         """Wait up to ``timeout_s`` for the prediction to end; True if it did (or was not active)."""
         stream = self._streams.get(prediction_id)

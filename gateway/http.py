@@ -17,19 +17,20 @@ from gateway.metrics import GatewayMetrics
 log = logging.getLogger(__name__)
 
 METRICS = web.AppKey("metrics", GatewayMetrics)
-SERVING = web.AppKey("serving", Callable[[], bool])
+NOT_SERVING = web.AppKey("not_serving", Callable[[], str])
 
 
 DEFAULT_MAX_BODY_BYTES = 1024**2  # aiohttp's own default
 
 
-def build_app(metrics: GatewayMetrics, serving: Callable[[], bool],
+def build_app(metrics: GatewayMetrics, not_serving: Callable[[], str],
               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> web.Application:
-    """The gateway's HTTP application. ``serving`` says whether the gateway serves (False while it stops);
-    ``max_body_bytes`` bounds a request body (a prediction's data URLs travel inside its JSON)."""
+    """The gateway's HTTP application. ``not_serving`` says why the gateway does not serve fully ("" when
+    it does: ``Gateway.not_serving``); ``max_body_bytes`` bounds a request body (a prediction's data URLs
+    travel inside its JSON)."""
     app = web.Application(client_max_size=max_body_bytes)
     app[METRICS] = metrics
-    app[SERVING] = serving
+    app[NOT_SERVING] = not_serving
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/healthz", _healthz)
     return app
@@ -41,9 +42,10 @@ async def _metrics(request: web.Request) -> web.Response:
 
 
 async def _healthz(request: web.Request) -> web.Response:
-    if request.app[SERVING]():
+    reason = request.app[NOT_SERVING]()
+    if not reason:
         return web.json_response({"status": "serving"})
-    return web.json_response({"status": "not serving"}, status=503)
+    return web.json_response({"status": "not serving", "reason": reason}, status=503)
 
 
 class HttpServer:

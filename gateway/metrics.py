@@ -65,7 +65,8 @@ class _Histogram:
 class _ModelTally:
     """Everything counted about one model's predictions."""
 
-    __slots__ = ("created", "finished", "latency", "queue", "compute", "ttft", "output_tokens", "images")
+    __slots__ = ("created", "finished", "latency", "queue", "compute", "ttft", "output_tokens", "images",
+                 "reruns")
 
     def __init__(self) -> None:
         self.created = 0
@@ -73,6 +74,7 @@ class _ModelTally:
         self.latency, self.queue, self.compute, self.ttft = _Histogram(), _Histogram(), _Histogram(), _Histogram()
         self.output_tokens = 0
         self.images = 0
+        self.reruns = 0
 
     @property
     def active(self) -> int:
@@ -105,6 +107,10 @@ class PredictionMetrics:
 
     def observe_created(self, pred: Prediction) -> None:
         self._tally(pred.model).created += 1
+
+    def observe_rerun(self, pred: Prediction) -> None:
+        """Count a prediction queued to run again after its run was lost (``Requeued``)."""
+        self._tally(pred.model).reruns += 1
 
     def observe_finished(self, pred: Prediction) -> None:
         """Count a prediction that reached its terminal status, with its metrics."""
@@ -144,6 +150,8 @@ class PredictionMetrics:
                        [((model,), t.output_tokens) for model, t in models])
         yield _counter("warmfleet_images", "Images produced by ended predictions.",
                        [((model,), t.images) for model, t in models])
+        yield _counter("warmfleet_prediction_reruns", "Predictions run again after their node or the gateway "
+                       "stopped while they ran.", [((model,), t.reruns) for model, t in models])
         yield from self._load(models)
 
     def _load(self, models: list[tuple[str, _ModelTally]]) -> Iterator[Metric]:

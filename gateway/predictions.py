@@ -7,6 +7,7 @@ convert to and from it.
 from __future__ import annotations
 
 import base64
+import logging
 import re
 import secrets
 import time
@@ -17,18 +18,22 @@ from gateway.auth import Principal
 from gateway.catalog import ModelCatalog, model_not_found
 from gateway.events import EventHub
 from gateway.metrics import PredictionMetrics
-from gateway.store import PredictionStore
+from gateway.store import PredictionStore, StoredTask
 from gateway.webhooks import WebhookSender, check_webhook
-from scheduler.router import Router
+from scheduler.router import Router, Unfinished
 from warmfleet.domain import (
-    Completed, Finished, LogLine, OutputChunk, Prediction, PredictionEvent, ProgressUpdate, Started, Status,
-    TaskEventBody,
+    Completed, Finished, LogLine, OutputChunk, Prediction, PredictionEvent, ProgressUpdate, Requeued, Started,
+    Status, TaskEventBody,
 )
-from warmfleet.errors import AlreadyExists, InvalidInput, NotFound, WarmfleetError
+from warmfleet.errors import AlreadyExists, InvalidInput, NotFound, Unavailable, WarmfleetError
+
+log = logging.getLogger(__name__)
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_WAIT_S = 60.0
 MAX_PAGE = 1000
+NOT_KEPT = ("the gateway stopped while it was in flight, and its input was not kept to run it again (it "
+            "holds a secret, which is never written to disk): run it again")
 
 
 @dataclass
@@ -67,6 +72,7 @@ class PredictionService:
         self._cold: set[str] = set()
         # Told the events of predictions that have a webhook (and of no others: see ``pred.webhook`` checks).
         self._webhooks = webhooks
+        self._replays: dict[str, _Replay] = {}  # re-runs whose first run streamed output: what to skip
 
     # Create
 
@@ -78,19 +84,24 @@ class PredictionService:
             existing = await self._find(req.id)
             if existing is not None:
                 return self._idempotent(principal, existing, req)
+        self._store.check_writable()  # refused now (503) rather than accepted and not written
         entry = self._catalog.resolve(req.model, req.version, req.deployment)
         if not principal.may_see(entry.spec):
             raise model_not_found(entry.spec.model_name)
         filled = entry.validator.validate(req.input)
+        seed = entry.validator.fix_seed(filled)
+        redacted = entry.validator.redact(req.input)
         cold = not self._router.has_instances(entry.spec.name)
         now = self._clock()
         pred = Prediction(
             id=req.id or new_prediction_id(), model=entry.spec.model_name, version=entry.spec.version,
             deployment=entry.spec.name if entry.spec.is_deployment else "",
-            input=entry.validator.redact(req.input), input_kind=req.input_kind, owner=principal.name, created_at=now,
+            input=redacted, input_kind=req.input_kind, owner=principal.name, created_at=now,
             deadline_at=now + req.deadline_s if req.deadline_s else None, priority=req.priority,
             webhook=req.webhook, webhook_events_filter=req.webhook_events_filter,
         )
+        if seed is not None:
+            pred.logs.append(f"Using seed: {seed}")
         self._router.enqueue(pred.id, entry.spec.name, filled, pred.priority, pred.deadline_at)
         self._metrics.observe_created(pred)
         self._active[pred.id] = pred
@@ -99,7 +110,8 @@ class PredictionService:
             self._cold.add(pred.id)
             pred.logs.append(f"Booting {entry.spec.name}: no instance was warm; waiting for one to load")
             self._on_cold()
-        self._store.save(pred)
+        # Kept beside it until it ends, to run it again after a crash; not an input with a secret.
+        self._store.save(pred, StoredTask(entry.spec.name, filled) if redacted is req.input else None)
         if pred.webhook and self._webhooks:
             self._webhooks.notify(pred, Status.STARTING)
         if req.wait_s <= 0 or not await self._hub.wait(pred.id, req.wait_s):
@@ -187,14 +199,44 @@ class PredictionService:
             if pred.webhook and self._webhooks:
                 self._webhooks.notify(pred, body)
         elif isinstance(body, (OutputChunk, ProgressUpdate)):
+            if self._replays and isinstance(body, OutputChunk) and (body := self._unseen(pred.id, body)) is None:
+                return
             self._hub.publish(pred.id, body)
             if pred.webhook and self._webhooks:
                 self._webhooks.notify(pred, body)
         elif isinstance(body, Finished):
             self._complete(pred, body)
+        elif isinstance(body, Requeued):
+            self._requeued(pred, body)
+
+    def _requeued(self, pred: Prediction, body: Requeued) -> None:
+        """Its run was lost and it runs again: said in its logs and counted. With its seed fixed at create
+        the re-run streams what the first run did: that much of its output is not sent twice."""
+        pred.status, pred.started_at, pred.attempt = Status.STARTING, None, body.attempt
+        line = LogLine(f"{body.reason}: running it again (attempt {body.attempt})")
+        pred.logs.append(line.text)
+        self._metrics.observe_rerun(pred)
+        streamed = [e for e in self._hub.published(pred.id) if isinstance(e, OutputChunk)]
+        if streamed:
+            self._replays[pred.id] = _Replay.of(streamed)
+        self._hub.publish(pred.id, line)
+        self._store.save(pred)
+        if pred.webhook and self._webhooks:
+            self._webhooks.notify(pred, line)
+
+    def _unseen(self, prediction_id: str, chunk: OutputChunk) -> OutputChunk | None:
+        """What of a re-run's output chunk its first run did not stream already (None: nothing)."""
+        replay = self._replays.get(prediction_id)
+        if replay is None:
+            return chunk
+        rest = replay.skip(chunk)
+        if replay.done:
+            del self._replays[prediction_id]
+        return rest
 
     def _complete(self, pred: Prediction, body: Finished) -> None:
         del self._active[pred.id]
+        self._replays.pop(pred.id, None)
         if pred.id in self._cold:
             self._cold.discard(pred.id)
             if pred.started_at is not None or body.started_at is not None:
@@ -220,11 +262,66 @@ class PredictionService:
         return len(self._active)
 
     async def fail_all_active(self, reason: str) -> None:
-        """On shutdown: end every active prediction as failed, with ``reason``, and persist it."""
+        """On shutdown: end every active prediction as failed, with ``reason``, and persist it (what the
+        store cannot write in time stays unfinished on disk: the next start takes it up)."""
         now = self._clock()
         for pred in list(self._active.values()):
             self._complete(pred, Finished(Status.FAILED, pred.started_at, now, error=reason))
-        await self._store.flush()
+        try:
+            await self._store.flush()
+        except Unavailable as err:
+            log.error("%s: the predictions ended at shutdown are not all on disk", err)
+
+    def recover(self, unfinished: list[tuple[Prediction, StoredTask | None]]) -> list[Unfinished]:
+        """Take back what the gateway before left unfinished (``PredictionStore.open``): each whose task
+        was kept is active again, and returned for the router to take up (``Router.recover``); one
+        without ends failed, saying why (``NOT_KEPT``)."""
+        taken = []
+        for pred, task in unfinished:
+            self._active[pred.id] = pred
+            self._hub.open(pred.id)
+            self._metrics.observe_created(pred)
+            if task is None:
+                self._complete(pred, Finished(Status.FAILED, pred.started_at, self._clock(), error=NOT_KEPT))
+                continue
+            if pred.webhook and self._webhooks:
+                self._webhooks.follow(pred)
+            taken.append(Unfinished(pred.id, task.route, task.input, pred.priority, pred.deadline_at,
+                                    started=pred.status is Status.PROCESSING, attempt=pred.attempt))
+        return taken
+
+
+@dataclass
+class _Replay:
+    """How much output a re-run's first run streamed: text (characters of joined chunks) and items
+    (chunks of anything else, files included), in order; the re-run's first that much is skipped."""
+
+    text: int
+    items: int
+
+    @classmethod
+    def of(cls, chunks: list[OutputChunk]) -> _Replay:
+        text = sum(len(c.value) for c in chunks if _is_text(c))
+        return cls(text, sum(not _is_text(c) for c in chunks))
+
+    @property
+    def done(self) -> bool:
+        return self.text <= 0 and self.items <= 0
+
+    def skip(self, chunk: OutputChunk) -> OutputChunk | None:
+        if not _is_text(chunk):
+            if self.items > 0:
+                self.items -= 1
+                return None
+            return chunk
+        if self.text <= 0:
+            return chunk
+        seen, self.text = min(self.text, len(chunk.value)), self.text - len(chunk.value)
+        return replace(chunk, value=chunk.value[seen:]) if seen < len(chunk.value) else None
+
+
+def _is_text(chunk: OutputChunk) -> bool:
+    return chunk.joinable and chunk.file is None and isinstance(chunk.value, str)
 
 
 def _check_create(req: CreateRequest) -> None:

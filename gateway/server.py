@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import uuid
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -62,7 +63,8 @@ class Gateway:
         self.hub = EventHub()
         self.webhooks = WebhookSender(WebhookSecrets(secret_path(settings.home)),
                                       render=shapes.domain_prediction_json,
-                                      allow_private=settings.allow_private_urls)
+                                      allow_private=settings.allow_private_urls,
+                                      completed_done=self.store.webhook_done)
         # The Files API's store and its sweep serve gRPC predictions too: started here, whatever HTTP does.
         self.files = FileStore(settings.files_path, ttl_s=settings.file_ttl_s)
         self.resolver = InputResolver.from_settings(settings, self.files)
@@ -81,16 +83,16 @@ class Gateway:
         self.port = 0
         self.http_port: int | None = None
         self._serving = False
+        self._controller_away = ""  # why the controller does not answer, "" while it does
+        self._health_said: str | None = None  # the reason the health service last said (None: not yet)
         self._refresher: asyncio.Task | None = None
+        self._store_watch: asyncio.Task | None = None
 
     async def start(self) -> int:
-        recovered = await self.store.open()
-        if recovered:
-            log.warning("marked %d predictions failed: they were in flight when the gateway stopped", recovered)
+        reopened = await self.store.open()
         await self.tokens.load()
         await self.ensure_admin_token()
-        self.router = Router(f"gateway-{uuid.uuid4().hex[:8]}", self._on_task_event,
-                             self.settings.max_queue_per_model)
+        self.router = Router(router_id(self.settings.home), self._on_task_event, self.settings.max_queue_per_model)
         self.metrics = GatewayMetrics(self.controller, self.router)
         self.load_reporter = LoadReporter(self.router, self.controller)
         self.service = PredictionService(self.store, self.router, self.catalog, self.hub,
@@ -102,17 +104,55 @@ class Gateway:
         models = await self.controller.models()
         await self._republish_bundles(models)
         self.catalog.update(models)
+        taken = self.service.recover(reopened.unfinished)  # before the first table: see Router.recover
+        self.router.recover(taken)
+        for pred in reopened.webhooks_due:
+            self.webhooks.resend_completed(pred)
+        if reopened.unfinished or reopened.webhooks_due:
+            log.warning("taking up %d predictions the gateway before left unfinished (%d could not run "
+                        "again) and sending %d completed webhooks still due", len(reopened.unfinished),
+                        len(reopened.unfinished) - len(taken), len(reopened.webhooks_due))
         self.router.update_table(await self.controller.routing_table(-1, 0.0))
         self._refresher = asyncio.create_task(self._follow_routing_table(), name="routing-table")
         self.load_reporter.start()
         self.server = self._build_server()
         self.port = self.server.add_insecure_port(f"{self.settings.grpc_host}:{self.settings.grpc_port}")
         await self.server.start()
-        for name in ("",) + SERVICE_NAMES:
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._serving = True
+        await self._say_health()
+        self._store_watch = asyncio.create_task(self._watch_store(), name="store-health")
         await self._start_http()
         return self.port
+
+    # Health: SERVING, or NOT_SERVING while the controller does not answer (predictions still queue, and
+    # run on the instances already warm) or the store cannot write (creates are refused), and as it stops.
+
+    def not_serving(self) -> str:
+        """Why this gateway does not serve fully now; "" when it does."""
+        if not self._serving:
+            return "the gateway is not started, or is stopping"
+        if self._controller_away:
+            return f"the controller does not answer ({self._controller_away}); predictions queue meanwhile"
+        health = self.store.health()
+        return "" if health.ok else f"the prediction store cannot write: {health.reason}"
+
+    async def _say_health(self) -> None:
+        """Tell the health service what ``not_serving`` says, when that changed."""
+        reason = self.not_serving()
+        if reason == self._health_said:
+            return
+        self._health_said = reason
+        if reason:
+            log.warning("health: NOT_SERVING: %s", reason)
+        status = health_pb2.HealthCheckResponse.NOT_SERVING if reason else health_pb2.HealthCheckResponse.SERVING
+        for name in ("",) + SERVICE_NAMES:
+            await self.health.set(name, status)
+
+    async def _watch_store(self) -> None:
+        while True:
+            for ok in (False, True):
+                await self.store.wait_health(ok)
+                await self._say_health()
 
     async def _republish_bundles(self, models) -> None:
         """Hand the cluster the bundles of the pushed versions it serves, from this gateway's store: a
@@ -130,7 +170,7 @@ class Gateway:
         gateway serves gRPC without them and says so."""
         host, port = self.settings.http_host, self.settings.http_port
         # A JSON body carries its files as data URLs: base64 is 4/3 of the bytes, plus the JSON around them.
-        app = build_app(self.metrics, lambda: self._serving,
+        app = build_app(self.metrics, self.not_serving,
                         max_body_bytes=self.settings.max_input_file_bytes * 4 // 3 + 1024**2)
         add_rest_routes(app, self._rest_context())
         http = HttpServer(app)
@@ -196,17 +236,25 @@ class Gateway:
                 if table.models is not None:
                     self.catalog.update(table.models)  # before the router: a new route validates at once
                 self.router.update_table(table)
+                if self._controller_away:
+                    log.info("the controller answers again")
+                    self._controller_away = ""
+                    await self._say_health()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("could not refresh the routing table; retrying")
+            except Exception as err:  # noqa: BLE001 - the controller restarts by itself: ask again
+                if not self._controller_away:
+                    log.warning("could not refresh the routing table (%r); retrying every second", err)
+                self._controller_away = str(err) or type(err).__name__
+                await self._say_health()
                 await asyncio.sleep(1.0)
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Stop serving: finish RPCs within ``grace_s``, fail what is still active (persisted), close."""
         self._serving = False
-        for name in ("",) + SERVICE_NAMES:
-            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._say_health()
+        if self._store_watch:
+            self._store_watch.cancel()
         if self.server:
             await self.server.stop(grace_s)
         if self.http:
@@ -223,3 +271,18 @@ class Gateway:
         if self.router:
             await self.router.close()
         await self.store.close()
+
+
+def router_id(home: Path) -> str:
+    """This gateway's router id, kept in its home: a gateway that restarts is the same router to the
+    agents, which kept its predictions' runs and events for it (see ``Router.recover``)."""
+    path = home / "router_id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        rid = f"gateway-{uuid.uuid4().hex[:12]}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(rid + "\n")
+        tmp.replace(path)
+        return rid

@@ -3,7 +3,13 @@
 Saves are coalesced: ``save`` marks a prediction dirty and a single writer commits every dirty prediction
 in one transaction on its own thread, so the commit rate falls as the load rises (group commit). ``flush``
 waits until what was saved before it is on disk; the gateway awaits it before acknowledging anything a
-client may read back later. On open, predictions left in flight by a gateway that died are marked failed.
+client may read back later.
+
+Beside each unfinished prediction the store keeps its task (``StoredTask``: the route and the input as
+routed), written in the same commit as the prediction and deleted in the one that ends it; and beside
+each ended prediction whose creator asked for a completed webhook, a due mark, until the webhook sender
+says it is done (``webhook_done``). So a gateway that dies loses neither: ``open`` returns the
+unfinished predictions with their tasks, to be run again, and the webhooks still due (``Reopened``).
 
 When a commit fails (a locked database, a full disk, an I/O error) its predictions stay dirty, under any
 newer save of the same prediction, and the writer tries again after a backoff (``Backoff``) until a commit
@@ -27,8 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from gateway.codec import prediction_from_json, prediction_to_json
-from warmfleet.domain import TERMINAL, FileData, Prediction, Status
+from gateway.codec import prediction_from_json, prediction_to_json, value_from_json, value_to_json
+from warmfleet.domain import TERMINAL, FileData, Prediction
 from warmfleet.errors import InvalidInput, Unavailable
 
 log = logging.getLogger(__name__)
@@ -43,6 +49,12 @@ CREATE TABLE IF NOT EXISTS predictions (
 );
 CREATE INDEX IF NOT EXISTS predictions_by_owner ON predictions (owner, created_at DESC, id DESC);
 CREATE INDEX IF NOT EXISTS predictions_by_time ON predictions (created_at DESC, id DESC);
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    route TEXT NOT NULL,
+    input TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS webhooks_due (id TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS tokens (
     hash TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -54,7 +66,6 @@ CREATE TABLE IF NOT EXISTS tokens (
 # How long the writer gathers saves before a commit when nobody waits on a flush: within it, a
 # prediction that starts and ends is encoded and written once, in its final state.
 GATHER_S = 0.01
-RESTART_REASON = "the gateway stopped while the prediction was in flight; run it again"
 REMOVE_BATCH = 200  # predictions read per step of a retention sweep: bodies with files can be large
 BUSY_TIMEOUT_S = 5.0  # how long a statement waits on a lock another connection holds (SQLite's busy timeout)
 # How long a flush waits for its saves while the writer cannot commit them, before it raises; close waits
@@ -74,6 +85,57 @@ class Backoff:
     def after(self, delay_s: float) -> float:
         """The wait after one more failure, when the wait before it was ``delay_s`` (0: the first)."""
         return min(self.max_s, max(self.initial_s, 2 * delay_s))
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredTask:
+    """What an unfinished prediction runs with: its route and its input as routed (defaults filled in,
+    a seed drawn), kept until it ends so that a gateway that restarts can run it."""
+
+    route: str
+    input: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Reopened:
+    """What ``open`` found left by the gateway before: every unfinished prediction with its task (None
+    when none was kept: an input holding a secret, which is never written, or a store older than
+    tasks), and the ended predictions whose completed webhook was still due."""
+
+    unfinished: list[tuple[Prediction, StoredTask | None]]
+    webhooks_due: list[Prediction]
+
+
+class _Beside:
+    """The rows kept beside the predictions (the tasks and the due webhooks), as they wait for a commit:
+    ``rows`` says what the next commit writes for a batch of predictions, ``committed`` what it did."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, StoredTask] = {}  # saved, not yet on disk
+        self.on_disk: set[str] = set()  # predictions whose task row is on disk
+        self.webhooks_sent: set[str] = set()  # due marks to delete
+
+    def rows(self, batch: dict[str, Prediction]) -> tuple[list[tuple], list[tuple], list[tuple], list[tuple]]:
+        """Tasks to insert, tasks to delete, due webhooks to insert, due webhooks to delete."""
+        put, gone, due = [], [], []
+        for pid, pred in batch.items():
+            if pred.status.is_terminal:
+                if pid in self.on_disk:
+                    gone.append((pid,))
+                if pred.webhook and "completed" in (pred.webhook_events_filter or ("completed",)):
+                    due.append((pid,))
+            elif (task := self.tasks.get(pid)) is not None:
+                put.append((pid, task.route, value_to_json(task.input)))
+        return put, gone, due, [(pid,) for pid in self.webhooks_sent]
+
+    def committed(self, batch: dict[str, Prediction], sent: list[tuple]) -> None:
+        for pid, pred in batch.items():
+            if pred.status.is_terminal:
+                self.on_disk.discard(pid)
+                self.tasks.pop(pid, None)
+            elif self.tasks.pop(pid, None) is not None:
+                self.on_disk.add(pid)
+        self.webhooks_sent.difference_update(pid for (pid,) in sent)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,12 +219,13 @@ class PredictionStore:
         self._writer: asyncio.Task | None = None
         self._closed = False
         self._health = _Health(clock)
+        self._beside = _Beside()
 
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._exec, fn, *args)
 
-    async def open(self) -> int:
-        """Open (creating) the database; returns how many in-flight predictions were marked failed."""
+    async def open(self) -> Reopened:
+        """Open (creating) the database; returns what the gateway before left unfinished or due."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         recovered = await self._run(self._open)
         self._wake = asyncio.Event()
@@ -179,17 +242,15 @@ class PredictionStore:
         _add_data_removed(db)
         self._db = db
         rows = db.execute(
-            "SELECT body FROM predictions WHERE status NOT IN (%s)" % ",".join("?" * len(TERMINAL)),
-            [s.value for s in TERMINAL],
-        ).fetchall()
-        now = time.time()
-        fixed = []
-        for (body,) in rows:
-            p = prediction_from_json(body)
-            p.status, p.error, p.completed_at = Status.FAILED, RESTART_REASON, now
-            fixed.append(p)
-        self._write([_row(p) for p in fixed])
-        return len(fixed)
+            "SELECT p.body, t.route, t.input FROM predictions p LEFT JOIN tasks t ON t.id = p.id "
+            "WHERE p.status NOT IN (%s) ORDER BY p.created_at, p.id" % ",".join("?" * len(TERMINAL)),
+            [s.value for s in TERMINAL]).fetchall()
+        unfinished = [(prediction_from_json(body), StoredTask(route, value_from_json(data)) if route else None)
+                      for body, route, data in rows]
+        self._beside.on_disk = {p.id for p, task in unfinished if task is not None}
+        due = db.execute("SELECT p.body FROM webhooks_due w JOIN predictions p ON p.id = w.id "
+                         "ORDER BY p.created_at").fetchall()
+        return Reopened(unfinished, [prediction_from_json(body) for (body,) in due])
 
     async def close(self) -> int:
         """Write what is pending, stop the writer and close the database; returns how many saved
@@ -261,10 +322,19 @@ class PredictionStore:
 
     # Writes
 
-    def save(self, prediction: Prediction) -> None:
-        """Mark a prediction to be written; returns at once. It stays pending until a commit succeeds."""
+    def save(self, prediction: Prediction, task: StoredTask | None = None) -> None:
+        """Mark a prediction to be written (with its ``task``, kept beside it until it ends); returns at
+        once. It stays pending until a commit succeeds."""
         self._dirty[prediction.id] = prediction
+        if task is not None:
+            self._beside.tasks[prediction.id] = task
         self._saved += 1
+        self._wake.set()
+
+    def webhook_done(self, prediction_id: str) -> None:
+        """The completed webhook of a prediction went out (or was given up on): it is no longer due."""
+        self._beside.webhooks_sent.add(prediction_id)
+        self._saved += 1  # a flush waits for it too
         self._wake.set()
 
     async def flush(self) -> None:
@@ -308,8 +378,9 @@ class PredictionStore:
         batch, self._dirty = self._dirty, {}
         self._inflight = batch
         generation = self._saved
+        beside = self._beside.rows(batch)
         try:
-            await self._run(self._write, _encode(batch))
+            await self._run(self._write, _encode(batch), *beside)
         except Exception as err:  # noqa: BLE001 - the writer outlives any error: it logs it and retries
             self._dirty = {**batch, **self._dirty}
             self._commit_failed(err)
@@ -319,6 +390,7 @@ class PredictionStore:
             raise
         finally:
             self._inflight = {}
+        self._beside.committed(batch, beside[3])
         self._committed = generation
         if self._health.failure:
             log.warning("the prediction store writes again, after %d failed commits over %.1f s",
@@ -345,8 +417,8 @@ class PredictionStore:
                 still.append((target, fut))
         self._waiters = still
 
-    def _write(self, rows: list[tuple]) -> None:
-        _upsert(self._db, rows)
+    def _write(self, rows: list[tuple], *beside: list[tuple]) -> None:
+        _upsert(self._db, rows, *beside)
 
     # Reads: from the database and the saves not yet on it, so they answer while the writer fails.
 
@@ -412,9 +484,17 @@ class PredictionStore:
         return await self._run(lambda: self._db.execute("SELECT hash, name, role FROM tokens").fetchall())
 
 
-def _upsert(db: sqlite3.Connection, rows: list[tuple]) -> None:
-    """Insert or replace ``rows`` (``_row``'s) in one transaction, rolled back if it fails."""
-    if not rows:
+_BESIDE_SQL = ("INSERT OR REPLACE INTO tasks (id, route, input) VALUES (?, ?, ?)",
+               "DELETE FROM tasks WHERE id = ?",
+               "INSERT OR IGNORE INTO webhooks_due (id) VALUES (?)",
+               "DELETE FROM webhooks_due WHERE id = ?")
+
+
+def _upsert(db: sqlite3.Connection, rows: list[tuple], *beside: list[tuple]) -> None:
+    """Insert or replace ``rows`` (``_row``'s), and write the rows kept beside them (``_Beside.rows``:
+    in that order, so a webhook sent before its mark was written leaves none), in one transaction,
+    rolled back if it fails."""
+    if not rows and not any(beside):
         return
     db.execute("BEGIN")
     try:
@@ -424,6 +504,9 @@ def _upsert(db: sqlite3.Connection, rows: list[tuple]) -> None:
             "body = excluded.body, data_removed = excluded.data_removed",
             rows,
         )
+        for sql, args in zip(_BESIDE_SQL, beside):
+            if args:
+                db.executemany(sql, args)
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:  # SQLite rolls some failures back itself (a full disk), not all

@@ -207,7 +207,8 @@ class WebhookSender:
                  clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time,
                  call_later: Callable[[float, Callable[[], None]], Any] | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 max_watches: int = MAX_WATCHES, allow_private: bool = False) -> None:
+                 max_watches: int = MAX_WATCHES, allow_private: bool = False,
+                 completed_done: Callable[[str], None] = lambda prediction_id: None) -> None:
         self.secrets = secrets_
         self._allow_private = allow_private  # webhooks to loopback/private addresses (the operator's call)
         self.base_url = base_url  # the gateway's HTTP URL, for the links in the bodies; set once it binds
@@ -220,6 +221,9 @@ class WebhookSender:
         self._call_later = call_later
         self._sleep = sleep
         self._max_watches = max_watches
+        # Told when a prediction's completed webhook went out or was given up on (the store's due mark
+        # goes then: until that, a gateway that restarts sends it again).
+        self.completed_done = completed_done
         self._watches: dict[str, _Watch] = {}
         self._tasks: set[asyncio.Task] = set()
         self._session: aiohttp.ClientSession | None = None
@@ -276,7 +280,16 @@ class WebhookSender:
         elif isinstance(body, Completed):
             self._completed(watch)
 
-    def _watch(self, pred: Prediction) -> None:
+    def follow(self, pred: Prediction) -> None:
+        """Follow a prediction a gateway before this one created (its start webhook went out then)."""
+        self._watch(pred, start=False)
+
+    def resend_completed(self, pred: Prediction) -> None:
+        """Send the completed webhook of an ended prediction whose webhook was still due at a restart."""
+        self._watch(pred, start=False)
+        self.notify(pred, Completed(pred))
+
+    def _watch(self, pred: Prediction, start: bool = True) -> None:
         if pred.id in self._watches:
             return
         if len(self._watches) >= self._max_watches:
@@ -286,7 +299,7 @@ class WebhookSender:
         events = frozenset(pred.webhook_events_filter or EVENTS)
         watch = _Watch(pred, pred.webhook, events, Throttle(self._throttle_s))
         self._watches[pred.id] = watch
-        if "start" in events:
+        if start and "start" in events:
             self._enqueue(watch, "start", pred)
 
     def _intermediate(self, watch: _Watch, kind: str) -> None:
@@ -369,11 +382,12 @@ class WebhookSender:
             timestamp = int(self._wall_clock())
             headers = signed_headers(key, message.id, timestamp, message.body)
             outcome = await self._attempt(watch.url, message, headers)
-            if outcome is None:
-                return
-            if message.tries > len(retries):
+            if outcome is not None and message.tries > len(retries):
                 log.warning("webhook %s for prediction %s to %s failed after %d tries: %s", message.kind,
                             watch.pred.id, watch.url, message.tries, outcome)
+            if outcome is None or message.tries > len(retries):
+                if message.kind == "completed":
+                    self.completed_done(watch.pred.id)
                 return
             delay = retries[message.tries - 1]
             log.info("webhook %s for prediction %s: %s; trying again in %gs", message.kind, watch.pred.id,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import secrets
 from typing import Any, Callable
 
 import fastjsonschema
@@ -41,6 +42,7 @@ class InputValidator:
         }
         # Inputs never shown back (JSON Schema's writeOnly; Cog's Secret): masked where they are stored.
         self._secrets = tuple(name for name, prop in schema.get("properties", {}).items() if prop.get("writeOnly"))
+        self._seed = _seed_range(schema.get("properties", {}).get("seed"))
 
     def redact(self, input: dict[str, Any]) -> dict[str, Any]:
         """``input`` as it may be stored and shown: each secret's value masked."""
@@ -48,6 +50,17 @@ class InputValidator:
         if not present:
             return input
         return {**input, **{name: SECRET_MASK for name in present}}
+
+    def fix_seed(self, filled: dict[str, Any]) -> int | None:
+        """Draw the seed of an input that has an integer ``seed`` (the image and language families',
+        and a Cog model's by convention) and was given none, and set it in ``filled`` (``validate``'s
+        result): so a run of it again, after an infrastructure failure, gives the same output. Returns
+        the seed drawn; None when it was given, or the schema has none."""
+        if self._seed is None or filled.get("seed") is not None:
+            return None
+        low, high = self._seed
+        filled["seed"] = seed = low + secrets.randbelow(high - low + 1)
+        return seed
 
     def validate(self, input: dict[str, Any]) -> dict[str, Any]:
         checked = self._files_as_uris(input)
@@ -87,6 +100,21 @@ def _replace_files(value: Any, schema: dict[str, Any], path: str) -> Any:
         items = schema.get("items", {})
         return [_replace_files(v, items, f"{path}[{i}]") for i, v in enumerate(value)]
     return value
+
+
+MAX_DRAWN_SEED = 2**32 - 1  # the most a drawn seed may be when the schema sets no maximum (numpy's bound)
+
+
+def _seed_range(prop: dict[str, Any] | None) -> tuple[int, int] | None:
+    """The range a seed may be drawn from: the ``seed`` property's, when it is an integer."""
+    if not isinstance(prop, dict):
+        return None
+    kinds = prop.get("type")
+    if kinds != "integer" and not (isinstance(kinds, list) and "integer" in kinds):
+        return None
+    low = max(0, int(prop.get("minimum", 0)))
+    high = int(prop.get("maximum", MAX_DRAWN_SEED))
+    return (low, high) if low <= high else None
 
 
 def _field_of(error: jsonschema.ValidationError) -> str:

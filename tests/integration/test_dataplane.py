@@ -29,7 +29,7 @@ from scheduler.router import DEADLINE_RUNNING, Router
 from tests.unit.fakes import EventLog, poll_until_ended, wait_until
 from warmfleet import dataplane
 from warmfleet.domain import (
-    Finished, InstanceInfo, InstanceState, Output, OutputChunk, Rejected, RouteSpec, Started, Status, Task,
+    Finished, InstanceInfo, InstanceState, Output, OutputChunk, Rejected, Requeued, RouteSpec, Started, Status, Task,
     TaskEvent,
 )
 
@@ -315,7 +315,7 @@ async def test_a_silent_stream_is_found_by_its_keepalive_and_reopened_within_sec
     assert took_s < 2 * (dataplane.KEEPALIVE_MS + dataplane.KEEPALIVE_TIMEOUT_MS) / 1000 + 2
 
 
-async def test_an_agent_gone_for_good_fails_its_predictions_after_the_reconnects(served, routed):
+async def test_an_agent_gone_for_good_has_its_predictions_queued_to_run_again_after_the_reconnects(served, routed):
     _, address = served
     proxy = Proxy(address)
     router, log, channel = routed(await proxy.start(), reconnect_tries=3, backoff_s=0.05)
@@ -326,11 +326,13 @@ async def test_an_agent_gone_for_good_fails_its_predictions_after_the_reconnects
         await wait_until(lambda: any(isinstance(b, Started) for b in log.bodies("running")), log.changed)
         proxy.refusing = True  # the agent's port no longer answers
         proxy.kill()
-        [done] = await log.wait_finished("running", timeout_s=10.0)
+        await wait_until(lambda: any(isinstance(b, Requeued) for b in log.bodies("running")), log.changed, 10.0)
     finally:
         await proxy.stop()
 
-    assert done.status is Status.FAILED and "lost" in done.error
+    [again] = [b for b in log.bodies("running") if isinstance(b, Requeued)]
+    assert again.attempt == 2 and "was lost while it ran" in again.reason
+    assert log.finished("running") == [] and router.queue_length("acme/echo") == 1  # for another instance
     assert channel.reconnects == 0  # every try failed
     with pytest.raises(NodeLost, match="could not be opened in 3 tries"):
         await channel.poll(ROUTER, 0.1)

@@ -4,6 +4,7 @@ gauges from a fake controller (cached, and left out when the controller fails)."
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from aiohttp.test_utils import make_mocked_request
@@ -212,8 +213,8 @@ async def test_a_failing_controller_costs_the_cluster_gauges_not_the_scrape(cont
 
 
 async def test_metrics_and_healthz_routes():
-    serving = [True]
-    app = build_app(GatewayMetrics(FakeController()), lambda: serving[0])
+    why = [""]
+    app = build_app(GatewayMetrics(FakeController()), lambda: why[0])
 
     async def get(path: str, accept: str = ""):
         request = make_mocked_request("GET", path, headers={"Accept": accept}, app=app)
@@ -221,8 +222,10 @@ async def test_metrics_and_healthz_routes():
         return await match.handler(request)
 
     assert (await get("/healthz")).status == 200
-    serving[0] = False
-    assert (await get("/healthz")).status == 503
+    why[0] = "the prediction store cannot write: database or disk is full"
+    answer = await get("/healthz")
+    assert answer.status == 503
+    assert json.loads(answer.body) == {"status": "not serving", "reason": why[0]}
     text = await get("/metrics")
     assert text.status == 200 and text.content_type == "text/plain"
     assert b"warmfleet_node_info{" in text.body

@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from gateway.store import RESTART_REASON, PredictionStore
+from gateway.store import PredictionStore, StoredTask
 from warmfleet.domain import FileData, Metrics, Output, Prediction, Status
 from warmfleet.errors import InvalidInput
 
@@ -140,39 +140,69 @@ async def test_a_bad_cursor_is_invalid_input_naming_cursor(open_store, cursor):
     assert "cursor" in str(err.value)
 
 
-async def test_reopening_fails_what_was_left_in_flight_with_a_reason(open_store):
+async def test_reopening_returns_what_was_left_unfinished_with_its_task_and_changes_nothing(open_store):
     store = await open_store()
-    store.save(_prediction("starting", status=Status.STARTING))
-    store.save(_prediction("processing", status=Status.PROCESSING, started_at=5.0))
+    queued = StoredTask("acme/echo", {"text": "q", "image": PNG, "seed": 7})
+    store.save(_prediction("starting", created_at=1.0, status=Status.STARTING), queued)
+    store.save(_prediction("processing", created_at=2.0, status=Status.PROCESSING, started_at=5.0),
+               StoredTask("acme/echo", {"text": "p"}))
+    store.save(_prediction("secret", created_at=3.0, status=Status.STARTING))  # no task kept
     done = _prediction("done", status=Status.SUCCEEDED, output=Output(value="hi"), completed_at=6.0)
     store.save(done)
     await store.close()
 
-    reopened = await open_store()
-    assert reopened is not store
-    for pid in ("starting", "processing"):
-        pred = await reopened.get(pid)
-        assert pred.status is Status.FAILED
-        assert pred.error == RESTART_REASON
-        assert pred.completed_at is not None and pred.completed_at >= pred.created_at
-    assert (await reopened.get("processing")).started_at == 5.0
-    assert await reopened.get("done") == done
-    await reopened.close()
-
-    third = PredictionStore(reopened.path)
-    assert await third.open() == 0  # the status column was fixed too, not only the document
+    third = PredictionStore(store.path)
+    back = await third.open()
+    assert [(p.id, p.status, t) for p, t in back.unfinished] == [
+        ("starting", Status.STARTING, queued),
+        ("processing", Status.PROCESSING, StoredTask("acme/echo", {"text": "p"})),
+        ("secret", Status.STARTING, None)]
+    assert back.unfinished[0][1].input["image"].data == PNG.data
+    assert back.unfinished[1][0].started_at == 5.0
+    assert await third.get("done") == done and back.webhooks_due == []
     await third.close()
 
 
-async def test_open_reports_how_many_it_recovered(open_store, tmp_path):
+async def test_a_task_is_deleted_in_the_commit_that_ends_its_prediction(open_store):
     store = await open_store()
-    for n in range(3):
-        store.save(_prediction(f"p{n}", status=Status.PROCESSING))
+    pred = _prediction("p1", status=Status.STARTING)
+    store.save(pred, StoredTask("acme/echo", {"text": "p1"}))
+    store.save(_prediction("fast", status=Status.STARTING), StoredTask("acme/echo", {"text": "fast"}))
+    await store.flush()
+    assert _rows(store, "tasks") == [("fast",), ("p1",)]
+
+    pred.status, pred.completed_at = Status.SUCCEEDED, 2.0
+    store.save(pred)
+    await store.flush()
+    assert _rows(store, "tasks") == [("fast",)]
+    await store.close()
+    again = PredictionStore(store.path)
+    assert [p.id for p, _ in (await again.open()).unfinished] == ["fast"]
+    await again.close()
+
+
+async def test_a_completed_webhook_stays_due_across_a_restart_until_it_is_done(open_store):
+    store = await open_store()
+    hooked = _prediction("hooked", webhook="https://example.com/h", completed_at=2.0)
+    store.save(hooked)
+    store.save(_prediction("starts-only", webhook="https://example.com/h", webhook_events_filter=["start"]))
+    store.save(_prediction("plain"))
+    store.save(_prediction("running", status=Status.PROCESSING, webhook="https://example.com/h"))
     await store.close()
 
     again = PredictionStore(store.path)
-    assert await again.open() == 3
+    assert [p.id for p in (await again.open()).webhooks_due] == ["hooked"]
+    again.webhook_done("hooked")
+    await again.flush()
     await again.close()
+    third = PredictionStore(store.path)
+    assert (await third.open()).webhooks_due == []
+    await third.close()
+
+
+def _rows(store: PredictionStore, table: str) -> list[tuple]:
+    with sqlite3.connect(store.path) as db:
+        return sorted(db.execute(f"SELECT id FROM {table}").fetchall())
 
 
 async def test_tokens_are_added_and_listed(open_store):
