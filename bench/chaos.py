@@ -325,14 +325,9 @@ def output_ok(kind: str, expected: str, pb: T.Prediction) -> bool:
     return text == expected if kind == "echo" else bool(text)
 
 
-def attempts_of(pb: T.Prediction) -> int | None:
-    """How many times the cluster ran it, where the prediction says so (an ``attempts`` field or custom
-    metric); None when it does not."""
-    if "attempts" in pb.DESCRIPTOR.fields_by_name:
-        return int(pb.attempts) or 1  # type: ignore[attr-defined] - a field the proto may not have yet
-    if "attempts" in pb.metrics.custom:
-        return int(pb.metrics.custom["attempts"])
-    return None
+def attempts_of(pb: T.Prediction) -> int:
+    """Which run the prediction is on (``Prediction.attempt``): 2 once re-run."""
+    return pb.attempt or 1
 
 
 @dataclass
@@ -353,8 +348,7 @@ class Record:
     error_code: str = ""
     completed_s: float | None = None  # the gateway's completed_at
     output_ok: bool | None = None
-    attempts: int = 1
-    attempts_exposed: bool = False
+    attempts: int = 1  # Prediction.attempt: 2 once re-run
     streamed_chunks: int = 0  # output events an LLM stream delivered
     stream_error: str = ""  # why an LLM stream ended without its completed event (then it is polled)
     gone: bool = False  # NOT_FOUND where it was accepted
@@ -375,8 +369,7 @@ class Record:
         self.status = T.Status.Name(pb.status).removeprefix("STATUS_").lower()
         self.error, self.error_code = pb.error, pb.error_code
         self.gone, self.not_found_since = False, None
-        attempts = attempts_of(pb)
-        self.attempts, self.attempts_exposed = (attempts, True) if attempts is not None else (1, False)
+        self.attempts = attempts_of(pb)
         if self.done:
             at = pb.completed_at.ToMicroseconds() / 1e6 if pb.HasField("completed_at") else time.time()
             self.completed_s = round(at - t0, 3)
@@ -1050,9 +1043,8 @@ def main(argv: list[str] | None = None) -> None:
     totals = classify(records)
     verdicts = goals(totals, rows)
     print_table(rows, totals, verdicts)
-    attempts = "exposed by the prediction" if any(r.attempts_exposed for r in records) else \
-        "not exposed by the Prediction message (no attempts field): counted as 1"
-    report.write(args.out, settings={**settings_section(args, load_s, rate), "attempts": attempts},
+    report.write(args.out, settings={**settings_section(args, load_s, rate),
+                                     "attempts": "Prediction.attempt (2 once re-run)"},
                  run={k: v for k, v in result.items() if k not in ("faults", "gateway_log")},
                  faults=result.get("faults", []), windows=rows, totals=totals, goals=verdicts,
                  bins_per_s=bins, gateway_log=result.get("gateway_log", []),

@@ -204,6 +204,22 @@ def _start_agent(agent_id: str, node: RayNode, cache_dir: str) -> Any:
     ).remote(agent_id, bool(node.gpus), cache_dir)
 
 
+AGENT_PING_TIMEOUT_S = 2.0  # a ping not answered by then proves nothing (a busy agent): only a death does
+
+
+async def _died(handle: Any) -> bool:
+    """Whether an agent's actor is dead: a ping that Ray answers with its death (a cheap round trip)."""
+    try:
+        await asyncio.wait_for(handle.pid.remote(), AGENT_PING_TIMEOUT_S)
+    except ActorUnavailableError:  # restarting, or out of reach for a moment: not proof of death
+        return False
+    except RayActorError:
+        return True
+    except TimeoutError:
+        return False
+    return False
+
+
 class RayNodeProvisioner:
     """One agent actor per GPU of every alive node, or one per node without a GPU, pinned to it.
 
@@ -241,12 +257,13 @@ class RayNodeProvisioner:
         return clients
 
     async def departed(self) -> set[str]:
-        """Agents whose Ray node is dead. An empty node list (the GCS did not answer) departs no one."""
+        """Agents whose Ray node is dead, or whose own actor died (its process was killed: its node may
+        live on). An empty node list (the GCS did not answer) departs no one by its node."""
         liveness = await asyncio.to_thread(node_liveness)
-        if not liveness:
-            return set()
-        return {agent_id for agent_id, (ray_node_id, _) in self._agents.items()
-                if not liveness.get(ray_node_id, False)}
+        agents = list(self._agents.items())
+        died = await asyncio.gather(*(_died(handle) for _, (_, handle) in agents))
+        return {agent_id for (agent_id, (ray_node_id, _)), dead in zip(agents, died)
+                if dead or (liveness and not liveness.get(ray_node_id, False))}
 
     async def release(self, node_id: str) -> None:
         entry = self._agents.pop(node_id, None)

@@ -152,6 +152,7 @@ def prediction_to_pb(p: Prediction) -> types_pb2.Prediction:
         error_code=p.error_code, error_field=p.error_field,
         status=STATUS_TO_PB[p.status], metrics=_metrics_to_pb(p.metrics), owner=p.owner,
         webhook=p.webhook, webhook_events_filter=p.webhook_events_filter, data_removed=p.data_removed,
+        attempt=p.attempt,
     )
     if p.output is not None:
         pb.output.CopyFrom(output_to_pb(p.output))

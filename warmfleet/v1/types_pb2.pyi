@@ -229,7 +229,7 @@ class PredictionMetrics(_message.Message):
     def __init__(self, predict_time_s: _Optional[float] = ..., total_time_s: _Optional[float] = ..., queue_time_s: _Optional[float] = ..., input_token_count: _Optional[int] = ..., output_token_count: _Optional[int] = ..., time_to_first_token_s: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., finish_reason: _Optional[str] = ..., image_count: _Optional[int] = ..., batch_size: _Optional[int] = ..., boot_time_s: _Optional[float] = ..., custom: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class Prediction(_message.Message):
-    __slots__ = ("id", "model", "version", "deployment", "input", "output", "logs", "error", "error_code", "error_field", "status", "created_at", "started_at", "completed_at", "metrics", "owner", "webhook", "webhook_events_filter", "data_removed")
+    __slots__ = ("id", "model", "version", "deployment", "input", "output", "logs", "error", "error_code", "error_field", "status", "created_at", "started_at", "completed_at", "metrics", "owner", "webhook", "webhook_events_filter", "data_removed", "attempt")
     ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -249,6 +249,7 @@ class Prediction(_message.Message):
     WEBHOOK_FIELD_NUMBER: _ClassVar[int]
     WEBHOOK_EVENTS_FILTER_FIELD_NUMBER: _ClassVar[int]
     DATA_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     id: str
     model: str
     version: str
@@ -268,7 +269,8 @@ class Prediction(_message.Message):
     webhook: str
     webhook_events_filter: _containers.RepeatedScalarFieldContainer[str]
     data_removed: bool
-    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., deployment: _Optional[str] = ..., input: _Optional[_Union[PredictionInput, _Mapping]] = ..., output: _Optional[_Union[PredictionOutput, _Mapping]] = ..., logs: _Optional[str] = ..., error: _Optional[str] = ..., error_code: _Optional[str] = ..., error_field: _Optional[str] = ..., status: _Optional[_Union[Status, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Union[PredictionMetrics, _Mapping]] = ..., owner: _Optional[str] = ..., webhook: _Optional[str] = ..., webhook_events_filter: _Optional[_Iterable[str]] = ..., data_removed: _Optional[bool] = ...) -> None: ...
+    attempt: int
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., deployment: _Optional[str] = ..., input: _Optional[_Union[PredictionInput, _Mapping]] = ..., output: _Optional[_Union[PredictionOutput, _Mapping]] = ..., logs: _Optional[str] = ..., error: _Optional[str] = ..., error_code: _Optional[str] = ..., error_field: _Optional[str] = ..., status: _Optional[_Union[Status, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Union[PredictionMetrics, _Mapping]] = ..., owner: _Optional[str] = ..., webhook: _Optional[str] = ..., webhook_events_filter: _Optional[_Iterable[str]] = ..., data_removed: _Optional[bool] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class OutputChunk(_message.Message):
     __slots__ = ("value", "file")
