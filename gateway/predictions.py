@@ -81,7 +81,9 @@ class PredictionService:
         if req.webhook and self._webhooks:
             self._webhooks.check_destination(req.webhook)
         if req.id:
-            existing = await self._find(req.id)
+            # Looked up again after the await: a create of the same id may have begun meanwhile, and from
+            # here to ``_active`` nothing awaits, so of two at once only the first enqueues.
+            existing = await self._find(req.id) or self._active.get(req.id)
             if existing is not None:
                 return self._idempotent(principal, existing, req)
         self._store.check_writable()  # refused now (503) rather than accepted and not written

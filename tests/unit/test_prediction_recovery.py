@@ -5,6 +5,8 @@ refused while the store cannot write."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from gateway.auth import Principal, Role
@@ -14,7 +16,7 @@ from gateway.metrics import PredictionMetrics
 from gateway.predictions import NOT_KEPT, CreateRequest, PredictionService
 from gateway.store import PredictionStore, StoredTask
 from scheduler.router import Router, Unfinished
-from tests.unit.fakes import FakeNodeData, instance, table, wait_until
+from tests.unit.fakes import FakeNodeData, instance, settle, table, wait_until
 from warmfleet.domain import Completed, OutputChunk, Prediction, RouteSpec, Started, Status, TaskEvent
 from warmfleet.errors import Unavailable
 
@@ -116,3 +118,16 @@ async def test_creates_are_refused_while_the_store_cannot_write_and_nothing_is_q
     with pytest.raises(Unavailable, match="the prediction store cannot write: it is closed"):
         await service.create(ALICE, CreateRequest(input={"prompt": "hi"}, model=LLM))
     assert router.queue_length(LLM) == 0 and node.submits == [] and service.active_count() == 0
+
+
+async def test_two_creates_at_once_with_one_client_id_make_one_prediction_and_one_queue_entry(cluster):
+    service, _, router, node, _ = cluster
+    request = CreateRequest(input={"prompt": "hi", "seed": 3}, model=LLM, id="my-id")
+
+    first, second = await asyncio.gather(service.create(ALICE, request), service.create(ALICE, request))
+
+    assert first is second and service.active_count() == 1
+    await node.wait_submitted(1)
+    await settle()
+    assert node.submitted_ids == ["my-id"] and router.queue_length(LLM) == 0
+    assert router.footprint()["running"] == 1
