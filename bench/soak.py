@@ -127,9 +127,11 @@ def process_role(pid: int, title: str, gateway_pid: int) -> str:
     return "ray service"
 
 
-def cluster_pids(gateway_pid: int) -> list[int]:
-    """The gateway and every process under it, or in its session (``up`` starts it in a session of its
-    own, so a Ray process that was re-parented still counts)."""
+def cluster_pids(gateway_pid: int, head_pid: int = 0) -> list[int]:
+    """The gateway and the Ray head `up` started for the home (``head_pid``; 0: none), and every process
+    under them or in their sessions (`up` starts each in a session of its own, so a Ray process that was
+    re-parented still counts)."""
+    roots = {gateway_pid, head_pid} - {0}
     parents: dict[int, int] = {}
     in_session: set[int] = set()
     for entry in os.listdir("/proc"):
@@ -139,9 +141,9 @@ def cluster_pids(gateway_pid: int) -> list[int]:
             except (OSError, ValueError):
                 continue
             parents[int(entry)] = ppid
-            if sid == gateway_pid:
+            if sid in roots:
                 in_session.add(int(entry))
-    found, frontier = {gateway_pid}, [gateway_pid]
+    found, frontier = set(roots), list(roots)
     while frontier:
         parent = frontier.pop()
         children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in found]
@@ -153,9 +155,9 @@ def cluster_pids(gateway_pid: int) -> list[int]:
 class Sampler(threading.Thread):
     """Samples every process of the cluster, and this (the load) process, every ``interval_s``."""
 
-    def __init__(self, gateway_pid: int, t0: float, interval_s: float) -> None:
+    def __init__(self, gateway_pid: int, t0: float, interval_s: float, head_pid: int = 0) -> None:
         super().__init__(name="soak-sampler", daemon=True)
-        self.gateway_pid, self.t0, self.interval_s = gateway_pid, t0, interval_s
+        self.gateway_pid, self.head_pid, self.t0, self.interval_s = gateway_pid, head_pid, t0, interval_s
         self.series: dict[int, ProcessSeries] = {}
         self.loadavg: list[tuple[float, float]] = []
         self._stop_event = threading.Event()
@@ -174,7 +176,7 @@ class Sampler(threading.Thread):
     def sample(self) -> None:
         now = time.monotonic() - self.t0
         self.loadavg.append((now, os.getloadavg()[0]))
-        for pid in [*cluster_pids(self.gateway_pid), os.getpid()]:
+        for pid in [*cluster_pids(self.gateway_pid, self.head_pid), os.getpid()]:
             try:
                 argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
                 rss, anon = _memory_mib(pid)
@@ -643,14 +645,15 @@ class Soak:
     store: dict[str, Any]
 
 
-def soak(args: argparse.Namespace, target: Target, gateway_pid: int, receiver: WebhookReceiver) -> Soak:
+def soak(args: argparse.Namespace, target: Target, gateway_pid: int, receiver: WebhookReceiver,
+         head_pid: int = 0) -> Soak:
     """Prime the models, then run the load and the sampler for the run's length; tally the store after."""
     run_s = args.minutes * 60.0
     load = Load(target, time.monotonic(), run_s, receiver.url)
     try:
         boots = prime(load)
         load.t0 = time.monotonic()
-        sampler = Sampler(gateway_pid, load.t0, args.interval_s)
+        sampler = Sampler(gateway_pid, load.t0, args.interval_s, head_pid)
         sampler.start()
         print(f"soak: {args.minutes:g} min, workers {workers_of(args)}, sampling every {args.interval_s:g} s",
               flush=True)
@@ -731,7 +734,7 @@ def main(argv: list[str] | None = None) -> None:
             settings = dataclasses.replace(base, allow_private_urls=True)  # the webhook receiver is loopback
             try:
                 state, target = start_cluster(settings)
-                result = soak(args, target, state.pid, receiver)
+                result = soak(args, target, state.pid, receiver, state.ray_head.pid if state.ray_head else 0)
             finally:
                 launch.down(settings)
     finally:

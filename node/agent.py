@@ -298,6 +298,11 @@ class NodeAgent:
                     if inst.boxes.get(pid) is box and pid not in inst.abandoned)
         return held
 
+    @property
+    def data_address(self) -> str:
+        """The ``NodeData`` port's, in process: this agent object."""
+        return f"in-process://{self.node_id}/{id(self)}"
+
     async def attach(self, router_id: str) -> dict[str, str]:
         """The ``NodeData`` port's first call, in process (no session to open): ``held``."""
         return self.held(router_id)

@@ -282,7 +282,7 @@ class Controller:
     async def membership_once(self) -> None:
         """Remove the nodes that left the cluster, then take in agents on the nodes that joined it."""
         for node_id in await self._provisioner.departed():
-            await self._lose_node(node_id, "its node left the cluster")
+            await self._lose_node(node_id, "its agent died, or its node left the cluster")
         joined = [n for n in await self._provisioner.provision() if n.node_id not in self._fleet.nodes]
         for node in joined:
             self._fleet.nodes[node.node_id] = node

@@ -51,7 +51,7 @@ class DataChannel:
     def __init__(self, node_id: str, address: str, secret: str, router_id: str,
                  reconnect_tries: int = RECONNECT_TRIES, backoff_s: float = RECONNECT_BACKOFF_S) -> None:
         self.node_id = node_id
-        self._address = address
+        self.data_address = address
         self._secret = secret
         self._router_id = router_id
         self._tries = reconnect_tries
@@ -118,7 +118,7 @@ class DataChannel:
     async def _connect(self) -> None:
         """Open a stream and resume the session on it: Hello, the agent's Welcome, then the frames the
         agent had not applied, before any new one."""
-        channel = grpc.aio.insecure_channel(self._address, options=dataplane.CHANNEL_OPTIONS)
+        channel = grpc.aio.insecure_channel(self.data_address, options=dataplane.CHANNEL_OPTIONS)
         resuming = self._resumable
         try:
             # Responses come in as bytes and are decoded here, which names a frame it cannot read.

@@ -45,9 +45,18 @@ class NodeLinks:
         if node_id not in self._pollers:
             self._pollers[node_id] = asyncio.create_task(self._poll(node), name=f"poll-{node_id}")
 
+    def replaced(self, node_id: str, node: NodeData) -> bool:
+        """Whether ``node`` is another agent than the one linked under ``node_id`` (a dead one's
+        replacement, listening elsewhere): the old one is then to be taken for lost (``drop``)."""
+        old = self.nodes.get(node_id)
+        return old is not None and old.data_address != node.data_address
+
     def drop(self, node_id: str) -> None:
+        """Unlink a node; its poller stops (unless it is the caller: it returns by itself)."""
         self.nodes.pop(node_id, None)
-        self._pollers.pop(node_id, None)
+        poller = self._pollers.pop(node_id, None)
+        if poller is not None and poller is not asyncio.current_task():
+            poller.cancel()
 
     # Sending
 

@@ -36,9 +36,13 @@ class NodeControl(Protocol):
 
 class NodeData(Protocol):
     """A node agent as the router uses it: the data plane (``warmfleet.dataplane``). Tasks go out in
-    batches, cancellations by prediction id, and the events of a router's tasks come back by ``poll``."""
+    batches, cancellations by prediction id, and the events of a router's tasks come back by ``poll``.
+
+    ``data_address``: where its data plane listens. An agent that replaced a dead one on the same node
+    has the same ``node_id`` and another address: the router takes it for a new agent."""
 
     node_id: str
+    data_address: str
 
     async def attach(self, router_id: str) -> dict[str, str]:
         """Open ``router_id``'s session with the agent (the router's first call) and say what the agent

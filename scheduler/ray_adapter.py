@@ -120,7 +120,7 @@ class RayNodeHandle:
     def __init__(self, handle: Any, node_id: str, data_address: str, secret: str) -> None:
         self._h = handle
         self.node_id = node_id
-        self._data_address = data_address
+        self.data_address = data_address
         self._secret = secret
         self._channels: dict[str, DataChannel] = {}
 
@@ -131,7 +131,7 @@ class RayNodeHandle:
         channel = self._channels.get(router_id)
         if channel is None:
             channel = self._channels[router_id] = DataChannel(
-                self.node_id, self._data_address, self._secret, router_id)
+                self.node_id, self.data_address, self._secret, router_id)
         return channel
 
     # NodeData

@@ -347,6 +347,8 @@ class Router:
         if table.revision <= self.revision:
             return
         self.revision = table.revision
+        for node_id in [n for n, client in table.nodes.items() if self._links.replaced(n, client)]:
+            self._node_lost(node_id)  # a new agent on the node: the one before it is gone
         self._pool.adopt(table.instances)
         if table.models is not None:
             self._not_retryable = {m.name for m in table.models if not m.retryable}

@@ -92,6 +92,7 @@ class Prediction:
     metrics: dict[str, float | int] = field(default_factory=dict)
     deployment: str = ""
     owner: str = ""
+    attempt: int = 1  # 2 once it ran again because its node or the gateway stopped while it ran
 
     @property
     def done(self) -> bool:
@@ -440,7 +441,7 @@ def prediction_from_pb(pb: types_pb2.Prediction) -> Prediction:
         started_at=_time_from_pb(pb, "started_at"), completed_at=_time_from_pb(pb, "completed_at"),
         metrics={**dict(pb.metrics.custom),
                  **{fd.name: value for fd, value in pb.metrics.ListFields() if fd.name != "custom"}},
-        deployment=pb.deployment, owner=pb.owner,
+        deployment=pb.deployment, owner=pb.owner, attempt=pb.attempt or 1,
     )
 
 

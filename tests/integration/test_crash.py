@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
+from typing import Callable
 import signal
 import subprocess
 import sys
@@ -34,8 +36,8 @@ options = { max_concurrency = 16 }
 
 
 def ray_processes(title: str, under: int) -> set[int]:
-    """The processes below ``under`` (a gateway: its local Ray's processes are its children) that Ray
-    titles ``ray::<title>`` (an actor's process); other clusters on the machine are not counted."""
+    """The processes below ``under`` (the Ray head `up` started: Ray's processes are its children) that
+    Ray titles ``ray::<title>`` (an actor's process); other clusters on the machine are not counted."""
     parents, titles = {}, {}
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
@@ -65,6 +67,25 @@ def until(condition, timeout_s: float, what: str):
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
+@dataclass
+class Cluster:
+    """A `warmfleet up` cluster of its own: its client, its Ray head's pid, its gateway's pid and its CLI."""
+
+    client: Client
+    head: int
+    gateway: int
+    cli: Callable[..., subprocess.CompletedProcess]
+    home: Path
+
+    def up_again(self) -> None:
+        """`up` (after a crash): the state file then names the new gateway, which the client follows."""
+        up = self.cli("up")
+        assert up.returncode == 0, up.stdout + up.stderr
+        state = json.loads((self.home / "cluster.json").read_text())
+        self.gateway = state["pid"]
+        self.client = Client(state["grpc_target"], (self.home / "admin_token").read_text().strip())
+
+
 @pytest.fixture
 def cluster(tmp_path):
     config = tmp_path / "cluster.toml"
@@ -81,16 +102,20 @@ def cluster(tmp_path):
     state = json.loads((tmp_path / "home" / "cluster.json").read_text())
     client = Client(state["grpc_target"], (tmp_path / "home" / "admin_token").read_text().strip())
     try:
-        yield client, state["pid"]
+        yield Cluster(client, state["ray_head"]["pid"], state["pid"], cli, tmp_path / "home")
     finally:
         down = cli("down")
         assert down.returncode == 0, down.stdout + down.stderr
 
 
+def processing(client: Client, predictions: list) -> bool:
+    return all(client.predictions.get(p.id).status == "processing" for p in predictions)
+
+
 def test_a_killed_controller_restarts_and_nothing_is_lost_and_warm_instances_stay_warm(cluster):
-    client, gateway = cluster
-    [controller_pid] = ray_processes("_RayController", gateway)
-    [agent_pid] = ray_processes("_RayNodeAgent", gateway)
+    client, head = cluster.client, cluster.head
+    [controller_pid] = ray_processes("_RayController", head)
+    [agent_pid] = ray_processes("_RayNodeAgent", head)
     warm = {i.id for i in client.cluster.instances()}
     assert len(warm) == 1
     running = [client.predictions.create("acme/echo", {"text": f"r{n}", "delay_ms": 1500}) for n in range(8)]
@@ -105,18 +130,64 @@ def test_a_killed_controller_restarts_and_nothing_is_lost_and_warm_instances_sta
     for n, created in enumerate(during):
         done = client.predictions.wait(created, timeout_s=60)
         assert (done.status, done.output) == ("succeeded", f"d{n}"), done.error
-    restarted = until(lambda: ray_processes("_RayController", gateway) - {controller_pid}, 60,
+    restarted = until(lambda: ray_processes("_RayController", head) - {controller_pid}, 60,
                       "Ray to restart the controller")
     assert len(restarted) == 1
     # The new controller took in what the agent runs: the same instance, on the same agent process.
     until(lambda: _instances_or_none(client) == warm, 60, "the restarted controller to list the instance")
-    assert ray_processes("_RayNodeAgent", gateway) == {agent_pid}
+    assert ray_processes("_RayNodeAgent", head) == {agent_pid}
     # The gateway follows the new life's routing table: the instance it took in takes work.
     for n in range(5):
         assert client.run("acme/echo", {"text": f"a{n}"}, wait_s=20) == f"a{n}"
     # And it governs again: a model created now gets an instance and answers.
     client.models.create("acme/echo-two", "echo")
     assert client.run("acme/echo-two", {"text": "after"}) == "after"
+
+
+def test_a_killed_agent_is_replaced_and_what_ran_on_it_runs_once_more_with_the_same_output(cluster):
+    client = cluster.client
+    [agent_pid] = ray_processes("_RayNodeAgent", cluster.head)
+    running = [client.predictions.create("acme/echo", {"text": f"r{n}", "delay_ms": 3000}) for n in range(6)]
+    until(lambda: processing(client, running), 30, "the predictions to run")
+
+    os.kill(agent_pid, signal.SIGKILL)
+    queued = [client.predictions.create("acme/echo", {"text": f"q{n}"}) for n in range(6)]
+
+    for n, created in enumerate(running):
+        done = client.predictions.wait(created, timeout_s=90)
+        assert (done.status, done.output, done.attempt) == ("succeeded", f"r{n}", 2), done.error
+        assert "was lost while it ran: running it again (attempt 2)" in done.logs
+    for n, created in enumerate(queued):  # sent to the dead agent before its stream broke: re-runs, or not
+        done = client.predictions.wait(created, timeout_s=90)
+        assert (done.status, done.output) == ("succeeded", f"q{n}") and done.attempt in (1, 2), done.error
+    [replacement] = until(lambda: ray_processes("_RayNodeAgent", cluster.head) - {agent_pid}, 60,
+                          "a new agent on the node")
+    assert not Path(f"/proc/{agent_pid}").exists()
+
+
+def test_a_killed_gateway_loses_no_accepted_prediction_and_up_takes_them_all_up(cluster):
+    client = cluster.client
+    [agent_pid] = ray_processes("_RayNodeAgent", cluster.head)
+    # 16 run (the instance's slots), 8 wait in the queue: both kinds are in flight when the gateway dies.
+    running = [client.predictions.create("acme/echo", {"text": f"r{n}", "delay_ms": 4000}) for n in range(16)]
+    queued = [client.predictions.create("acme/echo", {"text": f"q{n}", "delay_ms": 200}) for n in range(8)]
+    until(lambda: processing(client, running), 30, "the first 16 to run")
+
+    os.kill(cluster.gateway, signal.SIGKILL)
+    until(lambda: not Path(f"/proc/{cluster.gateway}").exists(), 10, "the gateway to exit")
+    cluster.up_again()
+
+    client = cluster.client
+    expected = [(f"r{n}", p) for n, p in enumerate(running)] + [(f"q{n}", p) for n, p in enumerate(queued)]
+    for name, created in expected:
+        done = client.predictions.wait(created, timeout_s=90)
+        assert (done.status, done.output) == ("succeeded", name), done.error
+        # What still ran on the agent was followed there, not run again; the queued ones ran once.
+        assert done.attempt == 1, done.logs
+    assert ray_processes("_RayNodeAgent", cluster.head) == {agent_pid}  # the agent, warm, outlived it
+    again = client.predictions.create("acme/echo", {"text": "r0", "delay_ms": 4000}, id=running[0].id)
+    assert again.id == running[0].id and again.output == "r0"  # the client id still names the same one
+    assert client.run("acme/echo", {"text": "after"}) == "after"
 
 
 def _instances_or_none(client: Client) -> set[str] | None:
@@ -134,8 +205,8 @@ def test_down_leaves_no_agent_or_controller_behind(tmp_path):
     run = [sys.executable, "-m", "warmfleet.cli", "--config", str(config)]
     assert subprocess.run([*run, "up"], env=env, capture_output=True, timeout=180).returncode == 0
     try:
-        gateway = json.loads((tmp_path / "home" / "cluster.json").read_text())["pid"]
-        ours = ray_processes("_RayNodeAgent", gateway) | ray_processes("_RayController", gateway)
+        head = json.loads((tmp_path / "home" / "cluster.json").read_text())["ray_head"]["pid"]
+        ours = ray_processes("_RayNodeAgent", head) | ray_processes("_RayController", head)
         assert len(ours) == 2
     finally:
         assert subprocess.run([*run, "down"], env=env, capture_output=True, timeout=180).returncode == 0

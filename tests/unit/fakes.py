@@ -52,6 +52,7 @@ class FakeNodeData(NodeData):
 
     def __init__(self, node_id: str) -> None:
         self.node_id = node_id
+        self.data_address = f"fake://{node_id}/{id(self)}"  # another fake of the same node: another agent
         self.submits: list[list[Task]] = []  # one entry per submit call
         self.cancels: list[list[str]] = []  # one entry per cancel call
         self.calls: list[tuple[str, tuple[str, ...]]] = []  # ("submit" | "cancel", prediction ids), in order

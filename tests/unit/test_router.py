@@ -627,3 +627,28 @@ async def test_a_model_whose_load_failed_fails_its_waiting_predictions_with_the_
     assert finished.status is Status.FAILED
     assert finished.error == "no instance of acme/broken could be loaded: OSError: weights not found"
     assert not log.finished("p2") and router.ongoing() == {MODEL: 1}  # other models keep waiting
+
+
+async def test_a_new_agent_on_a_node_replaces_the_dead_one_even_before_its_stream_says_so(make_router):
+    old, new = FakeNodeData("A"), FakeNodeData("A")  # the same node id, another agent (another address)
+    log = EventLog()
+    router = make_router(log)
+    router.update_table(table(1, [instance("i1", MODEL, "A", 2)], old))
+    router.enqueue("p1", MODEL, _input(1))
+    await old.wait_submitted(1)
+
+    # The controller replaced the dead agent; its table comes before the old stream gave up.
+    router.update_table(table(2, [instance("i2", MODEL, "A", 2)], new))
+    await new.wait_submitted(1)
+    assert new.submits[0][0].instance_id == "i2"
+    [again] = [b for b in log.bodies("p1") if isinstance(b, Requeued)]
+    assert "node A was lost while it ran" in again.reason
+    router.enqueue("p2", MODEL, _input(2))
+    await new.wait_submitted(2)
+    old.lose()  # the old stream gives up at last: nothing more happens
+    new.finish("p1")
+    new.finish("p2")
+    done = await log.wait_finished("p1", "p2")
+    assert all(f.status is Status.SUCCEEDED for f in done)
+    await settle()
+    assert len(log.finished("p1")) == 1 and old.submitted_ids == ["p1"]

@@ -1,6 +1,12 @@
 """`warmfleet serve`, the gateway process: joins (or starts) Ray, assembles the served models (the
 built-in ones and the cluster config file's), starts the controller and its agents, serves gRPC until
-SIGTERM or SIGINT, then shuts down in order. `warmfleet up` runs this in the background."""
+SIGTERM or SIGINT, then shuts down in order. `warmfleet up` runs this in the background.
+
+Which gateway stops the cluster: the one that owns it. A gateway owns the controller it created, and it
+owns the cluster of the Ray head `up` started for this home (the state file records that head, at the
+address this gateway joined) whether it created the controller or found it running: a gateway that `up`
+restarted after a crash found the controller and its agents warm, and `down` must still stop them in
+order. A gateway that joined a cluster another gateway serves leaves it running."""
 
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ from gateway.server import Gateway
 from scheduler import ray_adapter
 from warmfleet.cli.cluster_config import load_cluster_config
 from warmfleet.cli.defaults import default_models, prepare_default_weights
-from warmfleet.cluster_state import write_state
+from warmfleet.cluster_state import RayHead, read_ray_head, remove_gateway, write_state
 from warmfleet.domain import RouteSpec
 from warmfleet.settings import Settings
 
@@ -21,7 +27,8 @@ log = logging.getLogger(__name__)
 
 async def serve(settings: Settings) -> None:
     ray_adapter.connect(settings.ray_address, settings.ray_namespace)
-    controller = ray_adapter.find_controller()  # another gateway's, when joining a served cluster
+    head = home_ray_head(settings)
+    controller = ray_adapter.find_controller()  # another gateway's, or the crashed one's that `up` replaced
     created = controller is None
     if created:
         models = served_models(settings)
@@ -32,7 +39,7 @@ async def serve(settings: Settings) -> None:
         await controller.start()
     gateway = Gateway(settings, controller)
     port = await gateway.start()
-    write_state(settings, port, gateway.http_port)
+    write_state(settings, port, gateway.http_port, head)
     log.info("serving gRPC on %s:%d", settings.grpc_host, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -41,10 +48,16 @@ async def serve(settings: Settings) -> None:
     await stop.wait()
     log.info("shutting down")
     await gateway.stop()
-    if created:
+    if created or head is not None:  # this gateway owns the cluster (see the module's docstring)
         await controller.shutdown()
-    settings.state_path.unlink(missing_ok=True)
+    remove_gateway(settings)
     ray_adapter.shutdown()
+
+
+def home_ray_head(settings: Settings) -> RayHead | None:
+    """The Ray head `up` started for this home, when it is the Ray this gateway joined."""
+    head = read_ray_head(settings)
+    return head if head is not None and head.address and head.address == settings.ray_address else None
 
 
 def served_models(settings: Settings) -> list[RouteSpec]:
