@@ -71,9 +71,19 @@ def test_builtin_models_can_be_left_out(tmp_path):
     ('[[deployments]]\nname = "a/p"\nmodel = "warmfleet/echo"\nautoscaling = { speed = 1 }\n',
      "deployments[0].autoscaling.speed"),
     ('[[models]]\nname = "warmfleet/echo"\nrunner = "echo"\n', "cluster_config"),
+    ('[[models]]\nname = "a/b"\nrunner = "echo"\nretryable = "no"\n', "models[0].retryable"),
     ("[[models]\n", "cluster_config"),
 ])
 def test_mistakes_are_refused_naming_their_place(tmp_path, text, field):
     with pytest.raises(InvalidInput) as err:
         load_cluster_config(write(tmp_path, text), BUILTIN)
     assert err.value.field == field
+
+
+def test_a_model_may_be_marked_not_to_be_run_again_and_its_deployments_follow(tmp_path):
+    text = ('[[models]]\nname = "acme/mailer"\nrunner = "echo"\nretryable = false\n'
+            '[[models]]\nname = "acme/echo"\nrunner = "echo"\n'
+            '[[deployments]]\nname = "acme/mailer-prod"\nmodel = "acme/mailer"\n')
+    routes = {r.name: r for r in load_cluster_config(write(tmp_path, text), [])}
+    assert not routes["acme/mailer"].retryable and not routes["acme/mailer-prod"].retryable
+    assert routes["acme/echo"].retryable

@@ -99,3 +99,24 @@ def test_files_in_an_array_of_uri_strings_are_accepted():
 def test_an_invalid_schema_is_refused_when_compiled():
     with pytest.raises(jsonschema.exceptions.SchemaError):
         InputValidator({"type": "object", "properties": {"x": {"type": "strnig"}}})
+
+
+@pytest.mark.parametrize("seed, low, high", [
+    ({"type": "integer", "minimum": 0, "maximum": 9}, 0, 9),
+    ({"type": "integer"}, 0, 2**32 - 1),  # a Cog model's Optional[int] seed: no bounds in its schema
+    ({"type": ["integer", "null"], "minimum": -5, "maximum": 3}, 0, 3),  # never a negative draw
+])
+def test_a_seed_is_drawn_within_the_schemas_bounds_when_none_is_given(seed, low, high):
+    validator = InputValidator({"type": "object", "properties": {"seed": seed, "x": {"type": "string"}}})
+    filled = validator.validate({"x": "a"})
+    drawn = validator.fix_seed(filled)
+    assert drawn is not None and low <= drawn <= high and filled["seed"] == drawn
+    given = validator.validate({"x": "a", "seed": 2})
+    assert validator.fix_seed(given) is None and given["seed"] == 2
+
+
+def test_no_seed_is_drawn_for_a_schema_without_an_integer_seed():
+    for props in ({"x": {"type": "string"}}, {"seed": {"type": "string"}}):
+        validator = InputValidator({"type": "object", "properties": props})
+        filled = validator.validate({})
+        assert validator.fix_seed(filled) is None and "seed" not in filled
