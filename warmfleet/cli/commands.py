@@ -12,6 +12,8 @@ import mimetypes
 import os
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import datetime
 from pathlib import Path
@@ -21,6 +23,7 @@ import click
 
 from warmfleet.cli import launch
 from warmfleet.client import Client, Event, File, Prediction, WarmfleetClientError
+from warmfleet.cluster_state import ClusterState
 from warmfleet.errors import WarmfleetError
 from warmfleet.settings import Settings, load_settings
 
@@ -318,12 +321,27 @@ def status(obj: CliContext) -> None:
     click.echo(f"gateway:  {client.target}")
     if state is not None:
         click.echo(f"metrics:  {state.metrics_url or 'not served (see the log)'}")
-    if not launch.healthy(client.target):
+    said = launch.health(client.target)
+    if said is None:
         raise CliError(f"no gateway at {client.target}: is `warmfleet up` running?")
-    click.echo("health:   serving")
+    click.echo("health:   serving" if said == launch.SERVING else
+               f"health:   not serving: {_why_not_serving(state)}")
     _table("models", ["name", "runner", "version"],
            [[m.name, m.runner, m.version[:12]] for m in client.models.list()])
     _show_fleet(client)
+
+
+def _why_not_serving(state: ClusterState | None) -> str:
+    """What the gateway's /healthz says (the controller away, the store unable to write...)."""
+    if state is None or not state.http_target:
+        return "see the gateway's log"
+    try:
+        with urllib.request.urlopen(f"http://{state.http_target}/healthz", timeout=2.0) as reply:
+            return json.loads(reply.read()).get("reason", "") or "see the gateway's log"
+    except urllib.error.HTTPError as err:
+        return json.loads(err.read() or b"{}").get("reason", "") or "see the gateway's log"
+    except (OSError, ValueError):
+        return "see the gateway's log"
 
 
 def _show_fleet(client: Client) -> None:

@@ -57,14 +57,24 @@ def ray_log_path(settings: Settings) -> Path:
     return settings.home / "logs" / "ray-head.log"
 
 
-def healthy(target: str, timeout_s: float = 1.0) -> bool:
-    """Whether the gRPC server at ``target`` says it is serving (a gateway; a Ray GCS answers too)."""
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+def health(target: str, timeout_s: float = 1.0) -> int | None:
+    """What the gRPC server at ``target`` says of its health (``HealthCheckResponse``'s status: a gateway
+    says NOT_SERVING while its controller or its store is away, see /healthz); None when it does not
+    answer. A Ray GCS answers too."""
     try:
         with grpc.insecure_channel(target) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
-            return reply.status == health_pb2.HealthCheckResponse.SERVING
+            return reply.status
     except grpc.RpcError:
-        return False
+        return None
+
+
+def healthy(target: str, timeout_s: float = 1.0) -> bool:
+    """Whether the gRPC server at ``target`` says it is serving."""
+    return health(target, timeout_s) == SERVING
 
 
 def _alive(pid: int) -> bool:
@@ -111,7 +121,9 @@ def up(settings: Settings, timeout_s: float = 180.0) -> ClusterState:
     """Start the gateway process in the background (and the home's Ray head, unless the settings name a
     Ray to join) and wait until it serves. Idempotent; after a crash, reuses what still runs."""
     state = running(settings)
-    if state is not None and (healthy(state.grpc_target) or healthy(state.grpc_target, timeout_s=5.0)):
+    # A gateway that answers runs, serving or degraded (its controller restarting, its disk full): kept.
+    if state is not None and (health(state.grpc_target) is not None
+                              or health(state.grpc_target, timeout_s=5.0) is not None):
         return state
     deadline = time.monotonic() + timeout_s
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -145,7 +157,8 @@ def down(settings: Settings, timeout_s: float = 60.0) -> bool:
     return stopped
 
 
-def _start_gateway(settings: Settings, env: dict[str, str], deadline: float, timeout_s: float) -> ClusterState:
+def _start_gateway(settings: Settings, env: dict[str, str], deadline: float,
+                   timeout_s: float) -> ClusterState:
     log = log_path(settings)
     log.parent.mkdir(parents=True, exist_ok=True)
     env.update(settings_environ(settings))
@@ -178,7 +191,8 @@ def ray_environ(settings: Settings) -> dict[str, str]:
     """What the head and the gateway that joins it share: token authentication with a token of the home's
     (unless the user chose Ray's authentication mode), and a SIGTERM that stops the head at once (the
     gateway has stopped the actors in order by then; Ray would wait for the node to drain)."""
-    env = {"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": os.environ.get("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")}
+    drain = "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"
+    env = {drain: os.environ.get(drain, "0")}
     if "RAY_AUTH_MODE" not in os.environ:
         env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(_ray_token(settings)))
     return env
@@ -312,7 +326,8 @@ def _end_session(leader: int, leader_is_ours: bool, timeout_s: float, sig: int =
         return False
     if leader_is_ours:
         _signal(leader, sig)
-        if _wait(lambda: not _alive(leader), timeout_s) and _wait(lambda: not session(leader), ORPHANS_WAIT_S):
+        if (_wait(lambda: not _alive(leader), timeout_s)
+                and _wait(lambda: not session(leader), ORPHANS_WAIT_S)):
             return True
     for pid in session(leader) | {leader}:
         _signal(pid, signal.SIGKILL)
