@@ -26,6 +26,7 @@ from warmfleet.domain import (
     Status, TaskEventBody,
 )
 from warmfleet.errors import AlreadyExists, InvalidInput, NotFound, Unavailable, WarmfleetError
+from warmfleet.jsonvalues import check_json
 
 log = logging.getLogger(__name__)
 
@@ -327,6 +328,7 @@ def _is_text(chunk: OutputChunk) -> bool:
 
 
 def _check_create(req: CreateRequest) -> None:
+    check_json(req.input)
     if not 0 <= req.wait_s <= MAX_WAIT_S:
         raise InvalidInput("wait_s", f"must be between 0 and {MAX_WAIT_S:g} seconds")
     if req.deadline_s < 0:

@@ -142,7 +142,7 @@ class Gateway:
         if reason == self._health_said:
             return
         self._health_said = reason
-        if reason:
+        if reason and self._serving:  # degraded (not merely stopping)
             log.warning("health: NOT_SERVING: %s", reason)
         status = health_pb2.HealthCheckResponse.NOT_SERVING if reason else health_pb2.HealthCheckResponse.SERVING
         for name in ("",) + SERVICE_NAMES:

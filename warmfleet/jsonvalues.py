@@ -8,6 +8,44 @@ from typing import Any, Callable
 
 from google.protobuf import json_format, struct_pb2
 
+from warmfleet.errors import InvalidInput
+
+MAX_DEPTH = 64  # objects and arrays nested in one value: more is no model's input, and costs the stack
+MAX_INTEGER = 2**63 - 1  # the widest integer every part of the cluster keeps exactly (the store's JSON)
+
+
+def check_json(value: Any, path: str = "input", depth: int = 0) -> None:
+    """Refuse what JSON cannot carry, or no model takes, before it goes anywhere, naming its place and
+    the rule (``InvalidInput``): a number that is NaN or infinite, an integer beyond +-(2^63-1), a string
+    that is not valid Unicode (a lone surrogate), a non-string key, nesting deeper than ``MAX_DEPTH``.
+    Whatever else an input holds (a file) is left to its schema."""
+    if isinstance(value, str):
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidInput(path, "is not valid Unicode (it holds a lone surrogate)") from None
+    elif isinstance(value, bool) or value is None:
+        return
+    elif isinstance(value, int):
+        if not -MAX_INTEGER <= value <= MAX_INTEGER:
+            raise InvalidInput(path, f"must be an integer within +-{MAX_INTEGER}")
+    elif isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise InvalidInput(path, "must be a finite number (not NaN or infinity)")
+    elif isinstance(value, (dict, list, tuple)):
+        if depth >= MAX_DEPTH:
+            raise InvalidInput(path, f"nests objects and arrays deeper than {MAX_DEPTH} levels")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise InvalidInput(path, f"has a key that is not a string: {key!r}")
+                check_json(key, f"{path} (a key)", depth)
+                check_json(item, f"{path}.{key}", depth + 1)
+        else:
+            for i, item in enumerate(value):
+                check_json(item, f"{path}[{i}]", depth + 1)
+
 
 def plain(value: Any) -> Any:
     """Struct numbers travel as doubles: integral ones come back as ints, as JSON means them."""

@@ -20,11 +20,20 @@ log = logging.getLogger(__name__)
 PUBLIC_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
 
+# The longest message a status carries, in characters. It travels as a percent-encoded trailer (up to 9
+# bytes a character), and a client refuses trailers over 16 KiB: a message quoting a long input (a 20,000
+# character id) reached the client as RESOURCE_EXHAUSTED instead of its own status.
+MAX_MESSAGE_CHARS = 1000
+
+
 def error_status(err: BaseException) -> tuple[grpc.StatusCode, str]:
     """The gRPC status and message a client sees for ``err``."""
     code_name, _ = status_for(err)
     if isinstance(err, WarmfleetError):
-        return grpc.StatusCode[code_name], str(err)
+        message = str(err)
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = message[:MAX_MESSAGE_CHARS - 20] + f"... ({len(message)} characters)"
+        return grpc.StatusCode[code_name], message
     return grpc.StatusCode.INTERNAL, "internal error; the gateway log has the details"
 
 

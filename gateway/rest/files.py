@@ -9,12 +9,12 @@ delete any); its ``urls.get`` can be given as a file input to the owner's predic
 from __future__ import annotations
 
 import base64
-import json
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from aiohttp import BodyPartReader, hdrs, web
 from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.multipart import parse_content_disposition
@@ -93,7 +93,11 @@ async def _from_form(request: web.Request, max_bytes: int) -> tuple[bytes, str, 
     data: bytes | None = None
     name = content_type = ""
     metadata: dict[str, Any] = {}
-    async for part in await request.multipart():
+    try:
+        form = await request.multipart()
+    except ValueError as err:  # aiohttp's word for a multipart Content-Type without its boundary
+        raise InvalidInput("Content-Type", f"is not a multipart form this server can read: {err}") from None
+    async for part in form:
         if not isinstance(part, BodyPartReader):
             continue  # a nested multipart is not part of the form
         if part.name == "content":
@@ -141,8 +145,8 @@ async def _read(chunks: AsyncIterator[bytes], max_bytes: int, field: str = "") -
 
 def _metadata(text: str) -> dict[str, Any]:
     try:
-        value = json.loads(text) if text.strip() else {}
-    except ValueError:
+        value = orjson.loads(text) if text.strip() else {}
+    except orjson.JSONDecodeError:
         value = None
     if not isinstance(value, dict):
         raise InvalidInput("metadata", "must be a JSON object")

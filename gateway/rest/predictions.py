@@ -13,10 +13,10 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, Callable
 from urllib.parse import urlencode
 
+import orjson
 from aiohttp import web
 
 from gateway.auth import current_principal
@@ -37,11 +37,12 @@ def register(app: web.Application) -> None:
 
 
 async def json_body(request: web.Request) -> Any:
-    """The request's JSON body (None when empty); 422 when it is not JSON."""
-    text = await request.text()
+    """The request's JSON body (None when empty); 422 when it is not JSON. Strict JSON: NaN, infinities
+    (1e999 too), lone surrogates, invalid UTF-8 and nesting past 1024 levels are refused here."""
+    data = await request.read()
     try:
-        return json.loads(text) if text.strip() else None
-    except ValueError as err:
+        return orjson.loads(data) if data.strip() else None
+    except orjson.JSONDecodeError as err:
         raise InvalidInput("body", f"is not JSON: {err}") from None
 
 
@@ -116,7 +117,7 @@ def _name(request: web.Request) -> str:
 async def list_predictions(request: web.Request) -> web.Response:
     ctx = request.app[REST]
     size = request.query.get("page_size", "")
-    if size and not size.isdigit():
+    if size and not shapes.is_whole_number(size):
         raise InvalidInput("page_size", "must be a whole number from 1 to 1000")
     predictions, cursor = await ctx.predictions.list(current_principal.get(), int(size or 0),
                                                      request.query.get("cursor", ""))
@@ -142,7 +143,7 @@ async def get_output_file(request: web.Request) -> web.Response:
     prediction_id, index = request.match_info["id"], request.match_info["index"]
     pred = await request.app[REST].predictions.get(current_principal.get(), prediction_id)
     files = pred.output.files if pred.output is not None else []
-    if not index.isdigit() or int(index) >= len(files):
+    if not shapes.is_whole_number(index) or int(index) >= len(files):
         raise NotFound(f"prediction {prediction_id!r} has no output file {index} ({len(files)} in all)")
     f = files[int(index)]
     name = shapes.file_name(f)

@@ -45,6 +45,12 @@ _NANOS = 10**9
 _EPOCH = datetime(1970, 1, 1)
 
 
+def is_whole_number(text: str) -> bool:
+    """Whether ``text`` is ASCII digits only (a query or header value): ``str.isdigit`` is true of "²"
+    and other digits that ``int`` refuses."""
+    return text.isascii() and text.isdigit()
+
+
 # Headers
 
 
@@ -58,7 +64,7 @@ def prefer_wait_s(header: str | None) -> float:
         if not has_value:
             return float(MAX_WAIT_S)
         value = value.strip().strip('"')
-        if not value.isdigit() or not 1 <= int(value) <= MAX_WAIT_S:
+        if not is_whole_number(value) or not 1 <= int(value) <= MAX_WAIT_S:
             raise InvalidInput("Prefer", f"wait={value} is not whole seconds from 1 to {MAX_WAIT_S:g}")
         return float(value)
     return 0.0
