@@ -20,21 +20,29 @@ log = logging.getLogger(__name__)
 PUBLIC_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
 
-# The longest message a status carries, in characters. It travels as a percent-encoded trailer (up to 9
-# bytes a character), and a client refuses trailers over 16 KiB: a message quoting a long input (a 20,000
-# character id) reached the client as RESOURCE_EXHAUSTED instead of its own status.
-MAX_MESSAGE_CHARS = 1000
+# The most a status message may take, in UTF-8 bytes. It travels as a percent-encoded trailer (up to 3
+# characters a byte), and a client refuses trailers over 16 KiB: a message quoting a long input (a
+# 20,000-character id) reached the client as RESOURCE_EXHAUSTED instead of its own status. A longer one
+# keeps its start and its end (a traceback's last lines say what failed).
+MAX_MESSAGE_BYTES = 4000
 
 
 def error_status(err: BaseException) -> tuple[grpc.StatusCode, str]:
     """The gRPC status and message a client sees for ``err``."""
     code_name, _ = status_for(err)
     if isinstance(err, WarmfleetError):
-        message = str(err)
-        if len(message) > MAX_MESSAGE_CHARS:
-            message = message[:MAX_MESSAGE_CHARS - 20] + f"... ({len(message)} characters)"
-        return grpc.StatusCode[code_name], message
+        return grpc.StatusCode[code_name], _bounded(str(err))
     return grpc.StatusCode.INTERNAL, "internal error; the gateway log has the details"
+
+
+def _bounded(message: str) -> str:
+    data = message.encode("utf-8", "replace")
+    if len(data) <= MAX_MESSAGE_BYTES:
+        return message
+    keep = (MAX_MESSAGE_BYTES - 100) // 2
+    head = data[:keep].decode("utf-8", "ignore")
+    tail = data[-keep:].decode("utf-8", "ignore")
+    return f"{head} ... ({len(data) - 2 * keep} bytes left out) ... {tail}"
 
 
 class GatewayInterceptor(grpc.aio.ServerInterceptor):
