@@ -86,8 +86,8 @@ class Cluster:
         self.client = Client(state["grpc_target"], (self.home / "admin_token").read_text().strip())
 
 
-@pytest.fixture
-def cluster(tmp_path):
+def home_cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
+    """The CLI on a home of its own (``tmp_path/home``) and this module's echo-only cluster config."""
     config = tmp_path / "cluster.toml"
     config.write_text(CONFIG)
     env = {k: v for k, v in os.environ.items() if not k.startswith("WARMFLEET_")}
@@ -97,6 +97,12 @@ def cluster(tmp_path):
         return subprocess.run([sys.executable, "-m", "warmfleet.cli", "--config", str(config), *args], env=env,
                               capture_output=True, text=True, timeout=180)
 
+    return cli
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    cli = home_cli(tmp_path)
     up = cli("up")
     assert up.returncode == 0, up.stdout + up.stderr
     state = json.loads((tmp_path / "home" / "cluster.json").read_text())
@@ -198,16 +204,12 @@ def _instances_or_none(client: Client) -> set[str] | None:
 
 
 def test_down_leaves_no_agent_or_controller_behind(tmp_path):
-    config = tmp_path / "cluster.toml"
-    config.write_text(CONFIG)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WARMFLEET_")}
-    env["WARMFLEET_HOME"] = str(tmp_path / "home")
-    run = [sys.executable, "-m", "warmfleet.cli", "--config", str(config)]
-    assert subprocess.run([*run, "up"], env=env, capture_output=True, timeout=180).returncode == 0
+    cli = home_cli(tmp_path)
+    assert cli("up").returncode == 0
     try:
         head = json.loads((tmp_path / "home" / "cluster.json").read_text())["ray_head"]["pid"]
         ours = ray_processes("_RayNodeAgent", head) | ray_processes("_RayController", head)
         assert len(ours) == 2
     finally:
-        assert subprocess.run([*run, "down"], env=env, capture_output=True, timeout=180).returncode == 0
+        assert cli("down").returncode == 0
     until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in ours), 30, "the cluster's actors to exit")

@@ -22,11 +22,11 @@ import pytest
 from node.agent import NodeAgent
 from node.data_server import DataServer
 from runners import registry
-from runners.base import PredictContext, PredictGenerator, Runner
+from runners.base import PredictContext, PredictGenerator
 from scheduler.data_channel import DataChannel
 from scheduler.ports import NodeLost, RoutingTable
 from scheduler.router import DEADLINE_RUNNING, Router
-from tests.unit.fakes import EventLog, poll_until_ended, wait_until
+from tests.unit.fakes import EventLog, SchemalessRunner, poll_until_ended, wait_until
 from warmfleet import dataplane
 from warmfleet.domain import (
     Finished, InstanceInfo, InstanceState, Output, OutputChunk, Rejected, Requeued, RouteSpec, Started, Status, Task,
@@ -394,21 +394,13 @@ async def test_two_routers_sharing_an_instance_never_fail_a_prediction_for_want_
     assert sum(channel.rejected for _, _, channel in routers) > 0  # they did get in each other's way
 
 
-class HangsOnCancel(Runner):
+class HangsOnCancel(SchemalessRunner):
     """A runner whose predictions never stop once begun (``{"hang": true}``: a hung model that no
     cancel reaches, until the test's ``release``); otherwise it echoes its text."""
 
     family = "hangs-on-cancel"
     release = threading.Event()
     loads = 0
-
-    @classmethod
-    def input_schema(cls, spec: RouteSpec) -> dict[str, Any]:
-        return {"type": "object"}
-
-    @classmethod
-    def output_schema(cls, spec: RouteSpec) -> dict[str, Any]:
-        return {}
 
     def load(self) -> None:
         type(self).loads += 1

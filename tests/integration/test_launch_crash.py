@@ -9,13 +9,11 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.integration.test_crash import CONFIG, ray_processes, until
+from tests.integration.test_crash import home_cli, ray_processes, until
 from warmfleet.cli.launch import ray_temp_dir
 from warmfleet.client import Client
 from warmfleet.settings import Settings
@@ -26,15 +24,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def cli(tmp_path):
     """``run(*args)``: the CLI on a home of its own, with the echo-only cluster config; ``down`` at the end."""
-    config = tmp_path / "cluster.toml"
-    config.write_text(CONFIG)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WARMFLEET_")}
-    env["WARMFLEET_HOME"] = str(tmp_path / "home")
-
-    def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "warmfleet.cli", "--config", str(config), *args],
-                              env=env, capture_output=True, text=True, timeout=180, check=False)
-
+    run = home_cli(tmp_path)
     try:
         yield run, tmp_path / "home"
     finally:

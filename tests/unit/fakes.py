@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Callable
 
+from runners.base import Runner
 from scheduler.ports import NodeControl, NodeData, NodeLost, RoutingTable
 from warmfleet.domain import (
     Finished, InstanceInfo, InstanceState, RouteSpec, NodeInfo, Output, Rejected, Status, Task, TaskEvent,
@@ -45,6 +46,18 @@ async def settle(turns: int = 20) -> None:
     """
     for _ in range(turns):
         await asyncio.sleep(0)
+
+
+class SchemalessRunner(Runner):
+    """The base of the tests' tiny runners: any object is its input, and it declares no output schema."""
+
+    @classmethod
+    def input_schema(cls, spec: RouteSpec) -> dict[str, Any]:
+        return {"type": "object"}
+
+    @classmethod
+    def output_schema(cls, spec: RouteSpec) -> dict[str, Any]:
+        return {}
 
 
 class FakeNodeData(NodeData):

@@ -17,7 +17,7 @@ from warmfleet.domain import (
 )
 from warmfleet.errors import InvalidInput, NotFound
 
-from tests.unit.fakes import poll_until_ended
+from tests.unit.fakes import SchemalessRunner, poll_until_ended
 
 ROUTER = "router-1"
 
@@ -25,17 +25,7 @@ ROUTER = "router-1"
 # Tiny one-behaviour runners, registered into the registry for one test at a time.
 
 
-class _Fixture(Runner):
-    @classmethod
-    def input_schema(cls, spec: RouteSpec) -> dict[str, Any]:
-        return {"type": "object"}
-
-    @classmethod
-    def output_schema(cls, spec: RouteSpec) -> dict[str, Any]:
-        return {}
-
-
-class RaisesOnPredict(_Fixture):
+class RaisesOnPredict(SchemalessRunner):
     family = "raises-on-predict"
 
     def predict(self, input: dict[str, Any], ctx: PredictContext) -> PredictGenerator:
@@ -43,7 +33,7 @@ class RaisesOnPredict(_Fixture):
         raise RuntimeError("the model exploded")
 
 
-class RefusesItsInput(_Fixture):
+class RefusesItsInput(SchemalessRunner):
     family = "refuses-its-input"
 
     def predict(self, input: dict[str, Any], ctx: PredictContext) -> PredictGenerator:
@@ -51,7 +41,7 @@ class RefusesItsInput(_Fixture):
         yield  # a generator
 
 
-class RaisesBeforeItsFirstEvent(_Fixture):
+class RaisesBeforeItsFirstEvent(SchemalessRunner):
     """``predict`` is a plain function (it returns a generator later, or here never): it raises on call."""
 
     family = "raises-before-first-event"
@@ -60,7 +50,7 @@ class RaisesBeforeItsFirstEvent(_Fixture):
         raise ValueError("bad input shape")
 
 
-class ReportsMetrics(_Fixture):
+class ReportsMetrics(SchemalessRunner):
     """Reports its own figures, including one (predict_time_s) that the agent measures itself."""
 
     family = "reports-metrics"
@@ -70,7 +60,7 @@ class ReportsMetrics(_Fixture):
         return Output(value="done")
 
 
-class RaisesOnLoad(_Fixture):
+class RaisesOnLoad(SchemalessRunner):
     family = "raises-on-load"
 
     def load(self) -> None:
@@ -81,7 +71,7 @@ class RaisesOnLoad(_Fixture):
         yield
 
 
-class Gated(_Fixture):
+class Gated(SchemalessRunner):
     """Holds each prediction until the test opens ``gate``; records its unload."""
 
     family = "gated"

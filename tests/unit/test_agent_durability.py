@@ -16,7 +16,8 @@ import pytest
 from node.agent import NodeAgent
 from node.outbox import ResumeRefused
 from runners import registry
-from runners.base import PredictContext, PredictGenerator, Runner
+from runners.base import PredictContext, PredictGenerator
+from tests.unit.fakes import SchemalessRunner
 from warmfleet.domain import Finished, Output, Rejected, RouteSpec, Status, Task, TaskEvent
 
 ROUTER = "router-1"
@@ -24,7 +25,7 @@ GRACE_S = 0.1
 WAIT_S = 5.0
 
 
-class IgnoresCancel(Runner):
+class IgnoresCancel(SchemalessRunner):
     """``{"hang": true}`` blocks on the class's ``release`` whatever happens (a hung model: cancel does
     not reach it); ``{"wait": true}`` waits for ``gate`` but stops when canceled; otherwise it answers.
     ``entered`` is set once a prediction is inside ``predict``. Counts its loads and unloads; an unload
@@ -37,14 +38,6 @@ class IgnoresCancel(Runner):
     entered = threading.Event()
     loads: list[int] = []
     unloads: list[int] = []
-
-    @classmethod
-    def input_schema(cls, spec: RouteSpec) -> dict[str, Any]:
-        return {"type": "object"}
-
-    @classmethod
-    def output_schema(cls, spec: RouteSpec) -> dict[str, Any]:
-        return {}
 
     def load(self) -> None:
         type(self).loads.append(id(self))
