@@ -400,6 +400,7 @@ class HangsOnCancel(SchemalessRunner):
 
     family = "hangs-on-cancel"
     release = threading.Event()
+    hanging = threading.Event()  # set once a hung prediction is inside its runner
     loads = 0
 
     def load(self) -> None:
@@ -407,6 +408,7 @@ class HangsOnCancel(SchemalessRunner):
 
     def predict(self, input: dict[str, Any], ctx: PredictContext) -> PredictGenerator:
         if input.get("hang"):
+            type(self).hanging.set()
             type(self).release.wait(60)
         return Output(value=input.get("text", ""))
         yield
@@ -414,7 +416,8 @@ class HangsOnCancel(SchemalessRunner):
 
 @pytest.fixture
 def hangs(monkeypatch):
-    cls = type("HangsOnCancelRun", (HangsOnCancel,), {"release": threading.Event(), "loads": 0})
+    cls = type("HangsOnCancelRun", (HangsOnCancel,), {"release": threading.Event(), "hanging": threading.Event(),
+                                                      "loads": 0})
     monkeypatch.setitem(registry.RUNNERS, cls.family, cls)
     yield cls
     cls.release.set()
@@ -428,14 +431,16 @@ async def test_a_hung_runner_is_cut_off_at_its_deadline_and_its_instance_restart
     instance = InstanceInfo("hang-1", "acme/hangs", "v1", "node-1", InstanceState.IDLE, 1)
     router, log, _ = routed(address, instances=[instance])
     try:
-        router.enqueue("hung", "acme/hangs", {"hang": True}, deadline_at=time.time() + 0.3)
+        # A deadline that a loaded machine still lets the hung prediction reach its runner within: one
+        # that passes before it is inside stops it cleanly (no restart), as a cancel would.
+        router.enqueue("hung", "acme/hangs", {"hang": True}, deadline_at=time.time() + 1.5)
         router.enqueue("after", "acme/hangs", {"text": "next"})  # waits for the hung one's slot
         [hung] = await log.wait_finished("hung", timeout_s=10.0)
         [after] = await log.wait_finished("after", timeout_s=10.0)
     finally:
         await server.stop()
 
-    assert hung.status is Status.CANCELED
+    assert hangs.hanging.is_set() and hung.status is Status.CANCELED
     assert hung.error.startswith(DEADLINE_RUNNING) and "did not stop within 0.3 s" in hung.error
     assert after.status is Status.SUCCEEDED and after.output.value == "next"
     assert hangs.loads == 2  # restarted under the same id, and the router found it again
