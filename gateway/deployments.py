@@ -261,9 +261,10 @@ def _require_admin(principal: Principal) -> None:
 
 
 def _check_may_change(principal: Principal, entry: CatalogEntry) -> None:
-    """Changing a model takes an admin, or the owner of a pushed model."""
+    """Changing a model takes an admin, or a member of the namespace that owns a pushed model (the user,
+    or a member of the organization)."""
     spec = entry.spec
-    if not principal.is_admin and not (spec.owner and spec.owner == principal.name):
+    if not (spec.owner and principal.may_write(spec.owner)) and not principal.is_admin:
         raise PermissionDenied(f"only {spec.owner or 'an admin'} may change {spec.model_name}")
 
 

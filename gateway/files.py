@@ -22,6 +22,7 @@ import mimetypes
 import os
 import re
 import secrets
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +34,7 @@ from yarl import URL
 
 from gateway.auth import Principal
 from gateway.fetch import UrlFetcher, is_data_url, parse_data_url
+from gateway.limits import AccountLimits
 from gateway.store import PredictionStore
 from warmfleet.domain import FileData
 from warmfleet.errors import InvalidInput, NotFound
@@ -68,10 +70,12 @@ class FileStore:
     """Uploaded files by id. The index is in memory; every disk operation runs, in order, on one thread,
     so a delete that frees a blob and a create that writes the same blob cannot interleave."""
 
-    def __init__(self, root: Path, clock: Callable[[], float] = time.time, ttl_s: float = 0.0) -> None:
+    def __init__(self, root: Path, clock: Callable[[], float] = time.time, ttl_s: float = 0.0,
+                 limits: AccountLimits | None = None) -> None:
         self.root = root
         self._clock = clock
         self._ttl_s = ttl_s  # how long an upload is kept when its create names no time (0: until deleted)
+        self._limits = limits or AccountLimits(0, 0, sys.maxsize, sys.maxsize)
         self._files: dict[str, StoredFile] = {}
         self._exec = ThreadPoolExecutor(1, thread_name_prefix="wf-files")
 
@@ -99,6 +103,17 @@ class FileStore:
 
     def path_of(self, stored: StoredFile) -> Path:
         return self.root / "blobs" / stored.sha256
+
+    async def upload(self, caller: Principal, data: bytes, name: str = "", content_type: str = "",
+                     metadata: dict[str, Any] | None = None) -> StoredFile:
+        """``create`` for a caller of the Files API, within its account's limits (uploads a minute, bytes
+        kept)."""
+        self._limits.admit_upload(caller, len(data), self.stored_bytes(caller.account))
+        return await self.create(caller.account, data, name, content_type, metadata)
+
+    def stored_bytes(self, owner: str) -> int:
+        """The bytes of the files ``owner`` keeps (an account id)."""
+        return sum(f.size for f in self._files.values() if f.owner == owner and self.lookup(f.id))
 
     async def create(self, owner: str, data: bytes, name: str = "", content_type: str = "",
                      metadata: dict[str, Any] | None = None, ttl_s: float | None = None) -> StoredFile:
@@ -131,7 +146,7 @@ class FileStore:
     def get(self, principal: Principal, file_id: str) -> StoredFile:
         """The file, for its owner or an admin; ``NotFound`` for anyone else."""
         stored = self.lookup(file_id)
-        if stored is None or not (principal.is_admin or stored.owner == principal.name):
+        if stored is None or not principal.owns(stored.owner):
             raise NotFound(f"file {file_id!r} not found")
         return stored
 
@@ -227,7 +242,7 @@ class InputResolver:
         stored = self._files.lookup(match.group(1)) if match else None
         if stored is None:
             return None
-        if stored.owner != principal.name:
+        if stored.owner != principal.account:
             raise InvalidInput(path, f"names file {stored.id!r}, which is not yours")
         return FileData(await self._files.read(stored), stored.content_type, stored.name)
 

@@ -2,12 +2,14 @@
 
 Routes today: ``GET /metrics`` (Prometheus exposition) and ``GET /healthz``. Other HTTP surfaces (the REST
 API) add their routes to the application ``build_app`` returns, before ``HttpServer.start``: aiohttp
-freezes an application's routes once it serves.
+freezes an application's routes once it serves. With the gateway's TLS settings it serves HTTPS only (a
+plaintext request on that port fails its handshake), with the same certificate as the gRPC port.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import Callable
 
 from aiohttp import web
@@ -56,11 +58,12 @@ class HttpServer:
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout_s)
         self.port = 0
 
-    async def start(self, host: str, port: int) -> int:
-        """Bind and serve; returns the bound port. Raises OSError (and holds nothing) if it cannot bind."""
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> int:
+        """Bind and serve, HTTPS when ``ssl_context`` is given (``gateway.tls``); returns the bound port.
+        Raises OSError (and holds nothing) if it cannot bind."""
         await self._runner.setup()
         try:
-            await web.TCPSite(self._runner, host, port).start()
+            await web.TCPSite(self._runner, host, port, ssl_context=ssl_context).start()
         except OSError:
             await self._runner.cleanup()
             raise

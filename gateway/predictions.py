@@ -10,13 +10,16 @@ import base64
 import logging
 import re
 import secrets
+import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any, AsyncIterator, Callable
 
 from gateway.auth import Principal
 from gateway.catalog import ModelCatalog, model_not_found
 from gateway.events import EventHub
+from gateway.limits import AccountLimits
 from gateway.metrics import PredictionMetrics
 from gateway.store import PredictionStore, StoredTask
 from gateway.webhooks import WebhookSender, check_webhook
@@ -25,7 +28,9 @@ from warmfleet.domain import (
     Completed, Finished, LogLine, OutputChunk, Prediction, PredictionEvent, ProgressUpdate, Requeued, Started,
     Status, TaskEventBody,
 )
-from warmfleet.errors import AlreadyExists, InvalidInput, NotFound, Unavailable, WarmfleetError
+from warmfleet.errors import (
+    AlreadyExists, InvalidInput, NotFound, PermissionDenied, Unavailable, WarmfleetError,
+)
 from warmfleet.jsonvalues import check_json
 
 log = logging.getLogger(__name__)
@@ -61,7 +66,8 @@ def new_prediction_id() -> str:
 class PredictionService:
     def __init__(self, store: PredictionStore, router: Router, catalog: ModelCatalog, hub: EventHub,
                  clock: Callable[[], float] = time.time, metrics: PredictionMetrics | None = None,
-                 on_cold: Callable[[], None] = lambda: None, webhooks: WebhookSender | None = None) -> None:
+                 on_cold: Callable[[], None] = lambda: None, webhooks: WebhookSender | None = None,
+                 limits: AccountLimits | None = None) -> None:
         self._store = store
         self._router = router
         self._catalog = catalog
@@ -69,6 +75,8 @@ class PredictionService:
         self._clock = clock
         self._metrics = metrics or PredictionMetrics()
         self._active: dict[str, Prediction] = {}
+        self._active_of: Counter[str] = Counter()  # owner account id -> its predictions in _active
+        self._limits = limits or AccountLimits(0, 0, sys.maxsize, sys.maxsize)
         self._on_cold = on_cold  # a prediction waits for a cold boot: tell the autoscaler now
         self._cold: set[str] = set()
         # Told the events of predictions that have a webhook (and of no others: see ``pred.webhook`` checks).
@@ -79,6 +87,9 @@ class PredictionService:
 
     async def create(self, principal: Principal, req: CreateRequest) -> Prediction:
         _check_create(req)
+        if req.priority > 0 and not principal.may_prioritise:
+            raise PermissionDenied(f"priority: above 0 needs a token of role priority or admin; this one is "
+                                   f"{principal.role.value}")
         if req.webhook and self._webhooks:
             self._webhooks.check_destination(req.webhook)
         if req.id:
@@ -88,6 +99,7 @@ class PredictionService:
             if existing is not None:
                 return self._idempotent(principal, existing, req)
         self._store.check_writable()  # refused now (503) rather than accepted and not written
+        self._limits.admit_prediction(principal, self._active_of[principal.account])
         entry = self._catalog.resolve(req.model, req.version, req.deployment)
         if not principal.may_see(entry.spec):
             raise model_not_found(entry.spec.model_name)
@@ -99,16 +111,16 @@ class PredictionService:
         pred = Prediction(
             id=req.id or new_prediction_id(), model=entry.spec.model_name, version=entry.spec.version,
             deployment=entry.spec.name if entry.spec.is_deployment else "",
-            input=redacted, input_kind=req.input_kind, owner=principal.name, created_at=now,
+            input=redacted, input_kind=req.input_kind, owner=principal.account, created_at=now,
             deadline_at=now + req.deadline_s if req.deadline_s else None, priority=req.priority,
             webhook=req.webhook, webhook_events_filter=req.webhook_events_filter,
         )
         if seed is not None:
             pred.logs.append(f"Using seed: {seed}")
-        self._router.enqueue(pred.id, entry.spec.name, filled, pred.priority, pred.deadline_at)
+        self._router.enqueue(pred.id, entry.spec.name, filled, pred.priority, pred.deadline_at,
+                             account=pred.owner)
         self._metrics.observe_created(pred)
-        self._active[pred.id] = pred
-        self._hub.open(pred.id)
+        self._activate(pred)
         if cold:  # scaled to zero (or not loaded yet): it waits in starting while an instance boots
             self._cold.add(pred.id)
             pred.logs.append(f"Booting {entry.spec.name}: no instance was warm; waiting for one to load")
@@ -130,7 +142,7 @@ class PredictionService:
 
     def _idempotent(self, principal: Principal, existing: Prediction, req: CreateRequest) -> Prediction:
         same_input = existing.input == req.input or existing.input == self._redacted(existing, req.input)
-        if existing.owner != principal.name or not same_input or (
+        if existing.owner != principal.account or not same_input or (
                 req.model and existing.model != req.model):
             raise AlreadyExists(f"prediction id {req.id!r} is taken by a different request")
         return existing
@@ -149,14 +161,14 @@ class PredictionService:
 
     async def get(self, principal: Principal, prediction_id: str) -> Prediction:
         pred = await self._find(prediction_id)
-        if pred is None or not (principal.is_admin or pred.owner == principal.name):
+        if pred is None or not principal.owns(pred.owner):
             raise NotFound(f"prediction {prediction_id!r} not found")
         return pred
 
     async def list(self, principal: Principal, page_size: int, cursor: str) -> tuple[list[Prediction], str]:
         if page_size < 0 or page_size > MAX_PAGE:
             raise InvalidInput("page_size", f"must be between 1 and {MAX_PAGE} (0 means 100)")
-        owner = None if principal.is_admin else principal.name
+        owner = None if principal.is_admin else principal.account
         return await self._store.list(owner, page_size or 100, cursor)
 
     # Cancel
@@ -237,8 +249,16 @@ class PredictionService:
             del self._replays[prediction_id]
         return rest
 
+    def _activate(self, pred: Prediction) -> None:
+        self._active[pred.id] = pred
+        self._active_of[pred.owner] += 1
+        self._hub.open(pred.id)
+
     def _complete(self, pred: Prediction, body: Finished) -> None:
         del self._active[pred.id]
+        self._active_of[pred.owner] -= 1
+        if not self._active_of[pred.owner]:
+            del self._active_of[pred.owner]
         self._replays.pop(pred.id, None)
         if pred.id in self._cold:
             self._cold.discard(pred.id)
@@ -281,8 +301,7 @@ class PredictionService:
         without ends failed, saying why (``NOT_KEPT``)."""
         taken = []
         for pred, task in unfinished:
-            self._active[pred.id] = pred
-            self._hub.open(pred.id)
+            self._activate(pred)
             self._metrics.observe_created(pred)
             if task is None:
                 self._complete(pred, Finished(Status.FAILED, pred.started_at, self._clock(), error=NOT_KEPT))
@@ -290,7 +309,8 @@ class PredictionService:
             if pred.webhook and self._webhooks:
                 self._webhooks.follow(pred)
             taken.append(Unfinished(pred.id, task.route, task.input, pred.priority, pred.deadline_at,
-                                    started=pred.status is Status.PROCESSING, attempt=pred.attempt))
+                                    started=pred.status is Status.PROCESSING, attempt=pred.attempt,
+                                    account=pred.owner))
         return taken
 
 

@@ -30,7 +30,7 @@ from runners.cog.config import CogConfig, check_runnable
 from runners.cog.env import InstallFailed, ensure_environment, python_path
 from runners.cog.runner import FAMILY
 from warmfleet.domain import RouteSpec, NodeInfo
-from warmfleet.errors import FailedPrecondition, InvalidInput
+from warmfleet.errors import FailedPrecondition, InvalidInput, PermissionDenied
 
 if TYPE_CHECKING:
     from gateway.auth import Principal
@@ -74,7 +74,12 @@ class PushService:
     async def push_as(self, principal: Principal, header: PushHeader, chunks: AsyncIterator[bytes]
                       ) -> PushedVersion:
         """``push`` by the caller (to a new model or one of theirs), answered with the catalog's entries."""
-        result = await self.push(principal.name, principal.is_admin, header, chunks)
+        check_name("model", header.model)
+        namespace = header.model.partition("/")[0]
+        if not principal.may_write(namespace):
+            raise PermissionDenied(f"model: {header.model} is not under a namespace of yours; push under "
+                                   f"{' or '.join(sorted(principal.namespaces))}")
+        result = await self.push(namespace, principal.is_admin, header, chunks)
         return PushedVersion(self._catalog.by_name(result.spec.name),
                              self._catalog.version_of(result.spec.name, result.version.version),
                              result.created_model, result.new_version)

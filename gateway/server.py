@@ -4,6 +4,7 @@ the router and the controller; and beside it, on the same loop, the HTTP side (`
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import uuid
@@ -13,30 +14,35 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from gateway.auth import TokenRegistry
+from gateway.accounts import Accounts
 from gateway.catalog import ModelCatalog
 from gateway.events import EventHub
 from gateway.files import FileStore, InputResolver, Retention
 from gateway.http import HttpServer, build_app
 from gateway.grpc.interceptors import GatewayInterceptor
-from gateway.grpc.servicers import ClusterServicer, DeploymentsServicer, ModelsServicer, PredictionsServicer
+from gateway.grpc.servicers import (
+    AccountsServicer, ClusterServicer, DeploymentsServicer, ModelsServicer, PredictionsServicer,
+)
 from gateway.load_report import LoadReporter
 from gateway.metrics import GatewayMetrics
 from gateway.rest import shapes
 from gateway.rest.app import add_rest_routes
 from gateway.rest.context import RestContext
 from gateway.predictions import PredictionService
-from gateway.rate_limit import RateLimiter
+from gateway.limits import AccountLimits
 from gateway.deployments import RouteService
 from gateway.push import PushService
+from gateway.signing import UrlSigner, key_path, load_key
 from gateway.store import PredictionStore
+from gateway.tls import ServerTls, add_port
 from gateway.webhooks import WebhookSecrets, WebhookSender, secret_path
 from scheduler.ports import ControllerClient
 from scheduler.router import Router
+from warmfleet.home import secure_home
 from warmfleet.settings import Settings
 from warmfleet.v1 import (
-    cluster_pb2, cluster_pb2_grpc, deployments_pb2, deployments_pb2_grpc, models_pb2, models_pb2_grpc,
-    predictions_pb2, predictions_pb2_grpc,
+    accounts_pb2, accounts_pb2_grpc, cluster_pb2, cluster_pb2_grpc, deployments_pb2, deployments_pb2_grpc,
+    models_pb2, models_pb2_grpc, predictions_pb2, predictions_pb2_grpc,
 )
 
 log = logging.getLogger(__name__)
@@ -45,6 +51,7 @@ SERVICE_NAMES = (
     predictions_pb2.DESCRIPTOR.services_by_name["Predictions"].full_name,
     models_pb2.DESCRIPTOR.services_by_name["Models"].full_name,
     cluster_pb2.DESCRIPTOR.services_by_name["Cluster"].full_name,
+    accounts_pb2.DESCRIPTOR.services_by_name["Accounts"].full_name,
     deployments_pb2.DESCRIPTOR.services_by_name["Deployments"].full_name,
 )
 SHUTDOWN_REASON = "the gateway shut down while the prediction was in flight; run it again"
@@ -58,18 +65,21 @@ class Gateway:
         self.settings = settings
         self.controller = controller
         self.store = PredictionStore(settings.store_path)
-        self.tokens = TokenRegistry(self.store)
+        self.accounts = Accounts(settings.accounts_path)
         self.catalog = ModelCatalog()
         self.hub = EventHub()
+        # Signs the links clients follow without the token (REST responses, webhook bodies).
+        self.signer = UrlSigner(load_key(key_path(settings.home)))
+        links = self.signer.links(settings.signed_url_ttl_s)
         self.webhooks = WebhookSender(WebhookSecrets(secret_path(settings.home)),
-                                      render=shapes.domain_prediction_json,
+                                      render=functools.partial(shapes.domain_prediction_json, sign=links),
                                       allow_private=settings.allow_private_urls,
                                       completed_done=self.store.webhook_done)
         # The Files API's store and its sweep serve gRPC predictions too: started here, whatever HTTP does.
-        self.files = FileStore(settings.files_path, ttl_s=settings.file_ttl_s)
+        self.limits = AccountLimits.from_settings(settings)
+        self.files = FileStore(settings.files_path, ttl_s=settings.file_ttl_s, limits=self.limits)
         self.resolver = InputResolver.from_settings(settings, self.files)
         self.retention = Retention(self.store, self.files, settings.retention_s, settings.retention_interval_s)
-        self.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
         self.routes = RouteService(controller, self.catalog, changed=self._follow_now)
         self.pusher = PushService(self.routes, settings.bundles_path, settings.node_cache_path / "cog" / "envs",
                                   controller.publish_bundle, controller.nodes, catalog=self.catalog)
@@ -82,6 +92,8 @@ class Gateway:
         self.load_reporter: LoadReporter | None = None
         self.port = 0
         self.http_port: int | None = None
+        # Both ports' TLS, or None (plaintext): the pair is checked here, before anything binds.
+        self.tls = ServerTls.from_settings(settings)
         self._serving = False
         self._controller_away = ""  # why the controller does not answer, "" while it does
         self._health_said: str | None = None  # the reason the health service last said (None: not yet)
@@ -89,15 +101,17 @@ class Gateway:
         self._store_watch: asyncio.Task | None = None
 
     async def start(self) -> int:
+        secure_home(self.settings.home)
         reopened = await self.store.open()
-        await self.tokens.load()
+        await self.accounts.open(await self.store.legacy_tokens())
         await self.ensure_admin_token()
         self.router = Router(router_id(self.settings.home), self._on_task_event, self.settings.max_queue_per_model)
         self.metrics = GatewayMetrics(self.controller, self.router)
         self.load_reporter = LoadReporter(self.router, self.controller)
         self.service = PredictionService(self.store, self.router, self.catalog, self.hub,
                                          metrics=self.metrics.predictions,
-                                         on_cold=self.load_reporter.report_now, webhooks=self.webhooks)
+                                         on_cold=self.load_reporter.report_now, webhooks=self.webhooks,
+                                         limits=self.limits)
         await self.webhooks.start()
         await self.files.open()
         self.retention.start()
@@ -116,7 +130,7 @@ class Gateway:
         self._refresher = asyncio.create_task(self._follow_routing_table(), name="routing-table")
         self.load_reporter.start()
         self.server = self._build_server()
-        self.port = self.server.add_insecure_port(f"{self.settings.grpc_host}:{self.settings.grpc_port}")
+        self.port = add_port(self.server, f"{self.settings.grpc_host}:{self.settings.grpc_port}", self.tls)
         await self.server.start()
         self._serving = True
         await self._say_health()
@@ -175,14 +189,15 @@ class Gateway:
         add_rest_routes(app, self._rest_context())
         http = HttpServer(app)
         try:
-            self.http_port = await http.start(host, port)
+            self.http_port = await http.start(host, port, self.tls.ssl_context() if self.tls else None)
         except OSError as err:
             log.error("could not serve HTTP on %s:%d (%s): this gateway serves no /metrics or /healthz; "
                       "set http_port (WARMFLEET_HTTP_PORT) to a free port, or 0", host, port, err)
             return
         self.http = http
-        self.webhooks.base_url = f"http://{host}:{self.http_port}"  # the links in webhook bodies
-        log.info("serving HTTP (/metrics, /healthz) on %s:%d", host, self.http_port)
+        scheme = "https" if self.tls else "http"
+        self.webhooks.base_url = f"{scheme}://{host}:{self.http_port}"  # the links in webhook bodies
+        log.info("serving %s (/metrics, /healthz) on %s:%d", scheme.upper(), host, self.http_port)
 
     def _on_task_event(self, prediction_id, body) -> None:
         self.service.on_task_event(prediction_id, body)
@@ -190,12 +205,12 @@ class Gateway:
     def _rest_context(self) -> RestContext:
         """What the REST routes call: the same core services the gRPC servicers call."""
         return RestContext(
-            settings=self.settings, tokens=self.tokens, predictions=self.service, catalog=self.catalog,
+            settings=self.settings, accounts=self.accounts, predictions=self.service, catalog=self.catalog,
             routes=self.routes, pusher=self.pusher, controller=self.controller, files=self.files,
-            resolver=self.resolver, webhooks=self.webhooks, rate_limiter=self.rate_limiter)
+            resolver=self.resolver, webhooks=self.webhooks, signer=self.signer)
 
     def _build_server(self) -> grpc.aio.Server:
-        server = grpc.aio.server(interceptors=[GatewayInterceptor(self.tokens)],
+        server = grpc.aio.server(interceptors=[GatewayInterceptor(self.accounts)],
                                  options=[("grpc.so_reuseport", 0),
                                           ("grpc.max_receive_message_length", self.settings.max_message_bytes),
                                           ("grpc.max_send_message_length", self.settings.max_message_bytes)])
@@ -203,7 +218,8 @@ class Gateway:
         models = ModelsServicer(self.catalog, self.routes, self.pusher)
         models_pb2_grpc.add_ModelsServicer_to_server(models, server)
         deployments_pb2_grpc.add_DeploymentsServicer_to_server(DeploymentsServicer(self.routes), server)
-        cluster_pb2_grpc.add_ClusterServicer_to_server(ClusterServicer(self.controller, self.tokens), server)
+        cluster_pb2_grpc.add_ClusterServicer_to_server(ClusterServicer(self.controller), server)
+        accounts_pb2_grpc.add_AccountsServicer_to_server(AccountsServicer(self.accounts), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             SERVICE_NAMES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -213,9 +229,9 @@ class Gateway:
     async def ensure_admin_token(self) -> None:
         """On first start, create the admin token and write it (mode 0600) for the CLI on this machine."""
         path = self.settings.admin_token_path
-        if self.tokens.has_admin() and path.exists():
+        if self.accounts.has_admin() and path.exists():
             return
-        token = await self.tokens.create("admin", "admin")
+        token = await self.accounts.bootstrap_admin()
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
@@ -271,6 +287,7 @@ class Gateway:
         if self.router:
             await self.router.close()
         await self.store.close()
+        await self.accounts.close()
 
 
 def router_id(home: Path) -> str:

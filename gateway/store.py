@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     input TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS webhooks_due (id TEXT PRIMARY KEY);
+-- Only read: the tokens of a home from before accounts, which gateway/accounts.py takes up.
 CREATE TABLE IF NOT EXISTS tokens (
     hash TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -469,18 +470,10 @@ class PredictionStore:
         await self.flush()
         return await self._run(_remove_data, self._db, completed_before)
 
-    # Tokens
+    # Tokens of a home from before accounts (gateway/accounts.py takes them up once)
 
-    async def add_token(self, token_hash: str, name: str, role: str) -> None:
-        """Store a token; raises ``Unavailable`` naming the cause when SQLite cannot write it."""
-        try:
-            await self._run(lambda: self._db.execute(
-                "INSERT INTO tokens (hash, name, role, created_at) VALUES (?, ?, ?, ?)",
-                (token_hash, name, role, time.time())))
-        except sqlite3.OperationalError as err:
-            raise Unavailable(f"{CANNOT_WRITE}: {err}") from err
-
-    async def tokens(self) -> list[tuple[str, str, str]]:
+    async def legacy_tokens(self) -> list[tuple[str, str, str]]:
+        """The (hash, name, role) of each token kept here before tokens belonged to accounts."""
         return await self._run(lambda: self._db.execute("SELECT hash, name, role FROM tokens").fetchall())
 
 

@@ -2,7 +2,10 @@
 event loop, one session per router: its ``Submit`` and ``Cancel`` frames feed ``NodeAgent.submit`` and
 ``cancel``, and the router's events (its ``node.outbox``) go back to it as numbered ``Events`` frames,
 kept until its ``Ack``. A router whose stream broke reconnects and resumes: it is told how many of its
-frames were applied (``Welcome``) and gets again the ``Events`` it may have missed."""
+frames were applied (``Welcome``) and gets again the ``Events`` it may have missed.
+
+With a certificate pair the server speaks TLS only; the cluster secret still admits each session, as in
+plaintext (TLS keeps it, and the frames, from the network's eyes; the secret says who may speak)."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import grpc
 from node.agent import NodeAgent
 from node.outbox import Outbox, ResumeRefused, Superseded
 from warmfleet import dataplane
+from warmfleet.tls import CertificatePair
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +27,13 @@ SESSION_POLL_S = 1.0  # how often an idle session checks that its router is stil
 
 
 class DataServer:
-    def __init__(self, agent: NodeAgent, secret: str, host: str) -> None:
+    """One agent's data plane server, on ``host`` (the node's address): plaintext, or TLS with ``tls``."""
+
+    def __init__(self, agent: NodeAgent, secret: str, host: str, tls: CertificatePair | None = None) -> None:
         self._agent = agent
         self._secret = secret
         self._host = host
+        self._tls = tls
         self._server: grpc.aio.Server | None = None
         self.address = ""
 
@@ -41,10 +48,17 @@ class DataServer:
             })
             self._server = grpc.aio.server(options=dataplane.SERVER_OPTIONS)
             self._server.add_generic_rpc_handlers((handler,))
-            port = self._server.add_insecure_port(f"{self._host}:0")
+            port = self._add_port(f"{self._host}:0")
             await self._server.start()
             self.address = f"{self._host}:{port}"
         return self.address
+
+    def _add_port(self, address: str) -> int:
+        if self._tls is None:
+            return self._server.add_insecure_port(address)
+        pair = self._tls
+        return self._server.add_secure_port(
+            address, grpc.ssl_server_credentials([(pair.private_key_pem, pair.certificate_pem)]))
 
     async def stop(self) -> None:
         if self._server is not None:

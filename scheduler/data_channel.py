@@ -11,6 +11,9 @@ Only when no try succeeds (the agent is gone, or no longer holds the session) do
 
 ``submit`` and ``cancel`` never wait for a stream: their frame is kept (until the agent says it applied
 it) and written now if a stream is up, else when the next one opens.
+
+An agent that serves TLS gave its certificate (over Ray, with the secret): the channel speaks TLS to it and
+trusts that certificate alone, so a stream that opens is to that agent and nobody in between.
 """
 
 from __future__ import annotations
@@ -46,13 +49,16 @@ class _Refused(Exception):
 
 class DataChannel:
     """A ``NodeData`` over a session with one agent's ``node.data_server``, opened on first use, for the
-    router ``router_id`` only: the agent streams back the events of that router's tasks."""
+    router ``router_id`` only: the agent streams back the events of that router's tasks. ``certificate``:
+    the agent's PEM certificate, for a TLS session verified with it alone; empty for plaintext."""
 
     def __init__(self, node_id: str, address: str, secret: str, router_id: str,
-                 reconnect_tries: int = RECONNECT_TRIES, backoff_s: float = RECONNECT_BACKOFF_S) -> None:
+                 reconnect_tries: int = RECONNECT_TRIES, backoff_s: float = RECONNECT_BACKOFF_S, *,
+                 certificate: bytes = b"") -> None:
         self.node_id = node_id
         self.data_address = address
         self._secret = secret
+        self._credentials = grpc.ssl_channel_credentials(certificate) if certificate else None
         self._router_id = router_id
         self._tries = reconnect_tries
         self._backoff_s = backoff_s
@@ -118,7 +124,10 @@ class DataChannel:
     async def _connect(self) -> None:
         """Open a stream and resume the session on it: Hello, the agent's Welcome, then the frames the
         agent had not applied, before any new one."""
-        channel = grpc.aio.insecure_channel(self.data_address, options=dataplane.CHANNEL_OPTIONS)
+        if self._credentials is None:
+            channel = grpc.aio.insecure_channel(self.data_address, options=dataplane.CHANNEL_OPTIONS)
+        else:
+            channel = grpc.aio.secure_channel(self.data_address, self._credentials, dataplane.CHANNEL_OPTIONS)
         resuming = self._resumable
         try:
             # Responses come in as bytes and are decoded here, which names a frame it cannot read.
@@ -143,6 +152,9 @@ class DataChannel:
             self.reconnects += 1
             log.info("the data stream to node %s is open again (resumed after event %d)", self.node_id,
                      self._received)
+        else:
+            log.info("the data stream to node %s is open (%s)", self.node_id,
+                     "TLS, its certificate pinned" if self._credentials else "plaintext")
         self._acked = self._received  # the Hello said as much
         self._reader = asyncio.get_running_loop().create_task(self._read(call), name=f"data-{self.node_id}")
 

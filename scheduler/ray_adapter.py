@@ -27,6 +27,7 @@ from scheduler.ports import NodeLost, RoutingTable
 from scheduler.route_journal import RouteJournal
 from warmfleet.domain import DrainStatus, InstanceInfo, NodeInfo, RouteSpec, Task, TaskEvent
 from warmfleet.errors import Unavailable
+from warmfleet.tls import self_signed
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +65,16 @@ async def _await(ref, node_id: str = ""):
 # Node agents
 
 
-class _RayNodeAgent(NodeAgent):
-    """The agent as an actor: it learns its node and GPU from Ray, and serves the data plane."""
+# An agent's certificate is pinned, never vouched for by a CA: its expiry would guard nothing, and would
+# cut a detached agent that runs for longer off its routers.
+AGENT_CERT_DAYS = 100 * 365
 
-    def __init__(self, node_id: str, use_gpu: bool, cache_dir: str) -> None:
+
+class _RayNodeAgent(NodeAgent):
+    """The agent as an actor: it learns its node and GPU from Ray, and serves the data plane (over TLS
+    with ``data_plane_tls``)."""
+
+    def __init__(self, node_id: str, use_gpu: bool, cache_dir: str, data_plane_tls: bool = False) -> None:
         ctx = ray.get_runtime_context()
         gpu_ids = ray.get_gpu_ids() if use_gpu else []
         super().__init__(
@@ -78,11 +85,16 @@ class _RayNodeAgent(NodeAgent):
         )
         # Admits routers to this agent's data plane; handed out only over Ray, inside the cluster.
         self._secret = secrets.token_urlsafe(32)
-        self._data = DataServer(self, self._secret, self.address)
+        # A key pair of the agent's own, made here and never sent anywhere: its certificate reaches the
+        # routers over Ray, beside the secret, and they trust that certificate alone (pinned). No file
+        # to copy to every node, and no CA that could vouch for another agent.
+        self._tls = self_signed([self.address], AGENT_CERT_DAYS) if data_plane_tls else None
+        self._data = DataServer(self, self._secret, self.address, self._tls)
 
-    async def data_plane(self) -> tuple[str, str]:
-        """Start the data plane server (once); where it listens, and the secret it admits routers with."""
-        return await self._data.start(), self._secret
+    async def data_plane(self) -> tuple[str, str, bytes]:
+        """Start the data plane server (once); where it listens, the secret it admits routers with, and
+        the PEM certificate it serves TLS with (empty: plaintext)."""
+        return await self._data.start(), self._secret, self._tls.certificate_pem if self._tls else b""
 
     async def pid(self) -> int:
         return os.getpid()
@@ -115,13 +127,16 @@ class RayNodeHandle:
     """A node agent actor, as both ports see it. ``NodeControl`` (the controller's): each call is a Ray
     call. ``NodeData`` (the router's, which gets this handle in the routing table): each call goes on the
     agent's data plane (``scheduler.data_channel``), a gRPC stream per router opened in the router's
-    process; no prediction rides a Ray call."""
+    process; no prediction rides a Ray call. ``certificate``: the agent's own, which its data plane
+    serves TLS with and the channels trust alone; empty for an agent that serves plaintext."""
 
-    def __init__(self, handle: Any, node_id: str, data_address: str, secret: str) -> None:
+    def __init__(self, handle: Any, node_id: str, data_address: str, secret: str,
+                 certificate: bytes = b"") -> None:
         self._h = handle
         self.node_id = node_id
         self.data_address = data_address
         self._secret = secret
+        self._certificate = certificate
         self._channels: dict[str, DataChannel] = {}
 
     def __getstate__(self) -> dict[str, Any]:  # channels belong to the process that opened them
@@ -131,7 +146,7 @@ class RayNodeHandle:
         channel = self._channels.get(router_id)
         if channel is None:
             channel = self._channels[router_id] = DataChannel(
-                self.node_id, self.data_address, self._secret, router_id)
+                self.node_id, self.data_address, self._secret, router_id, certificate=self._certificate)
         return channel
 
     # NodeData
@@ -148,6 +163,12 @@ class RayNodeHandle:
 
     async def poll(self, router_id: str, max_wait_s: float) -> list[TaskEvent]:
         return await self._channel(router_id).poll(router_id, max_wait_s)
+
+    async def close(self) -> None:
+        """Close the data channels this process opened to the agent (the agent keeps its sessions)."""
+        channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            await channel.close()
 
     # NodeControl
 
@@ -199,14 +220,14 @@ def _running_agent(agent_id: str) -> Any | None:
         return None
 
 
-def _start_agent(agent_id: str, node: RayNode, cache_dir: str) -> Any:
+def _start_agent(agent_id: str, node: RayNode, cache_dir: str, data_plane_tls: bool = False) -> Any:
     """A new agent actor, pinned to its node. It is detached: it outlives the controller that started it
     (whose restart finds it serving, its instances warm), and ``release`` stops it."""
     return _AgentActor.options(
         name=AGENT_PREFIX + agent_id, lifetime="detached", num_cpus=0, num_gpus=1 if node.gpus else 0,
         max_concurrency=1000, scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
         enable_task_events=False,  # see QUIET
-    ).remote(agent_id, bool(node.gpus), cache_dir)
+    ).remote(agent_id, bool(node.gpus), cache_dir, data_plane_tls)
 
 
 AGENT_PING_TIMEOUT_S = 2.0  # a ping not answered by then proves nothing (a busy agent): only a death does
@@ -229,11 +250,13 @@ class RayNodeProvisioner:
     """One agent actor per GPU of every alive node, or one per node without a GPU, pinned to it.
 
     The controller asks again every membership turn: a node that joined gets its agents, and an agent
-    whose Ray node is listed dead (or no longer listed) is reported ``departed``.
+    whose Ray node is listed dead (or no longer listed) is reported ``departed``. ``data_plane_tls``: the
+    agents it starts serve their data plane over TLS (one already running, found again, keeps its way).
     """
 
-    def __init__(self, cache_dir: str) -> None:
+    def __init__(self, cache_dir: str, data_plane_tls: bool = False) -> None:
         self._cache_dir = cache_dir  # the agents' cache folder on each node (shared by the agents of a node)
+        self._data_plane_tls = data_plane_tls
         self._agents: dict[str, tuple[str, Any]] = {}  # agent id -> (its Ray node id, its actor handle)
 
     async def provision(self) -> list[RayNodeHandle]:
@@ -246,7 +269,7 @@ class RayNodeProvisioner:
                 if agent_id in self._agents:
                     continue
                 handle = await asyncio.to_thread(_running_agent, agent_id) or _start_agent(
-                    agent_id, node, self._cache_dir)
+                    agent_id, node, self._cache_dir, self._data_plane_tls)
                 self._agents[agent_id] = (node.node_id, handle)
                 starting.append((agent_id, handle))
         planes = await asyncio.gather(*(
@@ -283,8 +306,10 @@ class RayNodeProvisioner:
 
 
 class _RayController(Controller):
-    def __init__(self, models: list[RouteSpec], journal_path: str = "", cache_dir: str = "") -> None:
-        super().__init__(models, RayNodeProvisioner(cache_dir or str(Path("~/.warmfleet/node").expanduser())),
+    def __init__(self, models: list[RouteSpec], journal_path: str = "", cache_dir: str = "",
+                 data_plane_tls: bool = False) -> None:
+        cache_dir = cache_dir or str(Path("~/.warmfleet/node").expanduser())
+        super().__init__(models, RayNodeProvisioner(cache_dir, data_plane_tls),
                          journal=RouteJournal(journal_path) if journal_path else None)
         self._incoming_bundles: dict[str, list[Any]] = {}
         self._bundles: dict[str, list[Any]] = {}  # digest -> its chunks' object refs, owned here
@@ -397,10 +422,11 @@ class RayControllerClient:
 
 
 def start_controller(models: list[RouteSpec], detached: bool = True, journal_path: str = "",
-                     cache_dir: str = "") -> RayControllerClient:
+                     cache_dir: str = "", data_plane_tls: bool = False) -> RayControllerClient:
     """Create the named controller actor (``start`` it before use), on this process's node: a node with
     no actor of its own may be any other, and any other may leave the cluster (Ray Serve pins its
-    controller to the head node for the same reason)."""
+    controller to the head node for the same reason). ``data_plane_tls``: its agents serve the data plane
+    over TLS (``_RayNodeAgent``); the routers follow each agent's way, told in the routing table."""
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     # Ray restarts it when its process dies (``max_restarts``): its desired state comes back from the
     # arguments and its journal, its actual state from the agents, which outlive it.
@@ -408,7 +434,8 @@ def start_controller(models: list[RouteSpec], detached: bool = True, journal_pat
                                    scheduling_strategy=here, max_restarts=-1, enable_task_events=False)
     if detached:
         options["lifetime"] = "detached"
-    return RayControllerClient(_ControllerActor.options(**options).remote(models, journal_path, cache_dir))
+    return RayControllerClient(_ControllerActor.options(**options).remote(models, journal_path, cache_dir,
+                                                                          data_plane_tls))
 
 
 def find_controller() -> RayControllerClient | None:

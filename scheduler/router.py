@@ -9,6 +9,10 @@ The router knows nodes only through the ``NodeData`` port: in the cluster, a gRP
 Every prediction the router accepts ends with exactly one ``Finished`` delivered to ``on_event``:
 succeeded, failed (with a reason), canceled or aborted. None is dropped.
 
+A route's queue (``scheduler.fair_queue``) serves higher priorities first, and within a priority shares
+the route's instances between accounts by the compute each was served: the predict time its finished
+predictions report, so one account's burst of a thousand cannot starve another's interactive traffic.
+
 A run lost to the infrastructure (its node was lost while it ran, or the gateway restarted and no node
 still runs it) is run once more, from its place in the queue, announced by a ``Requeued`` event; it
 fails only when it was a re-run already, or its route is not ``retryable``. A router that restarts (the
@@ -27,13 +31,14 @@ sharing never fails a prediction, and never spins.
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
+from scheduler.fair_queue import FairQueues
 from scheduler.policies import InstanceLoad, pick_instance
 from scheduler.node_links import NodeLinks
 from scheduler.ports import NodeLost, RoutingTable
@@ -63,7 +68,8 @@ class _Queued:
     route: str
     input: dict[str, Any]
     priority: int
-    seq: int  # its place among equal priorities, kept when it comes back to the queue
+    seq: int  # its place among its account's equal priorities, kept when it comes back to the queue
+    account: str = ""  # whose it is: the route is shared fairly between accounts (``FairQueues``)
     deadline_at: float | None = None
     deadline_timer: asyncio.TimerHandle | None = None  # armed once, for its whole life
     rejections: int = 0  # by closed instances
@@ -82,6 +88,7 @@ class Unfinished:
     deadline_at: float | None = None
     started: bool = False
     attempt: int = 1
+    account: str = ""
 
 
 @dataclass(slots=True)
@@ -129,84 +136,6 @@ class _Running:
     node_id: str
     expired: bool = False  # its deadline passed while it ran: canceled on its node
     give_up: asyncio.TimerHandle | None = None  # when the router ends it itself, if the node has not
-
-
-class RouteQueues:
-    """The queued predictions of every route: a heap each, by priority, then arrival.
-
-    An entry whose prediction left the queue other than by ``pop`` (canceled, aborted) stays in its heap
-    until popped, counted as dead; once the dead are over half of a heap it is rebuilt without them, and
-    a heap with nothing queued in it is emptied: memory follows what is queued, not what was. (A route
-    keeps its empty heap until ``forget``: creating it anew for every burst would cost the hot path.)
-    """
-
-    def __init__(self) -> None:
-        self._heaps: dict[str, list[tuple[int, int, str]]] = {}
-        self._items: dict[str, _Queued] = {}
-        self.lengths: dict[str, int] = {}  # route -> predictions queued (read on the hot path)
-        self._dead: dict[str, int] = {}
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def length(self, route: str) -> int:
-        return self.lengths.get(route, 0)
-
-    def routes(self) -> list[str]:
-        return list(self._heaps)
-
-    def counts(self) -> dict[str, int]:
-        return {route: n for route, n in self.lengths.items() if n}
-
-    def entries(self) -> int:
-        """Heap entries, live and dead."""
-        return sum(len(heap) for heap in self._heaps.values())
-
-    def push(self, item: _Queued) -> None:
-        self._items[item.prediction_id] = item
-        heapq.heappush(self._heaps.setdefault(item.route, []), (-item.priority, item.seq, item.prediction_id))
-        self.lengths[item.route] = self.lengths.get(item.route, 0) + 1
-
-    def pop(self, route: str) -> _Queued | None:
-        """The first queued prediction of ``route``, out of the queue; None when none is queued."""
-        heap = self._heaps.get(route)
-        while heap:
-            _, seq, pid = heapq.heappop(heap)
-            item = self._items.get(pid)
-            if item is not None and item.seq == seq:
-                del self._items[pid]
-                self.lengths[route] -= 1
-                return item
-            self._dead[route] -= 1  # canceled or aborted while queued
-        return None
-
-    def remove(self, prediction_id: str) -> _Queued | None:
-        """Take a prediction out of the queue, wherever it is in it; None if it is not queued."""
-        item = self._items.pop(prediction_id, None)
-        if item is None:
-            return None
-        route = item.route
-        self.lengths[route] -= 1
-        dead = self._dead[route] = self._dead.get(route, 0) + 1
-        heap = self._heaps[route]
-        if not self.lengths[route]:  # all that is left is dead
-            heap.clear()
-            self._dead[route] = 0
-        elif dead * 2 > len(heap):
-            heap[:] = [e for e in heap if (it := self._items.get(e[2])) is not None and it.seq == e[1]]
-            heapq.heapify(heap)
-            self._dead[route] = 0
-        return item
-
-    def forget(self, route: str) -> None:
-        """Drop the heap of a route with nothing queued (one that is gone, or failed)."""
-        if not self.lengths.get(route):
-            self._heaps.pop(route, None)
-            self.lengths.pop(route, None)
-            self._dead.pop(route, None)
-
-    def items(self) -> list[_Queued]:
-        return list(self._items.values())
 
 
 class InstancePool:
@@ -331,7 +260,7 @@ class Router:
         self._clock = clock
         self._cancel_grace_s = cancel_grace_s
         self._seq = itertools.count()
-        self._queue = RouteQueues()
+        self._queue: FairQueues[_Queued] = FairQueues()
         self._running: dict[str, _Running] = {}
         self._pool = InstancePool(self._instance_free, full_backoff_s, full_backoff_max_s)
         self._links = NodeLinks(router_id, self._answered, self._events, self._node_lost, self._unsent)
@@ -368,22 +297,19 @@ class Router:
                 self._fail_queued(route, f"{route} is no longer served (it was deleted)")
 
     def _instance_free(self, instance_id: str) -> None:
-        route = self._pool.route_of.get(instance_id)
-        if route is not None:
+        if (route := self._pool.route_of.get(instance_id)) is not None:
             self._dispatch(route)
 
     def _fail_queued(self, route: str, reason: str) -> None:
         """End every prediction queued for ``route``, with ``reason``."""
-        while (item := self._queue.pop(route)) is not None:
+        for item in self._queue.drain(route):
             self._finish(item, Status.FAILED, reason)
-        self._queue.forget(route)
 
     def ongoing(self) -> dict[str, int]:
         """Predictions per route that are queued or in flight here: what the autoscaler scales on."""
-        counts = self._queue.counts()
-        for running in self._running.values():
-            counts[running.item.route] = counts.get(running.item.route, 0) + 1
-        return counts
+        counts = Counter(self._queue.counts())
+        counts.update(running.item.route for running in self._running.values())
+        return dict(counts)
 
     def has_instances(self, route: str) -> bool:
         """Whether any ready instance serves ``route``."""
@@ -392,17 +318,18 @@ class Router:
     # Queueing
 
     def enqueue(self, prediction_id: str, route: str, input: dict[str, Any], priority: int = 0,
-                deadline_at: float | None = None) -> None:
-        """Queue a prediction; raises QueueFull when the route's queue is at its bound."""
+                deadline_at: float | None = None, account: str = "") -> None:
+        """Queue ``account``'s prediction; raises QueueFull when the route's queue is at its bound."""
         if self._queue.length(route) >= self._max_queue:
             raise QueueFull(f"the queue of {route} is full ({self._max_queue} predictions); retry later")
-        self._queue.push(self._item(prediction_id, route, input, priority, deadline_at))
+        self._queue.push(self._item(prediction_id, route, input, priority, deadline_at, account))
         self._dispatch(route)
 
     def _item(self, prediction_id: str, route: str, input: dict[str, Any], priority: int,
-              deadline_at: float | None, attempt: int = 1) -> _Queued:
+              deadline_at: float | None, account: str, attempt: int = 1) -> _Queued:
         """A prediction's entry, its deadline armed for its whole life."""
-        item = _Queued(prediction_id, route, input, priority, next(self._seq), deadline_at, attempt=attempt)
+        item = _Queued(prediction_id, route, input, priority, next(self._seq), account, deadline_at,
+                       attempt=attempt)
         if deadline_at is not None:
             delay = max(0.0, deadline_at - self._clock())
             item.deadline_timer = asyncio.get_running_loop().call_later(delay, self._deadline, prediction_id)
@@ -448,7 +375,7 @@ class Router:
 
     def _item_of(self, found: Unfinished) -> _Queued:
         return self._item(found.prediction_id, found.route, found.input, found.priority, found.deadline_at,
-                          found.attempt)
+                          found.account, found.attempt)
 
     def queue_length(self, route: str) -> int:
         return self._queue.length(route)
@@ -460,8 +387,7 @@ class Router:
 
     def footprint(self) -> dict[str, int]:
         """The sizes of what the router holds per prediction: all 0 once every prediction has ended."""
-        return {"queued": len(self._queue), "heap_entries": self._queue.entries(),
-                "running": len(self._running), "outgoing": self._links.outgoing(),
+        return {**self._queue.footprint(), "running": len(self._running), "outgoing": self._links.outgoing(),
                 "full_instances": len(self._pool.full), "dirty_routes": len(self._dirty_routes)}
 
     # Cancellation and deadlines
@@ -547,8 +473,10 @@ class Router:
             self._dispatch(route)
 
     def _release(self, prediction_id: str) -> _Running | None:
-        """Free a running prediction's slot; the caller ends it or queues it again."""
+        """Free a running prediction's slot, refunding its account's charge unless its end settled it
+        (``_on_task_event``); the caller ends it or queues it again."""
         running = self._running.pop(prediction_id, None)
+        self._queue.refund(prediction_id)
         if running is not None:
             self._pool.vacate(running.instance_id)
             _cancel(running.give_up)
@@ -567,6 +495,7 @@ class Router:
 
     def _on_task_event(self, prediction_id: str, body: TaskEventBody) -> None:
         if isinstance(body, Finished):
+            self._queue.done(prediction_id, body.metrics.predict_time_s)  # its account is charged what it ran
             running = self._release(prediction_id)
             if running is None:
                 return

@@ -3,6 +3,7 @@
     from warmfleet import Client
 
     client = Client()  # $WARMFLEET_URL, or what `warmfleet up` recorded, or 127.0.0.1:50051
+    # or: Client("grpcs://gw.example:50051", token, root_certificates="ca.pem")  (TLS)
     text = client.run("warmfleet/echo", {"text": "hello"})
     for event in client.stream("warmfleet/echo", {"text": "hello", "chunks": 5}):
         print(event.kind, event.data)
@@ -32,12 +33,14 @@ from warmfleet.bundle import bundle_to_tempfile, read_chunks
 from warmfleet.cluster_state import read_state
 from warmfleet.jsonvalues import place_files, split_files, struct_from_pb, value_from_pb, value_to_pb
 from warmfleet.settings import Settings, load_settings
+from warmfleet.tls import read_pem
 from warmfleet.v1 import (
-    cluster_pb2, cluster_pb2_grpc, deployments_pb2, deployments_pb2_grpc, models_pb2, models_pb2_grpc,
-    predictions_pb2, predictions_pb2_grpc, types_pb2,
+    accounts_pb2, accounts_pb2_grpc, cluster_pb2, cluster_pb2_grpc, deployments_pb2, deployments_pb2_grpc,
+    models_pb2, models_pb2_grpc, predictions_pb2, predictions_pb2_grpc, types_pb2,
 )
 
 URL_SCHEME = "grpc://"
+TLS_URL_SCHEME = "grpcs://"
 MAX_WAIT_S = 60.0  # the gateway holds a create call open at most this long
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled", "aborted"})
 # Generated images and upscales can exceed gRPC's default 4 MiB message limit.
@@ -238,12 +241,36 @@ class Instance:
 
 
 @dataclass(frozen=True)
-class Token:
-    """A newly created access token; ``token`` is shown only this once."""
+class Account:
+    """A user or an organization: ``id`` is what predictions record as their owner, ``name`` the
+    namespace of its models."""
 
-    token: str
+    id: str
     name: str
-    role: str
+    kind: str  # "user" or "organization"
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Token:
+    """An access token, less its text (see ``NewToken``); times in seconds since the Unix epoch."""
+
+    id: str
+    account_id: str
+    account: str
+    name: str
+    role: str  # "user", "priority" or "admin"
+    created_at: float
+    last_used_at: float | None
+    revoked_at: float | None
+
+
+@dataclass(frozen=True)
+class NewToken:
+    """A token just created: ``text`` is shown only this once."""
+
+    text: str
+    token: Token
 
 
 @dataclass(frozen=True)
@@ -300,6 +327,11 @@ class GatewayUnreachableError(UnavailableError):
     """No gateway answers at the target address."""
 
 
+class TlsError(GatewayUnreachableError):
+    """The TLS handshake with the gateway failed: its certificate is not one this client trusts, or is
+    not for the name the client connected to, or one end speaks TLS and the other does not."""
+
+
 class DeadlineExceededError(WarmfleetClientError):
     """The call did not finish within its timeout."""
 
@@ -326,15 +358,34 @@ _ERRORS_BY_CODE: dict[str, type[WarmfleetClientError]] = {
 }
 # How gRPC core words a failure to reach the server at all (as opposed to an UNAVAILABLE it answered).
 _CONNECT_FAILURES = ("failed to connect", "connection refused", "errors resolving", "dns resolution failed")
+# ... and a TLS handshake that failed (BoringSSL's reason, or gRPC's own check of the name).
+_TLS_FAILURES = ("handshake failed", "ssl_error", "verification check failed")
+_TLS_HINTS = (
+    ("certificate_verify_failed", "its certificate is not one this client trusts: pass root_certificates "
+     "(the CLI: `up --tls-ca`, or WARMFLEET_TLS_CA_PATH) with the CA that issued it, or the certificate "
+     "itself if it is self-signed"),
+    ("hostname verification", "its certificate is not for the name connected to: connect by a name the "
+     "certificate lists"),
+    ("wrong_version_number", "it does not serve TLS: connect without TLS (a grpc:// URL)"),
+)
 
 
-def error_from_rpc(err: grpc.RpcError, target: str) -> WarmfleetClientError:
-    """The client error for a failed call to the gateway at ``target``."""
+def error_from_rpc(err: grpc.RpcError, target: str, tls: bool = False) -> WarmfleetClientError:
+    """The client error for a failed call to the gateway at ``target`` (over TLS when ``tls``)."""
     code_fn = getattr(err, "code", None)
     code = code_fn().name if callable(code_fn) else "UNKNOWN"
     details_fn = getattr(err, "details", None)
     message = (details_fn() if callable(details_fn) else None) or str(err)
-    if code == "UNAVAILABLE" and any(m in message.lower() for m in _CONNECT_FAILURES):
+    lowered = message.lower()
+    if code == "UNAVAILABLE" and any(m in lowered for m in _TLS_FAILURES):
+        hint = next((h for m, h in _TLS_HINTS if m in lowered), "see the reason")
+        reason = message.rpartition("last error: ")[2] or message
+        return TlsError(code, f"the TLS handshake with the gateway at {target} failed: {hint} ({reason})")
+    if code == "UNAVAILABLE" and not tls and any(m in lowered for m in ("socket closed", "connection reset")):
+        # What a plaintext client meets at a TLS port: the server hangs up on bytes that are not TLS.
+        return GatewayUnreachableError(code, f"the gateway at {target} closed the connection at once: if it "
+                                             "serves TLS, connect with TLS (a grpcs:// URL, or tls=True)")
+    if code == "UNAVAILABLE" and any(m in lowered for m in _CONNECT_FAILURES):
         return GatewayUnreachableError(code, f"no gateway at {target}: is `warmfleet up` running?")
     if code == "DEADLINE_EXCEEDED":
         message = f"no answer from the gateway at {target} in time ({message})"
@@ -498,20 +549,72 @@ def record_from_pb(cls: type, pb: Message) -> Any:
 # Where to connect, with which token
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a gateway serves ("host:port") and how to reach it: over TLS or not, and the PEM roots that
+    verify its certificate (None: gRPC's default roots, the public CAs)."""
+
+    target: str
+    tls: bool = False
+    root_certificates: bytes | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        """The channel credentials for TLS; None for a plaintext channel."""
+        return grpc.ssl_channel_credentials(self.root_certificates) if self.tls else None
+
+    def channel(self, options: list[tuple[str, Any]] | None = None) -> grpc.Channel:
+        """A new synchronous channel to the gateway, TLS or plaintext as this endpoint says."""
+        credentials = self.credentials()
+        if credentials is None:
+            return grpc.insecure_channel(self.target, options=options)
+        return grpc.secure_channel(self.target, credentials, options=options)
+
+
 def resolve_target(url: str | None, settings: Callable[[], Settings]) -> str:
     """``url``, else $WARMFLEET_URL, else what `warmfleet up` recorded, else the settings' gRPC address."""
+    return resolve_endpoint(url, settings).target
+
+
+def resolve_endpoint(url: str | None, settings: Callable[[], Settings], tls: bool | None = None,
+                     root_certificates: bytes | str | Path | None = None) -> Endpoint:
+    """Where and how to connect: ``url`` ("host:port" or "grpc://host:port", "grpcs://host:port" over
+    TLS), else $WARMFLEET_URL, else what `warmfleet up` recorded (over TLS when it serves TLS), else the
+    settings' gRPC address, in plaintext. ``tls`` overrides that; ``root_certificates`` (PEM bytes, or a
+    file's path) implies it. The roots: those given, else the CA file `up` recorded for that target,
+    else the settings' ``tls_ca_path``, else gRPC's default roots."""
     url = url or os.environ.get("WARMFLEET_URL")
+    state = read_state(settings()) if not url else None
     if url:
-        return _strip_scheme(url)
-    state = read_state(settings())
-    return state.grpc_target if state is not None else settings().grpc_target
+        target, said_tls = _parse_url(url)
+    elif state is not None:
+        target, said_tls = state.grpc_target, state.tls
+    else:
+        target, said_tls = settings().grpc_target, False
+    if tls is False or not (tls or said_tls or root_certificates is not None):
+        return Endpoint(target)
+    if root_certificates is None:
+        if url:  # a URL to the gateway `up` recorded verifies it as `up` said
+            recorded = read_state(settings())
+            state = recorded if recorded is not None and recorded.grpc_target == target else None
+        recorded_ca = state.tls_ca_path if state is not None and state.tls else ""
+        root_certificates = recorded_ca or settings().tls_ca_path
+    return Endpoint(target, True, _roots(root_certificates))
 
 
-def _strip_scheme(url: str) -> str:
-    target = url.removeprefix(URL_SCHEME)
+def _parse_url(url: str) -> tuple[str, bool]:
+    """(host:port, whether the URL asks for TLS)."""
+    tls = url.startswith(TLS_URL_SCHEME)
+    target = url.removeprefix(TLS_URL_SCHEME if tls else URL_SCHEME)
     if "://" in target or not target:
-        raise ValueError(f"url {url!r}: expected host:port or grpc://host:port")
-    return target
+        raise ValueError(f"url {url!r}: expected host:port or grpc://host:port (grpcs://host:port: TLS)")
+    return target, tls
+
+
+def _roots(value: bytes | str | Path) -> bytes | None:
+    """PEM roots from bytes or a file's path; None ("" given) for gRPC's default roots."""
+    if isinstance(value, bytes):
+        return value
+    return read_pem(value, "root_certificates") if str(value) else None
 
 
 def resolve_token(token: str | None, settings: Callable[[], Settings]) -> str | None:
@@ -544,21 +647,26 @@ def _settings_once(settings: Settings | None) -> Callable[[], Settings]:
 class _Transport:
     """One channel, the stubs on it, the auth metadata, and the error wrapping of every call."""
 
-    def __init__(self, target: str, token: str | None, timeout_s: float) -> None:
-        self.target = target
+    def __init__(self, endpoint: Endpoint | str, token: str | None, timeout_s: float) -> None:
+        endpoint = Endpoint(endpoint) if isinstance(endpoint, str) else endpoint  # "host:port": plaintext
+        self.endpoint = endpoint
+        self.target = endpoint.target
         self.timeout_s = timeout_s
-        self.channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        self.channel = endpoint.channel(_CHANNEL_OPTIONS)
+        # Per-call metadata, over TLS as over plaintext: call credentials would refuse a plaintext
+        # channel, and a local gateway in plaintext is the default.
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.predictions = predictions_pb2_grpc.PredictionsStub(self.channel)
         self.models = models_pb2_grpc.ModelsStub(self.channel)
         self.deployments = deployments_pb2_grpc.DeploymentsStub(self.channel)
         self.cluster = cluster_pb2_grpc.ClusterStub(self.channel)
+        self.accounts = accounts_pb2_grpc.AccountsStub(self.channel)
 
     def unary(self, method: Callable, request: Message, extra_timeout_s: float = 0.0) -> Any:
         try:
             return method(request, metadata=self.metadata, timeout=self.timeout_s + extra_timeout_s)
         except grpc.RpcError as err:
-            raise error_from_rpc(err, self.target) from err
+            raise error_from_rpc(err, self.target, self.endpoint.tls) from err
 
     def events(self, method: Callable, request: Message, timeout_s: float | None) -> Iterator[Event]:
         """The events of a server stream; leaving the loop early cancels the call."""
@@ -567,7 +675,7 @@ class _Transport:
             for pb in call:
                 yield event_from_pb(pb)
         except grpc.RpcError as err:
-            raise error_from_rpc(err, self.target) from err
+            raise error_from_rpc(err, self.target, self.endpoint.tls) from err
         finally:
             call.cancel()
 
@@ -671,10 +779,13 @@ class Models:
         return model_from_pb(self._t.unary(self._t.models.GetModel, models_pb2.GetModelRequest(name=name)))
 
     def create(self, name: str, runner: str, weights: str = "", options: Mapping[str, Any] | None = None, *,
-               description: str = "", min_instances: int = 0, max_instances: int | None = None) -> Model:
-        """Create a model, or a new version of it (admin)."""
+               description: str = "", min_instances: int = 0, max_instances: int | None = None,
+               visibility: str = "public") -> Model:
+        """Create a model, or a new version of it (admin); a "private" one is seen and run only by the
+        account or organization its name begins with."""
         request = models_pb2.CreateModelRequest(name=name, runner=runner, weights=weights,
-                                                description=description, min_instances=min_instances)
+                                                description=description, min_instances=min_instances,
+                                                visibility=visibility)
         if options:
             request.options.update(dict(options))
         if max_instances is not None:
@@ -755,8 +866,56 @@ class Deployments:
         return deployment_from_pb(reply.deployment)
 
 
+class Accounts:
+    """``client.accounts``: the caller's account, its tokens; with an admin token, every account and the
+    organizations' members."""
+
+    def __init__(self, transport: _Transport) -> None:
+        self._t = transport
+
+    def me(self) -> tuple[Account, list[Account], str]:
+        """The caller's account, the organizations it is a member of, and the calling token's role."""
+        reply = self._t.unary(self._t.accounts.GetAccount, accounts_pb2.GetAccountRequest())
+        organizations = [record_from_pb(Account, o) for o in reply.organizations]
+        return record_from_pb(Account, reply.account), organizations, reply.role
+
+    def create(self, name: str, kind: str = "user") -> Account:
+        """Create a user account, or (``kind="organization"``) an organization (admin)."""
+        request = accounts_pb2.CreateAccountRequest(name=name, kind=kind)
+        return record_from_pb(Account, self._t.unary(self._t.accounts.CreateAccount, request))
+
+    def list(self) -> list[Account]:
+        reply = self._t.unary(self._t.accounts.ListAccounts, accounts_pb2.ListAccountsRequest())
+        return [record_from_pb(Account, a) for a in reply.accounts]
+
+    def set_member(self, organization: str, account: str, member: bool = True) -> None:
+        """Add ``account`` to ``organization`` (or, with ``member=False``, take it out) (admin)."""
+        request = accounts_pb2.SetMemberRequest(organization=organization, account=account, member=member)
+        self._t.unary(self._t.accounts.SetMember, request)
+
+    def members(self, organization: str) -> list[Account]:
+        request = accounts_pb2.ListMembersRequest(organization=organization)
+        reply = self._t.unary(self._t.accounts.ListMembers, request)
+        return [record_from_pb(Account, a) for a in reply.accounts]
+
+    def create_token(self, name: str, role: str = "user", account: str = "") -> NewToken:
+        """A new token called ``name`` for ``account`` (default: the caller's own) with ``role``."""
+        request = accounts_pb2.CreateTokenRequest(name=name, role=role, account=account)
+        reply = self._t.unary(self._t.accounts.CreateToken, request)
+        return NewToken(reply.text, record_from_pb(Token, reply.token))
+
+    def tokens(self, account: str = "") -> list[Token]:
+        """The caller's tokens, or ``account``'s (an admin with no account: every token)."""
+        reply = self._t.unary(self._t.accounts.ListTokens, accounts_pb2.ListTokensRequest(account=account))
+        return [record_from_pb(Token, t) for t in reply.tokens]
+
+    def revoke_token(self, token_id: str) -> Token:
+        request = accounts_pb2.RevokeTokenRequest(id=token_id)
+        return record_from_pb(Token, self._t.unary(self._t.accounts.RevokeToken, request))
+
+
 class Cluster:
-    """``client.cluster``: nodes, instances and tokens; needs an admin token."""
+    """``client.cluster``: nodes and instances; needs an admin token."""
 
     def __init__(self, transport: _Transport) -> None:
         self._t = transport
@@ -768,12 +927,6 @@ class Cluster:
     def instances(self) -> list[Instance]:
         reply = self._t.unary(self._t.cluster.ListInstances, cluster_pb2.ListInstancesRequest())
         return [record_from_pb(Instance, i) for i in reply.instances]
-
-    def create_token(self, name: str, role: str = "user") -> Token:
-        """Create an access token for ``name`` with ``role`` ("user" or "admin")."""
-        request = cluster_pb2.CreateTokenRequest(name=name, role=role)
-        reply = self._t.unary(self._t.cluster.CreateToken, request)
-        return record_from_pb(Token, reply)
 
     def drain(self, node_id: str, wait: bool = True, timeout_s: float = 600.0) -> NodeDrain:
         """Drain a node: its instances move to other nodes, finishing their predictions, and it takes no
@@ -793,21 +946,34 @@ class Client:
     sent as a bearer token; by default $WARMFLEET_TOKEN, else the local admin token file. ``timeout_s``
     bounds each unary call (a create's ``wait_s`` is added to it). ``settings`` overrides where the
     defaults are looked up (the CLI passes its own).
+
+    TLS: a "grpcs://" URL, ``tls=True``, or ``root_certificates`` (PEM bytes or a file's path: the CA that
+    issued the gateway's certificate, or a self-signed certificate itself; by default what `warmfleet up`
+    recorded, else $WARMFLEET_TLS_CA_PATH, else gRPC's default roots). The gateway `up` recorded is
+    reached as it serves, TLS or not. Anything else is plaintext, as a local gateway serves by default.
     """
 
     def __init__(self, url: str | None = None, token: str | None = None, timeout_s: float = 60.0, *,
-                 settings: Settings | None = None) -> None:
+                 settings: Settings | None = None, tls: bool | None = None,
+                 root_certificates: bytes | str | Path | None = None) -> None:
         get_settings = _settings_once(settings)
-        self._t = _Transport(resolve_target(url, get_settings), resolve_token(token, get_settings), timeout_s)
+        endpoint = resolve_endpoint(url, get_settings, tls, root_certificates)
+        self._t = _Transport(endpoint, resolve_token(token, get_settings), timeout_s)
         self.predictions = Predictions(self._t)
         self.models = Models(self._t)
         self.deployments = Deployments(self._t)
         self.cluster = Cluster(self._t)
+        self.accounts = Accounts(self._t)
 
     @property
     def target(self) -> str:
         """The gateway's "host:port"."""
         return self._t.target
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """Where the gateway is and how this client reaches it (TLS or not, with which roots)."""
+        return self._t.endpoint
 
     def run(self, model: str, input: Mapping[str, Any], wait_s: float = 60.0) -> Any:
         """Run ``model`` on ``input`` and return its output.

@@ -12,11 +12,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from warmfleet.settings import Settings
+from warmfleet.tls import client_ssl_context
 
 
 @dataclass(frozen=True)
@@ -39,11 +41,24 @@ class ClusterState:
     started_at: float
     http_target: str = ""  # host:port of /metrics and /healthz; empty when the gateway could not bind it
     ray_head: RayHead | None = None  # the Ray `up` started for this home, which this gateway serves
+    # Both ports serve TLS; clients verify the gateway's certificate with the PEM file at tls_ca_path (the
+    # CA that issued it, or the certificate itself). A file without these fields is a plaintext gateway's.
+    tls: bool = False
+    tls_ca_path: str = ""
+
+    @property
+    def http_url(self) -> str:
+        """The base URL of the gateway's HTTP side (https:// over TLS), or "" when it serves none."""
+        return f"{'https' if self.tls else 'http'}://{self.http_target}" if self.http_target else ""
 
     @property
     def metrics_url(self) -> str:
         """Where Prometheus scrapes this cluster's gateway, or "" when it serves no HTTP."""
-        return f"http://{self.http_target}/metrics" if self.http_target else ""
+        return f"{self.http_url}/metrics" if self.http_target else ""
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """What an HTTPS client verifies the gateway with (None for a plaintext gateway)."""
+        return client_ssl_context(self.tls_ca_path) if self.tls else None
 
 
 def read_state(settings: Settings) -> ClusterState | None:
@@ -72,10 +87,14 @@ def write_state(settings: Settings, grpc_port: int, http_port: int | None,
         started_at=time.time(),
         http_target=f"{settings.http_host}:{http_port}" if http_port else "",
         ray_head=ray_head,
+        tls=bool(settings.tls_cert_path),
+        tls_ca_path=(settings.tls_ca_path or settings.tls_cert_path) if settings.tls_cert_path else "",
     )
     record = dataclasses.asdict(state)
     if ray_head is None:
         del record["ray_head"]  # the file as it always was, for a reader that predates the head
+    if not state.tls:
+        del record["tls"], record["tls_ca_path"]  # likewise, for a reader that predates TLS
     _write(settings, record)
 
 

@@ -257,7 +257,7 @@ class RouteSpec:
     # A version route: it serves one earlier version of this model ("owner/name"), for predictions pinned
     # to it, from zero instances. Its name is ``version_route_name(model, version)``.
     version_of: str = ""
-    owner: str = ""  # who pushed the model first; "" for the cluster's configuration
+    owner: str = ""  # the namespace (account or organization name) it belongs to; "" for the configuration
     visibility: str = "public"  # "public" or "private" (a pushed model starts private)
     # Whether a prediction whose run was lost to the infrastructure (its node or the gateway stopped) may
     # run once more; False for a model whose runs have effects outside it that must not happen twice.

@@ -41,6 +41,15 @@ class QueueFull(WarmfleetError):
     """The model's queue is at its bound; retry later (backpressure)."""
 
 
+class LimitExceeded(WarmfleetError):
+    """The caller's account is over one of its limits (creates a minute, predictions queued or running,
+    stored bytes); ``retry_after_s`` says when to try again (``Retry-After``)."""
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = max(1, int(retry_after_s))
+
+
 class Unavailable(WarmfleetError):
     """The cluster cannot serve this now (no node can run the model, a node was lost)."""
 
@@ -57,6 +66,7 @@ STATUS_TABLE: dict[type[WarmfleetError], tuple[str, int]] = {
     NotFound: ("NOT_FOUND", 404),
     AlreadyExists: ("ALREADY_EXISTS", 409),
     QueueFull: ("RESOURCE_EXHAUSTED", 429),
+    LimitExceeded: ("RESOURCE_EXHAUSTED", 429),
     Unavailable: ("UNAVAILABLE", 503),
     FailedPrecondition: ("FAILED_PRECONDITION", 409),
     WarmfleetError: ("UNKNOWN", 500),

@@ -45,13 +45,37 @@ class Settings:
     # The Files API: the largest upload, and how long a file is kept (0: until deleted).
     files_max_bytes: int = 100 * 1024 * 1024
     file_ttl_s: float = 24 * 3600.0
-    # Prediction creates each token may make per minute over REST (a token bucket; Replicate's default
-    # is 600); 0 turns the limit off.
+    # How long the signed links in responses (urls.get and urls.stream, output files, a file's urls) open
+    # without the token (gateway/signing.py): the hour Replicate keeps outputs. 0 or less: every link
+    # given is already expired, and only the token opens those URLs.
+    signed_url_ttl_s: float = 3600.0
+    # Limits per account (gateway/limits.py), on every entry (gRPC, REST, the OpenAI routes); an admin
+    # token is not limited. Prediction creates a minute (a token bucket; Replicate's default is 600) and
+    # Files API uploads a minute, 0 turning the limit off; predictions queued or running at once; bytes
+    # of uploads kept at once.
     rate_limit_per_minute: int = 600
+    upload_rate_limit_per_minute: int = 600
+    max_active_per_account: int = 5000
+    max_stored_bytes_per_account: int = 10 * 1024**3
+    # TLS on the gateway's ports (gateway/tls.py): a PEM certificate (chain) and its unencrypted PEM key,
+    # both or neither; neither serves plaintext. tls_ca_path: the certificate clients on this machine
+    # verify the gateway's with (the CA that issued it; empty: tls_cert_path itself, as for a self-signed
+    # one); `up` records it for the CLI, and a client given a TLS URL uses it.
+    tls_cert_path: str = ""
+    tls_key_path: str = ""
+    tls_ca_path: str = ""
+    # TLS on the data plane between routers and agents too (each agent makes a key pair of its own at
+    # start; routers pin the certificate that reaches them through Ray). Read when the agents start.
+    data_plane_tls: bool = False
 
     @property
     def store_path(self) -> Path:
         return self.home / "predictions.sqlite3"
+
+    @property
+    def accounts_path(self) -> Path:
+        """Where the accounts, organizations and tokens are kept (gateway/accounts.py)."""
+        return self.home / "accounts.sqlite3"
 
     @property
     def admin_token_path(self) -> Path:
@@ -148,4 +172,28 @@ def load_settings(
         raise InvalidInput(f"settings.{unknown[0]}", "is not a known setting")
     coerced = {name: _coerce(name, raw) for name, raw in values.items()}
     coerced.setdefault("home", Path("~/.warmfleet").expanduser())
-    return Settings(**coerced)
+    return _checked_tls(Settings(**coerced))
+
+
+TLS_FILES = ("tls_cert_path", "tls_key_path", "tls_ca_path")
+
+
+def _checked_tls(settings: Settings) -> Settings:
+    """The TLS files as absolute paths (the background gateway and `up`'s record use them from another
+    folder; not resolved: a certificate renewed behind a symlink stays the one named), each readable,
+    and the certificate and key given together: a mistake is refused where the settings are built, not
+    in a background gateway's log."""
+    paths = {name: os.path.abspath(os.path.expanduser(getattr(settings, name))) if getattr(settings, name)
+             else "" for name in TLS_FILES}
+    if bool(paths["tls_cert_path"]) != bool(paths["tls_key_path"]):
+        missing, given = (("tls_key_path", "tls_cert_path") if paths["tls_cert_path"]
+                          else ("tls_cert_path", "tls_key_path"))
+        raise InvalidInput(f"settings.{missing}", f"is required with {given}: give both, or neither")
+    for name, path in paths.items():
+        if path:
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as err:
+                raise InvalidInput(f"settings.{name}", f"cannot read {path}: {err.strerror or err}") from err
+    return dataclasses.replace(settings, **paths)

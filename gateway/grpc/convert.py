@@ -10,6 +10,7 @@ from google.protobuf import json_format, struct_pb2
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
+from gateway.accounts import Account, TokenInfo
 from gateway.catalog import CatalogEntry
 from gateway.deployments import AUTOSCALING_FIELDS, Deployment
 from gateway.predictions import CreateRequest
@@ -19,7 +20,7 @@ from warmfleet.domain import (
 )
 from warmfleet.errors import InvalidInput
 from warmfleet.jsonvalues import place_files, split_files, struct_from_pb, value_to_pb
-from warmfleet.v1 import cluster_pb2, deployments_pb2, models_pb2, predictions_pb2, types_pb2
+from warmfleet.v1 import accounts_pb2, cluster_pb2, deployments_pb2, models_pb2, predictions_pb2, types_pb2
 
 STATUS_TO_PB = {
     Status.STARTING: types_pb2.STATUS_STARTING,
@@ -212,11 +213,14 @@ def autoscaling_from_pb(pb: deployments_pb2.Autoscaling) -> dict[str, float]:
 
 
 def model_spec_from_pb(req: models_pb2.CreateModelRequest) -> RouteSpec:
+    if req.visibility not in ("", "public", "private"):
+        raise InvalidInput("visibility", "must be 'public' or 'private'")
     return RouteSpec(
         name=req.name, runner=req.runner, weights=req.weights,
         options=struct_from_pb(req.options, "options") if req.HasField("options") else {},
         description=req.description, min_instances=req.min_instances,
         max_instances=req.max_instances if req.HasField("max_instances") else None,
+        owner=req.name.partition("/")[0], visibility=req.visibility or "public",
     )
 
 
@@ -268,3 +272,13 @@ def version_to_pb(entry: CatalogEntry) -> models_pb2.Version:
     if spec.created_at:
         pb.created_at.FromNanoseconds(int(spec.created_at * 1e9))
     return pb
+
+
+def account_to_pb(a: Account) -> accounts_pb2.Account:
+    return accounts_pb2.Account(id=a.id, name=a.name, kind=a.kind, created_at=a.created_at)
+
+
+def token_to_pb(t: TokenInfo, account: Account) -> accounts_pb2.Token:
+    return accounts_pb2.Token(id=t.id, account_id=t.account, account=account.name, name=t.name,
+                              role=t.role.value, created_at=t.created_at, last_used_at=t.last_used_at,
+                              revoked_at=t.revoked_at)

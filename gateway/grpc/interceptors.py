@@ -11,8 +11,9 @@ from typing import Any, Callable
 
 import grpc
 
-from gateway.auth import TokenRegistry, current_principal
-from warmfleet.errors import WarmfleetError, status_for
+from gateway.accounts import Accounts
+from gateway.auth import current_principal
+from warmfleet.errors import LimitExceeded, WarmfleetError, status_for
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,8 @@ def _bounded(message: str) -> str:
 
 
 class GatewayInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, tokens: TokenRegistry) -> None:
-        self._tokens = tokens
+    def __init__(self, accounts: Accounts) -> None:
+        self._accounts = accounts
         self._wrapped: dict[str, Any] = {}  # method -> wrapped handler, built once per method
 
     async def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails) -> Any:
@@ -79,7 +80,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
 
     def _authenticate(self, context: grpc.aio.ServicerContext) -> None:
         auth = next((v for k, v in context.invocation_metadata() or () if k == "authorization"), None)
-        current_principal.set(self._tokens.authenticate(auth))
+        current_principal.set(self._accounts.authenticate(auth))
 
     def _unary(self, inner: Callable, method: str) -> Callable:
         async def behavior(request, context):
@@ -107,4 +108,6 @@ async def _abort(context: grpc.aio.ServicerContext, err: Exception, method: str)
     code, message = error_status(err)
     if code is grpc.StatusCode.INTERNAL:
         log.error("%s failed", method, exc_info=err)
-    await context.abort(code, message)
+    # A limit says when to come back, as HTTP's Retry-After does (the same name, in seconds).
+    retry = (("retry-after", str(err.retry_after_s)),) if isinstance(err, LimitExceeded) else ()
+    await context.abort(code, message, trailing_metadata=retry)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from gateway.auth import TokenRegistry, current_principal, require_admin
+from gateway.accounts import Accounts
+from gateway.auth import current_principal, require_admin
 from gateway.catalog import ModelCatalog
 from gateway.deployments import RouteService, Scale
 from gateway.grpc import convert
@@ -11,8 +12,8 @@ from gateway.push import PushHeader, PushService
 from scheduler.ports import ControllerClient
 from warmfleet.errors import InvalidInput
 from warmfleet.v1 import (
-    cluster_pb2, cluster_pb2_grpc, deployments_pb2, deployments_pb2_grpc, models_pb2, models_pb2_grpc,
-    predictions_pb2, predictions_pb2_grpc,
+    accounts_pb2, accounts_pb2_grpc, cluster_pb2, cluster_pb2_grpc, deployments_pb2, deployments_pb2_grpc,
+    models_pb2, models_pb2_grpc, predictions_pb2, predictions_pb2_grpc,
 )
 
 
@@ -128,9 +129,8 @@ class DeploymentsServicer(deployments_pb2_grpc.DeploymentsServicer):
 
 
 class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
-    def __init__(self, controller: ControllerClient, tokens: TokenRegistry) -> None:
+    def __init__(self, controller: ControllerClient) -> None:
         self._controller = controller
-        self._tokens = tokens
 
     async def ListNodes(self, request, context):
         require_admin()
@@ -141,11 +141,6 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
         instances = await self._controller.instances()
         return cluster_pb2.ListInstancesResponse(instances=[convert.instance_to_pb(i) for i in instances])
 
-    async def CreateToken(self, request, context):
-        require_admin()
-        token = await self._tokens.create(request.name, request.role or "user")
-        return cluster_pb2.CreateTokenResponse(token=token, name=request.name, role=request.role or "user")
-
     async def DrainNode(self, request, context):
         require_admin()
         if not request.node_id:
@@ -153,3 +148,49 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
         drain = await self._controller.drain_node(request.node_id, request.wait)
         return cluster_pb2.DrainNodeResponse(node_id=drain.node_id, instances_left=drain.instances_left,
                                              done=drain.done)
+
+
+class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
+    def __init__(self, accounts: Accounts) -> None:
+        self._accounts = accounts
+
+    def _token_pb(self, token) -> accounts_pb2.Token:
+        return convert.token_to_pb(token, self._accounts.account_by_id(token.account))
+
+    async def GetAccount(self, request, context):
+        caller = current_principal.get()
+        orgs = [self._accounts.account(name) for name in sorted(caller.organizations)]
+        return accounts_pb2.GetAccountResponse(
+            account=convert.account_to_pb(self._accounts.account_of(caller)), role=caller.role.value,
+            organizations=[convert.account_to_pb(o) for o in orgs], token_id=caller.token_id)
+
+    async def CreateAccount(self, request, context):
+        account = await self._accounts.create_account(current_principal.get(), request.name,
+                                                      request.kind or "user")
+        return convert.account_to_pb(account)
+
+    async def ListAccounts(self, request, context):
+        found = self._accounts.accounts(current_principal.get())
+        return accounts_pb2.ListAccountsResponse(accounts=[convert.account_to_pb(a) for a in found])
+
+    async def SetMember(self, request, context):
+        await self._accounts.set_member(current_principal.get(), request.organization, request.account,
+                                        request.member)
+        return accounts_pb2.SetMemberResponse()
+
+    async def ListMembers(self, request, context):
+        found = self._accounts.members(current_principal.get(), request.organization)
+        return accounts_pb2.ListAccountsResponse(accounts=[convert.account_to_pb(a) for a in found])
+
+    async def CreateToken(self, request, context):
+        caller = current_principal.get()
+        token, text = await self._accounts.create_token(caller, request.account or caller.name, request.name,
+                                                        request.role or "user")
+        return accounts_pb2.CreateTokenResponse(text=text, token=self._token_pb(token))
+
+    async def ListTokens(self, request, context):
+        found = self._accounts.tokens(current_principal.get(), request.account)
+        return accounts_pb2.ListTokensResponse(tokens=[self._token_pb(t) for t in found])
+
+    async def RevokeToken(self, request, context):
+        return self._token_pb(await self._accounts.revoke_token(current_principal.get(), request.id))

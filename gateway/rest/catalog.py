@@ -1,4 +1,4 @@
-"""REST routes: models, versions, deployments, hardware and the account, in Replicate's shapes, each over
+"""REST routes: models, versions, deployments and hardware, in Replicate's shapes, each over
 one call of the core: the catalog (``ModelCatalog``), its changes (``RouteService``), pushes
 (``PushService``) and the controller's nodes.
 
@@ -11,7 +11,6 @@ one call of the core: the catalog (``ModelCatalog``), its changes (``RouteServic
   token, as over gRPC).
 - ``GET /v1/hardware``: the SKUs of the cluster's nodes. Node listing is admin-only over gRPC, and so it is
   here: this route needs an admin token.
-- ``GET /v1/account``: who the token is (the token's principal is all there is to say).
 """
 
 from __future__ import annotations
@@ -46,7 +45,6 @@ def register(app: web.Application) -> None:
     app.router.add_patch("/v1/deployments/{owner}/{name}", update_deployment)
     app.router.add_delete("/v1/deployments/{owner}/{name}", delete_deployment)
     app.router.add_get("/v1/hardware", list_hardware)
-    app.router.add_get("/v1/account", get_account)
 
 
 def _name(request: web.Request) -> str:
@@ -147,13 +145,10 @@ async def delete_deployment(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-# Hardware and account
+# Hardware
 
 
 async def list_hardware(request: web.Request) -> web.Response:
     require_admin()  # as the gRPC ListNodes: the cluster's nodes are the operator's business
     return web.json_response(shapes.hardware_json(await request.app[REST].controller.nodes()))
 
-
-async def get_account(request: web.Request) -> web.Response:
-    return web.json_response(shapes.account_json(current_principal.get().name))

@@ -4,6 +4,9 @@
 the file as the raw body, its type in Content-Type), ``GET /v1/files``, ``GET /v1/files/{id}``,
 ``GET /v1/files/{id}/download``, ``DELETE /v1/files/{id}``. A file is its owner's (an admin may read and
 delete any); its ``urls.get`` can be given as a file input to the owner's predictions.
+
+A file's ``urls.get`` and ``urls.download`` are signed links (``gateway.signing``): a client reads the
+file's metadata and bytes with them, without the token, until they expire. ``DELETE`` takes the token.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from aiohttp.multipart import parse_content_disposition
 
 from gateway.auth import current_principal
 from gateway.files import FileStore, StoredFile
-from gateway.rest.context import REST, base_url, problem
+from gateway.rest.context import REST, base_url, links, problem
+from gateway.signing import Sign, unsigned
 from warmfleet.errors import InvalidInput
 
 PAGE_SIZE = 100
@@ -44,14 +48,17 @@ def _files(request: web.Request) -> FileStore:
     return request.app[REST].files
 
 
-def file_json(stored: StoredFile, base: str) -> dict[str, Any]:
-    """A file in the shape of Replicate's Files API."""
+def file_json(stored: StoredFile, base: str, sign: Sign = unsigned) -> dict[str, Any]:
+    """A file in the shape of Replicate's Files API, with ``urls.download`` beside ``urls.get`` (both
+    written by ``sign`` for the file's owner), for a client that has no token to read the bytes with."""
+    get = f"/v1/files/{stored.id}"
     return {
         "id": stored.id, "name": stored.name, "content_type": stored.content_type, "size": stored.size,
         "etag": stored.md5, "checksums": {"sha256": stored.sha256, "md5": stored.md5},
         "metadata": stored.metadata, "created_at": _iso(stored.created_at),
         "expires_at": _iso(stored.expires_at) if stored.expires_at is not None else None,
-        "urls": {"get": f"{base}/v1/files/{stored.id}"},
+        "urls": {"get": base + sign(get, stored.owner),
+                 "download": base + sign(f"{get}/download", stored.owner)},
     }
 
 
@@ -84,8 +91,8 @@ async def create_file(request: web.Request) -> web.StreamResponse:
                                                  f"the most an upload may be (files_max_bytes)")
     if content_type and not _MEDIA_TYPE.match(content_type):  # it is served back as the Content-Type
         raise InvalidInput("type", f"{content_type!r} is not a media type such as image/png")
-    stored = await _files(request).create(current_principal.get().name, data, name, content_type, metadata)
-    return web.json_response(file_json(stored, base_url(request)), status=201)
+    stored = await _files(request).upload(current_principal.get(), data, name, content_type, metadata)
+    return web.json_response(file_json(stored, base_url(request), links(request)), status=201)
 
 
 async def _from_form(request: web.Request, max_bytes: int) -> tuple[bytes, str, str, dict[str, Any]]:
@@ -158,16 +165,16 @@ def _metadata(text: str) -> dict[str, Any]:
 
 async def list_files(request: web.Request) -> web.Response:
     """The caller's files, newest first, in cursor pages (``{next, previous, results}``)."""
-    mine = _files(request).list(current_principal.get().name)
+    mine = _files(request).list(current_principal.get().account)
     start = _decode_cursor(request.query.get("cursor", ""))
     page = mine[start:start + PAGE_SIZE]
-    base = base_url(request)
+    base, sign = base_url(request), links(request)
     following = start + PAGE_SIZE
     return web.json_response({
         "next": f"{base}/v1/files?cursor={_encode_cursor(following)}" if following < len(mine) else None,
         "previous": None if start == 0 else
         f"{base}/v1/files?cursor={_encode_cursor(max(0, start - PAGE_SIZE))}",
-        "results": [file_json(f, base) for f in page],
+        "results": [file_json(f, base, sign) for f in page],
     })
 
 
@@ -189,7 +196,7 @@ def _decode_cursor(cursor: str) -> int:
 
 async def get_file(request: web.Request) -> web.Response:
     stored = _files(request).get(current_principal.get(), request.match_info["id"])
-    return web.json_response(file_json(stored, base_url(request)))
+    return web.json_response(file_json(stored, base_url(request), links(request)))
 
 
 async def download_file(request: web.Request) -> web.StreamResponse:

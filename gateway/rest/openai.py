@@ -48,7 +48,7 @@ from aiohttp import web
 
 from gateway.auth import Principal, current_principal
 from gateway.predictions import MAX_WAIT_S, CreateRequest
-from gateway.rest.context import REST, RestContext, problem
+from gateway.rest.context import REST, RestContext, problem_of
 from gateway.rest.shapes import epoch_seconds
 from warmfleet.domain import Completed, Metrics, OutputChunk, Prediction, PredictionEvent, Status
 from warmfleet.errors import InvalidInput, NotFound, Unavailable, WarmfleetError, error_from_code, status_for
@@ -380,9 +380,7 @@ def openai_error(err: WarmfleetError) -> dict[str, Any]:
 
 def error_response(err: WarmfleetError) -> web.Response:
     """RFC 7807 problem details (as every REST error) with OpenAI's ``error`` object in the same body."""
-    code, status = status_for(err)
-    extra: dict[str, Any] = {"field": err.field} if isinstance(err, InvalidInput) else {}
-    return problem(status, code.replace("_", " ").title(), str(err), error=openai_error(err), **extra)
+    return problem_of(err, error=openai_error(err))
 
 
 def renamed(err: WarmfleetError, gen: Generation) -> WarmfleetError:

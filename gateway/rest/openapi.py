@@ -76,6 +76,7 @@ WEBHOOK_EVENTS = array({"type": "string", "enum": ["start", "output", "logs", "c
 MEDIA_TYPE = {"type": "string", "maxLength": 255, "pattern": "^[a-z]+/[a-z0-9.+-]+$",
               "description": "A media type, such as image/png."}
 NAME_PART = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$", "maxLength": 64}
+ROLE = {"type": "string", "enum": ["user", "priority", "admin"]}
 
 
 def json_text(schema: S) -> S:
@@ -175,12 +176,24 @@ def schemas() -> dict[str, S]:
         }, optional=("version", "hardware", "min_instances", "max_instances", "autoscaling")),
         "Hardware": obj({"sku": STRING, "name": STRING}),
         "Account": obj({"type": {"type": "string", "enum": ["user", "organization"]}, "username": STRING,
-                        "name": STRING, "github_url": nullable(URI)}),
+                        "name": STRING, "github_url": nullable(URI), "id": STRING,
+                        "organizations": array(STRING)}, optional=("id", "organizations")),
+        "Token": obj({"id": STRING, "account": STRING, "account_id": STRING, "name": STRING, "role": ROLE,
+                      "created_at": TIME, "last_used_at": nullable(TIME), "revoked_at": nullable(TIME)},
+                     description="An access token, less its text."),
+        "NewToken": obj({"token": {"type": "string", "description": "The token's text, shown only this once."},
+                         "id": STRING, "account": STRING, "account_id": STRING, "name": STRING, "role": ROLE,
+                         "created_at": TIME, "last_used_at": NULL, "revoked_at": NULL}),
+        "TokenList": obj({"results": array(ref("Token"))}),
+        "CreateToken": obj({"name": {**NAME_PART, "description": "What the token is for (laptop, ci...)."},
+                            "role": ROLE, "account": {**NAME_PART, "description": "A user account's name "
+                                                      "(an admin's to choose); default: the caller's own."}},
+                           optional=("role", "account")),
         "WebhookSecret": obj({"key": {"type": "string", "pattern": "^whsec_"}}),
         "File": obj({
             "id": STRING, "name": STRING, "content_type": STRING, "size": COUNT, "etag": STRING,
             "checksums": obj({"sha256": STRING, "md5": STRING}), "metadata": OBJECT, "created_at": TIME,
-            "expires_at": nullable(TIME), "urls": obj({"get": URI}),
+            "expires_at": nullable(TIME), "urls": obj({"get": URI, "download": URI}),
         }),
         "FilePage": page_of("File"),
         "CreateFile": obj({
@@ -244,7 +257,8 @@ def schemas() -> dict[str, S]:
 
 
 PROBLEM_TEXT = {
-    400: "Bad request", 401: "No token, or one the cluster does not know", 403: "The token may not do this",
+    400: "Bad request", 401: "No token, or one the cluster does not know",
+    403: "The token may not do this, or a signed link does not match the URL or has expired",
     404: "Not found (or not the caller's)", 405: "Method not allowed", 406: "Not acceptable",
     409: "Conflict (exists already, or not in a state that allows it)", 413: "Payload too large",
     422: "Invalid input; field names the field", 429: "Rate limited, or the queue is full",
@@ -311,6 +325,16 @@ CANCEL_AFTER = header("Cancel-After", {"type": "string", "pattern": "^(([1-9][0-
                       "aborted if it has not started by then, and canceled if it is still running then.")
 LAST_EVENT_ID = header("Last-Event-ID", {"type": "string", "pattern": "^[0-9]{1,9}$"},
                        "The id of the last event received: the stream resumes after it.")
+# The query of a signed link (gateway/signing.py): the URLs a response gives to follow (urls.get and
+# urls.stream, output files, a file's urls) carry it, and open without the token until they expire.
+SIGNED_LINK = (
+    query("owner", {"type": "string", "maxLength": 64}, "A signed link's owner (an account id). With "
+          "expires and signature, and no Authorization header, the link opens this URL as its owner; a "
+          "link that does not match this URL, or has expired, is 403. With a token they are ignored."),
+    query("expires", {"type": "integer", "minimum": 0}, "When a signed link expires (unix seconds)."),
+    query("signature", {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+          "A signed link's signature: hex HMAC-SHA256 of the path, the owner and expires."),
+)
 PUBLIC: list[S] = []
 ECHO_INPUT: S = {"input": {"text": "hello"}}  # the examples name the models every warmfleet cluster serves
 LLM = "warmfleet/tiny-llama"
@@ -381,16 +405,18 @@ def paths() -> dict[str, dict[str, S]]:
                                      "Predictions a page (1-1000).")), errors=(401, 422)),
         },
         "/v1/predictions/{id}": {"get": op("getPrediction", "Get a prediction", "predictions",
-                                           json_ok(ref("Prediction")), (PREDICTION_ID,), errors=(401, 404))},
+                                           json_ok(ref("Prediction")), (PREDICTION_ID, *SIGNED_LINK),
+                                           errors=(401, 403, 404))},
         "/v1/predictions/{id}/cancel": {"post": op(
             "cancelPrediction", "Cancel a prediction", "predictions", json_ok(ref("Prediction")),
             (PREDICTION_ID,), errors=(401, 404, 409))},
         "/v1/predictions/{id}/stream": {"get": op(
             "streamPrediction", "Follow a prediction as Server-Sent Events", "predictions", {"200": sse},
-            (PREDICTION_ID, LAST_EVENT_ID), errors=(401, 404, 406, 422))},
+            (PREDICTION_ID, LAST_EVENT_ID, *SIGNED_LINK), errors=(401, 403, 404, 406, 422))},
         "/v1/predictions/{id}/output/{index}": {"get": op(
             "getPredictionOutputFile", "Download an output file of a prediction (its owner's)", "predictions",
-            {"200": binary}, (PREDICTION_ID, path_param("index", COUNT, 0)), errors=(401, 404))},
+            {"200": binary}, (PREDICTION_ID, path_param("index", COUNT, 0), *SIGNED_LINK),
+            errors=(401, 403, 404))},
         "/v1/models/{owner}/{name}/predictions": {"post": create_prediction(
             "createModelPrediction", "Create a prediction of a model's latest version", model,
             "CreatePrediction", ECHO_INPUT)},
@@ -440,7 +466,19 @@ def paths() -> dict[str, dict[str, S]]:
         },
         "/v1/hardware": {"get": op("listHardware", "List the cluster's hardware SKUs (admin)", "cluster",
                                    json_ok(array(ref("Hardware"))), errors=(401, 403))},
-        "/v1/account": {"get": op("getAccount", "Who the token is", "cluster", json_ok(ref("Account")))},
+        "/v1/account": {"get": op("getAccount", "Who the token is", "accounts", json_ok(ref("Account")))},
+        "/v1/tokens": {
+            "get": op("listTokens", "The caller's tokens (an admin's: every account's, or one's)", "accounts",
+                      json_ok(ref("TokenList")), (query("account", NAME_PART, "An account's name (admin)."),),
+                      errors=(401, 404, 422)),
+            "post": op("createToken", "Create a token (its text is shown once)", "accounts",
+                       json_ok(ref("NewToken"), "Created", 201), body=json_body(ref("CreateToken")),
+                       errors=(401, 403, 404, 422)),
+        },
+        "/v1/tokens/{id}": {"delete": op(
+            "revokeToken", "Revoke a token: refused from its next call on", "accounts", json_ok(ref("Token")),
+            (path_param("id", {"type": "string", "maxLength": 64}, "tok_0123456789abcdef"),),
+            errors=(401, 404))},
         "/v1/webhooks/default/secret": {"get": op(
             "getWebhookSecret", "The caller's webhook signing secret", "predictions",
             json_ok(ref("WebhookSecret")))},
@@ -455,11 +493,13 @@ def paths() -> dict[str, dict[str, S]]:
                       (CURSOR,), errors=(401, 422)),
         },
         "/v1/files/{id}": {
-            "get": op("getFile", "Get a file", "files", json_ok(ref("File")), (FILE_ID,), errors=(401, 404)),
+            "get": op("getFile", "Get a file", "files", json_ok(ref("File")), (FILE_ID, *SIGNED_LINK),
+                      errors=(401, 403, 404)),
             "delete": op("deleteFile", "Delete a file", "files", no_content(), (FILE_ID,), errors=(401, 404)),
         },
         "/v1/files/{id}/download": {"get": op("downloadFile", "Download a file's bytes", "files",
-                                              {"200": binary}, (FILE_ID,), errors=(401, 404))},
+                                              {"200": binary}, (FILE_ID, *SIGNED_LINK),
+                                              errors=(401, 403, 404))},
         "/v1/chat/completions": {"post": completion_op(
             "createChatCompletion", "OpenAI-compatible chat completion (llm models)", "ChatCompletionRequest",
             "ChatCompletion", {"model": LLM, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8})},
@@ -494,13 +534,15 @@ def build() -> S:
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
         "tags": [{"name": name} for name in ("predictions", "models", "deployments", "files", "openai",
-                                             "cluster", "operations")],
+                                             "accounts", "cluster", "operations")],
         "paths": paths(),
         "components": {
             "securitySchemes": {"bearer": {
                 "type": "http", "scheme": "bearer",
                 "description": "Authorization: Bearer <token>. Replicate's older form, Authorization: "
-                               "Token <token>, is read the same."}},
+                               "Token <token>, is read the same. The links a response gives to follow "
+                               "(urls.get, urls.stream, output files, a file's urls) are signed "
+                               "(owner, expires, signature in the query) and open without it."}},
             "schemas": schemas(),
             "responses": problem_responses(),
         },

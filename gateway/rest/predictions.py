@@ -2,13 +2,16 @@
 
 - ``POST /v1/predictions`` (``version``), ``POST /v1/models/{owner}/{name}/predictions`` and
   ``POST /v1/deployments/{owner}/{name}/predictions``: ``create``, answered 201. Headers:
-  ``Prefer: wait[=N]`` (wait_s), ``Cancel-After`` (deadline_s). Each token's creates go through the rate
-  limit (``rate_limit_per_minute``): over it, 429 with ``Retry-After``. File inputs (data:, http(s) and
+  ``Prefer: wait[=N]`` (wait_s), ``Cancel-After`` (deadline_s). The account's limits (``gateway.limits``)
+  answer 429 with ``Retry-After``. File inputs (data:, http(s) and
   Files API URLs) become bytes through one hook, ``resolve_files`` (``gateway.files``).
 - ``GET /v1/predictions`` (cursor pages; ``page_size`` 1-1000 besides Replicate's ``cursor``),
   ``GET /v1/predictions/{id}``, ``POST /v1/predictions/{id}/cancel``.
 - ``GET /v1/predictions/{id}/output/{index}``: the bytes of an output file (the output's URLs point
   here), to its owner (or an admin) only.
+
+The links in a prediction (``urls.get``, ``urls.stream``, the output's file URLs) are signed
+(``gateway.signing``): a client follows them without the token, as the owner, until they expire.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import orjson
 from aiohttp import web
 
 from gateway.auth import current_principal
-from gateway.rest.context import REST, RestContext, base_url, problem
+from gateway.rest.context import REST, RestContext, base_url, links
 from gateway.rest import shapes
 from warmfleet.errors import InvalidInput, NotFound
 
@@ -68,22 +71,8 @@ async def input_schema(ctx: RestContext, target: dict[str, str]) -> dict[str, An
     return entry.input_schema if entry is not None else None
 
 
-def rate_limited(request: web.Request) -> web.Response | None:
-    """A 429 problem when the caller is over its rate limit; None when it may go on."""
-    decision = request.app[REST].rate_limiter.take(current_principal.get().name)
-    if decision.allowed:
-        return None
-    response = problem(429, "Rate Limited", f"over {request.app[REST].settings.rate_limit_per_minute} "
-                       f"predictions a minute; retry in {decision.retry_after_s} s")
-    response.headers["Retry-After"] = str(decision.retry_after_s)
-    return response
-
-
 async def _create(request: web.Request, target: Callable[[dict[str, Any]], dict[str, str]]) -> web.Response:
-    """One create: rate limit, headers, body, files, then ``create`` for the ``target`` the body names."""
-    refused = rate_limited(request)
-    if refused is not None:
-        return refused
+    """One create: headers, body, files, then ``create`` for the ``target`` the body names."""
     ctx = request.app[REST]
     wait_s = shapes.prefer_wait_s(request.headers.get("Prefer"))
     deadline_s = shapes.cancel_after_s(request.headers.get("Cancel-After"))
@@ -93,9 +82,8 @@ async def _create(request: web.Request, target: Callable[[dict[str, Any]], dict[
     input = await resolve_files(ctx, input, names)
     create = shapes.create_request(body, input, wait_s=wait_s, deadline_s=deadline_s, **names)
     pred = await ctx.predictions.create(current_principal.get(), create)
-    base = base_url(request)
-    return web.json_response(shapes.prediction_json(pred, base), status=201,
-                             headers={"Location": shapes.prediction_urls(base, pred.id)["get"]})
+    shown = shapes.prediction_json(pred, base_url(request), links(request))
+    return web.json_response(shown, status=201, headers={"Location": shown["urls"]["get"]})
 
 
 async def create_by_version(request: web.Request) -> web.Response:
@@ -126,17 +114,19 @@ async def list_predictions(request: web.Request) -> web.Response:
     if cursor:
         query = {"cursor": cursor, **({"page_size": size} if size else {})}
         next_url = f"{base}/v1/predictions?{urlencode(query)}"
-    return web.json_response(shapes.page([shapes.prediction_json(p, base) for p in predictions], next_url))
+    sign = links(request)
+    results = [shapes.prediction_json(p, base, sign) for p in predictions]
+    return web.json_response(shapes.page(results, next_url))
 
 
 async def get_prediction(request: web.Request) -> web.Response:
     pred = await request.app[REST].predictions.get(current_principal.get(), request.match_info["id"])
-    return web.json_response(shapes.prediction_json(pred, base_url(request)))
+    return web.json_response(shapes.prediction_json(pred, base_url(request), links(request)))
 
 
 async def cancel_prediction(request: web.Request) -> web.Response:
     pred = await request.app[REST].predictions.cancel(current_principal.get(), request.match_info["id"])
-    return web.json_response(shapes.prediction_json(pred, base_url(request)))
+    return web.json_response(shapes.prediction_json(pred, base_url(request), links(request)))
 
 
 async def get_output_file(request: web.Request) -> web.Response:

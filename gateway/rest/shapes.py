@@ -3,7 +3,9 @@
 Pure functions, no I/O and no web framework: request bodies and headers become the core services'
 arguments (``CreateRequest``, ``Scale``...), domain objects (``Prediction``, ``CatalogEntry``,
 ``Deployment``, ``NodeInfo``) become Replicate's JSON objects (prediction, model, version, deployment,
-hardware, pages). ``base`` is the gateway's URL as the client reached it, for the links inside those objects.
+hardware, pages). ``base`` is the gateway's URL as the client reached it, for the links inside those objects;
+``sign`` writes the links that clients follow (``gateway.signing``: signed, so that they open without the
+token; ``unsigned`` by default).
 
 JSON values read here as they read over gRPC, where they travel as protobuf ``Value``s (``as_api_json``):
 numbers are doubles, so an integral one is an int, and a NaN or an infinity is refused, naming its place.
@@ -22,6 +24,7 @@ from typing import Any
 from gateway.catalog import CatalogEntry
 from gateway.deployments import AUTOSCALING_FIELDS, Deployment, Scale
 from gateway.predictions import MAX_WAIT_S, CreateRequest
+from gateway.signing import Sign, unsigned
 from warmfleet.domain import FileData, Metrics, NodeInfo, Prediction
 from warmfleet.errors import InvalidInput
 from warmfleet.jsonvalues import files_as_data_urls
@@ -219,23 +222,27 @@ def epoch_seconds(t: float) -> int:
     return int(t * 1e9) // _NANOS
 
 
-def prediction_urls(base: str, prediction_id: str) -> dict[str, str]:
-    get = f"{base}/v1/predictions/{prediction_id}"
-    return {"get": get, "cancel": f"{get}/cancel", "stream": f"{get}/stream"}
+def prediction_urls(base: str, prediction_id: str, owner: str = "", sign: Sign = unsigned) -> dict[str, str]:
+    """A prediction's ``urls``. ``get`` and ``stream`` are written by ``sign`` for ``owner`` (an account
+    id); ``cancel`` changes the prediction, so it stays a URL for the token only."""
+    get = f"/v1/predictions/{prediction_id}"
+    return {"get": base + sign(get, owner), "cancel": f"{base}{get}/cancel",
+            "stream": base + sign(f"{get}/stream", owner)}
 
 
-def output_file_url(base: str, prediction_id: str, index: int) -> str:
-    return f"{base}/v1/predictions/{prediction_id}/output/{index}"
+def output_file_url(base: str, prediction_id: str, index: int, owner: str = "", sign: Sign = unsigned) -> str:
+    return base + sign(f"/v1/predictions/{prediction_id}/output/{index}", owner)
 
 
-def prediction_json(pred: Prediction, base: str) -> dict[str, Any]:
-    """A prediction as Replicate's prediction object: what GET answers, and a webhook's body."""
+def prediction_json(pred: Prediction, base: str, sign: Sign = unsigned) -> dict[str, Any]:
+    """A prediction as Replicate's prediction object: what GET answers, and a webhook's body; its links
+    written by ``sign`` for the prediction's owner."""
     out: dict[str, Any] = {
         "id": pred.id, "model": pred.model, "version": pred.version, "input": files_as_data_urls(pred.input),
-        "output": output_json(pred, base), "logs": "\n".join(pred.logs), "error": pred.error or None,
+        "output": output_json(pred, base, sign), "logs": "\n".join(pred.logs), "error": pred.error or None,
         "status": pred.status.value, "created_at": rfc3339(pred.created_at),
         "started_at": rfc3339(pred.started_at), "completed_at": rfc3339(pred.completed_at),
-        "urls": prediction_urls(base, pred.id), "metrics": metrics_json(pred.metrics),
+        "urls": prediction_urls(base, pred.id, pred.owner, sign), "metrics": metrics_json(pred.metrics),
         "data_removed": pred.data_removed, "source": "api",
     }
     if pred.deployment:
@@ -250,13 +257,13 @@ def prediction_json(pred: Prediction, base: str) -> dict[str, Any]:
 domain_prediction_json = prediction_json  # the name the webhook sender is given it by (gateway.server)
 
 
-def output_json(pred: Prediction, base: str) -> Any:
+def output_json(pred: Prediction, base: str, sign: Sign = unsigned) -> Any:
     """The output as Replicate gives it: the JSON value; for file outputs (images) the list of their URLs
     under the gateway; with both, ``{"value": ..., "files": [...]}``; null before there is one."""
     if pred.output is None:
         return None
     value = as_api_json(pred.output.value)
-    urls = [output_file_url(base, pred.id, i) for i in range(len(pred.output.files))]
+    urls = [output_file_url(base, pred.id, i, pred.owner, sign) for i in range(len(pred.output.files))]
     if not urls:
         return value
     return urls if value is None else {"value": value, "files": urls}
@@ -421,8 +428,3 @@ def hardware_json(nodes: list[NodeInfo]) -> list[dict[str, str]]:
         if node.hardware and node.hardware not in names:
             names[node.hardware] = "CPU" if node.hardware == "cpu" else (node.accelerator or node.hardware)
     return [{"sku": sku, "name": names[sku]} for sku in sorted(names)]
-
-
-def account_json(username: str) -> dict[str, Any]:
-    """The caller's account: a token's name is its user name."""
-    return {"type": "user", "username": username, "name": username, "github_url": None}

@@ -12,7 +12,9 @@ Server-Sent Events, the way Replicate streams them.
   that had ended) gets the whole output as one ``output`` event before ``done``. The gateway keeps
   only the final event of an ended prediction: a client resuming after it ended gets ``done`` alone.
 
-Only the prediction's owner (or an admin) may follow it; anyone else gets 404, as for ``GET``.
+Only the prediction's owner (or an admin) may follow it; anyone else gets 404, as for ``GET``. The
+``urls.stream`` a prediction shows is a signed link (``gateway.signing``): an EventSource, which cannot
+send the token, follows it as it is.
 """
 
 from __future__ import annotations

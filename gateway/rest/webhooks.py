@@ -11,7 +11,7 @@ from gateway.rest.context import REST
 
 async def default_secret(request: web.Request) -> web.Response:
     secrets = request.app[REST].webhooks.secrets
-    return web.json_response({"key": secrets.key_for(current_principal.get().name)})
+    return web.json_response({"key": secrets.key_for(current_principal.get().account)})
 
 
 def register(app: web.Application) -> None:

@@ -15,7 +15,7 @@ from scheduler import ray_adapter
 from warmfleet.domain import RouteSpec
 from warmfleet.settings import Settings
 from warmfleet.v1 import (
-    cluster_pb2_grpc, models_pb2_grpc, predictions_pb2 as P, predictions_pb2_grpc, types_pb2 as T,
+    accounts_pb2, accounts_pb2_grpc, cluster_pb2_grpc, models_pb2_grpc, predictions_pb2 as P, predictions_pb2_grpc, types_pb2 as T,
 )
 
 ECHO = "warmfleet/echo"
@@ -104,6 +104,15 @@ class Api:
     def cluster(self):
         return cluster_pb2_grpc.ClusterStub(self.channel)
 
+    @property
+    def accounts(self):
+        return accounts_pb2_grpc.AccountsStub(self.channel)
+
+    async def account_id(self) -> str:
+        """The id of the account this Api's token belongs to (what its predictions record as owner)."""
+        reply = await self.accounts.GetAccount(accounts_pb2.GetAccountRequest(), metadata=self.md)
+        return reply.account.id
+
     def as_token(self, token: str) -> "Api":
         return Api(self.channel, token)
 
@@ -131,13 +140,22 @@ class RunningGateway:
     async def start(self) -> Api:
         self.gateway = Gateway(self.settings, self.controller)
         port = await self.gateway.start()
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        channel = gateway_channel(f"127.0.0.1:{port}", self.settings)
         self.api = Api(channel, self.settings.admin_token_path.read_text().strip())
         return self.api
 
     async def stop(self) -> None:
         await self.api.channel.close()
         await self.gateway.stop(grace_s=1.0)
+
+
+def gateway_channel(target: str, settings: Settings) -> grpc.aio.Channel:
+    """A channel to a gateway as its clients reach it: over TLS when it serves TLS, verified with the
+    settings' CA (else its certificate itself)."""
+    if not settings.tls_cert_path:
+        return grpc.aio.insecure_channel(target)
+    roots = Path(settings.tls_ca_path or settings.tls_cert_path).read_bytes()
+    return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(roots))
 
 
 @pytest.fixture(scope="module")
@@ -153,9 +171,8 @@ def api(running) -> Api:
     return running.api
 
 
-async def user(api: Api, name: str) -> Api:
-    """An Api acting as a new user token called ``name``."""
-    from warmfleet.v1 import cluster_pb2
-
-    reply = await api.cluster.CreateToken(cluster_pb2.CreateTokenRequest(name=name, role="user"), metadata=api.md)
-    return api.as_token(reply.token)
+async def user(api: Api, name: str, role: str = "user") -> Api:
+    """An Api acting as a token of a new user account called ``name`` (``api`` is an admin's)."""
+    await api.accounts.CreateAccount(accounts_pb2.CreateAccountRequest(name=name), metadata=api.md)
+    request = accounts_pb2.CreateTokenRequest(account=name, name="default", role=role)
+    return api.as_token((await api.accounts.CreateToken(request, metadata=api.md)).text)

@@ -9,7 +9,7 @@ import pytest
 
 from tests.integration.conftest import NARROW, RunningGateway, create_request, user
 from tests.integration.test_predictions import wait_status
-from warmfleet.v1 import cluster_pb2, predictions_pb2 as P, types_pb2 as T
+from warmfleet.v1 import accounts_pb2, cluster_pb2, predictions_pb2 as P, types_pb2 as T
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +50,7 @@ async def test_a_user_sees_only_their_own_predictions(api):
     assert secret.id not in [p.id for p in bobs.predictions]
     # The admin sees everyone's.
     seen_by_admin = await api.get(secret.id)
-    assert seen_by_admin.id == secret.id and seen_by_admin.owner.startswith("alice-")
+    assert seen_by_admin.id == secret.id and seen_by_admin.owner == await alice.account_id()
 
 
 async def test_a_user_cannot_call_admin_rpcs(api):
@@ -58,7 +58,8 @@ async def test_a_user_cannot_call_admin_rpcs(api):
     for call in (
         carol.cluster.ListNodes(cluster_pb2.ListNodesRequest(), metadata=carol.md),
         carol.cluster.ListInstances(cluster_pb2.ListInstancesRequest(), metadata=carol.md),
-        carol.cluster.CreateToken(cluster_pb2.CreateTokenRequest(name="mallory", role="admin"), metadata=carol.md),
+        carol.accounts.CreateToken(accounts_pb2.CreateTokenRequest(name="mallory", role="admin"), metadata=carol.md),
+        carol.accounts.CreateAccount(accounts_pb2.CreateAccountRequest(name="mallory"), metadata=carol.md),
     ):
         assert (await rpc_error(call)).code() == grpc.StatusCode.PERMISSION_DENIED
     nodes = await api.cluster.ListNodes(cluster_pb2.ListNodesRequest(), metadata=api.md)
@@ -67,8 +68,12 @@ async def test_a_user_cannot_call_admin_rpcs(api):
     assert {i.model for i in instances.instances} >= {NARROW}
 
 
-async def test_token_names_are_checked(api):
-    bad = await rpc_error(api.cluster.CreateToken(cluster_pb2.CreateTokenRequest(name="no spaces"), metadata=api.md))
+async def test_account_and_token_names_are_checked(api):
+    bad = await rpc_error(api.accounts.CreateAccount(accounts_pb2.CreateAccountRequest(name="no spaces"),
+                                                     metadata=api.md))
+    assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT and bad.details().startswith("name")
+    bad = await rpc_error(api.accounts.CreateToken(accounts_pb2.CreateTokenRequest(name="no spaces"),
+                                                   metadata=api.md))
     assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT and bad.details().startswith("name")
 
 

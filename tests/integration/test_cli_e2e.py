@@ -43,6 +43,37 @@ def test_up_prints_the_endpoint_and_the_token_file(cli):
     assert oct((home / "admin_token").stat().st_mode & 0o777) == "0o600"
 
 
+def test_the_home_is_readable_by_the_operator_only_after_predictions_and_accounts(cli):
+    run, home, _ = cli
+    assert run("predict", "warmfleet/echo", "-i", "text=kept private").returncode == 0
+    made = run("accounts", "create", "dora")
+    assert made.returncode == 0 and made.stdout.startswith("wf_"), made.stderr
+    modes = {p.relative_to(home).as_posix(): p.stat().st_mode & 0o777 for p in home.rglob("*")}
+    assert {"accounts.sqlite3", "predictions.sqlite3", "admin_token", "cluster.json"} <= set(modes)
+    loose = {path: oct(mode) for path, mode in modes.items()
+             if mode != (0o700 if (home / path).is_dir() else 0o600)}
+    assert loose == {} and home.stat().st_mode & 0o777 == 0o700
+
+
+def test_accounts_and_tokens_from_the_cli(cli):
+    run, _, _ = cli
+    made = run("accounts", "create", "erin")
+    assert made.returncode == 0, made.stderr
+    erin = made.stdout.strip()
+    who = run("--token", erin, "whoami")
+    assert who.returncode == 0 and who.stdout.startswith("erin (user, acct_") and "token role user" in who.stdout
+    second = run("--token", erin, "tokens", "create", "--name", "ci")  # a user makes its own
+    assert second.returncode == 0, second.stderr
+    listed = json.loads(run("--token", erin, "tokens", "list", "--json").stdout)
+    assert [(t["name"], t["account"], t["revoked_at"]) for t in listed] == [("default", "erin", None),
+                                                                             ("ci", "erin", None)]
+    revoked = run("--token", erin, "tokens", "revoke", listed[1]["id"])
+    assert revoked.returncode == 0 and listed[1]["id"] in revoked.stdout
+    refused = run("--token", second.stdout.strip(), "whoami")
+    assert refused.returncode == 1 and "was revoked" in refused.stderr
+    assert run("--token", erin, "accounts", "create", "mallory").returncode == 1  # admin only
+
+
 def test_predict_prints_the_output(cli):
     run, _, _ = cli
     result = run("predict", "warmfleet/echo", "-i", "text=hello from the cli")

@@ -86,10 +86,10 @@ class Cluster:
         self.client = Client(state["grpc_target"], (self.home / "admin_token").read_text().strip())
 
 
-def home_cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
-    """The CLI on a home of its own (``tmp_path/home``) and this module's echo-only cluster config."""
+def home_cli(tmp_path: Path, config_text: str = CONFIG) -> Callable[..., subprocess.CompletedProcess]:
+    """The CLI on a home of its own (``tmp_path/home``) and a cluster config (this module's echo-only one)."""
     config = tmp_path / "cluster.toml"
-    config.write_text(CONFIG)
+    config.write_text(config_text)
     env = {k: v for k, v in os.environ.items() if not k.startswith("WARMFLEET_")}
     env["WARMFLEET_HOME"] = str(tmp_path / "home")
 

@@ -37,7 +37,7 @@ async def test_sync_create_returns_the_finished_prediction(api):
     pred = await api.create(text=text)
     assert pred.status == T.STATUS_SUCCEEDED
     assert pred.output.value.string_value == text
-    assert pred.model == ECHO and pred.version and pred.owner == "admin"
+    assert pred.model == ECHO and pred.version and pred.owner == await api.account_id()
     assert pred.input.echo.text == text
     assert pred.created_at.ToNanoseconds() <= pred.started_at.ToNanoseconds() <= pred.completed_at.ToNanoseconds()
     assert pred.metrics.predict_time_s >= 0 and pred.metrics.total_time_s >= pred.metrics.predict_time_s

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from urllib.parse import urlsplit
 
 import aiohttp
+import grpc
 import pytest
 
-from tests.integration.conftest import ECHO, ESRGAN, NARROW, SD, RunningGateway, user
+from tests.integration.conftest import ECHO, ESRGAN, LLM, NARROW, SD, RunningGateway, user
 
 pytestmark = pytest.mark.integration
 
@@ -77,10 +79,14 @@ async def test_prefer_wait_returns_the_finished_prediction_in_replicates_shape(h
     assert pred["created_at"] <= pred["started_at"] <= pred["completed_at"]
     assert pred["metrics"]["predict_time"] >= 0 and pred["metrics"]["total_time"] >= pred["metrics"]["predict_time"]
     base = f"http://127.0.0.1:{running.gateway.http_port}"
-    assert pred["urls"] == {"get": f"{base}/v1/predictions/{pred['id']}",
-                            "cancel": f"{base}/v1/predictions/{pred['id']}/cancel",
-                            "stream": f"{base}/v1/predictions/{pred['id']}/stream"}
-    assert await get(http, pred["urls"]["get"], admin) == pred
+    # The same paths as ever; get and stream carry a signature (tests/integration/test_signed_urls.py).
+    assert {kind: urlsplit(url).path for kind, url in pred["urls"].items()} == {
+        "get": f"/v1/predictions/{pred['id']}", "cancel": f"/v1/predictions/{pred['id']}/cancel",
+        "stream": f"/v1/predictions/{pred['id']}/stream"}
+    assert all(url.startswith(base + "/v1/") for url in pred["urls"].values())
+    assert pred["urls"]["cancel"] == f"{base}/v1/predictions/{pred['id']}/cancel"
+    again = await get(http, pred["urls"]["get"], admin)  # its links are signed afresh: compared apart
+    assert {**again, "urls": None} == {**pred, "urls": None}
 
 
 async def test_prefer_wait_n_answers_unfinished_when_n_passes(http, admin):
@@ -232,7 +238,7 @@ async def test_an_image_output_is_a_url_that_serves_png_bytes_to_its_owner(http,
             assert resp.status == 200 and resp.content_type == "image/png"
             images.append(await resp.read())
     assert all(image.startswith(PNG_SIGNATURE) for image in images) and images[0] != images[1]
-    async with http.get(pred["output"][0]) as resp:
+    async with http.get(urlsplit(pred["output"][0]).path) as resp:  # no token and no signature
         assert resp.status == 401
     async with http.get(pred["output"][0], headers=frank) as resp:
         assert resp.status == 404
@@ -309,11 +315,12 @@ async def test_hardware_lists_the_nodes_skus(http, admin, api):
     assert [h["sku"] for h in hardware] == sorted({n.hardware for n in nodes.nodes})
 
 
-async def test_the_account_is_the_tokens_name(http, api):
+async def test_the_account_is_the_tokens_account(http, api):
     name = f"gina-{uuid.uuid4().hex[:6]}"
-    gina = bearer((await user(api, name)).token)
-    assert await get(http, "/v1/account", gina) == {"type": "user", "username": name, "name": name,
-                                                    "github_url": None}
+    gina = await user(api, name)
+    assert await get(http, "/v1/account", bearer(gina.token)) == {
+        "type": "user", "username": name, "name": name, "github_url": None, "id": await gina.account_id(),
+        "organizations": []}
 
 
 # Rate limit
@@ -329,8 +336,9 @@ async def limited(controller, tmp_path_factory):
     await gw.stop()
 
 
-async def test_over_the_rate_limit_is_429_with_retry_after(limited):
-    headers = bearer(limited.api.token)
+async def test_over_the_rate_limit_is_429_with_retry_after_on_every_entry(limited):
+    ivy = await user(limited.api, f"ivy-{uuid.uuid4().hex[:6]}")
+    headers = bearer(ivy.token)
     async with aiohttp.ClientSession(f"http://127.0.0.1:{limited.gateway.http_port}") as http:
         for _ in range(2):
             await create(http, headers)
@@ -339,9 +347,18 @@ async def test_over_the_rate_limit_is_429_with_retry_after(limited):
             assert resp.status == 429
             assert resp.headers["Retry-After"] == "30"  # a token comes back every 30 s
             assert "2 predictions a minute" in (await problem(resp))["detail"]
-        # Reads are not limited, and another token has its own bucket.
+        # The same account's bucket over gRPC, and over the OpenAI route.
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await ivy.create(text="over grpc")
+        assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert dict(err.value.trailing_metadata())["retry-after"] == "30"
+        async with http.post("/v1/completions", json={"model": LLM, "prompt": "x"}, headers=headers) as resp:
+            assert resp.status == 429 and resp.headers["Retry-After"] == "30"
+        # Reads are not limited, another account has its own bucket, and an admin is not limited.
         await get(http, "/v1/predictions", headers)
         await create(http, bearer((await user(limited.api, f"henry-{uuid.uuid4().hex[:6]}")).token))
+        for _ in range(3):
+            await create(http, bearer(limited.api.token))
 
 
 async def test_a_full_queue_is_429_with_retry_after(limited):

@@ -9,6 +9,7 @@ import base64
 import hashlib
 import io
 import uuid
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -131,7 +132,7 @@ async def upscale(gw: RunningGateway, principal: Principal, input: dict):
 
 
 def admin(gw: RunningGateway) -> Principal:
-    return Principal("admin", Role.ADMIN)
+    return gw.gateway.accounts.authenticate(f"Bearer {gw.api.token}")
 
 
 async def test_a_url_at_127_0_0_1_is_refused_by_default_and_never_fetched(running, server):
@@ -186,7 +187,8 @@ async def _upload(http, headers, data: bytes, name: str, **fields) -> tuple[int,
 
 async def test_the_files_api_round_trip_and_an_upload_as_an_input(running):
     name = f"alice-{uuid.uuid4().hex[:6]}"
-    alice = bearer((await user(running.api, name)).token)
+    alice_api = await user(running.api, name)
+    alice = bearer(alice_api.token)
     bob = bearer((await user(running.api, f"bob-{uuid.uuid4().hex[:6]}")).token)
     async with aiohttp.ClientSession(base(running)) as http:
         status, made = await _upload(http, alice, PNG, "cat.png", metadata='{"album": "pets"}')
@@ -196,29 +198,31 @@ async def test_the_files_api_round_trip_and_an_upload_as_an_input(running):
         assert made["etag"] == hashlib.md5(PNG).hexdigest() and made["metadata"] == {"album": "pets"}
         assert made["created_at"].endswith("Z") and made["expires_at"] > made["created_at"]
         get_url = made["urls"]["get"]
-        assert get_url == f"{base(running)}/v1/files/{made['id']}"
-        async with http.get(get_url, headers=alice) as reply:
-            assert reply.status == 200 and await reply.json() == made
+        download_url = made["urls"]["download"]
+        assert get_url.startswith(base(running)) and urlsplit(get_url).path == f"/v1/files/{made['id']}"
+        assert urlsplit(download_url).path == f"/v1/files/{made['id']}/download"
+        async with http.get(get_url, headers=alice) as reply:  # its links are signed afresh: compared apart
+            assert reply.status == 200 and {**await reply.json(), "urls": None} == {**made, "urls": None}
         async with http.get("/v1/files", headers=alice) as reply:
             page = await reply.json()
             assert [f["id"] for f in page["results"]] == [made["id"]] and page["next"] is None
-        async with http.get(get_url + "/download", headers=alice) as reply:
+        async with http.get(download_url, headers=alice) as reply:
             assert reply.status == 200 and await reply.read() == PNG
             assert reply.headers["Content-Type"] == "image/png"
             assert 'filename="cat.png"' in reply.headers["Content-Disposition"]
-        for url in (get_url, get_url + "/download"):
+        for url in (get_url, download_url):
             async with http.get(url, headers=bob) as reply:
                 assert reply.status == 404  # not bob's: as if it did not exist
         async with http.get("/v1/files", headers=bob) as reply:
             assert (await reply.json())["results"] == []
 
-        owner = Principal(name, Role.USER)
+        owner = running.gateway.accounts.authenticate(f"Bearer {alice_api.token}")
         resolved = await resolve(running, owner, {"image": get_url})  # loopback, yet read here: it is ours
         assert resolved["image"] == FileData(PNG, "image/png", "cat.png")
         [out] = (await upscale(running, owner, resolved)).output.files
         assert (out.width, out.height) == (12 * SCALE, 8 * SCALE)
         with pytest.raises(InvalidInput, match="input.image: names file .* which is not yours"):
-            await resolve(running, Principal("someone-else", Role.USER), {"image": get_url})
+            await resolve(running, Principal("acct_someone", "someone-else", Role.USER), {"image": get_url})
 
         async with http.delete(get_url, headers=alice) as reply:
             assert reply.status == 204

@@ -48,6 +48,16 @@ async def settle(turns: int = 20) -> None:
         await asyncio.sleep(0)
 
 
+class ManualClock:
+    """A clock the test moves (``now``, seconds): what policies and stores take as their ``clock``."""
+
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class SchemalessRunner(Runner):
     """The base of the tests' tiny runners: any object is its input, and it declares no output schema."""
 

@@ -26,7 +26,8 @@ DECLARATIVE = {
 # groups named for it (its own group included). Checked by prefix, longest first; the kernel's modules
 # are named one by one, since the top floor (warmfleet.cli) and the client live in the same package.
 KERNEL = ("warmfleet.domain", "warmfleet.errors", "warmfleet.settings", "warmfleet.jsonvalues",
-          "warmfleet.dataplane", "warmfleet.bundle", "warmfleet.tasks", "warmfleet.cluster_state")
+          "warmfleet.dataplane", "warmfleet.bundle", "warmfleet.tasks", "warmfleet.cluster_state",
+          "warmfleet.tls", "warmfleet.home")
 LAYERS: dict[str, tuple[str, ...]] = {
     **{name: KERNEL for name in KERNEL},
     "warmfleet": (*KERNEL, "warmfleet.client"),  # the package: ``from warmfleet import Client``

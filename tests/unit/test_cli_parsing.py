@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from google.protobuf import struct_pb2
 
 from warmfleet import client
-from warmfleet.cli import commands as cli
+from warmfleet.cli import commands as cli, context as cli_context
 from warmfleet.client import (
     Client, Event, File, GatewayUnreachableError, InvalidArgumentError, Node, NotFoundError, Output,
     Prediction, PredictionError, UnauthenticatedError, UnavailableError, WarmfleetClientError,
@@ -122,7 +122,7 @@ class FakeClient:
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> FakePredictions:
     predictions = FakePredictions(_prediction(output="hi"))
-    monkeypatch.setattr(cli, "Client", lambda **kwargs: FakeClient(predictions))
+    monkeypatch.setattr(cli_context, "Client", lambda **kwargs: FakeClient(predictions))
     return predictions
 
 

@@ -10,8 +10,8 @@ import pytest
 import warmfleet.errors as errors
 from gateway.grpc.interceptors import error_status
 from warmfleet.errors import (
-    INTERNAL, STATUS_TABLE, AlreadyExists, FailedPrecondition, InvalidInput, NotFound, PermissionDenied,
-    QueueFull, Unauthenticated, Unavailable, WarmfleetError, status_for,
+    INTERNAL, STATUS_TABLE, AlreadyExists, FailedPrecondition, InvalidInput, LimitExceeded, NotFound,
+    PermissionDenied, QueueFull, Unauthenticated, Unavailable, WarmfleetError, status_for,
 )
 
 # The public contract: what a client sees for each error, over gRPC and over REST.
@@ -22,6 +22,7 @@ EXPECTED = {
     NotFound: ("NOT_FOUND", 404),
     AlreadyExists: ("ALREADY_EXISTS", 409),
     QueueFull: ("RESOURCE_EXHAUSTED", 429),
+    LimitExceeded: ("RESOURCE_EXHAUSTED", 429),
     Unavailable: ("UNAVAILABLE", 503),
     FailedPrecondition: ("FAILED_PRECONDITION", 409),
     WarmfleetError: ("UNKNOWN", 500),

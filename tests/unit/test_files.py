@@ -20,9 +20,9 @@ from warmfleet.domain import FileData, Output, Prediction, Status
 from warmfleet.errors import InvalidInput, NotFound
 from warmfleet.settings import load_settings
 
-ALICE = Principal("alice", Role.USER)
-BOB = Principal("bob", Role.USER)
-ADMIN = Principal("admin", Role.ADMIN)
+ALICE = Principal("acct_alice", "alice", Role.USER)
+BOB = Principal("acct_bob", "bob", Role.USER)
+ADMIN = Principal("acct_admin", "admin", Role.ADMIN)
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
 
@@ -287,7 +287,7 @@ async def test_a_bad_file_input_names_its_place(value, says):
 
 
 async def test_an_uploaded_file_url_is_read_from_the_store_for_its_owner_only(files):
-    stored = await files.create("alice", PNG, "mine.png", "image/png")
+    stored = await files.create(ALICE.account, PNG, "mine.png", "image/png")
     url = f"http://127.0.0.1:8000/v1/files/{stored.id}"  # loopback: read here, never fetched
     out = await resolver(files).resolve(ALICE, {"image": url}, SCHEMA)
     assert out["image"] == FileData(PNG, "image/png", "mine.png")
@@ -307,13 +307,13 @@ def test_takes_file():
 
 
 async def test_the_store_keeps_files_by_owner_and_shares_identical_bytes(files, tmp_path):
-    a = await files.create("alice", PNG, "a.png", "", {"k": 1}, ttl_s=60)
-    b = await files.create("alice", PNG, "b.png", "image/png")
+    a = await files.create(ALICE.account, PNG, "a.png", "", {"k": 1}, ttl_s=60)
+    b = await files.create(ALICE.account, PNG, "b.png", "image/png")
     c = await files.create("bob", b"other", "c.txt")
     assert (a.size, a.sha256, a.md5) == (len(PNG), hashlib.sha256(PNG).hexdigest(), hashlib.md5(PNG).hexdigest())
     assert a.content_type == "image/png" and c.content_type == "text/plain"  # guessed from the name
     assert a.expires_at == pytest.approx(a.created_at + 60) and b.expires_at is None
-    assert [f.id for f in files.list("alice")] == [b.id, a.id]  # newest first
+    assert [f.id for f in files.list(ALICE.account)] == [b.id, a.id]  # newest first
     assert files.get(ADMIN, c.id) == c
     with pytest.raises(NotFound):
         files.get(ALICE, c.id)
@@ -332,10 +332,10 @@ async def test_expired_files_are_gone_at_once_and_deleted_by_the_sweep(tmp_path)
     now = [1000.0]
     files = FileStore(tmp_path / "files", clock=lambda: now[0])
     await files.open()
-    old = await files.create("alice", b"old", "old.txt", ttl_s=10)
-    kept = await files.create("alice", b"kept", "kept.txt")
+    old = await files.create(ALICE.account, b"old", "old.txt", ttl_s=10)
+    kept = await files.create(ALICE.account, b"kept", "kept.txt")
     now[0] += 11
-    assert files.lookup(old.id) is None and [f.id for f in files.list("alice")] == [kept.id]
+    assert files.lookup(old.id) is None and [f.id for f in files.list(ALICE.account)] == [kept.id]
     assert await Retention(None, files, 0, 60).sweep() == (0, 1)
     assert not files.path_of(old).exists() and files.path_of(kept).exists()
     files.close()

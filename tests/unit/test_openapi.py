@@ -25,9 +25,9 @@ METHODS = {"get", "post", "put", "patch", "delete"}
 @pytest.fixture
 def app(tmp_path) -> web.Application:
     app = build_app(GatewayMetrics(controller=None), lambda: "")
-    add_rest_routes(app, RestContext(settings=Settings(home=tmp_path), tokens=None, predictions=None,
+    add_rest_routes(app, RestContext(settings=Settings(home=tmp_path), accounts=None, predictions=None,
                                      catalog=None, routes=None, pusher=None, controller=None, files=None,
-                                     resolver=None, webhooks=None, rate_limiter=None))
+                                     resolver=None, webhooks=None))
     return app
 
 

@@ -21,7 +21,7 @@ from warmfleet.domain import Completed, OutputChunk, Prediction, RouteSpec, Star
 from warmfleet.errors import Unavailable
 
 LLM = "acme/llm"
-ALICE = Principal("alice", Role.USER)
+ALICE = Principal("acct_alice", "alice", Role.USER)
 
 
 @pytest.fixture
@@ -99,14 +99,15 @@ async def test_a_rerun_is_logged_counted_and_streams_only_what_the_first_run_had
 
 async def test_what_a_restart_finds_without_its_task_ends_failed_saying_why(cluster):
     service, store, _, _, _ = cluster
-    kept = Prediction(id="kept", model=LLM, version="v", input={"prompt": "a"}, owner="alice", created_at=1.0,
+    kept = Prediction(id="kept", model=LLM, version="v", input={"prompt": "a"}, owner=ALICE.account, created_at=1.0,
                       status=Status.PROCESSING, started_at=2.0, attempt=1)
-    secret = Prediction(id="secret", model=LLM, version="v", input={"prompt": "b"}, owner="alice",
+    secret = Prediction(id="secret", model=LLM, version="v", input={"prompt": "b"}, owner=ALICE.account,
                         created_at=1.5)
 
     taken = service.recover([(kept, StoredTask(LLM, {"prompt": "a", "seed": 1})), (secret, None)])
 
-    assert taken == [Unfinished("kept", LLM, {"prompt": "a", "seed": 1}, started=True, attempt=1)]
+    assert taken == [Unfinished("kept", LLM, {"prompt": "a", "seed": 1}, started=True, attempt=1,
+                                account=ALICE.account)]
     failed = await service.get(ALICE, "secret")
     assert failed.status is Status.FAILED and failed.error == NOT_KEPT
     assert (await service.get(ALICE, "kept")).status is Status.PROCESSING

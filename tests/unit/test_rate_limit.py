@@ -1,20 +1,13 @@
-"""The token bucket behind REST's rate limit, on a fake clock."""
+"""The token bucket behind the per-account rate limits, on a clock the test moves."""
 
 from __future__ import annotations
 
 from gateway.rate_limit import Decision, RateLimiter
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.unit.fakes import ManualClock
 
 
 def test_a_full_minute_bursts_then_refuses_with_the_wait_for_one_token():
-    clock = FakeClock()
+    clock = ManualClock()
     limiter = RateLimiter(60, clock)  # one a second
     assert all(limiter.take("alice").allowed for _ in range(60))
     refused = limiter.take("alice")
@@ -22,7 +15,7 @@ def test_a_full_minute_bursts_then_refuses_with_the_wait_for_one_token():
 
 
 def test_retry_after_is_the_time_until_a_token_is_back_rounded_up():
-    clock = FakeClock()
+    clock = ManualClock()
     limiter = RateLimiter(3, clock)  # one every 20 s
     for _ in range(3):
         assert limiter.take("bob").allowed
@@ -35,7 +28,7 @@ def test_retry_after_is_the_time_until_a_token_is_back_rounded_up():
 
 
 def test_refused_takes_cost_nothing():
-    clock = FakeClock()
+    clock = ManualClock()
     limiter = RateLimiter(6, clock)  # one every 10 s
     for _ in range(6):
         limiter.take("carol")
@@ -46,7 +39,7 @@ def test_refused_takes_cost_nothing():
 
 
 def test_the_bucket_refills_only_up_to_its_size():
-    clock = FakeClock()
+    clock = ManualClock()
     limiter = RateLimiter(2, clock)
     limiter.take("dave")
     clock.now += 3600  # an hour idle fills two tokens, not 120
@@ -54,12 +47,12 @@ def test_the_bucket_refills_only_up_to_its_size():
 
 
 def test_callers_have_separate_buckets():
-    limiter = RateLimiter(1, FakeClock())
+    limiter = RateLimiter(1, ManualClock())
     assert limiter.take("erin").allowed
     assert not limiter.take("erin").allowed
     assert limiter.take("frank").allowed
 
 
 def test_zero_turns_the_limit_off():
-    limiter = RateLimiter(0, FakeClock())
+    limiter = RateLimiter(0, ManualClock())
     assert all(limiter.take("gina").allowed for _ in range(10_000))

@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 from scheduler.ports import NodeLost
 from scheduler.router import MAX_REJECTIONS, Router
 from tests.unit.fakes import EventLog, FakeNodeData, instance, settle, table, wait_until
-from warmfleet.domain import Finished, Rejected, Requeued, RouteSpec, Started, Status, TaskEvent, TERMINAL
+from warmfleet.domain import (
+    Finished, Metrics, Output, Rejected, Requeued, RouteSpec, Started, Status, TaskEvent, TERMINAL,
+)
 from warmfleet.errors import QueueFull
 
 MODEL = "acme/echo"
@@ -147,6 +149,45 @@ async def test_as_slots_free_one_by_one_the_highest_priority_waiting_goes_next(m
         a.finish(running)
         await a.wait_submitted(n)
     assert a.submitted_ids == ["busy", "high", "urgent", "mid", "low"]
+
+
+async def test_two_accounts_predictions_on_one_instance_are_dispatched_in_turn(make_router):
+    router, a, log = one_instance(make_router, 1)
+    for n in range(5):
+        router.enqueue(f"a{n}", MODEL, _input(n), account="alice")  # a burst: a0 runs, four wait
+    for n in range(3):
+        router.enqueue(f"b{n}", MODEL, _input(n), account="bob")  # then bob's, behind alice's four
+
+    for n in range(1, 9):
+        await a.wait_submitted(n)
+        a.finish(a.submitted_ids[-1])
+    await log.wait_finished(*a.submitted_ids)
+
+    assert a.submitted_ids == ["a0", "b0", "a1", "b1", "a2", "b2", "a3", "a4"]  # not a0-a4, then bob's
+
+
+def _ran(node: FakeNodeData, prediction_id: str, predict_time_s: float) -> None:
+    node.push(TaskEvent(prediction_id, Finished(Status.SUCCEEDED, 1.0, 1.0 + predict_time_s, Output("ok"),
+                                                metrics=Metrics(predict_time_s=predict_time_s))))
+
+
+async def test_an_account_is_charged_the_predict_time_its_finished_predictions_report(make_router):
+    router, a, log = one_instance(make_router, 1)
+    for n in range(3):
+        router.enqueue(f"slow{n}", MODEL, _input(n), account="slow")
+    for n in range(6):
+        router.enqueue(f"fast{n}", MODEL, _input(n), account="fast")
+
+    for n in range(1, 9):
+        await a.wait_submitted(n)
+        pid = a.submitted_ids[-1]
+        _ran(a, pid, 3.0 if pid.startswith("slow") else 1.0)
+    await a.wait_submitted(9)
+
+    # Each slow prediction held the instance three times as long: fast gets three turns to its one.
+    assert a.submitted_ids == ["slow0", "fast0", "fast1", "fast2", "slow1", "fast3", "fast4", "fast5",
+                               "slow2"]
+    assert router.footprint()["accounts"] == 1  # slow's, while slow2 runs: fast holds nothing now
 
 
 async def test_queue_at_its_bound_raises_queue_full_and_accepts_again_once_there_is_room(make_router):

@@ -104,3 +104,17 @@ async def test_a_first_table_without_nodes_queues_every_unfinished_prediction_at
 
     assert router.queue_length(MODEL) == 2
     assert log.bodies("p2") == [Requeued("the gateway restarted while it ran; no node still runs it", 2)]
+
+
+async def test_recovered_predictions_keep_their_accounts_and_share_the_instance_in_turn(router_and_log):
+    router, log = router_and_log
+    a = FakeNodeData("A")
+    router.recover([unfinished(f"a{n}", False, account="alice") for n in range(3)]
+                   + [unfinished("b0", False, account="bob")])
+    router.update_table(table(1, [instance("i1", MODEL, "A", 1)], a))
+
+    for n in range(1, 4):
+        await a.wait_submitted(n)
+        a.finish(a.submitted_ids[-1])
+    await a.wait_submitted(4)
+    assert a.submitted_ids == ["a0", "b0", "a1", "a2"]  # bob's turn came second, not after alice's three

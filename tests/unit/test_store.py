@@ -203,14 +203,3 @@ async def test_a_completed_webhook_stays_due_across_a_restart_until_it_is_done(o
 def _rows(store: PredictionStore, table: str) -> list[tuple]:
     with sqlite3.connect(store.path) as db:
         return sorted(db.execute(f"SELECT id FROM {table}").fetchall())
-
-
-async def test_tokens_are_added_and_listed(open_store):
-    store = await open_store()
-    assert await store.tokens() == []
-    await store.add_token("hash-a", "alice", "user")
-    await store.add_token("hash-b", "root", "admin")
-    await store.close()
-
-    reopened = await open_store()
-    assert sorted(await reopened.tokens()) == [("hash-a", "alice", "user"), ("hash-b", "root", "admin")]

@@ -9,85 +9,24 @@ from __future__ import annotations
 
 import json
 import mimetypes
-import os
 import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
 import click
 
-from warmfleet.cli import launch
+from warmfleet.cli import accounts, certificates, launch
+from warmfleet.cli.context import (
+    CliContext, CliError, WarmfleetGroup, echo_json, pass_cli, print_renderable, show_table, to_jsonable,
+)
 from warmfleet.client import Client, Event, File, Prediction, WarmfleetClientError
 from warmfleet.cluster_state import ClusterState
-from warmfleet.errors import WarmfleetError
-from warmfleet.settings import Settings, load_settings
 
 ECHO_HINT = "predict warmfleet/echo -i text=hello"
-PIPE_WIDTH = 140  # columns of tables printed into a pipe
-
-
-# Errors
-
-
-class CliError(click.ClickException):
-    """An error shown as one line, ``error: <message>``, on stderr, with exit code 1."""
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
-
-
-class WarmfleetGroup(click.Group):
-    """The root group: turns the errors users cause (no gateway, bad token, bad input) into one line."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except WarmfleetClientError as err:
-            hint = "; pass --token or set WARMFLEET_TOKEN" if err.code == "UNAUTHENTICATED" else ""
-            raise CliError(f"{err}{hint}") from err
-        except (WarmfleetError, launch.LaunchError, OSError) as err:
-            raise CliError(str(err)) from err
-
-
-# Context: flags in, settings and client out
-
-
-@dataclass
-class CliContext:
-    """The global flags, and the settings and client built from them (each once)."""
-
-    url: str | None = None
-    token: str | None = None
-    home: str | None = None
-    config: str | None = None
-    _settings: Settings | None = field(default=None, repr=False)
-    _client: Client | None = field(default=None, repr=False)
-
-    def settings(self, **flags: Any) -> Settings:
-        """The process's settings; the first caller may add command flags (e.g. `up --grpc-port`)."""
-        if self._settings is None:
-            self._settings = load_settings({"home": self.home, "token": self.token, **flags}, self.config)
-        return self._settings
-
-    def client(self) -> Client:
-        if self._client is None:
-            try:
-                self._client = Client(url=self.url, settings=self.settings())
-            except ValueError as err:  # a malformed --url
-                raise CliError(str(err)) from err
-        return self._client
-
-    def command_prefix(self) -> str:
-        """How to call `warmfleet` again with the same home, for hints."""
-        return f"warmfleet --home {self.home}" if self.home else "warmfleet"
-
-
-pass_cli = click.make_pass_decorator(CliContext)
 
 
 # Input parsing (-i key=value)
@@ -155,26 +94,6 @@ def inputs_to_dict(ctx: click.Context, param: click.Parameter, pairs: tuple[tupl
 # Output
 
 
-def to_jsonable(value: Any) -> Any:
-    """Client dataclasses as JSON-ready data: datetimes as ISO 8601, files as their description."""
-    if isinstance(value, File):
-        return {"name": value.name, "content_type": value.content_type, "size_bytes": value.size_bytes,
-                "width": value.width, "height": value.height}
-    if is_dataclass(value) and not isinstance(value, type):
-        return {k: to_jsonable(getattr(value, k)) for k in asdict(value)}
-    if isinstance(value, dict):
-        return {k: to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return value
-
-
-def echo_json(value: Any) -> None:
-    click.echo(json.dumps(to_jsonable(value), indent=2))
-
-
 def format_value(value: Any) -> str:
     """An output value for people: text raw, anything else as JSON."""
     return value if isinstance(value, str) else json.dumps(value, indent=2)
@@ -232,19 +151,6 @@ def _seconds(value: float | int | None) -> str:
     return f"{value:.3f} s" if value is not None else "-"
 
 
-def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
-    from rich.table import Table
-
-    table = Table(title=title, title_justify="left")
-    key_width = max([len(columns[0])] + [len(row[0]) for row in rows])
-    table.add_column(columns[0], no_wrap=True, min_width=key_width)  # ids stay whole, for copying
-    for column in columns[1:]:
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(*row)
-    _print(table)
-
-
 def _spinner(message: str) -> Any:
     from rich.console import Console
 
@@ -272,16 +178,27 @@ def cli(ctx: click.Context, url: str | None, token: str | None, home: str | None
 @cli.command()
 @click.option("--grpc-port", type=int, help="Port the gateway serves gRPC on (0 picks a free one).")
 @click.option("--address", "ray_address", help="Ray cluster to join (default: start a local Ray).")
+@click.option("--tls-cert", "tls_cert_path", help="Serve gRPC and HTTPS with this PEM certificate (chain); "
+              "needs --tls-key. A first try: `warmfleet tls self-signed`.")
+@click.option("--tls-key", "tls_key_path", help="The certificate's unencrypted PEM private key.")
+@click.option("--tls-ca", "tls_ca_path", help="The CA certificate that issued --tls-cert, which this "
+              "machine's CLI and clients verify the gateway with (default: --tls-cert itself).")
 @pass_cli
-def up(obj: CliContext, grpc_port: int | None, ray_address: str | None) -> None:
+def up(obj: CliContext, grpc_port: int | None, ray_address: str | None, tls_cert_path: str | None,
+       tls_key_path: str | None, tls_ca_path: str | None) -> None:
     """Start the cluster in the background and wait until it serves."""
-    settings = obj.settings(grpc_port=grpc_port, ray_address=ray_address)
+    settings = obj.settings(grpc_port=grpc_port, ray_address=ray_address, tls_cert_path=tls_cert_path,
+                            tls_key_path=tls_key_path, tls_ca_path=tls_ca_path)
     already = launch.running(settings)
     if settings.cluster_config:  # refuse a bad file here, naming the place, not in the background log
         from warmfleet.cli.cluster_config import load_cluster_config
         from warmfleet.cli.defaults import default_models
 
         load_cluster_config(settings.cluster_config, default_models(settings))
+    if settings.tls_cert_path:  # likewise a key that is not the certificate's
+        from gateway.tls import ServerTls
+
+        ServerTls.from_settings(settings)
     with _spinner("starting warmfleet (Ray, controller, gateway)..."):
         state = launch.up(settings)
     verb = "is already up" if already is not None and already.pid == state.pid else "is up"
@@ -289,6 +206,8 @@ def up(obj: CliContext, grpc_port: int | None, ray_address: str | None) -> None:
     click.echo(f"  log:         {launch.log_path(settings)}")
     click.echo(f"  admin token: {state.admin_token_path}")
     click.echo(f"  metrics:     {state.metrics_url or 'not served (see the log)'}")
+    if state.tls:
+        click.echo(f"  tls:         gRPC and HTTPS, verified with {state.tls_ca_path}")
     click.echo(f"try: {obj.command_prefix()} {ECHO_HINT}")
 
 
@@ -321,12 +240,12 @@ def status(obj: CliContext) -> None:
     click.echo(f"gateway:  {client.target}")
     if state is not None:
         click.echo(f"metrics:  {state.metrics_url or 'not served (see the log)'}")
-    said = launch.health(client.target)
+    said = launch.health(client.endpoint)
     if said is None:
         raise CliError(f"no gateway at {client.target}: is `warmfleet up` running?")
     click.echo("health:   serving" if said == launch.SERVING else
                f"health:   not serving: {_why_not_serving(state)}")
-    _table("models", ["name", "runner", "version"],
+    show_table("models", ["name", "runner", "version"],
            [[m.name, m.runner, m.version[:12]] for m in client.models.list()])
     _show_fleet(client)
 
@@ -336,7 +255,8 @@ def _why_not_serving(state: ClusterState | None) -> str:
     if state is None or not state.http_target:
         return "see the gateway's log"
     try:
-        with urllib.request.urlopen(f"http://{state.http_target}/healthz", timeout=2.0) as reply:
+        with urllib.request.urlopen(f"{state.http_url}/healthz", timeout=2.0,
+                                    context=state.ssl_context()) as reply:
             return json.loads(reply.read()).get("reason", "") or "see the gateway's log"
     except urllib.error.HTTPError as err:
         return json.loads(err.read() or b"{}").get("reason", "") or "see the gateway's log"
@@ -354,18 +274,8 @@ def _show_fleet(client: Client) -> None:
             raise
         click.echo("(nodes and instances need an admin token)")
         return
-    _print(nodes_table(nodes))
-    _print(instances_table(instances))
-
-
-def _print(renderable: Any) -> None:
-    """Print a rich table or frame; into a pipe, PIPE_WIDTH wide (not rich's 80) so that rows stay whole."""
-    from rich.console import Console
-
-    console = Console()
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(width=PIPE_WIDTH)
-    console.print(renderable)
+    print_renderable(nodes_table(nodes))
+    print_renderable(instances_table(instances))
 
 
 # Nodes, instances and a live view (admin)
@@ -396,7 +306,7 @@ def _list_or_table(found: list, table: Any, as_json: bool) -> None:
     if as_json:
         echo_json(found)
     else:
-        _print(table(found))
+        print_renderable(table(found))
 
 
 @cli.command()
@@ -414,13 +324,15 @@ def top(obj: CliContext, interval_s: float, once: bool, metrics_url: str | None)
 
     client = _top_client(obj, interval_s)
     url = _metrics_url(obj, client) if metrics_url is None else metrics_url
+    context = _metrics_context(obj, client)
 
     def snapshot() -> Snapshot:
-        return take_snapshot(client, url, datetime.now().astimezone(), timeout_s=max(interval_s, 1.0))
+        return take_snapshot(client, url, datetime.now().astimezone(), timeout_s=max(interval_s, 1.0),
+                             ssl_context=context)
 
     if once:
         first = snapshot()
-        _print(render(first))
+        print_renderable(render(first))
         if first.error:
             raise click.exceptions.Exit(1)
         return
@@ -445,6 +357,17 @@ def _metrics_url(obj: CliContext, client: Client) -> str:
     """The metrics URL `up` recorded, if the client talks to the gateway `up` started."""
     state = launch.running(obj.settings())
     return state.metrics_url if state is not None and state.grpc_target == client.target else ""
+
+
+def _metrics_context(obj: CliContext, client: Client) -> Any:
+    """How an HTTPS metrics URL is verified: with the CA file `up` recorded for the client's gateway, else
+    with the settings' tls_ca_path, else the system's roots."""
+    from warmfleet.tls import client_ssl_context
+
+    state = launch.running(obj.settings())
+    if state is not None and state.grpc_target == client.target and state.tls:
+        return state.ssl_context()
+    return client_ssl_context(obj.settings().tls_ca_path)
 
 
 # Predictions
@@ -572,7 +495,7 @@ def predictions_list(obj: CliContext, limit: int, cursor: str, as_json: bool) ->
     if as_json:
         echo_json(page)
         return
-    _table("predictions", ["id", "model", "status", "created", "predict time"], [
+    show_table("predictions", ["id", "model", "status", "created", "predict time"], [
         [p.id, p.model, p.status, _time(p.created_at), _seconds(p.metrics.get("predict_time_s"))]
         for p in page.results])
     if page.next_cursor:
@@ -600,7 +523,7 @@ def models() -> None:
 @pass_cli
 def models_list(obj: CliContext) -> None:
     """List the served models."""
-    _table("models", ["name", "runner", "version", "description"],
+    show_table("models", ["name", "runner", "version", "description"],
            [[m.name, m.runner, m.version[:12], m.description] for m in obj.client().models.list()])
 
 
@@ -618,7 +541,7 @@ def models_get(obj: CliContext, name: str, as_json: bool) -> None:
     if model.description:
         click.echo(model.description)
     required = set(model.input_schema.get("required", []))
-    _table("inputs", ["name", "type", "required", "default", "description"], [
+    show_table("inputs", ["name", "type", "required", "default", "description"], [
         [key, str(prop.get("type", "-")), "yes" if key in required else "",
          json.dumps(prop["default"]) if "default" in prop else "", prop.get("description", "")]
         for key, prop in model.input_schema.get("properties", {}).items()])
@@ -695,7 +618,7 @@ def models_versions(obj: CliContext, name: str, as_json: bool) -> None:
     if as_json:
         echo_json(versions)
         return
-    _table(f"versions of {name}", ["id", "created", "runner", "size"],
+    show_table(f"versions of {name}", ["id", "created", "runner", "size"],
            [[v.id, _time(v.created_at), v.runner, _bytes(v.bundle_size_bytes)] for v in versions])
 
 
@@ -738,7 +661,7 @@ def _autoscaling(knobs: dict[str, Any]) -> dict[str, float]:
 
 
 def _show_deployments(deployments: list[Any]) -> None:
-    _table("deployments", ["name", "model", "version", "release", "instances", "hardware", "autoscaling"], [
+    show_table("deployments", ["name", "model", "version", "release", "instances", "hardware", "autoscaling"], [
         [d.name, d.model, d.version[:12], str(d.current_release),
          f"{d.target_instances} (min {d.min_instances}, max {d.max_instances})", d.hardware or "any",
          ", ".join(f"{k}={v:g}" for k, v in d.autoscaling.items()) or "-"] for d in deployments])
@@ -867,23 +790,14 @@ def hardware(obj: CliContext) -> None:
     counts: dict[str, int] = {}
     for node in obj.client().cluster.nodes():
         counts[node.hardware] = counts.get(node.hardware, 0) + 1
-    _table("hardware", ["sku", "nodes"], [[sku, str(n)] for sku, n in sorted(counts.items())])
+    show_table("hardware", ["sku", "nodes"], [[sku, str(n)] for sku, n in sorted(counts.items())])
 
 
-@cli.group()
-def tokens() -> None:
-    """Access tokens (admin)."""
+# Accounts, organizations and tokens (their own module)
 
-
-@tokens.command("create")
-@click.argument("name")
-@click.option("--role", type=click.Choice(["user", "admin"]), default="user", show_default=True)
-@pass_cli
-def tokens_create(obj: CliContext, name: str, role: str) -> None:
-    """Create a token for NAME and print it (it is not shown again)."""
-    token = obj.client().cluster.create_token(name, role)
-    click.echo(token.token)
-    click.echo(f"created a {token.role} token for {token.name!r}; it is not shown again", err=True)
+for _command in (accounts.whoami, accounts.accounts, accounts.tokens):
+    cli.add_command(_command)
+cli.add_command(certificates.tls)  # `warmfleet tls self-signed`
 
 
 def main() -> None:

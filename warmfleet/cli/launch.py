@@ -35,8 +35,12 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from warmfleet.client import Endpoint, TlsError, error_from_rpc
 from warmfleet.cluster_state import ClusterState, RayHead, read_ray_head, read_state, write_ray_head
+from warmfleet.errors import InvalidInput
+from warmfleet.home import secure_home
 from warmfleet.settings import Settings
+from warmfleet.tls import read_pem
 
 OWN_RAY_ADDRESSES = ("", "local")  # the settings name no Ray to join: `up` starts one for the home
 KILL_WAIT_S = 10.0  # for processes sent SIGKILL to be gone
@@ -60,21 +64,33 @@ def ray_log_path(settings: Settings) -> Path:
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
-def health(target: str, timeout_s: float = 1.0) -> int | None:
-    """What the gRPC server at ``target`` says of its health (``HealthCheckResponse``'s status: a gateway
-    says NOT_SERVING while its controller or its store is away, see /healthz); None when it does not
-    answer. A Ray GCS answers too."""
+def health(target: str | Endpoint, timeout_s: float = 1.0) -> int | None:
+    """What the gRPC server at ``target`` ("host:port" in plaintext, or an ``Endpoint``, TLS maybe) says
+    of its health (``HealthCheckResponse``'s status: a gateway says NOT_SERVING while its controller or
+    its store is away, see /healthz); None when it does not answer. A Ray GCS answers too. A failed TLS
+    handshake raises ``LaunchError`` saying why: waiting longer would not mend it."""
+    endpoint = target if isinstance(target, Endpoint) else Endpoint(target)
     try:
-        with grpc.insecure_channel(target) as channel:
+        with endpoint.channel() as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
             return reply.status
-    except grpc.RpcError:
+    except grpc.RpcError as err:
+        said = error_from_rpc(err, endpoint.target, endpoint.tls)
+        if isinstance(said, TlsError):
+            raise LaunchError(str(said)) from err
         return None
 
 
-def healthy(target: str, timeout_s: float = 1.0) -> bool:
+def healthy(target: str | Endpoint, timeout_s: float = 1.0) -> bool:
     """Whether the gRPC server at ``target`` says it is serving."""
     return health(target, timeout_s) == SERVING
+
+
+def endpoint(state: ClusterState) -> Endpoint:
+    """The recorded gateway as a client reaches it: over TLS, verified with the CA file `up` recorded,
+    when it serves TLS."""
+    roots = read_pem(state.tls_ca_path, "tls_ca_path (in cluster.json)") if state.tls else None
+    return Endpoint(state.grpc_target, state.tls, roots)
 
 
 def _alive(pid: int) -> bool:
@@ -122,11 +138,11 @@ def up(settings: Settings, timeout_s: float = 180.0) -> ClusterState:
     Ray to join) and wait until it serves. Idempotent; after a crash, reuses what still runs."""
     state = running(settings)
     # A gateway that answers runs, serving or degraded (its controller restarting, its disk full): kept.
-    if state is not None and (health(state.grpc_target) is not None
-                              or health(state.grpc_target, timeout_s=5.0) is not None):
+    if state is not None and (health(endpoint(state)) is not None
+                              or health(endpoint(state), timeout_s=5.0) is not None):
         return state
     deadline = time.monotonic() + timeout_s
-    settings.home.mkdir(parents=True, exist_ok=True)
+    secure_home(settings.home)  # before anything is written there; the processes started inherit the umask
     _clean_gateway(read_state(settings))
     recorded = read_ray_head(settings)
     if settings.ray_address not in OWN_RAY_ADDRESSES:  # the user's cluster: a head of the home's is of no use
@@ -169,8 +185,12 @@ def _start_gateway(settings: Settings, env: dict[str, str], deadline: float,
         if proc.poll() is not None:
             raise LaunchError(f"the gateway exited with code {proc.returncode}; see {log}")
         state = read_state(settings)
-        if state is not None and state.pid == proc.pid and healthy(state.grpc_target):
-            return state
+        try:
+            if state is not None and state.pid == proc.pid and healthy(endpoint(state)):
+                return state
+        except (LaunchError, InvalidInput):  # its TLS: this machine's clients could not reach it either
+            proc.terminate()
+            raise
         time.sleep(0.25)
     proc.terminate()
     raise LaunchError(f"the gateway did not become healthy within {timeout_s:.0f} s; see {log}")

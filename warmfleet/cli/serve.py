@@ -35,12 +35,13 @@ async def serve(settings: Settings) -> None:
         if any(m.weights.startswith(str(settings.models_path)) for m in models):
             prepare_default_weights(settings)  # the built-in tiny models, generated on first use
         controller = ray_adapter.start_controller(models, journal_path=str(settings.routes_path),
-                                                  cache_dir=str(settings.node_cache_path))
+                                                  cache_dir=str(settings.node_cache_path),
+                                                  data_plane_tls=settings.data_plane_tls)
         await controller.start()
     gateway = Gateway(settings, controller)
     port = await gateway.start()
     write_state(settings, port, gateway.http_port, head)
-    log.info("serving gRPC on %s:%d", settings.grpc_host, port)
+    log.info("serving gRPC%s on %s:%d", " over TLS" if gateway.tls else "", settings.grpc_host, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -9,6 +9,7 @@ error talking to it is kept in the snapshot and shown in the frame's header.
 from __future__ import annotations
 
 import http.client
+import ssl
 import urllib.request
 from collections import Counter
 from collections.abc import Iterable
@@ -87,13 +88,16 @@ def _add_sample(q: QueueFigures, name: str, labels: dict[str, str], value: float
         q.latency_count = int(value)
 
 
-def fetch_metrics_text(url: str, timeout_s: float) -> str:
-    with urllib.request.urlopen(url, timeout=timeout_s) as reply:
+def fetch_metrics_text(url: str, timeout_s: float, ssl_context: ssl.SSLContext | None = None) -> str:
+    """The exposition at ``url``; an https:// one verified with ``ssl_context`` (None: default roots)."""
+    with urllib.request.urlopen(url, timeout=timeout_s, context=ssl_context) as reply:
         return reply.read().decode("utf-8")
 
 
-def take_snapshot(client: Client, metrics_url: str, now: datetime, timeout_s: float = 2.0) -> Snapshot:
-    """Ask the gateway for nodes and instances and read its metrics; errors go into the snapshot."""
+def take_snapshot(client: Client, metrics_url: str, now: datetime, timeout_s: float = 2.0,
+                  ssl_context: ssl.SSLContext | None = None) -> Snapshot:
+    """Ask the gateway for nodes and instances and read its metrics (an HTTPS URL verified with
+    ``ssl_context``); errors go into the snapshot."""
     nodes: list[Node] = []
     instances: list[Instance] = []
     error = ""
@@ -101,16 +105,17 @@ def take_snapshot(client: Client, metrics_url: str, now: datetime, timeout_s: fl
         nodes, instances = client.cluster.nodes(), client.cluster.instances()
     except WarmfleetClientError as err:  # shown in the header; the next frame asks again
         error = str(err)
-    queues, note = read_queues(metrics_url, timeout_s)
+    queues, note = read_queues(metrics_url, timeout_s, ssl_context)
     return Snapshot(client.target, now, nodes, instances, queues, note, error)
 
 
-def read_queues(metrics_url: str, timeout_s: float) -> tuple[dict[str, QueueFigures] | None, str]:
+def read_queues(metrics_url: str, timeout_s: float, ssl_context: ssl.SSLContext | None = None
+                ) -> tuple[dict[str, QueueFigures] | None, str]:
     """The queue figures at ``metrics_url``, or None and why not."""
     if not metrics_url:
         return None, "metrics not available (no metrics URL known for this gateway)"
     try:
-        return parse_queues(fetch_metrics_text(metrics_url, timeout_s)), ""
+        return parse_queues(fetch_metrics_text(metrics_url, timeout_s, ssl_context)), ""
     # URLError is an OSError, a reply cut short an HTTPException, a bad exposition a ValueError
     except (OSError, http.client.HTTPException, ValueError) as err:
         return None, f"metrics not available ({metrics_url}: {getattr(err, 'reason', err)})"

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1awarmfleet/v1/cluster.proto\x12\x0cwarmfleet.v1\"\x86\x03\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bray_node_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x13\n\x0b\x61\x63\x63\x65lerator\x18\x04 \x01(\t\x12\x1a\n\x12memory_total_bytes\x18\x05 \x01(\x04\x12\x19\n\x11memory_used_bytes\x18\x06 \x01(\x04\x12 \n\x13utilization_percent\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x0cmetrics_note\x18\x08 \x01(\t\x12\x16\n\x0einstance_count\x18\t \x01(\r\x12\x10\n\x08hardware\x18\n \x01(\t\x12\x16\n\tgpu_index\x18\x0b \x01(\rH\x01\x88\x01\x01\x12\x10\n\x08gpu_uuid\x18\x0c \x01(\t\x12\x1a\n\rtemperature_c\x18\r \x01(\x01H\x02\x88\x01\x01\x12\x14\n\x07power_w\x18\x0e \x01(\x01H\x03\x88\x01\x01\x42\x16\n\x14_utilization_percentB\x0c\n\n_gpu_indexB\x10\n\x0e_temperature_cB\n\n\x08_power_w\"\x98\x01\n\x08Instance\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x11\n\tin_flight\x18\x06 \x01(\r\x12\x17\n\x0fmax_concurrency\x18\x07 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x08 \x01(\x04\"\x12\n\x10ListNodesRequest\"6\n\x11ListNodesResponse\x12!\n\x05nodes\x18\x01 \x03(\x0b\x32\x12.warmfleet.v1.Node\"\x16\n\x14ListInstancesRequest\"B\n\x15ListInstancesResponse\x12)\n\tinstances\x18\x01 \x03(\x0b\x32\x16.warmfleet.v1.Instance\"0\n\x12\x43reateTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\"@\n\x13\x43reateTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\"1\n\x10\x44rainNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04wait\x18\x02 \x01(\x08\"J\n\x11\x44rainNodeResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x16\n\x0einstances_left\x18\x02 \x01(\r\x12\x0c\n\x04\x64one\x18\x03 \x01(\x08\x32\xd3\x02\n\x07\x43luster\x12L\n\tListNodes\x12\x1e.warmfleet.v1.ListNodesRequest\x1a\x1f.warmfleet.v1.ListNodesResponse\x12X\n\rListInstances\x12\".warmfleet.v1.ListInstancesRequest\x1a#.warmfleet.v1.ListInstancesResponse\x12R\n\x0b\x43reateToken\x12 .warmfleet.v1.CreateTokenRequest\x1a!.warmfleet.v1.CreateTokenResponse\x12L\n\tDrainNode\x12\x1e.warmfleet.v1.DrainNodeRequest\x1a\x1f.warmfleet.v1.DrainNodeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1awarmfleet/v1/cluster.proto\x12\x0cwarmfleet.v1\"\x86\x03\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bray_node_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x13\n\x0b\x61\x63\x63\x65lerator\x18\x04 \x01(\t\x12\x1a\n\x12memory_total_bytes\x18\x05 \x01(\x04\x12\x19\n\x11memory_used_bytes\x18\x06 \x01(\x04\x12 \n\x13utilization_percent\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x0cmetrics_note\x18\x08 \x01(\t\x12\x16\n\x0einstance_count\x18\t \x01(\r\x12\x10\n\x08hardware\x18\n \x01(\t\x12\x16\n\tgpu_index\x18\x0b \x01(\rH\x01\x88\x01\x01\x12\x10\n\x08gpu_uuid\x18\x0c \x01(\t\x12\x1a\n\rtemperature_c\x18\r \x01(\x01H\x02\x88\x01\x01\x12\x14\n\x07power_w\x18\x0e \x01(\x01H\x03\x88\x01\x01\x42\x16\n\x14_utilization_percentB\x0c\n\n_gpu_indexB\x10\n\x0e_temperature_cB\n\n\x08_power_w\"\x98\x01\n\x08Instance\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x11\n\tin_flight\x18\x06 \x01(\r\x12\x17\n\x0fmax_concurrency\x18\x07 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x08 \x01(\x04\"\x12\n\x10ListNodesRequest\"6\n\x11ListNodesResponse\x12!\n\x05nodes\x18\x01 \x03(\x0b\x32\x12.warmfleet.v1.Node\"\x16\n\x14ListInstancesRequest\"B\n\x15ListInstancesResponse\x12)\n\tinstances\x18\x01 \x03(\x0b\x32\x16.warmfleet.v1.Instance\"1\n\x10\x44rainNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04wait\x18\x02 \x01(\x08\"J\n\x11\x44rainNodeResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x16\n\x0einstances_left\x18\x02 \x01(\r\x12\x0c\n\x04\x64one\x18\x03 \x01(\x08\x32\xff\x01\n\x07\x43luster\x12L\n\tListNodes\x12\x1e.warmfleet.v1.ListNodesRequest\x1a\x1f.warmfleet.v1.ListNodesResponse\x12X\n\rListInstances\x12\".warmfleet.v1.ListInstancesRequest\x1a#.warmfleet.v1.ListInstancesResponse\x12L\n\tDrainNode\x12\x1e.warmfleet.v1.DrainNodeRequest\x1a\x1f.warmfleet.v1.DrainNodeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,14 +43,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTINSTANCESREQUEST']._serialized_end=690
   _globals['_LISTINSTANCESRESPONSE']._serialized_start=692
   _globals['_LISTINSTANCESRESPONSE']._serialized_end=758
-  _globals['_CREATETOKENREQUEST']._serialized_start=760
-  _globals['_CREATETOKENREQUEST']._serialized_end=808
-  _globals['_CREATETOKENRESPONSE']._serialized_start=810
-  _globals['_CREATETOKENRESPONSE']._serialized_end=874
-  _globals['_DRAINNODEREQUEST']._serialized_start=876
-  _globals['_DRAINNODEREQUEST']._serialized_end=925
-  _globals['_DRAINNODERESPONSE']._serialized_start=927
-  _globals['_DRAINNODERESPONSE']._serialized_end=1001
-  _globals['_CLUSTER']._serialized_start=1004
-  _globals['_CLUSTER']._serialized_end=1343
+  _globals['_DRAINNODEREQUEST']._serialized_start=760
+  _globals['_DRAINNODEREQUEST']._serialized_end=809
+  _globals['_DRAINNODERESPONSE']._serialized_start=811
+  _globals['_DRAINNODERESPONSE']._serialized_end=885
+  _globals['_CLUSTER']._serialized_start=888
+  _globals['_CLUSTER']._serialized_end=1143
 # @@protoc_insertion_point(module_scope)

@@ -78,24 +78,6 @@ class ListInstancesResponse(_message.Message):
     instances: _containers.RepeatedCompositeFieldContainer[Instance]
     def __init__(self, instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ...) -> None: ...
 
-class CreateTokenRequest(_message.Message):
-    __slots__ = ("name", "role")
-    NAME_FIELD_NUMBER: _ClassVar[int]
-    ROLE_FIELD_NUMBER: _ClassVar[int]
-    name: str
-    role: str
-    def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ...) -> None: ...
-
-class CreateTokenResponse(_message.Message):
-    __slots__ = ("token", "name", "role")
-    TOKEN_FIELD_NUMBER: _ClassVar[int]
-    NAME_FIELD_NUMBER: _ClassVar[int]
-    ROLE_FIELD_NUMBER: _ClassVar[int]
-    token: str
-    name: str
-    role: str
-    def __init__(self, token: _Optional[str] = ..., name: _Optional[str] = ..., role: _Optional[str] = ...) -> None: ...
-
 class DrainNodeRequest(_message.Message):
     __slots__ = ("node_id", "wait")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]

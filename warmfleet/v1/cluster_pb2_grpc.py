@@ -44,11 +44,6 @@ class ClusterStub:
                 request_serializer=warmfleet_dot_v1_dot_cluster__pb2.ListInstancesRequest.SerializeToString,
                 response_deserializer=warmfleet_dot_v1_dot_cluster__pb2.ListInstancesResponse.FromString,
                 _registered_method=True)
-        self.CreateToken = channel.unary_unary(
-                '/warmfleet.v1.Cluster/CreateToken',
-                request_serializer=warmfleet_dot_v1_dot_cluster__pb2.CreateTokenRequest.SerializeToString,
-                response_deserializer=warmfleet_dot_v1_dot_cluster__pb2.CreateTokenResponse.FromString,
-                _registered_method=True)
         self.DrainNode = channel.unary_unary(
                 '/warmfleet.v1.Cluster/DrainNode',
                 request_serializer=warmfleet_dot_v1_dot_cluster__pb2.DrainNodeRequest.SerializeToString,
@@ -68,13 +63,6 @@ class ClusterServicer:
 
     def ListInstances(self, request, context):
         """The model instances and their state.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def CreateToken(self, request, context):
-        """Create an access token. The token's text is returned once and stored only as a hash.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -100,11 +88,6 @@ def add_ClusterServicer_to_server(servicer, server):
                     servicer.ListInstances,
                     request_deserializer=warmfleet_dot_v1_dot_cluster__pb2.ListInstancesRequest.FromString,
                     response_serializer=warmfleet_dot_v1_dot_cluster__pb2.ListInstancesResponse.SerializeToString,
-            ),
-            'CreateToken': grpc.unary_unary_rpc_method_handler(
-                    servicer.CreateToken,
-                    request_deserializer=warmfleet_dot_v1_dot_cluster__pb2.CreateTokenRequest.FromString,
-                    response_serializer=warmfleet_dot_v1_dot_cluster__pb2.CreateTokenResponse.SerializeToString,
             ),
             'DrainNode': grpc.unary_unary_rpc_method_handler(
                     servicer.DrainNode,
@@ -166,33 +149,6 @@ class Cluster:
             '/warmfleet.v1.Cluster/ListInstances',
             warmfleet_dot_v1_dot_cluster__pb2.ListInstancesRequest.SerializeToString,
             warmfleet_dot_v1_dot_cluster__pb2.ListInstancesResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def CreateToken(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/warmfleet.v1.Cluster/CreateToken',
-            warmfleet_dot_v1_dot_cluster__pb2.CreateTokenRequest.SerializeToString,
-            warmfleet_dot_v1_dot_cluster__pb2.CreateTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

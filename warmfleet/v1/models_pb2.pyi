@@ -133,7 +133,7 @@ class GetModelRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class CreateModelRequest(_message.Message):
-    __slots__ = ("name", "runner", "weights", "options", "description", "min_instances", "max_instances")
+    __slots__ = ("name", "runner", "weights", "options", "description", "min_instances", "max_instances", "visibility")
     NAME_FIELD_NUMBER: _ClassVar[int]
     RUNNER_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
@@ -141,6 +141,7 @@ class CreateModelRequest(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     MIN_INSTANCES_FIELD_NUMBER: _ClassVar[int]
     MAX_INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    VISIBILITY_FIELD_NUMBER: _ClassVar[int]
     name: str
     runner: str
     weights: str
@@ -148,7 +149,8 @@ class CreateModelRequest(_message.Message):
     description: str
     min_instances: int
     max_instances: int
-    def __init__(self, name: _Optional[str] = ..., runner: _Optional[str] = ..., weights: _Optional[str] = ..., options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., description: _Optional[str] = ..., min_instances: _Optional[int] = ..., max_instances: _Optional[int] = ...) -> None: ...
+    visibility: str
+    def __init__(self, name: _Optional[str] = ..., runner: _Optional[str] = ..., weights: _Optional[str] = ..., options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., description: _Optional[str] = ..., min_instances: _Optional[int] = ..., max_instances: _Optional[int] = ..., visibility: _Optional[str] = ...) -> None: ...
 
 class DeleteModelRequest(_message.Message):
     __slots__ = ("name",)
