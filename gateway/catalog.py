@@ -1,10 +1,17 @@
-"""The models this gateway can route to, with their compiled input validators."""
+"""The models this gateway can route to, with their compiled input validators.
+
+A version's time is when it was pushed (``RouteSpec.created_at``); a version the configuration made has
+none, and shows when this gateway first listed it (``CatalogEntry.listed_at``: its start, for the models
+it starts with). A model created with no version yet (``RouteSpec.has_version`` false) is listed, has no
+versions, and is refused for predictions until a push gives it one.
+"""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from runners.registry import runner_class
 from runners.schema import InputValidator
@@ -20,34 +27,46 @@ class CatalogEntry:
     spec: RouteSpec
     input_schema: dict[str, Any]
     output_schema: dict[str, Any]
-    validator: InputValidator
+    validator: InputValidator | None  # None for a model with no version yet
+    listed_at: float = 0.0  # when this gateway first listed this version (seconds since the epoch)
+
+    @property
+    def created_at(self) -> float:
+        """When its version was made: pushed, or (one the configuration made) first listed here."""
+        return self.spec.created_at or self.listed_at
 
 
 class ModelCatalog:
     """Routes by name (models and deployments), with each version's compiled validator, built once per
     version and shared by the routes that serve it."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        """``clock``: the wall clock, for when a version is first listed."""
         self._by_name: dict[str, CatalogEntry] = {}
         self._by_version: dict[str, CatalogEntry] = {}  # a model's own route first, else any
+        self._clock = clock
 
     def update(self, specs: Iterable[RouteSpec]) -> None:
         by_name: dict[str, CatalogEntry] = {}
         by_version: dict[str, CatalogEntry] = {}
         known = {e.spec.version: e for e in self._by_name.values()}
         for spec in specs:
-            compiled = known.get(spec.version) or by_version.get(spec.version)
-            if compiled is None:
-                cls = runner_class(spec.runner)
-                schema = cls.input_schema(spec)
-                compiled = CatalogEntry(spec, schema, cls.output_schema(spec),
-                                        InputValidator(schema, check=partial(cls.check_input, spec)))
+            if not spec.has_version:
+                by_name[spec.name] = CatalogEntry(spec, {}, {}, None, spec.created_at)
+                continue
+            compiled = known.get(spec.version) or by_version.get(spec.version) or self._compile(spec)
             entry = replace(compiled, spec=spec)
             by_name[spec.name] = entry
             held = by_version.get(spec.version)
             if held is None or _rank(spec) < _rank(held.spec):
                 by_version[spec.version] = entry
         self._by_name, self._by_version = by_name, by_version
+
+    def _compile(self, spec: RouteSpec) -> CatalogEntry:
+        cls = runner_class(spec.runner)
+        schema = cls.input_schema(spec)
+        return CatalogEntry(spec, schema, cls.output_schema(spec),
+                            InputValidator(schema, check=partial(cls.check_input, spec)), self._clock())
 
     def entries(self) -> list[CatalogEntry]:
         return sorted(self._by_name.values(), key=lambda e: e.spec.name)
@@ -58,10 +77,17 @@ class ModelCatalog:
 
     def versions(self, model: str) -> list[CatalogEntry]:
         """Every version of ``model`` the cluster serves, newest first: its latest (its own route) and
-        the earlier ones (their version routes)."""
+        the earlier ones (their version routes); none for a model with no version yet."""
         own = self.by_name(model)
         earlier = [e for e in self._by_name.values() if e.spec.version_of == model]
-        return [own] + sorted(earlier, key=lambda e: (-e.spec.created_at, e.spec.version))
+        mine = [own] if own.spec.has_version else []
+        return mine + sorted(earlier, key=lambda e: (-e.spec.created_at, e.spec.version))
+
+    def model_created_at(self, model: str) -> float:
+        """When ``model`` was made, as the API shows it: its oldest version's time (for a model with no
+        version yet, its creation's)."""
+        own = self.by_name(model)
+        return min((e.created_at for e in self.versions(model)), default=own.created_at)
 
     def version_of(self, model: str, version: str) -> CatalogEntry:
         for entry in self.versions(model):
@@ -124,7 +150,11 @@ class ModelCatalog:
             return entry
         if not model:
             raise InvalidInput("model", "is required (or version, or deployment)")
-        return self.by_name(model)
+        entry = self.by_name(model)
+        if not entry.spec.has_version:
+            raise InvalidInput("model", f"{model} has no version yet; push one (`warmfleet push DIR {model}` "
+                                        f"or POST /v1/models/{model}/versions) before running it")
+        return entry
 
 
 def model_not_found(name: str) -> NotFound:

@@ -8,7 +8,8 @@ what the new route is, and refuses what would be wrong, naming the field.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import time
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from gateway.catalog import CatalogEntry, ModelCatalog
@@ -39,10 +40,23 @@ class Scale:
 
 @dataclass(frozen=True)
 class Deployment:
-    """A deployment as it is now: its route, and how many instances the autoscaler wants for it."""
+    """A deployment as it is now: its route, how many instances the autoscaler wants for it, and when its
+    current release was made (the spec's time; for one the configuration made, when this gateway first
+    listed it; 0: not known)."""
 
     spec: RouteSpec
     target_instances: int
+    released_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class ModelChanges:
+    """What an update of a model sets (Replicate's ``models.update``); None keeps the current value. ``about``
+    holds the links and readme to set (``RouteSpec.about``'s names), an empty string removing one."""
+
+    description: str | None = None
+    visibility: str | None = None
+    about: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -57,13 +71,15 @@ class PushResult:
 
 class RouteService:
     def __init__(self, controller: ControllerClient, catalog: ModelCatalog,
-                 changed: Callable[[], Awaitable[None]] | None = None) -> None:
+                 changed: Callable[[], Awaitable[None]] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         """``changed`` brings the gateway up to the controller's new state after a change (its catalog
         and its router's table), so the next prediction sees the route as it is now; by default only
-        the catalog follows."""
+        the catalog follows. ``clock``: the wall clock, for when a model or a release is made."""
         self._controller = controller
         self._catalog = catalog
         self._changed = changed or self._follow_catalog
+        self._clock = clock
 
     async def _follow_catalog(self) -> None:
         self._catalog.update(await self._controller.models())
@@ -93,7 +109,7 @@ class RouteService:
         if self._catalog.has_deployment(model):
             raise InvalidInput("model", f"{model!r} is a deployment; push to the model it serves")
         current = self._catalog.by_name(model).spec
-        if current.runner != "cog":
+        if current.runner not in ("cog", ""):  # a pushed model, or one created with no version yet
             raise InvalidInput("model", f"{model} is a {current.runner} model of the cluster's configuration; "
                                         "push to a new name")
         if not is_admin and current.owner != owner:
@@ -108,6 +124,13 @@ class RouteService:
             created = await self._put(spec)
             return PushResult(created, created, created_model=True, new_version=True)
         current = self._catalog.by_name(spec.name).spec
+        if not current.has_version:  # its first version: the model keeps what its creation said of it
+            first = replace(current, runner=spec.runner, weights=spec.weights, options=spec.options,
+                            version_id=spec.version_id, created_at=spec.created_at,
+                            hardware=spec.hardware or current.hardware,
+                            description=spec.description or current.description)
+            first = await self._put(first)
+            return PushResult(first, first, created_model=False, new_version=True)
         for entry in self._catalog.versions(spec.name):
             if entry.spec.version == spec.version:
                 return PushResult(current, entry.spec, created_model=False, new_version=False)
@@ -145,19 +168,25 @@ class RouteService:
 
     # Deployments
 
-    async def create_deployment(self, name: str, model: str, version: str, scale: Scale) -> RouteSpec:
+    async def create_deployment(self, name: str, model: str, version: str, scale: Scale, by: str = ""
+                                ) -> RouteSpec:
+        """A new deployment of ``model``'s ``version`` (its latest when ""): its first release, made by the
+        account ``by`` (its name)."""
         check_name("name", name)
         base = await self._version_of(model, version)
         spec = replace(base, name=name, model=model, version_of="", release=0, min_instances=0,
-                       max_instances=None, autoscaling={}, hardware=base.hardware)
+                       max_instances=None, autoscaling={}, hardware=base.hardware, about={},
+                       released_at=self._clock(), released_by=by)
         return await self._put(_scaled(spec, scale, creating=True), new=True)  # taken: the controller says
 
-    async def update_deployment(self, name: str, version: str | None, scale: Scale) -> RouteSpec:
+    async def update_deployment(self, name: str, version: str | None, scale: Scale, by: str = ""
+                                ) -> RouteSpec:
+        """A new release of the deployment, made by the account ``by``."""
         current = self._catalog.deployment(name).spec
-        spec = current
+        spec = replace(current, released_at=self._clock(), released_by=by)
         if version is not None and version != current.version:
             new = await self._version_of(current.model, version)
-            spec = replace(current, runner=new.runner, weights=new.weights, options=new.options,
+            spec = replace(spec, runner=new.runner, weights=new.weights, options=new.options,
                            description=new.description, version_id=new.version_id, created_at=new.created_at)
         return await self._put(_scaled(spec, scale, creating=False))
 
@@ -168,11 +197,15 @@ class RouteService:
         return await self._with_target(self._catalog.deployment(name).spec)
 
     async def _with_target(self, spec: RouteSpec) -> Deployment:
-        return Deployment(spec, (await self._controller.scaling()).get(spec.name, 0))
+        known = self._catalog.has_deployment(spec.name)
+        listed = self._catalog.deployment(spec.name).listed_at if known else 0.0
+        target = (await self._controller.scaling()).get(spec.name, 0)
+        return Deployment(spec, target, spec.released_at or listed)
 
     async def deployments(self) -> list[Deployment]:
         targets = await self._controller.scaling()
-        return [Deployment(e.spec, targets.get(e.spec.name, 0)) for e in self._catalog.deployments()]
+        return [Deployment(e.spec, targets.get(e.spec.name, 0), e.spec.released_at or e.listed_at)
+                for e in self._catalog.deployments()]
 
     # As a caller asks: the edges (gRPC, REST) call these, so the access rules are here, once. Changing a
     # model takes an admin or the owner of a pushed model; a model the caller may not see is not found.
@@ -180,6 +213,31 @@ class RouteService:
     async def create_model_as(self, principal: Principal, spec: RouteSpec) -> CatalogEntry:
         _require_admin(principal)
         return self._catalog.by_name((await self.create_model(spec)).name)
+
+    async def create_empty_model_as(self, principal: Principal, spec: RouteSpec) -> CatalogEntry:
+        """Create a model with no version yet (Replicate's "create a model"; a push fills it) under one of
+        the caller's namespaces (any, for an admin). A name taken is ``AlreadyExists``."""
+        check_name("name", spec.name)
+        if not principal.may_write(spec.owner):
+            raise PermissionDenied(f"owner: {spec.owner!r} is not a namespace of yours; create the model "
+                                   f"under {' or '.join(sorted(principal.namespaces))}")
+        spec = replace(spec, runner="", weights="", options={}, version_id="", min_instances=0,
+                       max_instances=None, created_at=self._clock())
+        return self._catalog.by_name((await self._put(spec, new=True)).name)
+
+    async def update_model_as(self, principal: Principal, name: str, changes: ModelChanges) -> CatalogEntry:
+        """Change what a model says of itself (description, links, readme, visibility); its earlier
+        versions' routes take its visibility too. Takes an admin, or a member of its namespace."""
+        entry = self._catalog.visible(principal, name)
+        _check_may_change(principal, entry)
+        about = {key: value for key, value in {**entry.spec.about, **changes.about}.items() if value}
+        kept = {"description": changes.description, "visibility": changes.visibility}
+        spec = replace(entry.spec, about=about, **{k: v for k, v in kept.items() if v is not None})
+        if spec.visibility != entry.spec.visibility:
+            for earlier in self._catalog.versions(name):
+                if earlier.spec.is_version_route:
+                    await self._controller.put_route(replace(earlier.spec, visibility=spec.visibility))
+        return self._catalog.by_name((await self._put(spec)).name)
 
     async def delete_model_as(self, principal: Principal, name: str) -> CatalogEntry:
         """Delete a model the caller may change; returns it as it was."""
@@ -198,12 +256,13 @@ class RouteService:
     async def create_deployment_as(self, principal: Principal, name: str, model: str, version: str,
                                    scale: Scale) -> Deployment:
         _require_admin(principal)
-        return await self._with_target(await self.create_deployment(name, model, version, scale))
+        spec = await self.create_deployment(name, model, version, scale, principal.name)
+        return await self._with_target(spec)
 
     async def update_deployment_as(self, principal: Principal, name: str, version: str | None,
                                    scale: Scale) -> Deployment:
         _require_admin(principal)
-        return await self._with_target(await self.update_deployment(name, version, scale))
+        return await self._with_target(await self.update_deployment(name, version, scale, principal.name))
 
     async def delete_deployment_as(self, principal: Principal, name: str) -> Deployment:
         """Delete a deployment; returns it as it was, with no instance wanted any more."""
@@ -214,6 +273,8 @@ class RouteService:
 
     async def _version_of(self, model: str, version: str) -> RouteSpec:
         own = self._catalog.by_name(model).spec
+        if not own.has_version:
+            raise InvalidInput("model", f"{model} has no version yet; push one before deploying it")
         if not version or version == own.version:
             return own
         if own.runner == "cog":  # pushed versions: the ones the model has now (not those deleted)

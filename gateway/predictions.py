@@ -165,11 +165,15 @@ class PredictionService:
             raise NotFound(f"prediction {prediction_id!r} not found")
         return pred
 
-    async def list(self, principal: Principal, page_size: int, cursor: str) -> tuple[list[Prediction], str]:
+    async def list(self, principal: Principal, page_size: int, cursor: str,
+                   created_after: float | None = None, created_before: float | None = None
+                   ) -> tuple[list[Prediction], str]:
+        """A page of the caller's predictions (every one, for an admin), newest first; only those created
+        at or after ``created_after`` and before ``created_before`` when given."""
         if page_size < 0 or page_size > MAX_PAGE:
             raise InvalidInput("page_size", f"must be between 1 and {MAX_PAGE} (0 means 100)")
         owner = None if principal.is_admin else principal.account
-        return await self._store.list(owner, page_size or 100, cursor)
+        return await self._store.list(owner, page_size or 100, cursor, created_after, created_before)
 
     # Cancel
 

@@ -72,7 +72,9 @@ class Gateway:
         self.signer = UrlSigner(load_key(key_path(settings.home)))
         links = self.signer.links(settings.signed_url_ttl_s)
         self.webhooks = WebhookSender(WebhookSecrets(secret_path(settings.home)),
-                                      render=functools.partial(shapes.domain_prediction_json, sign=links),
+                                      render=functools.partial(
+                                          shapes.prediction_response, sign=links,
+                                          inline_max_bytes=settings.inline_output_max_bytes),
                                       allow_private=settings.allow_private_urls,
                                       completed_done=self.store.webhook_done)
         # The Files API's store and its sweep serve gRPC predictions too: started here, whatever HTTP does.

@@ -441,18 +441,24 @@ class PredictionStore:
             lambda: self._db.execute("SELECT body FROM predictions WHERE id = ?", (prediction_id,)).fetchone())
         return prediction_from_json(row[0]) if row else None
 
-    async def list(self, owner: str | None, limit: int, cursor: str) -> tuple[list[Prediction], str]:
-        """A page of predictions, newest first (all owners when ``owner`` is None), and the next cursor.
+    async def list(self, owner: str | None, limit: int, cursor: str, created_after: float | None = None,
+                   created_before: float | None = None) -> tuple[list[Prediction], str]:
+        """A page of predictions, newest first (all owners when ``owner`` is None), and the next cursor;
+        only those created at or after ``created_after`` and before ``created_before`` when given.
 
         The page merges the database's rows with the saves not yet on it (a prediction's ``created_at``
         and ``id``, the order's key, never change), so it neither waits for the writer nor misses them."""
         after = _decode_cursor(cursor) if cursor else None
-        rows = await self._run(_select_page, self._db, owner, after, limit + 1)
+        if created_before is not None:  # before it: below the key (created_before, ""), as a cursor is
+            after = min(after, (created_before, "")) if after is not None else (created_before, "")
+        since = float("-inf") if created_after is None else created_after
+        rows = await self._run(_select_page, self._db, owner, after, limit + 1, since)
         # The saves are read after the rows: a batch committed after the rows were read is still in
         # ``_inflight`` here (this task resumes before the writer's, its read having finished first).
         found = {p.id: p for p in (prediction_from_json(body) for (body,) in rows)}
         found.update((p.id, p) for p in self._pending().values()
-                     if (owner is None or p.owner == owner) and (after is None or _page_key(p) < after))
+                     if (owner is None or p.owner == owner) and (after is None or _page_key(p) < after)
+                     and p.created_at >= since)
         ordered = sorted(found.values(), key=_page_key, reverse=True)
         page = ordered[:limit]
         next_cursor = _encode_cursor(page[-1]) if len(ordered) > limit else ""
@@ -509,11 +515,14 @@ def _upsert(db: sqlite3.Connection, rows: list[tuple], *beside: list[tuple]) -> 
 
 
 def _select_page(db: sqlite3.Connection, owner: str | None, after: tuple[float, str] | None,
-                 count: int) -> list[tuple]:
+                 count: int, since: float = float("-inf")) -> list[tuple]:
     where, args = [], []
     if owner is not None:
         where.append("owner = ?")
         args.append(owner)
+    if since != float("-inf"):
+        where.append("created_at >= ?")
+        args.append(since)
     if after is not None:
         where.append("(created_at, id) < (?, ?)")
         args += list(after)

@@ -233,7 +233,8 @@ class RouteSpec:
 
     A model's own route has the model's name. A deployment is a route of its own: ``name`` is the
     deployment's, ``model`` the model it deploys, ``release`` counts its updates. Predictions for a
-    route queue under its name, and its instances carry that name.
+    route queue under its name, and its instances carry that name. A model created with no version yet
+    (Replicate's "create a model", filled by a later push) has ``runner`` "" and no instance.
     """
 
     name: str
@@ -253,7 +254,9 @@ class RouteSpec:
     # A content-addressed version id (a pushed bundle's SHA-256); empty: the digest of runner, weights and
     # options (``version``).
     version_id: str = ""
-    created_at: float = 0.0  # when the version was pushed (seconds since the epoch); 0: configured
+    # When the version was pushed (seconds since the epoch), or the model with no version yet created; 0 for
+    # one the configuration made.
+    created_at: float = 0.0
     # A version route: it serves one earlier version of this model ("owner/name"), for predictions pinned
     # to it, from zero instances. Its name is ``version_route_name(model, version)``.
     version_of: str = ""
@@ -262,6 +265,19 @@ class RouteSpec:
     # Whether a prediction whose run was lost to the infrastructure (its node or the gateway stopped) may
     # run once more; False for a model whose runs have effects outside it that must not happen twice.
     retryable: bool = True
+    # What a model says of itself, by Replicate's names (github_url, paper_url, license_url, cover_image_url,
+    # weights_url, readme): shown by the API, never part of the version.
+    about: dict[str, str] = field(default_factory=dict)
+    # A deployment's current release: when it was made (seconds since the epoch) and by which account (its
+    # name); 0 and "" for one the configuration made.
+    released_at: float = 0.0
+    released_by: str = ""
+
+    @property
+    def has_version(self) -> bool:
+        """False for a model created with no version yet (``runner`` ""): it is listed, and refused for
+        predictions until a push gives it one."""
+        return bool(self.runner)
 
     @property
     def model_name(self) -> str:
@@ -284,8 +300,8 @@ class RouteSpec:
     @property
     def version(self) -> str:
         """Immutable version id: ``version_id`` when set, else a digest of runner family, weights reference
-        and options."""
-        if self.version_id:
+        and options; "" for a model with no version yet."""
+        if self.version_id or not self.runner:
             return self.version_id
         blob = json.dumps([self.runner, self.weights, self.options], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

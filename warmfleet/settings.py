@@ -49,6 +49,11 @@ class Settings:
     # without the token (gateway/signing.py): the hour Replicate keeps outputs. 0 or less: every link
     # given is already expired, and only the token opens those URLs.
     signed_url_ttl_s: float = 3600.0
+    # On a plain-http gateway, REST responses and webhook bodies show an output's files inline as data URLs
+    # when they come to at most this many bytes in all (a page of predictions: in all, across the page),
+    # so that clients which open only https: and data: outputs (Replicate's) open them; larger ones,
+    # and every output over https, stay signed URLs. 0: never inline (gateway/rest/shapes.py).
+    inline_output_max_bytes: int = 1024 * 1024
     # Limits per account (gateway/limits.py), on every entry (gRPC, REST, the OpenAI routes); an admin
     # token is not limited. Prediction creates a minute (a token bucket; Replicate's default is 600) and
     # Files API uploads a minute, 0 turning the limit off; predictions queued or running at once; bytes

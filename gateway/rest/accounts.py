@@ -1,7 +1,7 @@
 """REST routes: the caller's account and access tokens, each over one call of ``Accounts``.
 
-- ``GET /v1/account``: the caller's account, in Replicate's shape (``type``, ``username``, ``name``,
-  ``github_url``), with warmfleet's ``id`` and ``organizations`` besides.
+- ``GET /v1/account``: the caller's account, in Replicate's shape (``type``, ``username``, ``name``; no
+  ``github_url``, which warmfleet has not), with warmfleet's ``id`` and ``organizations`` besides.
 - ``GET /v1/tokens`` (``?account=NAME``, an admin's), ``POST /v1/tokens`` (``{"name", "role", "account"}``,
   answered 201 with the token's text, shown once), ``DELETE /v1/tokens/{id}`` (revoke; answered with the
   token). A user sees and revokes its own tokens; an admin any account's.
@@ -17,7 +17,7 @@ from gateway.accounts import TokenInfo
 from gateway.auth import current_principal
 from gateway.rest.context import REST
 from gateway.rest.predictions import json_body
-from gateway.rest.shapes import rfc3339
+from gateway.rest.shapes import account_json, rfc3339
 from warmfleet.errors import InvalidInput
 
 
@@ -39,8 +39,7 @@ def _token_json(request: web.Request, t: TokenInfo) -> dict[str, Any]:
 async def get_account(request: web.Request) -> web.Response:
     caller = current_principal.get()
     account = request.app[REST].accounts.account_of(caller)
-    return web.json_response({"type": account.kind, "username": account.name, "name": account.name,
-                              "github_url": None, "id": account.id,
+    return web.json_response({**account_json(account.kind, account.name), "id": account.id,
                               "organizations": sorted(caller.organizations)})
 
 

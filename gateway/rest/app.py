@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.rest import accounts, catalog, files, openai, openapi, predictions, stream, webhooks
+from gateway.rest import accounts, catalog, files, openai, openapi, predictions, stream, unserved, webhooks
 from gateway.rest.context import REST, RestContext, middleware
 
 
@@ -12,5 +12,5 @@ def add_rest_routes(app: web.Application, ctx: RestContext) -> None:
     """Put the REST API on ``app`` (before it serves)."""
     app[REST] = ctx
     app.middlewares.append(middleware)
-    for module in (predictions, catalog, accounts, stream, webhooks, files, openai, openapi):
+    for module in (predictions, catalog, accounts, stream, webhooks, files, openai, openapi, unserved):
         module.register(app)

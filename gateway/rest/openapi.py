@@ -76,6 +76,10 @@ WEBHOOK_EVENTS = array({"type": "string", "enum": ["start", "output", "logs", "c
 MEDIA_TYPE = {"type": "string", "maxLength": 255, "pattern": "^[a-z]+/[a-z0-9.+-]+$",
               "description": "A media type, such as image/png."}
 NAME_PART = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$", "maxLength": 64}
+VISIBILITY = {"type": "string", "enum": ["public", "private"]}
+HARDWARE = {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,63}$"}
+LINK = {"type": "string", "format": "uri", "pattern": "^https?://[^\\s/]+\\S*$", "maxLength": 2048}
+MODEL_LINKS = ("github_url", "paper_url", "license_url", "cover_image_url", "weights_url")
 ROLE = {"type": "string", "enum": ["user", "priority", "admin"]}
 
 
@@ -91,8 +95,11 @@ def sse_event(properties: dict[str, S], optional: tuple[str, ...] = ()) -> S:
 
 def schemas() -> dict[str, S]:
     """The components' schemas: Replicate's objects, files, OpenAI's, and problem details."""
-    prediction_urls = obj({"get": URI, "cancel": URI, "stream": URI})
-    version = obj({"id": STRING, "created_at": nullable(TIME), "cog_version": nullable(STRING),
+    prediction_urls = obj({"get": URI, "cancel": URI, "stream": URI,
+                           "web": {**URI, "description": "The prediction's page in the web console."}})
+    version = obj({"id": STRING, "created_at": TIME,
+                   "cog_version": {"type": "string", "description": "The Cog runtime's version for a Cog "
+                                   "model; warmfleet-<family> for a built-in family."},
                    "openapi_schema": obj({"openapi": STRING, "info": OBJECT, "paths": OBJECT,
                                           "components": obj({"schemas": obj({"Input": OBJECT,
                                                                              "Output": OBJECT})})})})
@@ -119,13 +126,18 @@ def schemas() -> dict[str, S]:
             "output": {"description": "The output's JSON value; for file outputs the list of their URLs; "
                                       "with both, {value, files}; null before there is one."},
             "logs": STRING, "error": nullable(STRING), "status": STATUS,
-            "created_at": nullable(TIME), "started_at": nullable(TIME), "completed_at": nullable(TIME),
+            "created_at": TIME, "started_at": TIME, "completed_at": TIME,
+            "deadline": {**TIME, "description": "When it is aborted if not started, and canceled if still "
+                         "running (Cancel-After)."},
             "urls": prediction_urls,
             "metrics": {"type": "object", "additionalProperties": {"type": ["number", "string"]},
                         "description": "predict_time, total_time (seconds), token counts, finish_reason..."},
             "data_removed": BOOLEAN, "source": {"type": "string", "const": "api"},
             "webhook": URI, "webhook_events_filter": WEBHOOK_EVENTS,
-        }, optional=("deployment", "webhook", "webhook_events_filter")),
+        }, optional=("deployment", "webhook", "webhook_events_filter", "started_at", "completed_at",
+                     "deadline"),
+            description="A time not known yet (started_at, completed_at; deadline without Cancel-After) is "
+                        "left out."),
         "PredictionPage": page_of("Prediction"),
         "CreatePrediction": obj({
             "input": {"type": "object", "description": "The model's inputs; files as data:, http(s) or "
@@ -141,21 +153,47 @@ def schemas() -> dict[str, S]:
         "PushedVersion": {"allOf": [ref("Version"), obj({
             "model": ref("Model"), "created_model": BOOLEAN, "new_version": BOOLEAN})]},
         "Model": obj({
-            "url": URI, "owner": STRING, "name": STRING, "description": STRING,
-            "visibility": {"type": "string", "enum": ["public", "private"]}, "github_url": nullable(URI),
-            "paper_url": nullable(URI), "license_url": nullable(URI), "run_count": COUNT,
-            "cover_image_url": nullable(URI), "default_example": nullable(OBJECT),
-            "latest_version": nullable(ref("Version")), "runner": STRING,
-        }),
+            "url": URI, "owner": STRING, "name": STRING, "description": STRING, "visibility": VISIBILITY,
+            "github_url": nullable(URI), "paper_url": nullable(URI), "license_url": nullable(URI),
+            "run_count": COUNT, "cover_image_url": nullable(URI), "default_example": nullable(OBJECT),
+            "latest_version": {**nullable(ref("Version")), "description": "null until a version is pushed"},
+            "runner": {"type": "string", "description": 'Its runner family; "" before it has a version.'},
+            "id": {"type": "string", "description": "owner/name (OpenAI's model id)"},
+            "object": {"type": "string", "const": "model"},
+            "created": {"type": "integer",
+                        "description": "When the model was made (unix seconds): its oldest version's time"},
+            "owned_by": STRING,
+        }, description="Replicate's model, and OpenAI's (id, object, created, owned_by)."),
         "ModelPage": page_of("Model"),
+        "ModelList": {"allOf": [ref("ModelPage"), obj({
+            "object": {"type": "string", "const": "list"}, "data": array(ref("Model"))})],
+            "description": "Replicate's page of models and OpenAI's list of them (data: the same models)."},
+        "CreateModel": obj({
+            "owner": NAME_PART, "name": NAME_PART, "visibility": VISIBILITY,
+            "hardware": {**HARDWARE, "description": "The SKU its instances need (GET /v1/hardware), or any."},
+            "description": STRING, **{link: LINK for link in MODEL_LINKS},
+        }, optional=("description", *MODEL_LINKS)),
+        "UpdateModel": obj({"description": STRING, "readme": STRING, "visibility": VISIBILITY,
+                            **{link: {"anyOf": [LINK, {"type": "string", "const": ""}]}
+                               for link in MODEL_LINKS}},
+                           optional=("description", "readme", "visibility", *MODEL_LINKS),
+                           description="What to change; an empty string removes a link or the readme."),
+        "SearchResults": obj({
+            "query": STRING,
+            "models": array(obj({"model": ref("Model"), "metadata": obj({
+                "generated_description": NULL, "tags": array(STRING), "score": NUMBER})})),
+            "collections": {"type": "array", "maxItems": 0}, "pages": {"type": "array", "maxItems": 0},
+        }),
         "Deployment": obj({
             "owner": STRING, "name": STRING, "target_instances": COUNT,
             "current_release": obj({
-                "number": COUNT, "model": STRING, "version": STRING, "created_at": nullable(TIME),
-                "configuration": obj({"hardware": nullable(STRING), "min_instances": COUNT,
-                                      "max_instances": COUNT,
+                "number": COUNT, "model": STRING, "version": STRING, "created_at": TIME,
+                "created_by": {**ref("AccountRef"),
+                               "description": "Who made the release (left out: the configuration's)."},
+                "configuration": obj({"hardware": {**HARDWARE, "description": "any: no SKU asked for"},
+                                      "min_instances": COUNT, "max_instances": COUNT,
                                       "autoscaling": {"type": "object", "additionalProperties": NUMBER}}),
-            }),
+            }, optional=("created_by",)),
         }),
         "DeploymentPage": page_of("Deployment"),
         "Autoscaling": {"type": "object", "additionalProperties": NUMBER,
@@ -175,9 +213,9 @@ def schemas() -> dict[str, S]:
             "autoscaling": ref("Autoscaling"),
         }, optional=("version", "hardware", "min_instances", "max_instances", "autoscaling")),
         "Hardware": obj({"sku": STRING, "name": STRING}),
-        "Account": obj({"type": {"type": "string", "enum": ["user", "organization"]}, "username": STRING,
-                        "name": STRING, "github_url": nullable(URI), "id": STRING,
-                        "organizations": array(STRING)}, optional=("id", "organizations")),
+        "AccountRef": obj({"type": {"type": "string", "enum": ["user", "organization"]}, "username": STRING,
+                           "name": STRING}),
+        "Account": {"allOf": [ref("AccountRef"), obj({"id": STRING, "organizations": array(STRING)})]},
         "Token": obj({"id": STRING, "account": STRING, "account_id": STRING, "name": STRING, "role": ROLE,
                       "created_at": TIME, "last_used_at": nullable(TIME), "revoked_at": nullable(TIME)},
                      description="An access token, less its text."),
@@ -305,8 +343,8 @@ def header(name: str, schema: S, description: str) -> S:
     return {"name": name, "in": "header", "required": False, "schema": schema, "description": description}
 
 
-def query(name: str, schema: S, description: str) -> S:
-    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+def query(name: str, schema: S, description: str, required: bool = False) -> S:
+    return {"name": name, "in": "query", "required": required, "schema": schema, "description": description}
 
 
 OWNER = path_param("owner", NAME_PART, "warmfleet")
@@ -402,7 +440,12 @@ def paths() -> dict[str, dict[str, S]]:
             "get": op("listPredictions", "List the caller's predictions, newest first", "predictions",
                       json_ok(ref("PredictionPage")),
                       (CURSOR, query("page_size", {"type": "integer", "minimum": 1, "maximum": 1000},
-                                     "Predictions a page (1-1000).")), errors=(401, 422)),
+                                     "Predictions a page (1-1000)."),
+                       query("created_after", TIME, "Only those created at or after this time (RFC 3339)."),
+                       query("created_before", TIME, "Only those created before this time (RFC 3339)."),
+                       query("source", {"type": "string", "enum": ["api", "web"]},
+                             "How they were made: api (every prediction here), web (none yet).")),
+                      errors=(401, 422)),
         },
         "/v1/predictions/{id}": {"get": op("getPrediction", "Get a prediction", "predictions",
                                            json_ok(ref("Prediction")), (PREDICTION_ID, *SIGNED_LINK),
@@ -423,12 +466,41 @@ def paths() -> dict[str, dict[str, S]]:
         "/v1/deployments/{owner}/{name}/predictions": {"post": create_prediction(
             "createDeploymentPrediction", "Create a prediction of a deployment", deployment,
             "CreatePrediction", ECHO_INPUT)},
-        "/v1/models": {"get": op("listModels", "List the models", "models", json_ok(ref("ModelPage")))},
+        "/v1/models": {
+            "get": op("listModels", "List the models (Replicate's page and OpenAI's list in one body). "
+                      "QUERY /v1/models, with the words as a text body, searches them", "models",
+                      json_ok(ref("ModelList")),
+                      (query("sort_by", {"type": "string", "enum": ["latest_version_created_at",
+                                                                    "model_created_at"]}, "The order."),
+                       query("sort_direction", {"type": "string", "enum": ["desc", "asc"]}, "desc or asc.")),
+                      errors=(401, 422)),
+            "post": op("createModel", "Create a model with no version yet, under a namespace of the caller's "
+                       "(a push gives it one)", "models", json_ok(ref("Model"), "Created", 201),
+                       body=json_body(ref("CreateModel"), {"owner": "alice", "name": "hot-dog-detector",
+                                                           "visibility": "public", "hardware": "cpu"}),
+                       errors=(401, 403, 409, 422)),
+        },
+        "/v1/search": {"get": op(
+            "search", "Search the models by text", "models", json_ok(ref("SearchResults")),
+            (query("query", {"type": "string", "minLength": 1, "maxLength": 256, "pattern": "\\S"},
+                   "The words to search for.", required=True),
+             query("limit", {"type": "integer", "minimum": 1, "maximum": 50}, "Most models (1-50, 20).")),
+            errors=(401, 422))},
         "/v1/models/{owner}/{name}": {
             "get": op("getModel", "Get a model", "models", json_ok(ref("Model")), model, errors=(401, 404)),
+            "patch": op("updateModel", "Change a model's description, links, readme or visibility (an admin, "
+                        "or its namespace's)", "models", json_ok(ref("Model")), model,
+                        json_body(ref("UpdateModel")), errors=(401, 403, 404, 409, 422)),
             "delete": op("deleteModel", "Delete a model (admin)", "models", no_content(), model,
                          errors=(401, 403, 404, 409)),
         },
+        "/v1/models/{owner}/{name}/readme": {"get": op(
+            "getModelReadme", "A model's readme", "models",
+            {"200": {"description": "The readme", "content": {"text/plain": {"schema": STRING}}}}, model,
+            errors=(401, 404))},
+        "/v1/models/{owner}/{name}/examples": {"get": op(
+            "listModelExamples", "A model's example predictions (warmfleet keeps none: an empty page)",
+            "models", json_ok(ref("PredictionPage")), model, errors=(401, 404))},
         "/v1/models/{owner}/{name}/versions": {
             "get": op("listModelVersions", "List a model's versions, newest first", "models",
                       json_ok(ref("VersionPage")), model, errors=(401, 404)),
@@ -452,7 +524,8 @@ def paths() -> dict[str, dict[str, S]]:
         "/v1/deployments": {
             "get": op("listDeployments", "List the deployments", "deployments", json_ok(ref("DeploymentPage"))),
             "post": op("createDeployment", "Create a deployment (admin)", "deployments",
-                       json_ok(ref("Deployment"), "Created", 201), body=json_body(ref("CreateDeployment")),
+                       json_ok(ref("Deployment"), "Created (200, as Replicate answers)"),
+                       body=json_body(ref("CreateDeployment")),
                        errors=(401, 403, 404, 409, 422, 503)),
         },
         "/v1/deployments/{owner}/{name}": {
@@ -464,8 +537,8 @@ def paths() -> dict[str, dict[str, S]]:
             "delete": op("deleteDeployment", "Delete a deployment (admin)", "deployments", no_content(),
                          deployment, errors=(401, 403, 404, 409)),
         },
-        "/v1/hardware": {"get": op("listHardware", "List the cluster's hardware SKUs (admin)", "cluster",
-                                   json_ok(array(ref("Hardware"))), errors=(401, 403))},
+        "/v1/hardware": {"get": op("listHardware", "List the cluster's hardware SKUs", "cluster",
+                                   json_ok(array(ref("Hardware"))))},
         "/v1/account": {"get": op("getAccount", "Who the token is", "accounts", json_ok(ref("Account")))},
         "/v1/tokens": {
             "get": op("listTokens", "The caller's tokens (an admin's: every account's, or one's)", "accounts",
@@ -506,6 +579,7 @@ def paths() -> dict[str, dict[str, S]]:
         "/v1/completions": {"post": completion_op(
             "createCompletion", "OpenAI-compatible completion (llm models)", "CompletionRequest", "Completion",
             {"model": LLM, "prompt": "Once upon a time", "max_tokens": 8})},
+        **unserved_paths(),
         "/healthz": {"get": op("health", "Whether the gateway serves", "operations",
                                {**json_ok(ref("Health")),
                                 "503": {"description": "Stopping",
@@ -518,6 +592,25 @@ def paths() -> dict[str, dict[str, S]]:
                                security=PUBLIC, errors=())},
         "/openapi.json": {"get": op("openapi", "This document", "operations", json_ok(OBJECT), security=PUBLIC,
                                     errors=())},
+    }
+
+
+def unserved_paths() -> dict[str, dict[str, S]]:
+    """Replicate's trainings and collections: documented routes that answer 404, saying why
+    (``gateway.rest.unserved``)."""
+    def unserved(operation_id: str, what: str, *params: S) -> S:
+        return op(operation_id, f"{what}: Replicate's, not served here (404, saying why)", "unserved", {},
+                  params, errors=(401, 404))
+
+    training, slug = path_param("id", ID_SCHEMA), path_param("slug", NAME_PART, "image-editing")
+    return {
+        "/v1/trainings": {"get": unserved("listTrainings", "Trainings")},
+        "/v1/trainings/{id}": {"get": unserved("getTraining", "A training", training)},
+        "/v1/trainings/{id}/cancel": {"post": unserved("cancelTraining", "Cancel a training", training)},
+        "/v1/models/{owner}/{name}/versions/{id}/trainings": {"post": unserved(
+            "createTraining", "Create a training", OWNER, NAME, VERSION_ID)},
+        "/v1/collections": {"get": unserved("listCollections", "Collections")},
+        "/v1/collections/{slug}": {"get": unserved("getCollection", "A collection", slug)},
     }
 
 
@@ -534,7 +627,7 @@ def build() -> S:
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
         "tags": [{"name": name} for name in ("predictions", "models", "deployments", "files", "openai",
-                                             "accounts", "cluster", "operations")],
+                                             "accounts", "cluster", "operations", "unserved")],
         "paths": paths(),
         "components": {
             "securitySchemes": {"bearer": {

@@ -5,13 +5,17 @@
   ``Prefer: wait[=N]`` (wait_s), ``Cancel-After`` (deadline_s). The account's limits (``gateway.limits``)
   answer 429 with ``Retry-After``. File inputs (data:, http(s) and
   Files API URLs) become bytes through one hook, ``resolve_files`` (``gateway.files``).
-- ``GET /v1/predictions`` (cursor pages; ``page_size`` 1-1000 besides Replicate's ``cursor``),
-  ``GET /v1/predictions/{id}``, ``POST /v1/predictions/{id}/cancel``.
+- ``GET /v1/predictions`` (cursor pages; ``page_size`` 1-1000 besides Replicate's ``cursor``,
+  ``created_after``, ``created_before`` and ``source``), ``GET /v1/predictions/{id}``,
+  ``POST /v1/predictions/{id}/cancel``.
 - ``GET /v1/predictions/{id}/output/{index}``: the bytes of an output file (the output's URLs point
   here), to its owner (or an admin) only.
 
 The links in a prediction (``urls.get``, ``urls.stream``, the output's file URLs) are signed
-(``gateway.signing``): a client follows them without the token, as the owner, until they expire.
+(``gateway.signing``): a client follows them without the token, as the owner, until they expire. Over
+plain http, an output's files within ``inline_output_max_bytes`` come inline as data URLs instead
+(``shapes.inlines_files``; a list page: that many bytes across the page); ``output/{index}`` still serves
+them.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from aiohttp import web
 from gateway.auth import current_principal
 from gateway.rest.context import REST, RestContext, base_url, links
 from gateway.rest import shapes
+from warmfleet.domain import Prediction
 from warmfleet.errors import InvalidInput, NotFound
 
 
@@ -82,7 +87,7 @@ async def _create(request: web.Request, target: Callable[[dict[str, Any]], dict[
     input = await resolve_files(ctx, input, names)
     create = shapes.create_request(body, input, wait_s=wait_s, deadline_s=deadline_s, **names)
     pred = await ctx.predictions.create(current_principal.get(), create)
-    shown = shapes.prediction_json(pred, base_url(request), links(request))
+    shown = shown_prediction(request, pred)
     return web.json_response(shown, status=201, headers={"Location": shown["urls"]["get"]})
 
 
@@ -102,31 +107,53 @@ def _name(request: web.Request) -> str:
     return f"{request.match_info['owner']}/{request.match_info['name']}"
 
 
+# The filters of a list that its next page's URL keeps.
+LIST_FILTERS = ("page_size", "created_after", "created_before", "source")
+
+
 async def list_predictions(request: web.Request) -> web.Response:
+    """A page of the caller's predictions, newest first; ``created_after`` (at or after) and
+    ``created_before`` (before) are RFC 3339 times; ``source`` is "api" (all of them: every prediction
+    here is made through the API) or "web" (none: the web console makes none yet)."""
     ctx = request.app[REST]
     size = request.query.get("page_size", "")
     if size and not shapes.is_whole_number(size):
         raise InvalidInput("page_size", "must be a whole number from 1 to 1000")
+    after, before = (shapes.parse_rfc3339(request.query[name], name) if name in request.query else None
+                     for name in ("created_after", "created_before"))
+    source = request.query.get("source", "api")
+    if source not in ("api", "web"):
+        raise InvalidInput("source", f"must be 'web' or 'api'; got {source[:32]!r}")
     predictions, cursor = await ctx.predictions.list(current_principal.get(), int(size or 0),
-                                                     request.query.get("cursor", ""))
+                                                     request.query.get("cursor", ""), after, before)
+    if source == "web":
+        predictions, cursor = [], ""
     base = base_url(request)
     next_url = None
     if cursor:
-        query = {"cursor": cursor, **({"page_size": size} if size else {})}
+        kept = {name: request.query[name] for name in LIST_FILTERS if name in request.query}
+        query = {"cursor": cursor, **kept}
         next_url = f"{base}/v1/predictions?{urlencode(query)}"
-    sign = links(request)
-    results = [shapes.prediction_json(p, base, sign) for p in predictions]
+    limit = ctx.settings.inline_output_max_bytes
+    results = shapes.predictions_response(predictions, base, links(request), limit)
     return web.json_response(shapes.page(results, next_url))
 
 
 async def get_prediction(request: web.Request) -> web.Response:
     pred = await request.app[REST].predictions.get(current_principal.get(), request.match_info["id"])
-    return web.json_response(shapes.prediction_json(pred, base_url(request), links(request)))
+    return web.json_response(shown_prediction(request, pred))
 
 
 async def cancel_prediction(request: web.Request) -> web.Response:
     pred = await request.app[REST].predictions.cancel(current_principal.get(), request.match_info["id"])
-    return web.json_response(shapes.prediction_json(pred, base_url(request), links(request)))
+    return web.json_response(shown_prediction(request, pred))
+
+
+def shown_prediction(request: web.Request, pred: Prediction) -> dict[str, Any]:
+    """``pred`` as this request's response shows it: its links for this base URL, signed, and its output's
+    files inline within ``inline_output_max_bytes`` over plain http (``shapes.prediction_response``)."""
+    limit = request.app[REST].settings.inline_output_max_bytes
+    return shapes.prediction_response(pred, base_url(request), links(request), limit)
 
 
 async def get_output_file(request: web.Request) -> web.Response:

@@ -10,8 +10,13 @@ token; ``unsigned`` by default).
 JSON values read here as they read over gRPC, where they travel as protobuf ``Value``s (``as_api_json``):
 numbers are doubles, so an integral one is an int, and a NaN or an infinity is refused, naming its place.
 
-Where Replicate's shape has a field warmfleet has no data for, it is null (a version's ``created_at``,
-a model's ``github_url``) or the constant that holds here (``visibility`` "public", ``source`` "api").
+The shapes are checked against Replicate's published OpenAPI document (``tests/fixtures/replicate``,
+``tests/integration/test_replicate_conformance.py``): a field is null only where that document allows
+null, and a field it does not allow null for is left out while it has no value (a prediction's
+``started_at``, ``completed_at`` and ``deadline``; an account's ``github_url``). Where warmfleet has no
+data of Replicate's kind, a documented constant holds: ``source`` "api", ``run_count`` 0, a built-in
+family's ``cog_version`` "warmfleet-<family>", a configured version's ``created_at`` the time this gateway
+first listed it, and hardware "any" for a route that asks for no SKU (any node).
 """
 
 from __future__ import annotations
@@ -22,10 +27,10 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from gateway.catalog import CatalogEntry
-from gateway.deployments import AUTOSCALING_FIELDS, Deployment, Scale
+from gateway.deployments import AUTOSCALING_FIELDS, Deployment, ModelChanges, Scale
 from gateway.predictions import MAX_WAIT_S, CreateRequest
 from gateway.signing import Sign, unsigned
-from warmfleet.domain import FileData, Metrics, NodeInfo, Prediction
+from warmfleet.domain import FileData, Metrics, NodeInfo, Prediction, RouteSpec
 from warmfleet.errors import InvalidInput
 from warmfleet.jsonvalues import files_as_data_urls
 
@@ -217,6 +222,24 @@ def rfc3339(t: float | None) -> str | None:
     return f"{text}.{nanos:09d}Z"
 
 
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
+
+
+def parse_rfc3339(text: str, field: str) -> float:
+    """An RFC 3339 date-time ("2025-01-01T00:00:00Z", "2025-01-01T02:00:00.5+02:00") as seconds since the
+    epoch; InvalidInput naming ``field`` for anything else (a date alone, a time without its offset)."""
+    parsed = None
+    if _RFC3339.match(text):
+        try:
+            parsed = datetime.fromisoformat(text.upper().replace("Z", "+00:00"))
+        except ValueError:
+            pass  # a 13th month, a 25th hour...
+    if parsed is None:
+        raise InvalidInput(field, f"must be an RFC 3339 date-time such as 2025-01-01T00:00:00Z; "
+                                  f"got {text[:64]!r}")
+    return parsed.timestamp()
+
+
 def epoch_seconds(t: float) -> int:
     """The whole seconds of a time (as ``rfc3339`` counts them)."""
     return int(t * 1e9) // _NANOS
@@ -227,10 +250,18 @@ def prediction_urls(base: str, prediction_id: str, owner: str = "", sign: Sign =
     id); ``cancel`` changes the prediction, so it stays a URL for the token only."""
     get = f"/v1/predictions/{prediction_id}"
     return {"get": base + sign(get, owner), "cancel": f"{base}{get}/cancel",
-            "stream": base + sign(f"{get}/stream", owner)}
+            "stream": base + sign(f"{get}/stream", owner), "web": prediction_page_url(base, prediction_id)}
+
+
+def prediction_page_url(base: str, prediction_id: str) -> str:
+    """A prediction's page in the gateway's web console (Replicate's ``urls.web``):
+    ``{base}/predictions/{id}``."""
+    return f"{base}/predictions/{prediction_id}"
 
 
 def output_file_url(base: str, prediction_id: str, index: int, owner: str = "", sign: Sign = unsigned) -> str:
+    """The URL of an output file under the gateway (``GET /v1/predictions/{id}/output/{index}``), written
+    by ``sign`` for ``owner``."""
     return base + sign(f"/v1/predictions/{prediction_id}/output/{index}", owner)
 
 
@@ -241,10 +272,14 @@ def prediction_json(pred: Prediction, base: str, sign: Sign = unsigned) -> dict[
         "id": pred.id, "model": pred.model, "version": pred.version, "input": files_as_data_urls(pred.input),
         "output": output_json(pred, base, sign), "logs": "\n".join(pred.logs), "error": pred.error or None,
         "status": pred.status.value, "created_at": rfc3339(pred.created_at),
-        "started_at": rfc3339(pred.started_at), "completed_at": rfc3339(pred.completed_at),
         "urls": prediction_urls(base, pred.id, pred.owner, sign), "metrics": metrics_json(pred.metrics),
         "data_removed": pred.data_removed, "source": "api",
     }
+    # Times Replicate's document has no null for: left out until they are known.
+    for name, t in (("started_at", pred.started_at), ("completed_at", pred.completed_at),
+                    ("deadline", pred.deadline_at)):
+        if t is not None:
+            out[name] = rfc3339(t)
     if pred.deployment:
         out["deployment"] = pred.deployment
     for name in PASSED_CREATE_FIELDS:
@@ -257,16 +292,63 @@ def prediction_json(pred: Prediction, base: str, sign: Sign = unsigned) -> dict[
 domain_prediction_json = prediction_json  # the name the webhook sender is given it by (gateway.server)
 
 
-def output_json(pred: Prediction, base: str, sign: Sign = unsigned) -> Any:
+def output_json(pred: Prediction, base: str, sign: Sign = unsigned, inline_max_bytes: int = 0) -> Any:
     """The output as Replicate gives it: the JSON value; for file outputs (images) the list of their URLs
-    under the gateway; with both, ``{"value": ..., "files": [...]}``; null before there is one."""
+    under the gateway, or of their data URLs where ``inlines_files`` says so; with both,
+    ``{"value": ..., "files": [...]}``; null before there is one."""
     if pred.output is None:
         return None
     value = as_api_json(pred.output.value)
-    urls = [output_file_url(base, pred.id, i, pred.owner, sign) for i in range(len(pred.output.files))]
-    if not urls:
+    files = pred.output.files
+    if not files:
         return value
-    return urls if value is None else {"value": value, "files": urls}
+    if inlines_files(files, base, inline_max_bytes):
+        shown = files_as_data_urls(files)
+    else:
+        shown = [output_file_url(base, pred.id, i, pred.owner, sign) for i in range(len(files))]
+    return shown if value is None else {"value": value, "files": shown}
+
+
+# Outputs inline: Replicate's Python client opens only https: and data: outputs as files (``FileOutput``),
+# so on a plain-http gateway small outputs come as data URLs that it opens without the gateway; over https
+# the (signed) URLs open as they are, and stay.
+
+
+def output_files(pred: Prediction) -> list[FileData]:
+    """A prediction's output files (none before it has an output)."""
+    return pred.output.files if pred.output is not None else []
+
+
+def inlines_files(files: list[FileData], base: str, inline_max_bytes: int) -> bool:
+    """Whether an output's ``files`` are shown as data URLs: on a gateway reached over plain http
+    (``base``), when there are some and they come to ``inline_max_bytes`` or less in all (their bytes:
+    the base64 text is 4/3 of that). 0 never inlines; over https their URLs stay."""
+    total = sum(len(f.data) for f in files)
+    return bool(files) and inline_max_bytes > 0 and base.startswith("http://") and total <= inline_max_bytes
+
+
+def prediction_response(pred: Prediction, base: str, sign: Sign = unsigned, inline_max_bytes: int = 0
+                        ) -> dict[str, Any]:
+    """A prediction as the REST routes answer it and its webhooks carry it: ``prediction_json``, with its
+    output's files inline where ``inlines_files`` says so."""
+    shown = prediction_json(pred, base, sign)
+    if inlines_files(output_files(pred), base, inline_max_bytes):
+        shown["output"] = output_json(pred, base, sign, inline_max_bytes)
+    return shown
+
+
+def predictions_response(preds: list[Prediction], base: str, sign: Sign = unsigned, inline_max_bytes: int = 0
+                         ) -> list[dict[str, Any]]:
+    """A page of predictions (``prediction_response``) whose inline files share one budget, so that a page
+    carries at most ``inline_max_bytes`` inline: in page order (newest first), a prediction's files are
+    inline when they fit in what the ones before left; the others show their URLs."""
+    shown, left = [], inline_max_bytes
+    for pred in preds:
+        files = output_files(pred)
+        inline = inlines_files(files, base, left)
+        shown.append(prediction_response(pred, base, sign, left if inline else 0))
+        left -= sum(len(f.data) for f in files) if inline else 0
+    return shown
 
 
 def metrics_json(metrics: Metrics) -> dict[str, Any]:
@@ -313,50 +395,159 @@ def openapi_schema(input_schema: dict[str, Any], output_schema: dict[str, Any]) 
 
 def version_json(entry: CatalogEntry) -> dict[str, Any]:
     """Replicate's version: id, created_at, cog_version and the OpenAPI schema (a pushed model's is
-    Cog's own document; the built-in families' is made from their input and output schemas)."""
+    Cog's own document; the built-in families' is made from their input and output schemas).
+    ``created_at`` is when it was pushed (``CatalogEntry.created_at``: for a version the configuration
+    made, when this gateway first listed it); ``cog_version`` is the Cog runtime's version for a Cog model,
+    and "warmfleet-<family>" for a built-in family (``builtin_cog_version``)."""
     spec = entry.spec
     cog_openapi = spec.options.get("openapi_schema") if spec.runner == "cog" else None
     openapi = cog_openapi or openapi_schema(entry.input_schema, entry.output_schema)
-    created = None
-    if spec.created_at:  # to the microsecond, toward zero
-        seconds, nanos = divmod(int(spec.created_at * 1e9), _NANOS)
-        delta = timedelta(seconds=seconds, microseconds=nanos // 1000)
-        created = (_EPOCH.replace(tzinfo=timezone.utc) + delta).isoformat()
     cog_version = str(spec.options.get("cog_version", "")) if cog_openapi else ""
-    return {"id": spec.version, "created_at": created, "cog_version": cog_version or None,
-            "openapi_schema": openapi}
+    return {"id": spec.version, "created_at": iso_microseconds(entry.created_at),
+            "cog_version": cog_version or builtin_cog_version(spec.runner), "openapi_schema": openapi}
 
 
-def model_json(entry: CatalogEntry, base: str) -> dict[str, Any]:
+def builtin_cog_version(runner: str) -> str:
+    """What a version of a built-in family (echo, llm, diffusion, upscale) shows as its ``cog_version``: no
+    Cog runtime runs it, so the family's name: "warmfleet-llm"."""
+    return f"warmfleet-{runner}"
+
+
+def iso_microseconds(t: float) -> str:
+    """A time in UTC, to the microsecond (toward zero), as Python's ``isoformat`` writes it
+    ("2024-05-01T12:00:00.500000+00:00"): a version's time, as it has always been written."""
+    seconds, nanos = divmod(int(t * 1e9), _NANOS)
+    delta = timedelta(seconds=seconds, microseconds=nanos // 1000)
+    return (_EPOCH.replace(tzinfo=timezone.utc) + delta).isoformat()
+
+
+# A model's links and readme (``RouteSpec.about``): what a create or an update may set, by Replicate's names.
+MODEL_LINKS = ("github_url", "paper_url", "license_url", "cover_image_url", "weights_url")
+MODEL_ABOUT = (*MODEL_LINKS, "readme")
+VISIBILITIES = ("public", "private")
+_HARDWARE_SKU = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+# What the API shows as the hardware of a route that asks for none (its instances go on any node), and
+# takes back for it.
+ANY_HARDWARE = "any"
+
+
+def model_json(entry: CatalogEntry, base: str, created_at: float | None = None) -> dict[str, Any]:
+    """Replicate's model object, which is also OpenAI's (``id`` "owner/name", ``object`` "model", ``created``
+    in unix seconds, ``owned_by`` the owner), so that both clients read one ``GET /v1/models``.
+    ``created_at``: when the model was made (``ModelCatalog.model_created_at``; by default its latest
+    version's time). ``latest_version`` is null for a model with no version yet."""
     spec = entry.spec
     owner, name = split_name(spec.name)
+    links = {key: spec.about.get(key) or None for key in MODEL_LINKS if key != "weights_url"}
     return {
         "url": f"{base}/v1/models/{spec.name}", "owner": owner, "name": name, "description": spec.description,
-        "visibility": spec.visibility or "public", "github_url": None, "paper_url": None, "license_url": None,
-        "run_count": 0, "cover_image_url": None, "default_example": None,
-        "latest_version": version_json(entry), "runner": spec.runner,
+        "visibility": spec.visibility or "public", **links, "run_count": 0, "default_example": None,
+        "latest_version": version_json(entry) if spec.has_version else None, "runner": spec.runner,
+        "id": spec.name, "object": "model", "created": epoch_seconds(created_at or entry.created_at),
+        "owned_by": owner,
     }
+
+
+def models_page(models: list[dict[str, Any]]) -> dict[str, Any]:
+    """``GET /v1/models`` for both official clients: Replicate's page (``results``, ``next``, ``previous``)
+    and OpenAI's list (``object`` "list", ``data``) of the same model objects (``model_json``)."""
+    return {**page(models), "object": "list", "data": models}
+
+
+def model_create(body: Any) -> RouteSpec:
+    """Replicate's "create a model" body (``owner``, ``name``, ``visibility`` and ``hardware`` required;
+    ``description`` and the links optional) as the spec of a model with no version yet."""
+    if not isinstance(body, dict):
+        raise InvalidInput("body", "must be a JSON object")
+    owner, name = _string(body, "owner", required=True), _string(body, "name", required=True)
+    visibility = _string(body, "visibility", required=True)
+    if visibility not in VISIBILITIES:
+        raise InvalidInput("visibility", "must be 'public' or 'private'")
+    about = {key: _link(body, key) for key in MODEL_LINKS if body.get(key) is not None}
+    return RouteSpec(name=f"{owner}/{name}", runner="", description=_string(body, "description"),
+                     min_instances=0, owner=owner, visibility=visibility, about=about,
+                     hardware=_hardware(body, "hardware", required=True))
+
+
+def model_update(body: Any) -> ModelChanges:
+    """Replicate's update of a model (``description``, ``readme``, the links; and ``visibility``): what the
+    body names is set, an empty string removing a link or the readme."""
+    if not isinstance(body, dict):
+        raise InvalidInput("body", "must be a JSON object")
+    about = {key: _link(body, key) if key in MODEL_LINKS else _string(body, key)
+             for key in MODEL_ABOUT if body.get(key) is not None}
+    visibility = _string(body, "visibility") if body.get("visibility") is not None else None
+    if visibility is not None and visibility not in VISIBILITIES:
+        raise InvalidInput("visibility", "must be 'public' or 'private'")
+    description = _string(body, "description") if body.get("description") is not None else None
+    return ModelChanges(description=description, visibility=visibility, about=about)
+
+
+def _link(body: dict[str, Any], field: str) -> str:
+    value = _string(body, field)
+    if value and not re.match(r"^https?://[^\s/]+\S*$", value):
+        raise InvalidInput(field, f"must be an http(s) URL; got {value[:80]!r}")
+    return value
+
+
+def _hardware(body: dict[str, Any], field: str, required: bool = False) -> str:
+    """A hardware SKU from a body ("cpu", "gpu-nvidia-h100-80gb", "gpu" for any GPU); ``ANY_HARDWARE``
+    (asks for none: any node) is ""."""
+    value = _string(body, field, required=required)
+    if value and not _HARDWARE_SKU.match(value):
+        raise InvalidInput(field, "must be a hardware SKU such as cpu or gpu-nvidia-h100-80gb (GET "
+                                  f"/v1/hardware lists the cluster's), or {ANY_HARDWARE}")
+    return "" if value == ANY_HARDWARE else value
+
+
+def search_json(query: str, models: list[tuple[dict[str, Any], float]]) -> dict[str, Any]:
+    """Replicate's search answer: each model found (``model_json``) with its ``metadata`` (its relevance
+    ``score``; no generated description or tags here), and no collections or pages (warmfleet has none)."""
+    found = [{"model": model, "metadata": {"generated_description": None, "tags": [], "score": score}}
+             for model, score in models]
+    return {"query": query, "models": found, "collections": [], "pages": []}
+
+
+def search_score(query: str, entry: CatalogEntry) -> float:
+    """How well a model matches a text query: each of the query's words counts 3 when it is the model's
+    name (or "owner/name"), 2 when it is in the name, and 1 more when it is in its description or readme;
+    0 when a word is found nowhere (it is not a match)."""
+    spec = entry.spec
+    name, text = spec.name.lower(), f"{spec.description} {spec.about.get('readme', '')}".lower()
+    score = 0.0
+    for word in query.lower().split():
+        in_name = 3.0 if word in (name, split_name(name)[1]) else 2.0 if word in name else 0.0
+        found = in_name + 1.0 * (word in text)
+        if not found:
+            return 0.0
+        score += found
+    return score
 
 
 # Deployments
 
 
 def deployment_json(deployment: Deployment) -> dict[str, Any]:
+    """Replicate's deployment: its ``current_release`` (number, model, version, when and by whom it was
+    made, and its ``configuration``: hardware, min_instances, max_instances; and warmfleet's autoscaling
+    knobs), and the instances the autoscaler wants now. ``created_by`` is left out for a release the
+    configuration made (no account made it); the hardware of one that asks for none is ``ANY_HARDWARE``."""
     spec = deployment.spec
     owner, name = split_name(spec.name)
     autoscaling = {knob: float(spec.autoscaling[knob]) for knob in AUTOSCALING_FIELDS
                    if spec.autoscaling.get(knob) is not None}
-    return {
-        "owner": owner, "name": name,
-        "current_release": {
-            "number": spec.release, "model": spec.model, "version": spec.version, "created_at": None,
-            "configuration": {
-                "hardware": spec.hardware or None, "min_instances": spec.min_instances,
-                "max_instances": spec.most_instances, "autoscaling": autoscaling,
-            },
+    release: dict[str, Any] = {
+        "number": spec.release, "model": spec.model, "version": spec.version,
+        "created_at": rfc3339(deployment.released_at),
+        "configuration": {
+            "hardware": spec.hardware or ANY_HARDWARE, "min_instances": spec.min_instances,
+            "max_instances": spec.most_instances, "autoscaling": autoscaling,
         },
-        "target_instances": deployment.target_instances,
     }
+    if spec.released_by:
+        release["created_by"] = account_json("user", spec.released_by)  # tokens belong to users only
+    return {"owner": owner, "name": name, "current_release": release,
+            "target_instances": deployment.target_instances}
 
 
 def deployment_create(body: Any, owner: str) -> tuple[str, str, str, Scale]:
@@ -367,7 +558,7 @@ def deployment_create(body: Any, owner: str) -> tuple[str, str, str, Scale]:
         raise InvalidInput("body", "must be a JSON object")
     name = _string(body, "name", required=True)
     model = _string(body, "model", required=True)
-    version, hardware = _string(body, "version"), _string(body, "hardware")
+    version, hardware = _string(body, "version"), _hardware(body, "hardware")
     min_instances = _count(body, "min_instances") or 0
     autoscaling = _autoscaling(body)
     scale = Scale(min_instances, _count(body, "max_instances"), autoscaling, hardware)
@@ -381,8 +572,8 @@ def deployment_update(body: Any) -> tuple[str | None, Scale]:
     if not isinstance(body, dict):
         raise InvalidInput("body", "must be a JSON object")
     autoscaling = _autoscaling(body)
-    version, hardware = (_string(body, f) if body.get(f) is not None else None
-                         for f in ("version", "hardware"))
+    version = _string(body, "version") if body.get("version") is not None else None
+    hardware = _hardware(body, "hardware") if body.get("hardware") is not None else None
     min_instances, max_instances = (_count(body, f) for f in ("min_instances", "max_instances"))
     return version, Scale(min_instances, max_instances, autoscaling, hardware)
 
@@ -428,3 +619,10 @@ def hardware_json(nodes: list[NodeInfo]) -> list[dict[str, str]]:
         if node.hardware and node.hardware not in names:
             names[node.hardware] = "CPU" if node.hardware == "cpu" else (node.accelerator or node.hardware)
     return [{"sku": sku, "name": names[sku]} for sku in sorted(names)]
+
+
+def account_json(kind: str, name: str) -> dict[str, str]:
+    """An account as Replicate shapes it (``type`` "user" or "organization", ``username``, ``name``); its
+    ``github_url`` and ``avatar_url``, which warmfleet has not and Replicate's document has no null for,
+    are left out."""
+    return {"type": kind, "username": name, "name": name}

@@ -1,6 +1,7 @@
-"""The official ``openai`` client against the gateway's OpenAI-compatible routes, on the tiny Llama: chat
-(equal to the gRPC answer for the same messages), streamed chat, completions, by a deployment's name, a
-stream the client leaves (its prediction is canceled), and errors that name the field."""
+"""The official ``openai`` client against the gateway's OpenAI-compatible routes, on the tiny Llama: models
+list (this gateway's, as Replicate's client lists them too: tests/integration/test_replicate_client.py),
+chat (equal to the gRPC answer for the same messages), streamed chat, completions, by a deployment's name,
+a stream the client leaves (its prediction is canceled), and errors that name the field."""
 
 from __future__ import annotations
 
@@ -38,6 +39,15 @@ async def by_grpc(api, **text_generation) -> T.Prediction:
 
 def chat_messages() -> list[T.ChatMessage]:
     return [T.ChatMessage(**m) for m in MESSAGES]
+
+
+async def test_models_list_names_this_gateways_models_the_llm_among_them(client, running):
+    listed = [model async for model in client.models.list()]
+    ids = [model.id for model in listed]
+    assert LLM in ids and len(ids) == len(set(ids))
+    routes = {entry.spec.name for entry in running.gateway.catalog.entries()}  # models and deployments
+    assert set(ids) <= routes
+    assert all(model.object == "model" for model in listed)
 
 
 async def test_a_greedy_chat_equals_the_grpc_answer_for_the_same_messages(client, api):

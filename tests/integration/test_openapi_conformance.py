@@ -3,8 +3,9 @@ subprocess while this process's gateway serves) finds no 5xx, and no response wh
 headers or body the document does not describe; and with data the document refuses (negative mode), no
 5xx either.
 
-Operations that would change the shared cluster (deleting a model, creating, changing or deleting a
-deployment) are left out: their shapes are the unit tests' and test_rest's. The rest run with positive
+Operations that would change the shared cluster (creating, changing or deleting a model, creating,
+changing or deleting a deployment) are left out: their shapes are the unit tests', test_rest's and
+test_replicate_conformance's. The rest run with positive
 data (valid by the document), up to ``MAX_EXAMPLES`` cases each.
 """
 
@@ -26,7 +27,8 @@ pytestmark = pytest.mark.integration
 MAX_EXAMPLES = 20
 CHECKS = ("not_a_server_error", "status_code_conformance", "content_type_conformance",
           "response_headers_conformance", "response_schema_conformance")
-DESTRUCTIVE = ("deleteModel", "createDeployment", "updateDeployment", "deleteDeployment")
+DESTRUCTIVE = ("createModel", "updateModel", "deleteModel", "createDeployment", "updateDeployment",
+               "deleteDeployment")
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 
 

@@ -131,23 +131,35 @@ async def test_urls_stream_opens_without_the_token_and_reads_to_done(running, ht
     assert events[-1]["event"] == "done" and events[-1]["data"] == "{}"
 
 
-async def test_an_output_file_url_opens_without_the_token(running, http, alice):
+@pytest.fixture(scope="module")
+async def links_gw(controller, tmp_path_factory):
+    """A gateway that never inlines outputs (inline_output_max_bytes = 0): over plain http, small outputs
+    are otherwise data URLs, not links (README, "Output files")."""
+    gw = RunningGateway(tmp_path_factory.mktemp("links"), controller, inline_output_max_bytes=0)
+    await gw.start()
+    yield gw
+    await gw.stop()
+
+
+async def test_an_output_file_url_opens_without_the_token(links_gw):
+    alice = bearer((await user(links_gw.api, f"alice-{uuid.uuid4().hex[:6]}")).token)
     data_url = "data:image/png;base64," + base64.b64encode(png()).decode()
-    pred = await create(http, alice, model=ESRGAN, image=data_url)
-    (url,) = pred["output"]
-    assert split(url)[0] == f"/v1/predictions/{pred['id']}/output/0"
-    async with http.get(url) as resp:
-        assert resp.status == 200 and resp.content_type == "image/png"
-        unsigned_read = await resp.read()
-    async with http.get(split(url)[0], headers=alice) as resp:
-        assert resp.status == 200
-        assert await resp.read() == unsigned_read and unsigned_read.startswith(PNG_SIGNATURE)
-    assert Image.open(io.BytesIO(unsigned_read)).width > 16
-    path, query = split(url)
-    await refused(http, with_query(running, path, {**query, "signature": flipped(query["signature"])}))
-    other = await create(http, alice, text="no files")  # its output/0 with this one's signature
-    await refused(http, with_query(running, f"/v1/predictions/{other['id']}/output/0", query))
-    await refused(http, with_query(running, f"/v1/predictions/{pred['id']}/output/1", query))
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{links_gw.gateway.http_port}") as http:
+        pred = await create(http, alice, model=ESRGAN, image=data_url)
+        (url,) = pred["output"]
+        assert split(url)[0] == f"/v1/predictions/{pred['id']}/output/0"
+        async with http.get(url) as resp:
+            assert resp.status == 200 and resp.content_type == "image/png"
+            unsigned_read = await resp.read()
+        async with http.get(split(url)[0], headers=alice) as resp:
+            assert resp.status == 200
+            assert await resp.read() == unsigned_read and unsigned_read.startswith(PNG_SIGNATURE)
+        assert Image.open(io.BytesIO(unsigned_read)).width > 16
+        path, query = split(url)
+        await refused(http, with_query(links_gw, path, {**query, "signature": flipped(query["signature"])}))
+        other = await create(http, alice, text="no files")  # its output/0 with this one's signature
+        await refused(http, with_query(links_gw, f"/v1/predictions/{other['id']}/output/0", query))
+        await refused(http, with_query(links_gw, f"/v1/predictions/{pred['id']}/output/1", query))
 
 
 async def test_a_files_urls_open_without_the_token(running, http, alice):

@@ -136,14 +136,46 @@ def test_a_prediction_has_replicates_fields_and_links():
         "id": "p1", "model": "warmfleet/echo", "version": "v1", "input": {"text": "hi", "delay_ms": 5},
         "output": "hi", "logs": "a\nb", "error": None, "status": "succeeded",
         "created_at": "2024-05-01T12:00:00.500Z", "started_at": "2024-05-01T12:00:00.750000128Z",
-        "completed_at": None,
         "urls": {"get": f"{BASE}/v1/predictions/p1", "cancel": f"{BASE}/v1/predictions/p1/cancel",
-                 "stream": f"{BASE}/v1/predictions/p1/stream"},
+                 "stream": f"{BASE}/v1/predictions/p1/stream", "web": f"{BASE}/predictions/p1"},
         "metrics": {"predict_time": 0.5, "total_time": 0.75, "output_token_count": 3},
         "data_removed": False, "source": "api",
-    }
+    }  # not completed yet: no completed_at (Replicate's document has no null for it), and no deadline
     json.dumps(out)  # JSON all the way down
     assert shapes.domain_prediction_json is shapes.prediction_json  # one renderer: webhooks send what GET answers
+
+
+def test_times_appear_once_known_and_a_deadline_is_shown():
+    pred = prediction(started_at=CREATED + 1, completed_at=CREATED + 2, deadline_at=CREATED + 30)
+    out = shapes.prediction_json(pred, BASE)
+    assert (out["started_at"], out["completed_at"], out["deadline"]) == (
+        "2024-05-01T12:00:01Z", "2024-05-01T12:00:02Z", "2024-05-01T12:00:30Z")
+    bare = shapes.prediction_json(prediction(status=Status.STARTING), BASE)
+    assert not {"started_at", "completed_at", "deadline"} & set(bare)
+
+
+def test_llm_metrics_carry_replicates_names():
+    metrics = Metrics(predict_time_s=1.5, total_time_s=2.0, input_token_count=7, output_token_count=20,
+                      time_to_first_token_s=0.25, tokens_per_second=16.0)
+    assert shapes.metrics_json(metrics) == {
+        "predict_time": 1.5, "total_time": 2.0, "input_token_count": 7, "output_token_count": 20,
+        "time_to_first_token": 0.25, "tokens_per_second": 16.0}
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ("2024-05-01T12:00:00Z", CREATED), ("2024-05-01T14:00:00+02:00", CREATED),
+    ("2024-05-01t12:00:00.5z", CREATED + 0.5), ("2024-05-01 12:00:00.250-00:00", CREATED + 0.25),
+])
+def test_rfc_3339_times_are_read_with_their_offset(text, seconds):
+    assert shapes.parse_rfc3339(text, "created_after") == seconds
+
+
+@pytest.mark.parametrize("text", ["2024-05-01", "2024-05-01T12:00:00", "yesterday", "2024-13-01T00:00:00Z",
+                                  "20240501T120000Z", "2024-05-01T12:00:00Z trailing"])
+def test_a_time_that_is_not_rfc_3339_is_invalid_naming_its_parameter(text):
+    with pytest.raises(InvalidInput) as err:
+        shapes.parse_rfc3339(text, "created_before")
+    assert err.value.field == "created_before" and "RFC 3339" in err.value.rule
 
 
 @pytest.mark.parametrize("t", [0.0, 1.5, CREATED, CREATED + 0.25, CREATED + 0.001, 1_700_000_000.123456,
@@ -210,11 +242,14 @@ def test_unsafe_file_names_stay_out_of_headers():
 def test_a_model_carries_its_version_with_an_openapi_schema():
     spec = RouteSpec(name="warmfleet/tiny-sd", runner="diffusion", description="draws", version_id="v9")
     entry = CatalogEntry(spec, {"type": "object", "properties": {"prompt": {"type": "string"}}}, {"type": "null"},
-                         validator=None)
+                         validator=None, listed_at=CREATED)
     out = shapes.model_json(entry, BASE)
     assert (out["owner"], out["name"], out["description"], out["visibility"]) == ("warmfleet", "tiny-sd", "draws", "public")
     schemas = out["latest_version"]["openapi_schema"]["components"]["schemas"]
-    assert out["latest_version"]["id"] == "v9" and out["latest_version"]["created_at"] is None
+    # A configured version: its time is when the gateway first listed it; its cog_version names its family.
+    assert out["latest_version"]["id"] == "v9"
+    assert out["latest_version"]["created_at"] == "2024-05-01T12:00:00+00:00"
+    assert out["latest_version"]["cog_version"] == "warmfleet-diffusion"
     assert schemas["Input"]["properties"] == {"prompt": {"type": "string"}}
     # Files only, over REST: the list of their URLs.
     assert schemas["Output"]["type"] == "array" and schemas["Output"]["items"]["format"] == "uri"
@@ -231,13 +266,23 @@ def test_a_pushed_version_is_cogs_own_document_with_its_time_and_cog_version():
 
 def test_a_deployment_shows_its_current_release():
     spec = RouteSpec(name="acme/echo", runner="echo", model="warmfleet/echo", version_id="v1", hardware="cpu",
-                     min_instances=1, max_instances=3, release=2, autoscaling={"upscale_delay_s": 2})
-    out = shapes.deployment_json(Deployment(spec, target_instances=1))
+                     min_instances=1, max_instances=3, release=2, autoscaling={"upscale_delay_s": 2},
+                     released_at=CREATED + 2, released_by="carol")
+    out = shapes.deployment_json(Deployment(spec, target_instances=1, released_at=spec.released_at))
     assert out["owner"] == "acme" and out["name"] == "echo" and out["target_instances"] == 1
     release = out["current_release"]
     assert (release["number"], release["model"], release["version"]) == (2, "warmfleet/echo", "v1")
+    assert release["created_at"] == "2024-05-01T12:00:02Z"
+    assert release["created_by"] == {"type": "user", "username": "carol", "name": "carol"}
     assert release["configuration"] == {"hardware": "cpu", "min_instances": 1, "max_instances": 3,
                                         "autoscaling": {"upscale_delay_s": 2.0}}
+
+
+def test_a_configured_deployment_asks_for_any_hardware_and_no_account_made_it():
+    spec = RouteSpec(name="acme/echo", runner="echo", model="warmfleet/echo", release=1)
+    release = shapes.deployment_json(Deployment(spec, 0, released_at=CREATED))["current_release"]
+    assert release["configuration"]["hardware"] == "any" and "created_by" not in release
+    assert release["created_at"] == "2024-05-01T12:00:00Z"
 
 
 def test_a_deployment_create_body_puts_a_plain_name_under_the_caller():
@@ -249,6 +294,8 @@ def test_a_deployment_create_body_puts_a_plain_name_under_the_caller():
     assert list(scale.autoscaling) == ["target_ongoing_requests", "upscale_delay_s"]  # as kept, whatever sent
     kept, _, _, defaults = shapes.deployment_create({"name": "other/echo", "model": "warmfleet/echo"}, "acme")
     assert kept == "other/echo" and defaults == Scale(0, None, {}, "")
+    _, _, _, anywhere = shapes.deployment_create({"name": "x", "model": "m/n", "hardware": "any"}, "acme")
+    assert anywhere.hardware == ""  # what the API shows for no SKU reads back as none
 
 
 @pytest.mark.parametrize("body, field", [
@@ -256,6 +303,7 @@ def test_a_deployment_create_body_puts_a_plain_name_under_the_caller():
     ({"name": "x", "model": "m/n", "max_instances": "2"}, "max_instances"),
     ({"name": "x", "model": "m/n", "min_instances": True}, "min_instances"),
     ({"name": "x", "model": "m/n", "autoscaling": {"speed": 1}}, "autoscaling.speed"),
+    ({"name": "x", "model": "m/n", "hardware": "GPU please"}, "hardware"),
 ])
 def test_a_bad_deployment_body_names_the_field(body, field):
     with pytest.raises(InvalidInput) as err:
@@ -280,6 +328,82 @@ def test_hardware_lists_each_sku_once():
 
 def test_pages_go_forward_only():
     assert shapes.page([1], "next-url") == {"next": "next-url", "previous": None, "results": [1]}
+
+
+# Models as both clients read them, and Replicate's model bodies
+
+
+def test_a_model_is_also_openais_and_the_list_is_both_pages():
+    spec = RouteSpec(name="warmfleet/tiny-llama", runner="llm", version_id="v1", created_at=CREATED + 9)
+    out = shapes.model_json(CatalogEntry(spec, {}, {}, validator=None), BASE, created_at=CREATED)
+    assert (out["id"], out["object"], out["created"], out["owned_by"]) == (
+        "warmfleet/tiny-llama", "model", 1714564800, "warmfleet")
+    assert out["latest_version"]["created_at"] == "2024-05-01T12:00:09+00:00"  # the version's own time
+    listed = shapes.models_page([out])
+    assert listed == {"next": None, "previous": None, "results": [out], "object": "list", "data": [out]}
+
+
+def test_a_model_with_no_version_yet_shows_none_and_its_links():
+    spec = RouteSpec(name="alice/hot-dog", runner="", owner="alice", visibility="private", created_at=CREATED,
+                     about={"github_url": "https://github.com/alice/hot-dog", "readme": "# Hot dog"})
+    out = shapes.model_json(CatalogEntry(spec, {}, {}, validator=None), BASE)
+    assert out["latest_version"] is None and out["runner"] == "" and out["created"] == 1714564800
+    assert (out["github_url"], out["paper_url"], out["visibility"]) == (
+        "https://github.com/alice/hot-dog", None, "private")
+    assert "readme" not in out and "weights_url" not in out  # GET .../readme serves it; Replicate's has no weights
+
+
+def test_replicates_create_a_model_body_is_a_model_with_no_version():
+    spec = shapes.model_create({"owner": "alice", "name": "hot-dog", "visibility": "public", "hardware": "cpu",
+                                "description": "Detects hot dogs", "paper_url": "https://arxiv.org/abs/1"})
+    assert (spec.name, spec.runner, spec.owner, spec.visibility, spec.hardware) == (
+        "alice/hot-dog", "", "alice", "public", "cpu")
+    assert spec.description == "Detects hot dogs" and spec.about == {"paper_url": "https://arxiv.org/abs/1"}
+    assert not spec.has_version and spec.version == "" and spec.min_instances == 0
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"name": "n", "visibility": "public", "hardware": "cpu"}, "owner"),
+    ({"owner": "a", "visibility": "public", "hardware": "cpu"}, "name"),
+    ({"owner": "a", "name": "n", "hardware": "cpu"}, "visibility"),
+    ({"owner": "a", "name": "n", "visibility": "secret", "hardware": "cpu"}, "visibility"),
+    ({"owner": "a", "name": "n", "visibility": "public"}, "hardware"),
+    ({"owner": "a", "name": "n", "visibility": "public", "hardware": "cpu", "github_url": "github.com/a"},
+     "github_url"),
+    ({"owner": "a", "name": "n", "visibility": "public", "hardware": "cpu", "description": 5}, "description"),
+])
+def test_a_bad_create_a_model_body_names_the_field(body, field):
+    with pytest.raises(InvalidInput) as err:
+        shapes.model_create(body)
+    assert err.value.field == field
+
+
+def test_an_update_of_a_model_sets_what_it_names():
+    changes = shapes.model_update({"description": "new", "readme": "# Hi", "license_url": "",
+                                   "weights_url": "https://huggingface.co/a/b"})
+    assert (changes.description, changes.visibility) == ("new", None)
+    assert changes.about == {"readme": "# Hi", "license_url": "", "weights_url": "https://huggingface.co/a/b"}
+    assert shapes.model_update({"visibility": "private"}).visibility == "private"
+    with pytest.raises(InvalidInput) as err:
+        shapes.model_update({"paper_url": "ftp://x"})
+    assert err.value.field == "paper_url"
+
+
+def test_search_scores_the_name_above_words_in_it_above_the_description_and_needs_every_word():
+    spec = RouteSpec(name="warmfleet/tiny-llama", runner="llm", description="A tiny text model")
+    entry = CatalogEntry(spec, {}, {}, validator=None)
+    assert shapes.search_score("tiny-llama", entry) == 3.0 and shapes.search_score("warmfleet/tiny-llama", entry) == 3.0
+    assert shapes.search_score("llama", entry) == 2.0 and shapes.search_score("TINY", entry) == 3.0
+    assert shapes.search_score("text", entry) == 1.0 and shapes.search_score("tiny image", entry) == 0.0
+    found = shapes.search_json("llama", [({"id": "warmfleet/tiny-llama"}, 2.0)])
+    assert found == {"query": "llama", "collections": [], "pages": [], "models": [
+        {"model": {"id": "warmfleet/tiny-llama"},
+         "metadata": {"generated_description": None, "tags": [], "score": 2.0}}]}
+
+
+def test_an_account_is_replicates_without_the_links_it_has_not():
+    assert shapes.account_json("organization", "acme") == {"type": "organization", "username": "acme",
+                                                          "name": "acme"}
 
 
 def test_json_values_round_trip_as_json_format_makes_them_and_refuse_what_json_has_not():

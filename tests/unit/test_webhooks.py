@@ -334,7 +334,8 @@ def test_the_body_is_the_prediction_as_the_rest_api_renders_it():
     body = domain_prediction_json(pred, "http://gw:8000")
     assert body["urls"] == {"get": "http://gw:8000/v1/predictions/p1",
                             "cancel": "http://gw:8000/v1/predictions/p1/cancel",
-                            "stream": "http://gw:8000/v1/predictions/p1/stream"}
+                            "stream": "http://gw:8000/v1/predictions/p1/stream",
+                            "web": "http://gw:8000/predictions/p1"}
     assert body["status"] == "succeeded" and body["output"] == "abcd" and body["error"] is None
     assert body["input"] == {"text": "abcd"} and body["metrics"] == {"predict_time": 0.5}
     assert body["created_at"] == "1970-01-01T00:00:01Z"
