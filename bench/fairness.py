@@ -1,10 +1,15 @@
 """The fairness scenario: one account floods a deployment while another sends one prediction a second.
 
 A private cluster (``warmfleet up`` on a temporary home, its own local Ray, no built-in models) serves
-one deployment of the echo runner with 2 instances of one slot each (``max_concurrency`` 1, so that a
-queue forms in the router: the built-in ``warmfleet/echo`` takes 64 at once per instance), each
-prediction sleeping ``--delay-ms``. Two user accounts, A and B, each with a token of its own. Phases,
-in one run, on the same cluster:
+one deployment of the echo runner with 2 instances of ``--slots`` each (``max_concurrency``: 16, so that
+a queue forms in the router behind 32 slots; the built-in ``warmfleet/echo`` takes 64 at once per
+instance), each prediction sleeping ``--delay-ms`` (600: long enough that the slots, not the gateway's
+CPU, bound A's throughput). The router keeps headroom on instances of 16 slots or more: one slot in 16
+(``scheduler.policies.Headroom``) goes only to an account under its share, so A alone runs on 30 of the
+32, and B's prediction finds a free slot at once. ``--slots 1 --delay-ms 50`` is the second scenario:
+one slot per instance, no headroom, where B must wait for one of A's running predictions to end (nothing
+is preempted). Two user accounts, A and B, each with a token of its own. Phases, in one run, on the same
+cluster:
 
 1. **idle**: B alone sends one prediction every ``--interval-s`` (``--idle-samples`` of them): its queue
    time (the prediction's ``metrics.queue_time_s``: started minus created) on an idle cluster.
@@ -17,13 +22,15 @@ in one run, on the same cluster:
 
 Goals, from the issue: B's p50 queue time in phase 3 at most 2x its idle p50, and A's throughput in
 phase 3 (completions/s between its 10th and 90th percentile completion) at least 0.9x phase 2's. The
-report also has what B must wait in phase 3 however fair the queue (``slot_wait``): no prediction is
-preempted, so B waits for a busy slot to free.
+report also has what B would wait in phase 3 however fair the queue were no slot kept free
+(``slot_wait``): no prediction is preempted, so B would wait for a busy slot to free; and the slots A's
+predictions held on average (``mean_running``: 30 of 32 with the headroom).
 Per-account limits are off for the bench (``rate_limit_per_minute`` 0, and the cap on predictions
 active per account raised), so that A's flood is accepted whole. Writes ``fairness.json`` and
 ``fairness.png`` under ``--out``.
 
     python -m bench.fairness --out bench/results
+    python -m bench.fairness --slots 1 --delay-ms 50 --out bench/results/fairness-1slot
 """
 
 from __future__ import annotations
@@ -40,11 +47,12 @@ from typing import Any
 import grpc
 
 from bench.common import Report, private_home, running_cluster
+from scheduler.policies import Headroom
 from warmfleet.client import Client
 from warmfleet.settings import Settings
 from warmfleet.v1 import predictions_pb2, predictions_pb2_grpc, types_pb2
 
-MODEL = "bench/echo-serial"
+MODEL = "bench/echo-slots"
 DEPLOYMENT = "bench/fair"
 INSTANCES = 2
 GOAL_B_P50_RATIO = 2.0
@@ -81,9 +89,9 @@ def bench_settings(settings: Settings, home: Path) -> Settings:
                                **{k: v for k, v in LIMITS_OFF.items() if k in names})
 
 
-def deploy(client: Client, timeout_s: float = 120.0) -> None:
-    """The echo model with one slot per instance, and its deployment of ``INSTANCES``, all serving."""
-    client.models.create(MODEL, "echo", options={"max_concurrency": 1})
+def deploy(client: Client, slots: int, timeout_s: float = 120.0) -> None:
+    """The echo model with ``slots`` per instance, and its deployment of ``INSTANCES``, all serving."""
+    client.models.create(MODEL, "echo", options={"max_concurrency": slots})
     client.deployments.create(DEPLOYMENT, MODEL, min_instances=INSTANCES, max_instances=INSTANCES)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -209,7 +217,8 @@ def b_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def a_summary(records: list[dict[str, Any]], accept_s: float) -> dict[str, Any]:
     """A's throughput: completions/s between its 10th and 90th percentile completion (the steady part
-    of the flood), and over its whole makespan (first create to last completion)."""
+    of the flood), and over its whole makespan (first create to last completion); and the slots its
+    predictions held on average over the steady part (``mean_running``)."""
     ok = [r for r in records if r["status"] == "STATUS_SUCCEEDED"]
     done = sorted(r["completed_at"] for r in ok)
     lo, hi = int(0.1 * (len(done) - 1)), int(0.9 * (len(done) - 1))
@@ -218,7 +227,16 @@ def a_summary(records: list[dict[str, Any]], accept_s: float) -> dict[str, Any]:
     return {"predictions": len(records), "succeeded": len(ok), "accept_s": accept_s,
             "steady_throughput_per_s": steady, "makespan_s": makespan,
             "makespan_throughput_per_s": len(ok) / makespan if makespan else None,
+            "mean_running": mean_running(ok, done[lo], done[hi]) if steady else None,
             "p50_queue_ms": statistics.median(r["queue_time_s"] * 1000 for r in ok) if ok else None}
+
+
+def mean_running(records: list[dict[str, Any]], start: float, end: float) -> float:
+    """How many of ``records`` ran at once on average between ``start`` and ``end`` (their started and
+    completed times, as the gateway recorded them): the slots they held."""
+    held = sum(max(0.0, min(r["completed_at"], end) - max(r["started_at"], start))
+               for r in records if r["started_at"] is not None)
+    return held / (end - start)
 
 
 def _quantile(values: list[float], q: float) -> float | None:
@@ -228,14 +246,15 @@ def _quantile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def slot_wait(summary: dict[str, Any]) -> dict[str, Any]:
-    """What B must wait under A's flood whatever the queue does, since a running prediction is never
-    preempted: the time until the first of the busy slots frees. A slot's cycle (a prediction and the
-    dispatch after it) is measured from A's throughput alone; with the slots' cycles spread at random the
-    mean wait is cycle / (slots + 1); with them in step (the flood starts them together, and equal
-    predictions keep them so) it is cycle / 2."""
-    cycle_ms = INSTANCES * 1000 / summary["a_alone"]["a"]["steady_throughput_per_s"]
-    return {"slot_cycle_ms": cycle_ms, "mean_wait_ms_slots_spread": cycle_ms / (INSTANCES + 1),
+def slot_wait(summary: dict[str, Any], slots: int) -> dict[str, Any]:
+    """What B would wait under A's flood however fair the queue, were no slot kept free (no headroom),
+    since a running prediction is never preempted: the time until the first of A's busy slots frees. A
+    slot's cycle (a prediction and the dispatch after it) is measured from A's throughput alone on the
+    slots A holds; with the slots' cycles spread at random the mean wait is cycle / (slots + 1); with them
+    in step (the flood starts them together, and equal predictions keep them so) it is cycle / 2."""
+    held = INSTANCES * (slots - Headroom().of(slots))
+    cycle_ms = held * 1000 / summary["a_alone"]["a"]["steady_throughput_per_s"]
+    return {"a_slots": held, "slot_cycle_ms": cycle_ms, "mean_wait_ms_slots_spread": cycle_ms / (held + 1),
             "mean_wait_ms_slots_in_step": cycle_ms / 2}
 
 
@@ -275,10 +294,12 @@ def plot(phases: dict[str, Any], summary: dict[str, Any], verdict: dict[str, Any
     left.axhline(GOAL_B_P50_RATIO * idle_p50, color="tab:green", ls="--", label="goal: 2x idle p50")
     low, high = floor["mean_wait_ms_slots_spread"], floor["mean_wait_ms_slots_in_step"]
     left.axhspan(low, high, color="black", alpha=0.12,
-                 label=f"mean wait for a busy slot to free (no preemption): {low:.0f}-{high:.0f} ms")
+                 label=f"mean wait for a busy slot to free, were none kept free: {low:.1f}-{high:.0f} ms")
     left.set(yscale="log", xlabel="seconds since B's first prediction of the phase", ylabel="queue time (ms)",
              title="B's queue time (one prediction a second)")
     left.legend(fontsize="small", loc="center left", bbox_to_anchor=(0.0, 0.6))  # where no phase's points are
+    # Bins of five predictions' time at least: the slots finish in step, and 1 s bins of 0.6 s cycles beat.
+    bin_s = max(1.0, 5 * args.delay_ms / 1000)
     for name, colour, label in (("a_alone", "tab:gray", "A alone"), ("fair", "tab:blue", "A with B"),
                                 ("one_account", "tab:red", "A with B on A's account")):
         records = [r for r in phases.get(name, {}).get("a", []) if r["completed_at"] is not None]
@@ -287,13 +308,16 @@ def plot(phases: dict[str, Any], summary: dict[str, Any], verdict: dict[str, Any
         t0 = min(r["created_at"] for r in records)
         bins: dict[int, int] = {}
         for r in records:
-            bins[int(r["completed_at"] - t0)] = bins.get(int(r["completed_at"] - t0), 0) + 1
-        xs = list(range(max(bins) + 1))
-        right.step(xs, [bins.get(x, 0) for x in xs], where="post", color=colour,
+            k = int((r["completed_at"] - t0) / bin_s)
+            bins[k] = bins.get(k, 0) + 1
+        ks = list(range(max(bins) + 1))
+        right.step([k * bin_s for k in ks], [bins.get(k, 0) / bin_s for k in ks], where="post", color=colour,
                    label=f"{label}: {summary[name]['a']['steady_throughput_per_s']:.1f}/s steady")
-    right.set(xlabel="seconds since A's first create", ylabel="A's predictions completed per second",
-              title=f"A's flood: {args.predictions} predictions, {INSTANCES} instances x 1 slot, "
-                    f"{args.delay_ms} ms each", ylim=(0, None))
+    headroom = Headroom().of(args.slots)
+    right.set(xlabel="seconds since A's first create",
+              ylabel=f"A's predictions completed per second ({bin_s:g} s bins)",
+              title=f"A's flood: {args.predictions} on {INSTANCES} x {args.slots} slots "
+                    f"({headroom} headroom each), {args.delay_ms} ms each", ylim=(0, None))
     right.legend(fontsize="small")
     fig.suptitle("fair share in the router: " + "; ".join(
         f"{name} {g['value']:.2f} ({'met' if g['met'] else 'NOT met'})" if g["value"] is not None
@@ -309,7 +333,8 @@ def plot(phases: dict[str, Any], summary: dict[str, Any], verdict: dict[str, Any
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="fairness: one account's flood against another's trickle")
     parser.add_argument("--predictions", type=int, default=1000, help="A's flood")
-    parser.add_argument("--delay-ms", type=int, default=50, help="each prediction's run time (echo delay_ms)")
+    parser.add_argument("--slots", type=int, default=16, help="each instance's max_concurrency")
+    parser.add_argument("--delay-ms", type=int, default=600, help="each prediction's time (echo delay_ms)")
     parser.add_argument("--interval-s", type=float, default=1.0, help="B's pace")
     parser.add_argument("--idle-samples", type=int, default=20, help="B's predictions on the idle cluster")
     parser.add_argument("--flood-concurrency", type=int, default=64, help="A's creates in flight at once")
@@ -345,20 +370,22 @@ def main(argv: list[str] | None = None) -> None:
         settings = bench_settings(base, base.home)
         with running_cluster(settings) as target:
             admin = Client(target.address, target.token_file.read_text().strip(), settings=settings)
-            deploy(admin)
+            deploy(admin, args.slots)
             tokens = account_tokens(admin, ("bench-a", "bench-b"))
             phases = asyncio.run(run_phases(target.address, tokens, args))
             admin.close()
     summary = {name: {**({"b": b_summary(p["b"])} if "b" in p else {}),
                       **({"a": a_summary(p["a"], p["a_accept_s"])} if "a" in p else {})}
                for name, p in phases.items()}
-    verdict, floor = goals(summary), slot_wait(summary)
+    verdict, floor = goals(summary), slot_wait(summary, args.slots)
     report.write(
         args.out,
         settings={"predictions": args.predictions, "delay_ms": args.delay_ms, "interval_s": args.interval_s,
                   "idle_samples": args.idle_samples, "flood_concurrency": args.flood_concurrency,
                   "deployment": DEPLOYMENT, "runner": "echo", "instances": INSTANCES,
-                  "max_concurrency_per_instance": 1, "gateway_limits": LIMITS_OFF},
+                  "max_concurrency_per_instance": args.slots,
+                  "headroom_per_instance": Headroom().of(args.slots), "headroom_one_in": Headroom().one_in,
+                  "gateway_limits": LIMITS_OFF},
         summary=summary, goals=verdict, slot_wait=floor, phases=phases)
     plot(phases, summary, verdict, floor, args, args.out / "fairness.png")
     print(json.dumps({"summary": summary, "goals": verdict, "slot_wait": floor}, indent=2))

@@ -17,6 +17,11 @@ prediction's tag taken at dispatch, where its cost is best known, as Linux's CFS
 ``min_vruntime``. Among accounts backlogged over any stretch, the compute served differs by at most
 twice the largest charge (``tests/unit/test_fair_queue.py`` checks it on random histories).
 
+A pop may be told which accounts it may serve (``admits``: the router's headroom rule, who may take the
+route's last free slots, ``scheduler.policies.admits``): then the highest band with an admitted account
+serves its admitted account of least virtual time, and the others keep their places and their times
+(the bound above is for pops open to all: an account passed over falls behind, and is first once admitted).
+
 Memory follows what is held: an account's record lives while it has predictions queued or running, a
 band's while it has accounts, and canceled entries are compacted once they are half of a heap.
 
@@ -29,7 +34,7 @@ import heapq
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Callable, Generic, Protocol, TypeVar
 
 DEFAULT_COST_S = 1.0  # the charge for a prediction of a route that has none measured yet: all alike
 COST_SMOOTHING = 0.2  # the newest predict time's weight in a route's cost estimate (a moving average)
@@ -167,20 +172,26 @@ class FairQueues(Generic[T]):
             heapq.heappush(route.order, -item.priority)
         self.lengths[item.route] = self.lengths.get(item.route, 0) + 1
 
-    def pop(self, route: str) -> T | None:
+    def pop(self, route: str, admits: Callable[[str], bool] | None = None) -> T | None:
         """The next prediction of ``route`` to run, charged to its account at the route's estimate until
-        it is settled (``done``, ``refund``); None when none is queued."""
+        it is settled (``done``, ``refund``); None when none is queued.
+
+        With ``admits``, only an account it admits is served (the router's headroom rule: who may take
+        the route's last free slots): the highest band with one, and its admitted account of least
+        virtual time; the others keep their places. None when no queued prediction's account is."""
         queue = self._routes.get(route)
         if queue is None or not queue.order:
             return None
-        priority = -queue.order[0]
-        band = queue.bands[priority]
-        while True:
-            _, _, stamp, name = heapq.heappop(band.ready)
-            account = band.accounts.get(name)
-            if account is not None and account.stamp == stamp:
-                break
-            band.stale -= 1
+        if admits is None:
+            priority = -queue.order[0]
+            band = queue.bands[priority]
+            name = _pop_head(band)
+        elif (found := _first_admitted(queue, admits)) is not None:
+            priority, name = found
+            band = queue.bands[priority]
+        else:
+            return None
+        account = band.accounts[name]
         account.stamp = -1
         _, pid = heapq.heappop(account.heap)  # the head is live: dead ones are cleared as they surface
         item = self._items.pop(pid)
@@ -315,6 +326,29 @@ class FairQueues(Generic[T]):
         if not band.accounts:
             del queue.bands[priority]
             band.ready.clear()
+
+
+def _pop_head(band: _Band) -> str:
+    """Take the band's next account (least virtual time, oldest head) off its ready heap."""
+    while True:
+        _, _, stamp, name = heapq.heappop(band.ready)
+        account = band.accounts.get(name)
+        if account is not None and account.stamp == stamp:
+            return name
+        band.stale -= 1
+
+
+def _first_admitted(queue: _Route, admits: Callable[[str], bool]) -> tuple[int, str] | None:
+    """The band and account to serve among those ``admits``: the highest band with one, in its ready
+    order. Its entry is left in the heap, stale (the account is unlisted): no other entry moves."""
+    for negative in sorted(queue.order):
+        band = queue.bands[-negative]
+        for _, _, stamp, name in sorted(band.ready):
+            account = band.accounts.get(name)
+            if account is not None and account.stamp == stamp and admits(name):
+                band.stale += 1
+                return -negative, name
+    return None
 
 
 def _drop_order(order: list[int], priority: int) -> None:

@@ -12,6 +12,9 @@ succeeded, failed (with a reason), canceled or aborted. None is dropped.
 A route's queue (``scheduler.fair_queue``) serves higher priorities first, and within a priority shares
 the route's instances between accounts by the compute each was served: the predict time its finished
 predictions report, so one account's burst of a thousand cannot starve another's interactive traffic.
+And since nothing running is preempted, instances of many slots keep *headroom*: one slot in 16 goes only
+to an account under its share of the route (``scheduler.policies.admits``), so that another account's
+first prediction finds a free slot at once; an account alone fills all but those (``InstancePool``).
 
 A run lost to the infrastructure (its node was lost while it ran, or the gateway restarted and no node
 still runs it) is run once more, from its place in the queue, announced by a ``Requeued`` event; it
@@ -39,11 +42,12 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from scheduler.fair_queue import FairQueues
-from scheduler.policies import InstanceLoad, pick_instance
+from scheduler.instance_pool import InstancePool, next_dispatch
 from scheduler.node_links import NodeLinks
+from scheduler.policies import Headroom
 from scheduler.ports import NodeLost, RoutingTable
 from warmfleet.domain import (
-    Finished, InstanceInfo, InstanceState, Rejected, Requeued, Started, Status, Task, TaskEvent, TaskEventBody,
+    Finished, Rejected, Requeued, Started, Status, Task, TaskEvent, TaskEventBody,
 )
 from warmfleet.errors import QueueFull
 
@@ -58,8 +62,6 @@ FULL_BACKOFF_S = 0.02  # how long a full instance first gets nothing; it doubles
 FULL_BACKOFF_MAX_S = 1.0
 DEADLINE_QUEUED = "its deadline passed before it started"
 DEADLINE_RUNNING = "its deadline passed while it was running"
-# The states in which an instance takes predictions: the router dispatches to no other.
-SERVING_STATES = frozenset({InstanceState.IDLE, InstanceState.PROCESSING})
 
 
 @dataclass(slots=True)
@@ -138,122 +140,11 @@ class _Running:
     give_up: asyncio.TimerHandle | None = None  # when the router ends it itself, if the node has not
 
 
-class InstancePool:
-    """The ready instances the router dispatches to, by route, with the load the router put on each, and
-    those an agent said were full (``_FullInstances``)."""
-
-    def __init__(self, on_free: Callable[[str], None], full_backoff_s: float,
-                 full_backoff_max_s: float) -> None:
-        self.loads: dict[str, InstanceLoad] = {}
-        self.by_route: dict[str, list[str]] = {}
-        self.route_of: dict[str, str] = {}
-        self.full = _FullInstances(on_free, full_backoff_s, full_backoff_max_s)
-
-    def adopt(self, instances: list[InstanceInfo]) -> None:
-        """A routing table's instances: those serving take work, keeping the load counted on each."""
-        old = self.loads
-        self.loads, self.by_route, self.route_of = {}, {}, {}
-        for info in instances:
-            if info.state not in SERVING_STATES:
-                continue
-            prev = old.get(info.id)
-            self.loads[info.id] = InstanceLoad(
-                info.id, info.node_id, prev.in_flight if prev else 0, info.max_concurrency)
-            self.by_route.setdefault(info.model, []).append(info.id)
-            self.route_of[info.id] = info.model
-        self.full.keep_only(self.loads)
-
-    def close(self, instance_id: str) -> None:
-        """Dispatch nothing more to an instance until a routing table lists it again."""
-        self.loads.pop(instance_id, None)
-        self.full.forget(instance_id)
-        route = self.route_of.pop(instance_id, None)
-        if route is not None and instance_id in self.by_route.get(route, []):
-            self.by_route[route].remove(instance_id)
-            if not self.by_route[route]:
-                del self.by_route[route]
-
-    def on_node(self, node_id: str) -> list[str]:
-        return [i for i, load in self.loads.items() if load.node_id == node_id]
-
-    def pick(self, route: str) -> InstanceLoad | None:
-        """Where the next prediction of ``route`` goes (``pick_instance``), but to no full instance."""
-        ids = self.by_route.get(route)
-        if not ids:
-            return None
-        blocked, loads = self.full.blocked, self.loads
-        if blocked:
-            return pick_instance([loads[i] for i in ids if i not in blocked])
-        return pick_instance([loads[i] for i in ids])
-
-    def occupy(self, load: InstanceLoad) -> None:
-        self.loads[load.instance_id] = InstanceLoad(
-            load.instance_id, load.node_id, load.in_flight + 1, load.max_concurrency)
-
-    def refused(self, instance_id: str, closed: bool) -> None:
-        """An agent refused a task for the instance: full (others' work fills it: a backoff), or closed
-        (its agent let it go before a routing table said so: it takes nothing more from us)."""
-        if closed:
-            self.close(instance_id)
-        elif instance_id in self.loads:
-            self.full.full(instance_id)
-
-    def vacate(self, instance_id: str) -> None:
-        """A task of ours there ended: that slot is free, whoever else is there."""
-        load = self.loads.get(instance_id)
-        if load is not None:
-            self.loads[instance_id] = InstanceLoad(
-                load.instance_id, load.node_id, load.in_flight - 1, load.max_concurrency)
-        if self.full.blocked:
-            self.full.freed(instance_id)
-
-
-class _FullInstances:
-    """Instances whose agent said they had no free slot (other routers' work fills them): each gets
-    nothing until its backoff passes (``on_free`` is called then), doubling while it stays full, or one
-    of this router's tasks on it ends. One that takes a task again starts over at the first backoff."""
-
-    def __init__(self, on_free: Callable[[str], None], first_s: float, max_s: float) -> None:
-        self._on_free = on_free
-        self._first_s, self._max_s = first_s, max_s
-        self.blocked: dict[str, asyncio.TimerHandle] = {}  # instance id -> the end of its wait
-        self.backoff: dict[str, float] = {}  # instance id -> its last wait, while it has not taken work since
-
-    def __len__(self) -> int:
-        return len(self.backoff)
-
-    def full(self, instance_id: str) -> None:
-        wait = min(self.backoff.get(instance_id, self._first_s / 2) * 2, self._max_s)
-        self.backoff[instance_id] = wait
-        self.freed(instance_id)
-        self.blocked[instance_id] = asyncio.get_running_loop().call_later(wait, self._expire, instance_id)
-
-    def _expire(self, instance_id: str) -> None:
-        del self.blocked[instance_id]
-        self._on_free(instance_id)
-
-    def freed(self, instance_id: str) -> None:
-        timer = self.blocked.pop(instance_id, None)
-        if timer is not None:
-            timer.cancel()
-
-    def started(self, instance_id: str) -> None:
-        self.backoff.pop(instance_id, None)
-
-    def forget(self, instance_id: str) -> None:
-        self.freed(instance_id)
-        self.backoff.pop(instance_id, None)
-
-    def keep_only(self, instance_ids: set[str] | dict[str, Any]) -> None:
-        for iid in [i for i in self.backoff if i not in instance_ids]:
-            self.forget(iid)
-
-
 class Router:
     def __init__(self, router_id: str, on_event: EventSink, max_queue_per_model: int,
                  clock: Callable[[], float] = time.time, cancel_grace_s: float = CANCEL_GRACE_S,
-                 full_backoff_s: float = FULL_BACKOFF_S, full_backoff_max_s: float = FULL_BACKOFF_MAX_S
-                 ) -> None:
+                 full_backoff_s: float = FULL_BACKOFF_S, full_backoff_max_s: float = FULL_BACKOFF_MAX_S,
+                 headroom: Headroom = Headroom()) -> None:
         self.router_id = router_id
         self._on_event = on_event
         self._max_queue = max_queue_per_model
@@ -262,7 +153,7 @@ class Router:
         self._seq = itertools.count()
         self._queue: FairQueues[_Queued] = FairQueues()
         self._running: dict[str, _Running] = {}
-        self._pool = InstancePool(self._instance_free, full_backoff_s, full_backoff_max_s)
+        self._pool = InstancePool(self._instance_free, full_backoff_s, full_backoff_max_s, headroom)
         self._links = NodeLinks(router_id, self._answered, self._events, self._node_lost, self._unsent)
         self._dirty_routes: set[str] = set()
         self._not_retryable: set[str] = set()  # routes whose lost runs are not run again
@@ -358,8 +249,7 @@ class Router:
         claimed, orphans, rest = (self._takeover or _Takeover({})).answer(node_id, held, self._running)
         for found, instance_id in claimed:
             self._running[found.prediction_id] = _Running(self._item_of(found), instance_id, node_id)
-            if (load := self._pool.loads.get(instance_id)) is not None:
-                self._pool.occupy(load)
+            self._pool.occupy(instance_id, found)
         if orphans:
             self._links.cancel(node_id, orphans)
         if rest is None:
@@ -388,7 +278,7 @@ class Router:
     def footprint(self) -> dict[str, int]:
         """The sizes of what the router holds per prediction: all 0 once every prediction has ended."""
         return {**self._queue.footprint(), "running": len(self._running), "outgoing": self._links.outgoing(),
-                "full_instances": len(self._pool.full), "dirty_routes": len(self._dirty_routes)}
+                **self._pool.footprint(), "dirty_routes": len(self._dirty_routes)}
 
     # Cancellation and deadlines
 
@@ -445,13 +335,9 @@ class Router:
     def _dispatch(self, route: str) -> None:
         queue, pool, queued = self._queue, self._pool, self._queue.lengths
         while queued.get(route):
-            choice = pool.pick(route)
-            if choice is None:
+            if (taken := next_dispatch(queue, pool, route)) is None:
                 break
-            item = queue.pop(route)
-            if item is None:
-                break
-            pool.occupy(choice)
+            item, choice = taken
             self._running[item.prediction_id] = _Running(item, choice.instance_id, choice.node_id)
             self._links.send(choice.node_id, Task(item.prediction_id, choice.instance_id, item.input))
 
@@ -478,7 +364,7 @@ class Router:
         running = self._running.pop(prediction_id, None)
         self._queue.refund(prediction_id)
         if running is not None:
-            self._pool.vacate(running.instance_id)
+            self._pool.vacate(running.instance_id, running.item)
             _cancel(running.give_up)
             self._dirty_routes.add(running.item.route)
         return running

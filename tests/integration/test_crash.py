@@ -174,10 +174,11 @@ def test_a_killed_agent_is_replaced_and_what_ran_on_it_runs_once_more_with_the_s
 def test_a_killed_gateway_loses_no_accepted_prediction_and_up_takes_them_all_up(cluster):
     client = cluster.client
     [agent_pid] = ray_processes("_RayNodeAgent", cluster.head)
-    # 16 run (the instance's slots), 8 wait in the queue: both kinds are in flight when the gateway dies.
-    running = [client.predictions.create("acme/echo", {"text": f"r{n}", "delay_ms": 4000}) for n in range(16)]
+    # 15 run (the instance's 16 slots but the one kept as headroom for other accounts), 8 wait in the
+    # queue: both kinds are in flight when the gateway dies.
+    running = [client.predictions.create("acme/echo", {"text": f"r{n}", "delay_ms": 4000}) for n in range(15)]
     queued = [client.predictions.create("acme/echo", {"text": f"q{n}", "delay_ms": 200}) for n in range(8)]
-    until(lambda: processing(client, running), 30, "the first 16 to run")
+    until(lambda: processing(client, running), 30, "the first 15 to run")
 
     os.kill(cluster.gateway, signal.SIGKILL)
     until(lambda: not Path(f"/proc/{cluster.gateway}").exists(), 10, "the gateway to exit")

@@ -287,12 +287,49 @@ def test_a_forgotten_routes_late_done_is_ignored_and_an_unknown_done_does_nothin
     assert queue.footprint() == dict.fromkeys(queue.footprint(), 0)
 
 
+# Only some accounts admitted (the router's headroom rule)
+
+
+def test_a_pop_that_admits_only_some_accounts_serves_the_least_served_of_them_and_the_others_keep_turn():
+    queue: FairQueues[Item] = FairQueues()
+    feed = Feeder(queue)
+    feed.push("a", 10)
+    feed.push("b", 3)
+    feed.push("c", 3)
+    assert popped(queue, 3) == ["a0", "b0", "c0"]
+
+    def not_a(account: str) -> bool:
+        return account != "a"
+
+    first = queue.pop(ROUTE, not_a)
+    second = queue.pop(ROUTE, not_a)
+    assert [first.prediction_id, second.prediction_id] == ["b1", "c1"]  # a's turn passed over, kept
+    assert queue.pop(ROUTE, lambda account: False) is None  # no one admitted: nothing served
+    assert len(queue) == 10 + 3 + 3 - 5
+    for item in (first, second):
+        queue.done(item.prediction_id, queue.estimate(ROUTE))
+    assert popped(queue, 3) == ["a1", "a2", "b2"]  # a, behind now, is served twice to catch up
+
+
+def test_a_band_no_admitted_account_has_anything_in_yields_to_a_lower_bands_admitted_account():
+    queue: FairQueues[Item] = FairQueues()
+    feed = Feeder(queue)
+    feed.push("a", 5, priority=3)
+    feed.push("b", 2)
+    item = queue.pop(ROUTE, lambda account: account == "b")
+    assert item.prediction_id == "b0"  # the slot a may not take goes to b, though a is in a higher band
+    assert popped(queue, 2) == ["a0@3", "a1@3"]  # and a's band still comes first for everyone else
+    assert queue.pop(ROUTE, lambda account: account == "c") is None
+    assert queue.footprint()["queued"] == 4
+
+
 # Random histories
 
 ACCOUNTS = ["a", "b", "c", "d"]
 _ops = st.lists(st.one_of(
     st.tuples(st.just("push"), st.sampled_from(ACCOUNTS), st.integers(0, 2), st.integers(1, 6)),
     st.tuples(st.just("pop"), st.integers(1, 4)),
+    st.tuples(st.just("pop_admitted"), st.frozensets(st.sampled_from(ACCOUNTS))),
     st.tuples(st.just("remove"), st.integers(0, 10_000)),
     st.tuples(st.just("done"), st.integers(0, 10_000), st.sampled_from([None, 0.0, 0.3, 1.0, 4.0])),
     st.tuples(st.just("refund"), st.integers(0, 10_000)),
@@ -303,6 +340,8 @@ _ops = st.lists(st.one_of(
 @settings(max_examples=300, deadline=None)
 @given(ops=_ops)
 def test_every_item_pops_once_unless_removed_in_priority_order_and_in_arrival_order_per_account(ops):
+    """Also when a pop may serve only some accounts (``admits``): then it serves one of them, from the
+    highest band where one has something queued, or nothing when none has."""
     queue: FairQueues[Item] = FairQueues()
     feed = Feeder(queue)
     queued: dict[str, Item] = {}
@@ -322,6 +361,19 @@ def test_every_item_pops_once_unless_removed_in_priority_order_and_in_arrival_or
                 assert item.seq == min(i.seq for i in queued.values()
                                        if (i.priority, i.account) == (item.priority, item.account))
                 assert queued.pop(item.prediction_id) is item  # one that is queued, not removed or run
+                popped_ids.append(item.prediction_id)
+                running.append(item.prediction_id)
+        elif op[0] == "pop_admitted":  # only some accounts may take the slot (the headroom rule)
+            item = queue.pop(ROUTE, op[1].__contains__)
+            eligible = [i for i in queued.values() if i.account in op[1]]
+            if item is None:
+                assert not eligible
+            else:
+                assert item.account in op[1]
+                assert item.priority == max(i.priority for i in eligible)  # never inverted among them
+                assert item.seq == min(i.seq for i in eligible
+                                       if (i.priority, i.account) == (item.priority, item.account))
+                assert queued.pop(item.prediction_id) is item
                 popped_ids.append(item.prediction_id)
                 running.append(item.prediction_id)
         elif op[0] == "remove" and queued:

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from scheduler.policies import Headroom
 from scheduler.ports import NodeLost
 from scheduler.router import MAX_REJECTIONS, Router
 from tests.unit.fakes import EventLog, FakeNodeData, instance, settle, table, wait_until
@@ -164,6 +165,69 @@ async def test_two_accounts_predictions_on_one_instance_are_dispatched_in_turn(m
     await log.wait_finished(*a.submitted_ids)
 
     assert a.submitted_ids == ["a0", "b0", "a1", "b1", "a2", "b2", "a3", "a4"]  # not a0-a4, then bob's
+
+
+async def test_on_a_4_slot_instance_another_accounts_prediction_runs_at_once_while_one_floods(make_router):
+    """Headroom (one slot in 4 here): alice's flood fills 3 of the 4 slots and stops there; bob's
+    prediction is sent at once, with none of alice's ended. While bob's runs, alice's ends do not take
+    the headroom back (she holds more than her share of the 3 other slots), so carol's goes at once too;
+    alone again, alice has her 3."""
+    node, log = FakeNodeData("A"), EventLog()
+    router = Router("router-1", log, 1000, headroom=Headroom(4))
+    try:
+        router.update_table(table(1, [instance("i1", MODEL, "A", 4)], node))
+        for n in range(50):
+            router.enqueue(f"a{n}", MODEL, _input(n), account="alice")
+        await node.wait_submitted(3)
+        await settle()
+        assert node.submitted_ids == ["a0", "a1", "a2"]  # alone: all but the headroom
+
+        router.enqueue("b0", MODEL, _input(0), account="bob")
+        await node.wait_submitted(4)
+        assert node.submitted_ids[-1] == "b0" and log.events == []  # at once: nothing of alice's ended
+
+        node.finish("a0")
+        await log.wait_finished("a0")
+        await settle()
+        assert len(node.submitted_ids) == 4  # the slot a0 freed is headroom now: not alice's
+        router.enqueue("c0", MODEL, _input(0), account="carol")
+        await node.wait_submitted(5)
+        assert node.submitted_ids[-1] == "c0"
+
+        node.finish("b0")
+        node.finish("c0")
+        await node.wait_submitted(6)
+        await settle()
+        assert node.submitted_ids[4:] == ["c0", "a3"]  # alice alone again: back to 3 of 4
+        finished = {"a0", "b0", "c0"}
+        while len(finished) < 52:  # the flood drains: every prediction runs, nothing is left held
+            for pid in [p for p in node.submitted_ids if p not in finished]:
+                node.finish(pid)
+                finished.add(pid)
+            if len(finished) < 52:
+                await node.wait_submitted(len(node.submitted_ids) + 1)
+        await log.wait_finished(*(f"a{n}" for n in range(50)), "b0", "c0")
+        assert router.footprint()["slot_holders"] == 0 and router.footprint()["running"] == 0
+    finally:
+        await router.close()
+
+
+async def test_with_the_default_headroom_two_16_slot_instances_keep_a_slot_each_for_another_account(
+        make_router):
+    a, b, log = FakeNodeData("A"), FakeNodeData("B"), EventLog()
+    router = make_router(log, max_queue=2000)
+    router.update_table(table(1, [instance("i1", MODEL, "A", 16), instance("i2", MODEL, "B", 16)], a, b))
+    for n in range(1000):
+        router.enqueue(f"a{n}", MODEL, _input(n), account="alice")
+    await a.wait_submitted(15)
+    await b.wait_submitted(15)
+    await settle()
+    assert len(a.submitted_ids) == len(b.submitted_ids) == 15  # 30 of 32 slots: one in 16 kept
+
+    router.enqueue("b0", MODEL, _input(0), account="bob")
+    router.enqueue("c0", MODEL, _input(0), account="carol")
+    await wait_until(lambda: len(a.submitted_ids) + len(b.submitted_ids) == 32, a.changed)
+    assert {"b0", "c0"} <= set(a.submitted_ids + b.submitted_ids)  # each at once, none of alice's ended
 
 
 def _ran(node: FakeNodeData, prediction_id: str, predict_time_s: float) -> None:

@@ -275,4 +275,4 @@ async def test_finished_predictions_leave_nothing_behind_in_the_router(make_rout
     assert all(len(log.finished(f"p{i}")) == 1 for i in range(n))
     assert router.footprint() == {"queued": 0, "heap_entries": 0, "accounts": 0, "ready_entries": 0,
                                   "charges": 0, "running": 0, "outgoing": 0, "full_instances": 0,
-                                  "dirty_routes": 0}
+                                  "slot_holders": 0, "dirty_routes": 0}
