@@ -10,6 +10,7 @@ instances in a dict. Nothing here sleeps: tests await the conditions they need.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from runners.base import Runner
@@ -46,6 +47,17 @@ async def settle(turns: int = 20) -> None:
     """
     for _ in range(turns):
         await asyncio.sleep(0)
+
+
+@dataclass
+class QueuedItem:
+    """What the fair queue holds of a queued prediction (the router's ``_Queued`` has these and more)."""
+
+    prediction_id: str
+    route: str
+    priority: int
+    seq: int
+    account: str
 
 
 class ManualClock:

@@ -6,33 +6,25 @@ the compute served to backlogged accounts stays within twice the largest charge 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scheduler.fair_queue import DEFAULT_COST_S, FairQueues
+from tests.unit.fakes import QueuedItem
 
 ROUTE = "acme/echo"
 
-
-@dataclass
-class Item:
-    prediction_id: str
-    route: str
-    priority: int
-    seq: int
-    account: str
 
 
 class Feeder:
     """Pushes items with increasing ``seq``, named by account and count ("a0", "a1", "b0"...)."""
 
-    def __init__(self, queue: FairQueues[Item]) -> None:
+    def __init__(self, queue: FairQueues[QueuedItem]) -> None:
         self.queue = queue
         self._seq = itertools.count()
         self._per: dict[str, int] = {}
-        self.made: dict[str, Item] = {}
+        self.made: dict[str, QueuedItem] = {}
 
     def push(self, account: str, n: int = 1, priority: int = 0, route: str = ROUTE) -> list[str]:
         ids = []
@@ -40,13 +32,13 @@ class Feeder:
             k = self._per.get(account, 0)
             self._per[account] = k + 1
             pid = f"{account}{k}" if priority == 0 else f"{account}{k}@{priority}"
-            self.made[pid] = Item(pid, route, priority, next(self._seq), account)
+            self.made[pid] = QueuedItem(pid, route, priority, next(self._seq), account)
             self.queue.push(self.made[pid])
             ids.append(pid)
         return ids
 
 
-def popped(queue: FairQueues[Item], n: int, route: str = ROUTE, ran_s: dict[str, float] | None = None
+def popped(queue: FairQueues[QueuedItem], n: int, route: str = ROUTE, ran_s: dict[str, float] | None = None
            ) -> list[str]:
     """The next ``n`` pops, each done at once (one instance with one slot) with the time it ran: its
     account's in ``ran_s``, else the route's estimate (no correction)."""
@@ -61,7 +53,7 @@ def popped(queue: FairQueues[Item], n: int, route: str = ROUTE, ran_s: dict[str,
 
 
 def test_higher_priority_goes_first_and_one_accounts_equal_priorities_keep_arrival_order():
-    queue: FairQueues[Item] = FairQueues()
+    queue: FairQueues[QueuedItem] = FairQueues()
     feed = Feeder(queue)
     feed.push("a", 2)
     feed.push("a", 1, priority=5)
@@ -73,7 +65,7 @@ def test_higher_priority_goes_first_and_one_accounts_equal_priorities_keep_arriv
 
 
 def test_a_higher_band_arriving_later_still_goes_first_whatever_the_lower_bands_accounts_were_served():
-    queue: FairQueues[Item] = FairQueues()
+    queue: FairQueues[QueuedItem] = FairQueues()
     feed = Feeder(queue)
     feed.push("a", 50)
     popped(queue, 10)
@@ -82,7 +74,7 @@ def test_a_higher_band_arriving_later_still_goes_first_whatever_the_lower_bands_
 
 
 def test_two_backlogged_accounts_are_served_in_turn():
-    queue: FairQueues[Item] = FairQueues()
+    queue: FairQueues[QueuedItem] = FairQueues()
     feed = Feeder(queue)
     feed.push("a", 4)
     feed.push("b", 4)
@@ -90,7 +82,7 @@ def test_two_backlogged_accounts_are_served_in_turn():
 
 
 def test_a_flood_of_a_thousand_delays_another_accounts_predictions_by_at_most_one():
-    queue: FairQueues[Item] = FairQueues()
+    queue: FairQueues[QueuedItem] = FairQueues()
     feed = Feeder(queue)
     feed.push("a", 1000)
     served_a = len(popped(queue, 37))
@@ -105,7 +97,7 @@ def test_a_flood_of_a_thousand_delays_another_accounts_predictions_by_at_most_on
 
 
 def test_an_account_whose_predictions_run_three_times_as_long_is_served_a_third_as_often():
-    queue: FairQueues[Item] = FairQueues()
+    queue: FairQueues[QueuedItem] = FairQueues()
     feed = Feeder(queue)
     feed.push("slow", 200)
     feed.push("fast", 200)
@@ -124,7 +116,7 @@ def test_an_account_whose_predictions_run_three_times_as_long_is_served_a_third_
 
 
 def test_the_charge_is_the_routes_moving_average_of_predict_times_or_the_default_before_any():
-    queue: FairQueues[Item] = FairQueues(smoothing=0.5)
+    queue: FairQueues[QueuedItem] = FairQueues(smoothing=0.5)
     assert queue.estimate(ROUTE) == DEFAULT_COST_S
     queue.observe(ROUTE, 2.0)
     assert queue.estimate(ROUTE) == 2.0
@@ -142,7 +134,7 @@ def test_the_charge_is_the_routes_moving_average_of_predict_times_or_the_default
 
 
 def test_an_idle_account_banks_no_credit_and_the_one_served_meanwhile_is_not_punished_for_it():
-    queue: FairQueues[Item] = FairQueues()
+    queue: FairQueues[QueuedItem] = FairQueues()
     feed = Feeder(queue)
     feed.push("a", 300)
     popped(queue, 100)  # a alone, while b had nothing queued
@@ -155,7 +147,7 @@ def test_an_idle_account_banks_no_credit_and_the_one_served_meanwhile_is_not_pun
 
 
 def test_an_account_with_only_a_prediction_running_banks_no_credit_either():
-    queue: FairQueues[Item] = FairQueues()
+    queue: FairQueues[QueuedItem] = FairQueues()
     feed = Feeder(queue)
     feed.push("a")
     a0 = queue.pop(ROUTE)  # a long one: it runs while b is served 50 times
@@ -170,7 +162,7 @@ def test_an_account_with_only_a_prediction_running_banks_no_credit_either():
 
 
 def test_a_prediction_that_ran_long_is_charged_what_it_ran_to_its_account():
-    queue: FairQueues[Item] = FairQueues()
+    queue: FairQueues[QueuedItem] = FairQueues()
     queue.observe(ROUTE, 1.0)
     feed = Feeder(queue)
     feed.push("a")
@@ -187,7 +179,7 @@ def test_a_prediction_that_ran_long_is_charged_what_it_ran_to_its_account():
 
 
 def test_an_account_with_nothing_queued_or_running_is_forgotten_debt_and_all():
-    queue: FairQueues[Item] = FairQueues()
+    queue: FairQueues[QueuedItem] = FairQueues()
     queue.observe(ROUTE, 1.0)
     feed = Feeder(queue)
     feed.push("a")
@@ -201,7 +193,7 @@ def test_an_account_with_nothing_queued_or_running_is_forgotten_debt_and_all():
 
 
 def test_a_prediction_that_did_not_run_is_refunded_and_keeps_its_place():
-    queue: FairQueues[Item] = FairQueues()
+    queue: FairQueues[QueuedItem] = FairQueues()
     feed = Feeder(queue)
     feed.push("a", 2)
     feed.push("b", 2)
@@ -213,7 +205,7 @@ def test_a_prediction_that_did_not_run_is_refunded_and_keeps_its_place():
 
 
 def test_a_prediction_that_ran_unmeasured_is_charged_the_estimate():
-    queue: FairQueues[Item] = FairQueues()
+    queue: FairQueues[QueuedItem] = FairQueues()
     feed = Feeder(queue)
     feed.push("a", 2)
     feed.push("b", 2)
@@ -225,7 +217,7 @@ def test_a_prediction_that_ran_unmeasured_is_charged_the_estimate():
 
 
 def test_removing_an_accounts_head_passes_its_turn_to_its_next_prediction_keyed_by_that_ones_arrival():
-    queue: FairQueues[Item] = FairQueues()
+    queue: FairQueues[QueuedItem] = FairQueues()
     feed = Feeder(queue)
     feed.push("a")
     feed.push("b")
@@ -237,7 +229,7 @@ def test_removing_an_accounts_head_passes_its_turn_to_its_next_prediction_keyed_
 
 
 def test_removed_entries_are_compacted_and_nothing_is_held_once_nothing_is_queued_or_running():
-    queue: FairQueues[Item] = FairQueues()
+    queue: FairQueues[QueuedItem] = FairQueues()
     feed = Feeder(queue)
     [keeper] = feed.push("k")
     for i in range(1000):
@@ -263,7 +255,7 @@ def test_removed_entries_are_compacted_and_nothing_is_held_once_nothing_is_queue
 
 
 def test_counts_items_and_drain():
-    queue: FairQueues[Item] = FairQueues()
+    queue: FairQueues[QueuedItem] = FairQueues()
     feed = Feeder(queue)
     feed.push("a", 2)
     feed.push("b", 1, priority=3)
@@ -277,7 +269,7 @@ def test_counts_items_and_drain():
 
 
 def test_a_forgotten_routes_late_done_is_ignored_and_an_unknown_done_does_nothing():
-    queue: FairQueues[Item] = FairQueues()
+    queue: FairQueues[QueuedItem] = FairQueues()
     feed = Feeder(queue)
     feed.push("a")
     item = queue.pop(ROUTE)
@@ -291,7 +283,7 @@ def test_a_forgotten_routes_late_done_is_ignored_and_an_unknown_done_does_nothin
 
 
 def test_a_pop_that_admits_only_some_accounts_serves_the_least_served_of_them_and_the_others_keep_turn():
-    queue: FairQueues[Item] = FairQueues()
+    queue: FairQueues[QueuedItem] = FairQueues()
     feed = Feeder(queue)
     feed.push("a", 10)
     feed.push("b", 3)
@@ -312,7 +304,7 @@ def test_a_pop_that_admits_only_some_accounts_serves_the_least_served_of_them_an
 
 
 def test_a_band_no_admitted_account_has_anything_in_yields_to_a_lower_bands_admitted_account():
-    queue: FairQueues[Item] = FairQueues()
+    queue: FairQueues[QueuedItem] = FairQueues()
     feed = Feeder(queue)
     feed.push("a", 5, priority=3)
     feed.push("b", 2)
@@ -342,9 +334,9 @@ _ops = st.lists(st.one_of(
 def test_every_item_pops_once_unless_removed_in_priority_order_and_in_arrival_order_per_account(ops):
     """Also when a pop may serve only some accounts (``admits``): then it serves one of them, from the
     highest band where one has something queued, or nothing when none has."""
-    queue: FairQueues[Item] = FairQueues()
+    queue: FairQueues[QueuedItem] = FairQueues()
     feed = Feeder(queue)
-    queued: dict[str, Item] = {}
+    queued: dict[str, QueuedItem] = {}
     running: list[str] = []
     popped_ids: list[str] = []
     removed: set[str] = set()
@@ -412,7 +404,7 @@ _fair_ops = st.lists(st.one_of(
 def test_backlogged_accounts_of_a_band_are_served_within_twice_the_largest_charge_of_each_other(ops):
     """Over any stretch in which two accounts of a band both have something queued, the compute each
     was charged differs by at most 2x the largest single charge (start-time fair queuing's bound)."""
-    queue: FairQueues[Item] = FairQueues()
+    queue: FairQueues[QueuedItem] = FairQueues()
     feed = Feeder(queue)
     queued: dict[tuple[int, str], set[str]] = {}  # (band, account) -> its queued ids
     served: dict[tuple[int, str], float] = {}  # compute charged so far

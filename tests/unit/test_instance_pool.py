@@ -8,7 +8,6 @@ free slot, and every prediction runs, floods or not."""
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,18 +15,10 @@ from hypothesis import strategies as st
 from scheduler.fair_queue import FairQueues
 from scheduler.instance_pool import InstancePool, next_dispatch
 from scheduler.policies import NO_HEADROOM, Headroom
-from tests.unit.fakes import instance
+from tests.unit.fakes import QueuedItem, instance
 
 ROUTE = "acme/echo"
 
-
-@dataclass
-class Item:
-    prediction_id: str
-    route: str
-    priority: int
-    seq: int
-    account: str
 
 
 class Cluster:
@@ -35,18 +26,18 @@ class Cluster:
     dispatches, ``end`` ends a running prediction (measured at 1 s) and dispatches again."""
 
     def __init__(self, sizes: list[int], headroom: Headroom = Headroom()) -> None:
-        self.queue: FairQueues[Item] = FairQueues()
+        self.queue: FairQueues[QueuedItem] = FairQueues()
         self.pool = InstancePool(lambda instance_id: None, 0.0, 0.0, headroom)
         self.pool.adopt([instance(f"i{k}", ROUTE, "A", n) for k, n in enumerate(sizes)])
         self.sizes = sizes
-        self.running: dict[str, tuple[Item, str]] = {}  # prediction id -> (item, instance id), in order
+        self.running: dict[str, tuple[QueuedItem, str]] = {}  # prediction id -> (item, instance id), in order
         self._seq = itertools.count()
 
     def push(self, account: str, n: int = 1) -> list[str]:
         ids = []
         for _ in range(n):
             seq = next(self._seq)
-            item = Item(f"{account}{seq}", ROUTE, 0, seq, account)
+            item = QueuedItem(f"{account}{seq}", ROUTE, 0, seq, account)
             self.queue.push(item)
             ids.append(item.prediction_id)
         self.dispatch()
