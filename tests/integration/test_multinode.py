@@ -22,6 +22,10 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # the scenario's cluster, not ours
+    # The scenario forks a node's processes (Ray's test cluster) while its own gRPC calls run on other
+    # threads; gRPC's fork handlers then skip themselves ("Other threads are currently calling into
+    # gRPC") and a child died of SIGSEGV in one CI run. Nothing forked here uses gRPC before its exec.
+    env["GRPC_ENABLE_FORK_SUPPORT"] = "0"
     home = tmp_path_factory.mktemp("multinode-home")
     done = subprocess.run([sys.executable, "-m", "tests.integration.multinode_scenario", str(home)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
