@@ -28,6 +28,8 @@ from gateway.metrics import GatewayMetrics
 from gateway.rest import shapes
 from gateway.rest.app import add_rest_routes
 from gateway.rest.context import RestContext
+from gateway.web.app import add_console_routes
+from gateway.web.context import ConsoleContext
 from gateway.predictions import PredictionService
 from gateway.limits import AccountLimits
 from gateway.deployments import RouteService
@@ -189,6 +191,7 @@ class Gateway:
         app = build_app(self.metrics, self.not_serving,
                         max_body_bytes=self.settings.max_input_file_bytes * 4 // 3 + 1024**2)
         add_rest_routes(app, self._rest_context())
+        add_console_routes(app, self._console_context())
         http = HttpServer(app)
         try:
             self.http_port = await http.start(host, port, self.tls.ssl_context() if self.tls else None)
@@ -199,7 +202,8 @@ class Gateway:
         self.http = http
         scheme = "https" if self.tls else "http"
         self.webhooks.base_url = f"{scheme}://{host}:{self.http_port}"  # the links in webhook bodies
-        log.info("serving %s (/metrics, /healthz) on %s:%d", scheme.upper(), host, self.http_port)
+        log.info("serving %s (/metrics, /healthz, /v1, the web console at /) on %s:%d", scheme.upper(), host,
+                 self.http_port)
 
     def _on_task_event(self, prediction_id, body) -> None:
         self.service.on_task_event(prediction_id, body)
@@ -210,6 +214,13 @@ class Gateway:
             settings=self.settings, accounts=self.accounts, predictions=self.service, catalog=self.catalog,
             routes=self.routes, pusher=self.pusher, controller=self.controller, files=self.files,
             resolver=self.resolver, webhooks=self.webhooks, signer=self.signer)
+
+    def _console_context(self) -> ConsoleContext:
+        """What the web console's pages call: the same core services again."""
+        return ConsoleContext(
+            settings=self.settings, accounts=self.accounts, predictions=self.service, catalog=self.catalog,
+            routes=self.routes, controller=self.controller, resolver=self.resolver,
+            queue_length=self.router.queue_length, grpc_port=self.port)
 
     def _build_server(self) -> grpc.aio.Server:
         server = grpc.aio.server(interceptors=[GatewayInterceptor(self.accounts)],

@@ -19,14 +19,13 @@ send the token, follows it as it is.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
-from typing import AsyncIterator
 
 import orjson
 from aiohttp import web
 
+from gateway import sse
 from gateway.auth import current_principal
 from gateway.rest.context import REST, problem
 from warmfleet.domain import Completed, LogLine, OutputChunk, PredictionEvent, Status
@@ -35,9 +34,6 @@ from warmfleet.errors import InvalidInput
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 15.0  # a comment this often while no event comes; read per request, so tests can lower it
-# Set when the gateway stops serving HTTP: open streams end at once (clients resume with Last-Event-ID)
-# rather than hold the shutdown for aiohttp's grace period.
-CLOSING = web.AppKey("sse_closing", asyncio.Event)
 CONTENT_TYPE = "text/event-stream"
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _DONE_REASON = {Status.FAILED: "error", Status.CANCELED: "canceled", Status.ABORTED: "aborted"}
@@ -95,11 +91,11 @@ async def stream_prediction(request: web.Request) -> web.StreamResponse:
     after_seq = _last_event_id(request.headers.get("Last-Event-ID"))
     ctx, principal, prediction_id = request.app[REST], current_principal.get(), request.match_info["id"]
     events = await ctx.predictions.follow(principal, prediction_id, after_seq)  # 404 now, before the stream
-    response = web.StreamResponse(headers={
-        "Content-Type": CONTENT_TYPE, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    response = web.StreamResponse(headers=sse.HEADERS)
     await response.prepare(request)
     try:
-        await _pump(response, events, request.app[CLOSING], whole_output=after_seq == 0)
+        await sse.pump(response, events, request.app[sse.CLOSING], _Frames(whole_output=after_seq == 0),
+                       HEARTBEAT_S)
     except ConnectionResetError:
         pass  # the client went away
     except Exception:
@@ -110,37 +106,17 @@ async def stream_prediction(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _pump(response: web.StreamResponse, events: AsyncIterator[PredictionEvent], closing: asyncio.Event,
-                whole_output: bool) -> None:
-    """Write events until ``Completed`` (or ``closing``), with a heartbeat comment whenever ``HEARTBEAT_S``
-    passes idle. The pending read stays one task across heartbeats: cancelling it would end the
-    subscription."""
-    pending = asyncio.ensure_future(anext(events, None))
-    closed = asyncio.ensure_future(closing.wait())
-    try:
-        while True:
-            done, _ = await asyncio.wait({pending, closed}, timeout=HEARTBEAT_S,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            if closed in done:
-                return
-            if not done:
-                await response.write(b": ping\n\n")
-                continue
-            event = pending.result()
-            if event is None:
-                return
-            if isinstance(event.body, OutputChunk):
-                whole_output = False  # the text came in chunks: no need to repeat it at the end
-            for frame in event_frames(event, whole_output):
-                await response.write(frame)
-            if isinstance(event.body, Completed):
-                return
-            pending = asyncio.ensure_future(anext(events, None))
-    finally:
-        for task in (pending, closed):
-            if not task.done():
-                task.cancel()
-        await asyncio.gather(pending, closed, return_exceptions=True)
+class _Frames:
+    """The REST stream's frames of each event; the whole output again at the end unless it came in
+    chunks (or the stream resumed: ``whole_output`` False)."""
+
+    def __init__(self, whole_output: bool) -> None:
+        self.whole_output = whole_output
+
+    def __call__(self, event: PredictionEvent) -> list[bytes]:
+        if isinstance(event.body, OutputChunk):
+            self.whole_output = False  # the text came in chunks: no need to repeat it at the end
+        return event_frames(event, self.whole_output)
 
 
 def _accepts_event_stream(accept: str) -> bool:
@@ -167,12 +143,7 @@ def _last_event_id(header: str | None) -> int:
     return seq
 
 
-async def _end_streams(app: web.Application) -> None:
-    app[CLOSING].set()
-
-
 def register(app: web.Application) -> None:
     """Add this module's routes to the app."""
-    app[CLOSING] = asyncio.Event()
-    app.on_shutdown.append(_end_streams)
+    sse.install(app)
     app.router.add_get("/v1/predictions/{id}/stream", stream_prediction)
