@@ -12,11 +12,18 @@ spec="."
 [ -n "$extras" ] && spec=".[$extras]"
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e "$spec"
-# The browser tests (tests/browser) drive Debian's Chromium with Playwright: its own browser download is
-# not used. Installed when the test extra is asked for and it is missing (as root, or with sudo).
-if [[ ",$extras," == *",test,"* ]] && ! command -v chromium >/dev/null 2>&1; then
-  sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  $sudo apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+# Debian tools the tests use, installed when the test extra is asked for and they are missing (as root,
+# or with sudo): the browser tests (tests/browser) drive Debian's Chromium with Playwright (its own
+# browser download is not used), and Replicate's model-creation guide is run with the real curl.
+if [[ ",$extras," == *",test,"* ]]; then
+  missing=()
+  for tool in chromium curl; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
 fi

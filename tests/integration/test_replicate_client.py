@@ -134,8 +134,7 @@ async def test_models_create_makes_a_model_its_caller_owns(client, account, runn
 
 async def test_replicates_model_creation_curl_call_works_as_written(running, api):
     """The call of Replicate's guide "Create a model with the API", with its account name."""
-    if shutil.which("curl") is None:
-        pytest.skip("curl is not installed: scripts/install.sh installs it")
+    assert shutil.which("curl"), "curl is missing: scripts/install.sh installs it with the test extra"
     token = (await user(api, "my-username")).token
     command = ("curl -s -X POST -H \"Authorization: Token $TOKEN\" -d '{\"owner\": \"my-username\", "
                "\"name\": \"my-new-model\", \"visibility\": \"public\", \"hardware\": \"cpu\"}' "
