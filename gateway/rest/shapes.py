@@ -289,9 +289,6 @@ def prediction_json(pred: Prediction, base: str, sign: Sign = unsigned) -> dict[
     return out
 
 
-domain_prediction_json = prediction_json  # the name the webhook sender is given it by (gateway.server)
-
-
 def output_json(pred: Prediction, base: str, sign: Sign = unsigned, inline_max_bytes: int = 0) -> Any:
     """The output as Replicate gives it: the JSON value; for file outputs (images) the list of their URLs
     under the gateway, or of their data URLs where ``inlines_files`` says so; with both,

@@ -254,7 +254,7 @@ async def test_a_name_that_resolves_to_a_private_address_is_not_called(receiver,
     from gateway.webhooks import WebhookSecrets, WebhookSender
 
     sender = WebhookSender(WebhookSecrets(tmp_path / "secret"),  # allow_private off, as by default
-                           render=shapes.domain_prediction_json)
+                           render=shapes.prediction_response)
     await sender.start()
     try:
         with pytest.raises(aiohttp.ClientConnectorError) as err:

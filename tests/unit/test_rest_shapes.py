@@ -142,7 +142,7 @@ def test_a_prediction_has_replicates_fields_and_links():
         "data_removed": False, "source": "api",
     }  # not completed yet: no completed_at (Replicate's document has no null for it), and no deadline
     json.dumps(out)  # JSON all the way down
-    assert shapes.domain_prediction_json is shapes.prediction_json  # one renderer: webhooks send what GET answers
+    assert shapes.prediction_response(pred, BASE) == out  # one renderer: webhooks send what GET answers
 
 
 def test_times_appear_once_known_and_a_deadline_is_shown():

@@ -13,7 +13,7 @@ import time
 import orjson
 import pytest
 
-from gateway.rest.shapes import domain_prediction_json
+from gateway.rest.shapes import prediction_json
 from gateway.webhooks import (
     RETRY_DELAYS_S, Throttle, WebhookSecrets, WebhookSender, check_webhook, sign,
     signed_headers,
@@ -157,7 +157,7 @@ def _sender(tmp_path, receiver: Receiver, clock: FakeClock | None = None, sleeps
 
     clock = clock or FakeClock()
     return WebhookSender(WebhookSecrets(tmp_path / "webhook_secret"), base_url="http://gw", post=receiver,
-                         render=domain_prediction_json, clock=clock, call_later=clock.call_later,
+                         render=prediction_json, clock=clock, call_later=clock.call_later,
                          sleep=fake_sleep if sleeps is not None else asyncio.sleep, **kwargs)
 
 
@@ -310,7 +310,7 @@ async def test_each_message_is_signed_with_the_owners_key(tmp_path):
     await _settle(sender)
     url, headers, _body = receiver.got[0]
     key = sender.secrets.key_for("alice")
-    raw = orjson.dumps(domain_prediction_json(pred, "http://gw"))
+    raw = orjson.dumps(prediction_json(pred, "http://gw"))
     assert url == "http://127.0.0.1:9/hook"
     timestamp = int(headers["webhook-timestamp"])
     assert headers["webhook-signature"] == sign(key, headers["webhook-id"], timestamp, raw)
@@ -331,7 +331,7 @@ def test_the_body_is_the_prediction_as_the_rest_api_renders_it():
     pred = _prediction(["start", "completed"])
     _finish(pred)
     pred.started_at, pred.metrics.predict_time_s = 1.5, 0.5
-    body = domain_prediction_json(pred, "http://gw:8000")
+    body = prediction_json(pred, "http://gw:8000")
     assert body["urls"] == {"get": "http://gw:8000/v1/predictions/p1",
                             "cancel": "http://gw:8000/v1/predictions/p1/cancel",
                             "stream": "http://gw:8000/v1/predictions/p1/stream",
