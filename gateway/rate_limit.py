@@ -1,4 +1,5 @@
-"""How many prediction creates a token may make: a token bucket per caller, the clock passed in.
+"""How often an account may do a thing (create a prediction, upload a file): a token bucket per account,
+the clock passed in (``gateway.limits`` holds one per kind).
 
 Each caller's bucket holds up to ``per_minute`` tokens and refills at ``per_minute / 60`` a second, so a
 client may burst up to a minute's allowance and then goes at the steady rate (Replicate's limit: 600
