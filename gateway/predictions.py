@@ -57,6 +57,7 @@ class CreateRequest:
     priority: int = 0
     webhook: str = ""
     webhook_events_filter: list[str] = field(default_factory=list)
+    source: str = "api"  # "web" when the console makes it
 
 
 def new_prediction_id() -> str:
@@ -113,7 +114,7 @@ class PredictionService:
             deployment=entry.spec.name if entry.spec.is_deployment else "",
             input=redacted, input_kind=req.input_kind, owner=principal.account, created_at=now,
             deadline_at=now + req.deadline_s if req.deadline_s else None, priority=req.priority,
-            webhook=req.webhook, webhook_events_filter=req.webhook_events_filter,
+            webhook=req.webhook, webhook_events_filter=req.webhook_events_filter, source=req.source,
         )
         if seed is not None:
             pred.logs.append(f"Using seed: {seed}")

@@ -1,15 +1,23 @@
 """The ``echo`` runner: returns its input text, optionally after a delay and in streamed chunks.
 
 It stands in for a model in tests and lets benchmarks measure the cluster itself.
+
+Options: ``max_concurrency`` (default 64); ``setup_waits_for`` (a file path): setup ends only once that
+file exists (at most ``SETUP_WAIT_S``), so a test can see an instance while it sets up, and let it go.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+from pathlib import Path
 from typing import Any
 
 from runners.base import AsyncPredictGenerator, PredictContext, Runner, RunnerPolicy
 from warmfleet.domain import LogLine, RouteSpec, Output, OutputChunk
+
+SETUP_WAIT_S = 120.0
+SETUP_POLL_S = 0.05
 
 
 class EchoRunner(Runner):
@@ -41,6 +49,16 @@ class EchoRunner(Runner):
     @classmethod
     def policy(cls, spec: RouteSpec) -> RunnerPolicy:
         return RunnerPolicy(max_concurrency=int(spec.options.get("max_concurrency", 64)))
+
+    def load(self) -> None:
+        gate = self.spec.options.get("setup_waits_for")
+        if not gate:
+            return
+        give_up_at = time.monotonic() + SETUP_WAIT_S
+        while not Path(gate).exists():
+            if time.monotonic() > give_up_at:
+                raise TimeoutError(f"options.setup_waits_for: {gate} did not appear in {SETUP_WAIT_S:.0f} s")
+            time.sleep(SETUP_POLL_S)
 
     async def predict(self, input: dict[str, Any], ctx: PredictContext) -> AsyncPredictGenerator:
         # Async: echo never blocks, so it runs on the agent's loop and costs no thread hop.

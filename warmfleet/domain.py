@@ -98,6 +98,7 @@ class Prediction:
     webhook: str = ""  # http(s) URL the gateway POSTs the prediction to as it progresses; "" for none
     # Which events send a webhook: "start", "output", "logs", "completed"; empty means all four.
     webhook_events_filter: list[str] = field(default_factory=list)
+    source: str = "api"  # where it was made: "web" (the console) or "api" (anything else), as Replicate says
     # Its runs: 1, and 2 once re-run after its node or the gateway stopped while it ran (``Requeued``).
     attempt: int = 1
 

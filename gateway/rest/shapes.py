@@ -14,7 +14,7 @@ The shapes are checked against Replicate's published OpenAPI document (``tests/f
 ``tests/integration/test_replicate_conformance.py``): a field is null only where that document allows
 null, and a field it does not allow null for is left out while it has no value (a prediction's
 ``started_at``, ``completed_at`` and ``deadline``; an account's ``github_url``). Where warmfleet has no
-data of Replicate's kind, a documented constant holds: ``source`` "api", ``run_count`` 0, a built-in
+data of Replicate's kind, a documented constant holds: ``run_count`` 0, a built-in
 family's ``cog_version`` "warmfleet-<family>", a configured version's ``created_at`` the time this gateway
 first listed it, and hardware "any" for a route that asks for no SKU (any node).
 """
@@ -273,7 +273,7 @@ def prediction_json(pred: Prediction, base: str, sign: Sign = unsigned) -> dict[
         "output": output_json(pred, base, sign), "logs": "\n".join(pred.logs), "error": pred.error or None,
         "status": pred.status.value, "created_at": rfc3339(pred.created_at),
         "urls": prediction_urls(base, pred.id, pred.owner, sign), "metrics": metrics_json(pred.metrics),
-        "data_removed": pred.data_removed, "source": "api",
+        "data_removed": pred.data_removed, "source": pred.source,
     }
     # Times Replicate's document has no null for: left out until they are known.
     for name, t in (("started_at", pred.started_at), ("completed_at", pred.completed_at),

@@ -1,7 +1,8 @@
 """Console pages: deployments. A list, a create form (admins: name, model, version, hardware from the
 cluster's hardware, min and max instances; ``RouteService.create_deployment_as``, as the API) and a
-deployment's page with its instances by state (setting up, idle, processing), its ``#instances`` part
-asked for again every ``REFRESH_S`` (``?part=1``)."""
+deployment's page: its recent activity (``charts``) and its instances by state (setting up, idle,
+processing), a part asked for again every ``REFRESH_S`` (``?part=1``), and for admins an update form
+(a new release: version, hardware, sizes; an empty field keeps the current value) and a delete button."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from collections import Counter
 
 from aiohttp import web
 
-from gateway.deployments import Scale
+from gateway.deployments import Deployment, Scale
+from gateway.web import charts
 from gateway.web.context import (
     check_csrf,
     console,
@@ -55,48 +57,71 @@ async def list_deployments(request: web.Request) -> web.Response:
     )
 
 
+def _error(name: str, errors: dict[str, str]) -> str:
+    if name not in errors:
+        return ""
+    return f'<p class="error" id="d-{name}-error" role="alert">{esc(errors[name])}</p>'
+
+
+def _box(name: str, label: str, values: dict[str, str], errors: dict[str, str], kind: str = "text",
+         **extra: str) -> str:
+    bad = ' aria-invalid="true"' if name in errors else ""
+    more = "".join(f' {k}="{esc(v)}"' for k, v in extra.items())
+    return (f'<div class="field"><div class="label-line"><label for="d-{name}">{label}</label></div>'
+            f'<input type="{kind}" id="d-{name}" name="{name}" value="{esc(values.get(name, ""))}"{more}{bad}>'
+            f"{_error(name, errors)}</div>")
+
+
+def _select(name: str, label: str, options: list[tuple[str, str]], values: dict[str, str],
+            errors: dict[str, str]) -> str:
+    chosen = values.get(name, "")
+    opts = "".join(f'<option value="{esc(v)}"{" selected" if v == chosen else ""}>{esc(text)}</option>'
+                   for v, text in options)
+    return (f'<div class="field"><div class="label-line"><label for="d-{name}">{label}</label></div>'
+            f'<select id="d-{name}" name="{name}">{opts}</select>{_error(name, errors)}</div>')
+
+
+async def _sizing_fields(request: web.Request, values: dict[str, str], errors: dict[str, str]) -> str:
+    """Version, hardware (from the cluster's nodes), min and max instances: a create's and an update's."""
+    hardware = sorted({n.hardware for n in await console(request).controller.nodes()})
+    return (_box("version", "Version (empty: the model's latest)", values, errors)
+            + _select("hardware", "Hardware", [("", "any"), *((h, h) for h in hardware)], values, errors)
+            + _box("min_instances", "Min instances", values, errors, "number", min="0", step="1")
+            + _box("max_instances", "Max instances (empty: no limit)", values, errors, "number", min="1",
+                   step="1"))
+
+
+def _summary(errors: dict[str, str]) -> str:
+    return "".join(f'<p class="error" role="alert">{esc(v)}</p>' for k, v in errors.items() if k == "")
+
+
 async def _create_form(request: web.Request, values: dict[str, str], errors: dict[str, str]) -> str:
     ctx, principal = console(request), principal_of(request)
     models = [e.spec.name for e in ctx.catalog.visible_models(principal) if e.spec.has_version]
-    hardware = sorted({n.hardware for n in await ctx.controller.nodes()})
-
-    def err(name: str) -> str:
-        return (
-            f'<p class="error" id="d-{name}-error" role="alert">{esc(errors[name])}</p>'
-            if name in errors
-            else ""
-        )
-
-    def box(name: str, label: str, kind: str = "text", **extra: str) -> str:
-        bad = ' aria-invalid="true"' if name in errors else ""
-        more = "".join(f' {k}="{esc(v)}"' for k, v in extra.items())
-        return (
-            f'<div class="field"><div class="label-line"><label for="d-{name}">{label}</label></div>'
-            f'<input type="{kind}" id="d-{name}" name="{name}"'
-            f' value="{esc(values.get(name, ""))}"{more}{bad}>'
-            f"{err(name)}</div>"
-        )
-
-    model_opts = "".join(
-        f"<option{' selected' if m == values.get('model') else ''}>{esc(m)}</option>" for m in models
-    )
-    hw_opts = '<option value="">any</option>' + "".join(
-        f"<option{' selected' if h == values.get('hardware') else ''}>{esc(h)}</option>" for h in hardware
-    )
-    summary = "".join(f'<p class="error" role="alert">{esc(v)}</p>' for k, v in errors.items() if k == "")
     return f"""<section aria-labelledby="new-h"><h2 id="new-h">New deployment</h2>
 <form method="post" action="/deployments" class="run-form" novalidate>
-{csrf_field(csrf_token(request))}{summary}
-{box("name", "Name (owner/name)", placeholder="acme/echo-prod")}
-<div class="field"><div class="label-line"><label for="d-model">Model</label></div>
-<select id="d-model" name="model">{model_opts}</select>{err("model")}</div>
-{box("version", "Version (empty: the model's latest)")}
-<div class="field"><div class="label-line"><label for="d-hardware">Hardware</label></div>
-<select id="d-hardware" name="hardware">{hw_opts}</select>{err("hardware")}</div>
-{box("min_instances", "Min instances", "number", min="0", step="1")}
-{box("max_instances", "Max instances (empty: no limit)", "number", min="1", step="1")}
+{csrf_field(csrf_token(request))}{_summary(errors)}
+{_box("name", "Name (owner/name)", values, errors, placeholder="acme/echo-prod")}
+{_select("model", "Model", [(m, m) for m in models], values, errors)}
+{await _sizing_fields(request, values, errors)}
 <div class="actions"><button type="submit" class="primary">Create deployment</button></div>
 </form></section>"""
+
+
+async def _change_forms(request: web.Request, d: Deployment, values: dict[str, str] | None = None,
+                        errors: dict[str, str] | None = None) -> str:
+    """An admin's update form (prefilled with the deployment as it is) and its delete button."""
+    spec, token = d.spec, csrf_field(csrf_token(request))
+    values = values if values is not None else {
+        "version": spec.version, "hardware": spec.hardware or "", "min_instances": str(spec.min_instances),
+        "max_instances": "" if spec.max_instances is None else str(spec.max_instances)}
+    return f"""<section aria-labelledby="change-h"><h2 id="change-h">Change</h2>
+<form method="post" action="/deployments/{esc(spec.name)}" class="run-form" novalidate>
+{token}{_summary(errors or {})}{await _sizing_fields(request, values, errors or {})}
+<div class="actions"><button type="submit" class="primary">Update deployment</button></div></form>
+<form method="post" action="/deployments/{esc(spec.name)}/delete" class="danger">{token}
+<p>Deleting stops its instances; predictions still queued for it fail.</p>
+<button type="submit" class="danger">Delete deployment</button></form></section>"""
 
 
 def _count(text: str, field: str) -> int | None:
@@ -107,31 +132,37 @@ def _count(text: str, field: str) -> int | None:
     return int(text)
 
 
+def _scale(form: dict[str, str]) -> Scale:
+    return Scale(_count(form.get("min_instances", ""), "min_instances"),
+                 _count(form.get("max_instances", ""), "max_instances"), None, form.get("hardware") or None)
+
+
+def _errors(err: InvalidInput) -> dict[str, str]:
+    """An error by the form field it names ("" for the form's summary)."""
+    fields = ("name", "model", "version", "hardware", "min_instances", "max_instances")
+    return {err.field if err.field in fields else "": str(err)}
+
+
+async def _admin_form(request: web.Request) -> dict[str, str]:
+    form = {k: str(v) for k, v in (await request.post()).items()}
+    check_csrf(request, form.get("csrf"))
+    if not principal_of(request).is_admin:
+        raise PermissionDenied("changing deployments needs an admin token")
+    return form
+
+
 @handler
 async def create(request: web.Request) -> web.Response:
     ctx, principal = console(request), principal_of(request)
-    form = {k: str(v) for k, v in (await request.post()).items()}
-    check_csrf(request, form.get("csrf"))
-    if not principal.is_admin:
-        raise PermissionDenied("creating a deployment needs an admin token")
+    form = await _admin_form(request)
     try:
-        scale = Scale(
-            _count(form.get("min_instances", ""), "min_instances"),
-            _count(form.get("max_instances", ""), "max_instances"),
-            None,
-            form.get("hardware") or None,
-        )
+        scale = _scale(form)
         name = form.get("name", "").strip()
         await ctx.routes.create_deployment_as(
             principal, name, form.get("model", ""), form.get("version", "").strip(), scale
         )
     except InvalidInput as err:
-        errors = {
-            err.field
-            if err.field in ("name", "model", "version", "hardware", "min_instances", "max_instances")
-            else "": str(err)
-        }
-        body = "<h1>Deployments</h1>" + await _create_form(request, form, errors)
+        body = "<h1>Deployments</h1>" + await _create_form(request, form, _errors(err))
         return html_response(
             page("Deployments", body, principal=principal, csrf=csrf_token(request), active="deployments"),
             422,
@@ -139,43 +170,11 @@ async def create(request: web.Request) -> web.Response:
     return redirect(f"/deployments/{name}")
 
 
-CHART_MINUTES = 60
-CHART_STATUSES = (("succeeded", "#1a7f37"), ("failed", "#b42318"), ("other", "#59636e"))
-
-
 async def _activity(request: web.Request, name: str) -> str:
-    """Predictions per minute by status over the last hour, as an SVG bar chart drawn here (from the
-    gateway's own records of the caller's predictions through this deployment)."""
+    """The deployment's charts (``charts``), from the gateway's records of the caller's predictions."""
     now = time.time()
-    preds, _ = await console(request).predictions.list(
-        principal_of(request), 1000, "", now - CHART_MINUTES * 60
-    )
-    counts = [Counter() for _ in range(CHART_MINUTES)]
-    for p in preds:
-        if p.deployment == name:
-            minute = min(int((now - p.created_at) // 60), CHART_MINUTES - 1)
-            status = p.status.value if p.status.value in ("succeeded", "failed") else "other"
-            counts[CHART_MINUTES - 1 - minute][status] += 1
-    total = sum(sum(c.values()) for c in counts)
-    top = max([sum(c.values()) for c in counts] + [1])
-    bars = []
-    for i, c in enumerate(counts):
-        y = 100.0
-        for status, colour in CHART_STATUSES:
-            h = 100.0 * c.get(status, 0) / top
-            if h:
-                y -= h
-                bars.append(
-                    f'<rect x="{i * 10 + 1}" y="{y:.1f}" width="8" height="{h:.1f}" fill="{colour}">'
-                    f"<title>{c[status]} {status}</title></rect>"
-                )
-    label = f"Predictions per minute over the last hour: {total} in all, at most {top} in a minute"
-    legend = " ".join(f'<span class="key key-{status}">{status}</span>' for status, _ in CHART_STATUSES)
-    return (
-        f'<figure class="chart"><svg id="activity" viewBox="0 0 600 100" role="img" aria-label="{esc(label)}"'
-        f' data-total="{total}" preserveAspectRatio="none">{"".join(bars)}</svg>'
-        f"<figcaption>{esc(label)}. {legend}</figcaption></figure>"
-    )
+    preds, _ = await console(request).predictions.list(principal_of(request), 1000, "", now - charts.MINUTES * 60)
+    return charts.activity_html([p for p in preds if p.deployment == name], now)
 
 
 async def _instances_part(request: web.Request, name: str) -> str:
@@ -205,7 +204,7 @@ async def _instances_part(request: web.Request, name: str) -> str:
 @handler
 async def deployment_page(request: web.Request) -> web.Response:
     ctx, principal = console(request), principal_of(request)
-    name = f"{request.match_info['owner']}/{request.match_info['name']}"
+    name = _name(request)
     d = await ctx.routes.deployment(name)
     if not principal.may_see(d.spec):
         raise PermissionDenied("not yours to see")
@@ -219,10 +218,38 @@ async def deployment_page(request: web.Request) -> web.Response:
 ({esc(when(d.released_at))})</p>
 <p class="meta">Instances: {esc(spec.min_instances)} to {esc(_most(spec.max_instances))};
 the autoscaler wants {esc(d.target_instances)} now.</p>
-<div id="instances" data-refresh="/deployments/{esc(name)}?part=1" data-every-s="{REFRESH_S}">{part}</div>"""
+<div id="instances" data-refresh="/deployments/{esc(name)}?part=1" data-every-s="{REFRESH_S}">{part}</div>
+{await _change_forms(request, d) if principal.is_admin else ""}"""
     return html_response(
         page(name, body, principal=principal, csrf=csrf_token(request), active="deployments")
     )
+
+
+def _name(request: web.Request) -> str:
+    return f"{request.match_info['owner']}/{request.match_info['name']}"
+
+
+@handler
+async def update(request: web.Request) -> web.Response:
+    ctx, principal = console(request), principal_of(request)
+    form, name = await _admin_form(request), _name(request)
+    try:
+        # An empty version keeps the deployment's; "latest" follows the model's newest.
+        await ctx.routes.update_deployment_as(principal, name, form.get("version", "").strip() or None,
+                                              _scale(form))
+    except InvalidInput as err:
+        d = await ctx.routes.deployment(name)
+        body = f"<h1>{esc(name)}</h1>" + await _change_forms(request, d, form, _errors(err))
+        return html_response(page(name, body, principal=principal, csrf=csrf_token(request),
+                                  active="deployments"), 422)
+    return redirect(f"/deployments/{name}")
+
+
+@handler
+async def delete(request: web.Request) -> web.Response:
+    await _admin_form(request)
+    await console(request).routes.delete_deployment_as(principal_of(request), _name(request))
+    return redirect("/deployments")
 
 
 def _most(max_instances: int | None) -> str:
@@ -233,3 +260,5 @@ def register(app: web.Application) -> None:
     app.router.add_get("/deployments", list_deployments)
     app.router.add_post("/deployments", create)
     app.router.add_get("/deployments/{owner}/{name}", deployment_page)
+    app.router.add_post("/deployments/{owner}/{name}", update)
+    app.router.add_post("/deployments/{owner}/{name}/delete", delete)

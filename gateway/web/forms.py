@@ -44,7 +44,7 @@ class Upload:
 class Field:
     """One input of a Run form. ``kind``: text, textarea, integer, number, select, checkbox, file,
     lines (an array of strings, one a line), objects (an array of objects: ``items`` are its fields),
-    json (anything else, as JSON)."""
+    object (one object: ``items`` are its fields, named "outpaint.left"), json (anything else, as JSON)."""
 
     name: str
     kind: str
@@ -136,6 +136,11 @@ def field_of(name: str, prop: Mapping[str, Any], required: bool = False) -> Fiel
             return Field(kind="objects", items=tuple(inner), max_items=s.get("maxItems"), **base)
         if items.get("type") == "string" and items.get("format") != FILE_FORMAT:
             return Field(kind="lines", **base)
+    if kind == "object" and isinstance(s.get("properties"), Mapping):
+        inner = set(s.get("required") or ())
+        return Field(kind="object", items=tuple(field_of(f"{name}.{n}", p, n in inner)
+                                                for n, p in s["properties"].items() if isinstance(p, Mapping)),
+                     **base)
     return Field(kind="json", **base)
 
 
@@ -174,6 +179,8 @@ def _value(f: Field, name: str, form: FormValues) -> Any:
     sent = list(form.get(name, ()))
     if f.kind == "objects":
         return _objects(f, name, form)
+    if f.kind == "object":
+        return _fields(f.items, form, name)
     if f.kind == "file":
         upload = next((v for v in sent if isinstance(v, Upload) and v.data), None)
         if upload is not None:
@@ -195,16 +202,23 @@ def _objects(f: Field, name: str, form: FormValues) -> list[dict[str, Any]] | No
     )
     rows = []
     for i in indices:
-        row, filled = {}, False
-        for item in f.items:
-            item_name = item.name.replace("{i}", str(i))
-            value = _value(item, item_name, form)
-            if value is not None:
-                row[item_name.rsplit(".", 1)[-1]] = value
-                filled = filled or item.kind != "checkbox"
-        if filled:
+        row = _fields(f.items, form, f"{name}.{i}")
+        if row is not None:
             rows.append(row)
     return rows or None
+
+
+def _fields(items: Sequence[Field], form: FormValues, prefix: str) -> dict[str, Any] | None:
+    """An object from its fields' values (an array's row: ``prefix`` "controlnets.0"; one object's:
+    "outpaint"); None when they are all empty (a checkbox alone does not make one)."""
+    out, filled = {}, False
+    for item in items:
+        item_name = prefix + "." + item.name.rsplit(".", 1)[-1]
+        value = _value(item, item_name, form)
+        if value is not None:
+            out[item_name.rsplit(".", 1)[-1]] = value
+            filled = filled or item.kind != "checkbox"
+    return out if filled else None
 
 
 def _path(name: str) -> str:

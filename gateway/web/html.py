@@ -22,6 +22,19 @@ def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+def shown_text(value: str) -> str:
+    """Text as a page can hold it: HTML has no NUL (its parser drops it, and ``&#0;`` is U+FFFD), so it
+    is U+FFFD in the page's HTML and in what the page's live stream appends alike."""
+    return value.replace("\x00", "\ufffd")
+
+
+def esc_pre(value: str) -> str:
+    """Text for a ``<pre>``, kept exactly as the page's script would append it: the parser drops one
+    newline right after ``<pre>`` (so one is always put there) and turns a carriage return into a
+    newline unless it is a character reference."""
+    return "\n" + esc(shown_text(value)).replace("\r", "&#13;")
+
+
 def attrs(base: dict[str, Any] | None = None, **more: Any) -> str:
     """HTML attributes: None and False left out, True as a bare attribute (`` required``)."""
     out = []
@@ -84,14 +97,16 @@ def page(
 def table(
     headers: Iterable[str], rows: Iterable[Iterable[str]], caption: str = "", empty: str = "None."
 ) -> str:
-    """A table of already-escaped cells."""
+    """A table of already-escaped cells, scrolling sideways by itself (not the page) where it is wider
+    than the window; the scrolling box takes the focus, so a keyboard can scroll it too."""
     rows = list(rows)
     if not rows:
         return f'<p class="empty">{esc(empty)}</p>'
     head = "".join(f'<th scope="col">{esc(h)}</th>' for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
     cap = f"<caption>{esc(caption)}</caption>" if caption else ""
-    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return (f'<div class="table-scroll" tabindex="0"><table>{cap}<thead><tr>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table></div>")
 
 
 def badge(status: str, id_: str = "") -> str:

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from gateway import sse
 from gateway.web.context import console, principal_of
+from gateway.web.html import shown_text
 from gateway.web.predictions import result_html
 from warmfleet.domain import Completed, LogLine, OutputChunk, PredictionEvent, ProgressUpdate, Status
 from warmfleet.errors import NotFound, Unauthenticated
@@ -38,7 +39,7 @@ def event_frame(event: PredictionEvent) -> bytes | None:
     if isinstance(body, Status):
         return frame("status", {"status": body.value}, seq)
     if isinstance(body, LogLine):
-        return frame("logs", {"text": body.text}, seq)
+        return frame("logs", {"text": shown_text(body.text)}, seq)
     if isinstance(body, ProgressUpdate):
         return frame("progress", {"step": body.step, "total": body.total, "eta_s": body.eta_s}, seq)
     if isinstance(body, OutputChunk):
@@ -50,10 +51,10 @@ def event_frame(event: PredictionEvent) -> bytes | None:
         if body.value is None:
             return None
         text = body.value if isinstance(body.value, str) else orjson.dumps(body.value).decode()
-        return frame("output", {"text": text}, seq)
+        return frame("output", {"text": shown_text(text)}, seq)
     if isinstance(body, Completed):
         pred = body.prediction
-        return frame("done", {"status": pred.status.value, "html": result_html(pred), "logs": pred.logs}, seq)
+        return frame("done", {"status": pred.status.value, "html": result_html(pred), "logs": [shown_text(line) for line in pred.logs]}, seq)
     return None
 
 

@@ -151,7 +151,7 @@ async def run(request: web.Request) -> web.Response:
         input: dict[str, Any] = input_of(fields_of(entry.input_schema), values)
         input = await ctx.resolver.resolve(principal, input, entry.input_schema)
         target = {"version": entry.spec.version} if version else {"model": _name(request)}
-        pred = await ctx.predictions.create(principal, CreateRequest(input=input, **target))
+        pred = await ctx.predictions.create(principal, CreateRequest(input=input, source="web", **target))
     except InvalidInput as err:
         errors = {form_name(err.field): err.rule if form_name(err.field) else str(err)}
         return html_response(_model_html(request, entry, values, errors), 422)

@@ -22,7 +22,7 @@ from gateway.web.context import (
     principal_of,
     redirect,
 )
-from gateway.web.html import badge, csrf_field, esc, page, table, when
+from gateway.web.html import badge, csrf_field, esc, esc_pre, page, table, when
 from gateway.web.snippets import snippets
 from warmfleet.domain import FileData, Prediction, Status
 from warmfleet.errors import NotFound
@@ -101,7 +101,7 @@ async def prediction_page(request: web.Request) -> web.Response:
 <progress id="progress" max="1" value="0"></progress> <span id="eta" aria-live="polite"></span></div>
 {result_html(pred)}
 <section aria-labelledby="logs-h"><h2 id="logs-h">Logs</h2>
-<pre id="logs" class="logs" tabindex="0">{esc(chr(10).join(pred.logs))}</pre></section>
+<pre id="logs" class="logs" tabindex="0">{esc_pre(chr(10).join(pred.logs))}</pre></section>
 </div>
 <section aria-labelledby="input-h"><h2 id="input-h">Input</h2>{_input_table(pred.input)}</section>
 <section aria-labelledby="code-h"><h2 id="code-h">Code</h2>{_tabs(tabs)}</section>"""
@@ -123,7 +123,7 @@ def result_html(pred: Prediction) -> str:
     metrics = _metrics_html(pred) if pred.status.is_terminal else ""
     return f"""<section id="result" aria-labelledby="output-h" data-status="{esc(pred.status.value)}">
 <h2 id="output-h">Output</h2>{error}
-<pre id="output-text" class="output" aria-live="polite">{esc(text)}</pre>
+<pre id="output-text" class="output" aria-live="polite">{esc_pre(text)}</pre>
 <div id="output-images" class="images">{"".join(images)}</div>{metrics}</section>"""
 
 

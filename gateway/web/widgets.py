@@ -39,6 +39,8 @@ def render_field(f: Field, name: str, values: Values | None, errors: Mapping[str
     }
     if f.kind == "objects":
         return _objects(f, name, values, errors)
+    if f.kind == "object":
+        return _object(f, name, values, errors)
     control = _CONTROLS[f.kind](f, name, _shown(f, name, values), common)
     # The mark is outside the label: the field's name is its label alone (``required`` says the rest).
     mark = ' <span class="req" aria-hidden="true" title="required">*</span>' if f.required else ""
@@ -175,6 +177,15 @@ def _objects(f: Field, name: str, values: Values | None, errors: Mapping[str, st
         f'<button type="button" class="add-row" data-next="{len(rows) and max(rows) + 1}">'
         f"Add one to {esc(f.label.lower())}</button></fieldset>"
     )
+
+
+def _object(f: Field, name: str, values: Values | None, errors: Mapping[str, str]) -> str:
+    """One object: a fieldset of its fields, named under it ("outpaint.left")."""
+    fid = field_id(name)
+    inner = "".join(render_field(item, f"{name}.{item.name.rsplit('.', 1)[-1]}", values, errors) for item in f.items)
+    help_ = f'<p class="help" id="{fid}-help">{esc(f.help)}</p>' if f.help else ""
+    return (f'<fieldset class="field field-object" id="{fid}" data-field="{esc(name)}">'
+            f"<legend>{esc(f.label)}</legend>{help_}{inner}</fieldset>")
 
 
 def _row(f: Field, name: str, index: int | str, values: Values | None, errors: Mapping[str, str]) -> str:

@@ -13,7 +13,8 @@ from PIL import Image
 
 from tests.browser.conftest import sign_in, user
 from tests.integration.conftest import ECHO
-from warmfleet.v1 import predictions_pb2 as P, types_pb2 as T
+from google.protobuf.struct_pb2 import Struct
+from warmfleet.v1 import deployments_pb2 as D, deployments_pb2_grpc, models_pb2 as M, predictions_pb2 as P, types_pb2 as T
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +28,9 @@ RECORD_OUTPUT = """
 window.__seen = [];
 new MutationObserver(function () {
   var out = document.getElementById("output-text"), status = document.getElementById("status");
-  if (out && status) window.__seen.push([out.textContent.length, status.textContent]);
+  if (!out || !status) return;
+  window.__seen.push([out.textContent.length, status.textContent]);
+  if (!/^(succeeded|failed|canceled|aborted)$/.test(status.textContent)) window.__streamed = out.textContent;
 }).observe(document, {subtree: true, childList: true, characterData: true});
 """
 
@@ -104,14 +107,22 @@ async def test_tiny_llama_text_arrives_in_more_than_one_piece_before_it_ends(pag
     await page.add_init_script(RECORD_OUTPUT)
     await open_model(page, base, admin, "warmfleet/tiny-llama")
     await page.get_by_label("Prompt", exact=True).fill("Once upon a time")
-    await page.get_by_label("Max new tokens", exact=True).fill("96")
-    await page.get_by_label("Min new tokens", exact=True).fill("96")
+    # Nearly the model's whole context (1,024), so the generation outlasts the page's connecting to it
+    # even on a loaded machine (96 tokens once ended before the EventSource opened).
+    await page.get_by_label("Max new tokens", exact=True).fill("1000")
+    await page.get_by_label("Min new tokens", exact=True).fill("1000")
     await page.get_by_label("Temperature", exact=True).fill("0")
     await run_and_wait(page)
     seen = await page.evaluate("window.__seen")
     while_running = sorted({n for n, status in seen if n > 0 and status not in TERMINAL})
     assert len(while_running) >= 2, f"the text did not stream: lengths seen while running {while_running}"
     final = await page.locator("#output-text").text_content()
+    # The streamed text is the start of the final one, character for character (random tokens make
+    # carriage returns and invalid UTF-8, which the page must show as the API returns them).
+    streamed = await page.evaluate("window.__streamed")
+    at = next((i for i, (a, b) in enumerate(zip(final, streamed)) if a != b), min(len(final), len(streamed)))
+    assert final.startswith(streamed), f"the streamed text differs at {at}: {streamed[at - 5:at + 5]!r} " \
+                                       f"streamed, {final[at - 5:at + 5]!r} in the output"
     assert len(final) >= while_running[-1] > 0
     assert await page.locator("#metrics").get_by_text("output token count").count() == 1
 
@@ -238,29 +249,106 @@ new MutationObserver(function () {
 """
 
 
-async def test_a_deployment_made_with_the_form_shows_its_instance_come_up_and_its_activity(
-        page, base, gateway, admin):
+async def test_a_deployment_made_with_the_form_shows_its_instance_set_up_then_idle_and_its_activity(
+        page, base, gateway, admin, tmp_path):
+    # A model whose setup ends when the test says (echo's setup_waits_for), so "setting up" is on screen.
+    gate = tmp_path / "set-up"
+    options = Struct()
+    options.update({"setup_waits_for": str(gate)})
+    await gateway.api.models.CreateModel(M.CreateModelRequest(
+        name="test/echo-gated", runner="echo", options=options), metadata=gateway.api.md)
     await page.add_init_script(RECORD_COUNTS)
     await sign_in(page, base, admin)
     await page.get_by_role("link", name="Deployments", exact=True).click()
     await page.get_by_label("Name (owner/name)", exact=True).fill("acme/echo-web")
-    await page.get_by_label("Model", exact=True).select_option(label=ECHO)
+    await page.get_by_label("Model", exact=True).select_option(label="test/echo-gated")
     await page.get_by_label("Hardware", exact=True).select_option(label="cpu")
     await page.get_by_label("Min instances", exact=True).fill("1")
     await page.get_by_label("Max instances (empty: no limit)", exact=True).fill("1")
     await page.get_by_role("button", name="Create deployment").click()
     await page.wait_for_url(f"{base}/deployments/acme/echo-web")
+    await page.wait_for_function("() => document.getElementById('count-starting').textContent === '1'")
+    assert await page.locator("#count-idle").text_content() == "0"
+    gate.touch()
     await page.wait_for_function("() => document.getElementById('count-idle').textContent === '1'")
     counts = await page.evaluate("window.__counts")
     idle_at = next(i for i, (_, idle) in enumerate(counts) if idle == 1)
-    assert all(idle == 0 for _, idle in counts[:idle_at])  # nothing idle before it came up
+    assert [1, 0] in counts[:idle_at] and all(idle == 0 for _, idle in counts[:idle_at])
+    assert await page.locator("#count-starting").text_content() == "0"
     assert await page.locator("#activity").get_attribute("data-total") == "0"
-    for text in ("one", "two"):  # through the deployment, by the API: the chart follows
+    assert await page.locator("#latency").get_attribute("data-points") == "0"
+    for text in ("one", "two"):  # through the deployment, by the API: the charts follow
         await gateway.api.predictions.CreatePrediction(P.CreatePredictionRequest(
             deployment="acme/echo-web", wait_s=10, input=T.PredictionInput(echo=T.EchoInput(text=text))),
             metadata=gateway.api.md)
     await page.wait_for_function("() => document.getElementById('activity').dataset.total === '2'")
     assert "2 in all" in await page.locator("#activity").get_attribute("aria-label")
     assert await page.locator("#activity rect").count() >= 1
-    await page.get_by_role("link", name="Deployments", exact=True).click()
-    assert "acme/echo-web" in await page.locator("tbody").inner_text()
+    # Both completed in the last minute or two: one point per percentile per minute, p50 <= p99.
+    latency = page.locator("#latency")
+    assert int(await latency.get_attribute("data-points")) >= 1
+    assert 0 <= float(await latency.get_attribute("data-p50")) <= float(await latency.get_attribute("data-p99"))
+    assert await page.locator("#latency g.series").count() == 3
+    assert await page.locator("#queue").get_attribute("data-now") == "0"
+
+    # A new release from the form: two instances at most now.
+    await page.get_by_label("Max instances (empty: no limit)", exact=True).fill("2")
+    await page.get_by_role("button", name="Update deployment").click()
+    await page.wait_for_url(f"{base}/deployments/acme/echo-web")
+    assert "1 to 2" in await page.locator("main").inner_text()
+    reply = await deployments_pb2_grpc.DeploymentsStub(gateway.api.channel).GetDeployment(
+        D.GetDeploymentRequest(name="acme/echo-web"), metadata=gateway.api.md)
+    assert reply.max_instances == 2
+    await page.get_by_role("button", name="Delete deployment").click()
+    await page.wait_for_url(f"{base}/deployments")
+    assert "acme/echo-web" not in await page.locator("main").inner_text()
+
+
+async def focus_by_tab(page, matches: str, most: int = 60) -> None:
+    """Press Tab until the focused element matches the CSS selector ``matches``."""
+    for _ in range(most):
+        await page.keyboard.press("Tab")
+        if await page.evaluate("s => document.activeElement.matches(s)", matches):
+            return
+    raise AssertionError(f"{matches} never took the focus in {most} presses of Tab")
+
+
+async def test_a_model_runs_with_the_keyboard_alone(page, base, admin):
+    await open_model(page, base, admin, ECHO)
+    await page.keyboard.press("Tab")  # first the skip link, shown when focused
+    assert await page.evaluate("document.activeElement.textContent") == "Skip to content"
+    assert await page.locator("a.skip").evaluate("a => a.getBoundingClientRect().left >= 0")
+    await focus_by_tab(page, "textarea[name=text], input[name=text]")
+    await page.keyboard.type("typed, not clicked")
+    await focus_by_tab(page, "button[type=submit]")
+    assert await page.evaluate("document.activeElement.textContent") == "Run"
+    # The focus ring is drawn (the style sheet's :focus-visible).
+    assert await page.evaluate("getComputedStyle(document.activeElement).outlineStyle") == "solid"
+    await page.keyboard.press("Enter")
+    await page.wait_for_url(PREDICTION_URL)
+    await page.wait_for_function("() => document.getElementById('status').textContent === 'succeeded'")
+    assert await page.locator("#output-text").text_content() == "typed, not clicked"
+    await focus_by_tab(page, "[role=tab]")  # the snippets' tabs follow the arrow keys
+    first = await page.evaluate("document.activeElement.textContent")
+    await page.keyboard.press("ArrowRight")
+    assert await page.evaluate("document.activeElement.textContent") != first
+    assert await page.evaluate("document.activeElement.getAttribute('aria-selected')") == "true"
+
+
+@pytest.mark.parametrize("path", ["/models", f"/models/{ECHO}", "/models/warmfleet/tiny-sd", "/predictions",
+                                  "/deployments", "/fleet"])
+async def test_every_page_fits_a_narrow_window_without_scrolling_sideways(page, base, admin, path):
+    await page.set_viewport_size({"width": 390, "height": 800})
+    await sign_in(page, base, admin)
+    await page.goto(f"{base}{path}")
+    await page.locator("main").wait_for()
+    width = await page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+    assert width[0] <= width[1], f"{path} is {width[0]} px wide in a {width[1]} px window"
+    # Every form field keeps a visible label (or, for a slider beside its number box, a name of its own),
+    # and the navigation stays reachable.
+    unlabelled = await page.evaluate("""() => [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
+        .filter(f => !f.getAttribute('aria-label')
+                     && !(f.labels && f.labels.length && f.labels[0].getBoundingClientRect().width > 0))
+        .map(f => f.name || f.id)""")
+    assert unlabelled == [], f"fields without a visible label on {path}"
+    assert await page.get_by_role("link", name="Predictions", exact=True).is_visible()

@@ -209,3 +209,18 @@ def test_an_array_of_objects_renders_its_rows_and_a_template_to_add_one():
         and 'name="controlnets.__i__.image"' in html
     )
     assert 'class="add-row"' in html and 'data-next="1"' in html
+
+
+def test_an_object_input_is_a_fieldset_of_its_own_fields_and_comes_back_as_one_object():
+    schema = {"type": "object", "properties": {"outpaint": {
+        "type": "object", "description": "Pixels to add.", "properties": {
+            "left": {"type": "integer", "minimum": 0, "maximum": 512, "default": 0},
+            "top": {"type": "integer", "minimum": 0, "maximum": 512, "default": 0}}}}}
+    fields = fields_of(schema)
+    (outpaint,) = fields
+    assert outpaint.kind == "object" and [f.name for f in outpaint.items] == ["outpaint.left", "outpaint.top"]
+    html = render_fields(fields)
+    assert '<fieldset class="field field-object" id="in-outpaint"' in html
+    assert 'name="outpaint.left"' in html and '<label for="in-outpaint-top">Top</label>' in html
+    assert input_of(fields, {"outpaint.left": ["64"], "outpaint.top": [""]}) == {"outpaint": {"left": 64}}
+    assert input_of(fields, {"outpaint.left": [""], "outpaint.top": [""]}) == {}
