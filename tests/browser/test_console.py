@@ -93,8 +93,11 @@ async def test_echo_runs_from_its_form_and_shows_its_output_and_code(page, base,
         await page.get_by_label("Chunks", exact=True).input_value() == "1"
     )  # the schema's default, filled in
     await page.get_by_label("Text", exact=True).fill("hello from the console")
-    await run_and_wait(page)
+    url = await run_and_wait(page)
     assert await page.locator("#output-text").text_content() == "hello from the console"
+    api = await page.request.get(f"{base}/v1/predictions/{url.rsplit('/', 1)[-1]}",
+                                 headers={"Authorization": f"Bearer {admin}"})
+    assert (await api.json())["source"] == "web"  # made in the console, as Replicate says of its own
     assert await page.locator("#metrics").get_by_text("predict time").count() == 1
     await page.get_by_role("tab", name="cURL", exact=True).click()
     curl = await page.get_by_role("tabpanel").inner_text()
