@@ -3,9 +3,9 @@
 A pure policy (``take_batch``), given the waiting jobs and the time, so it is tested without threads
 or clocks. The rule:
 
-- jobs can share a call only if they have the same ``BatchKey`` (size, steps, scheduler, guidance,
-  strength, ControlNet set...), since those are per call in diffusers; prompts, seeds, init and
-  conditioning images are per image, so they differ freely;
+- jobs can share a call only if they have the same ``BatchKey`` (mode, size, steps, scheduler, guidance,
+  strength, ControlNet set, LoRA adapter set with scales...), since those are per call in diffusers;
+  prompts, seeds, init images, masks and conditioning images are per image, so they differ freely;
 - the oldest waiting job leads: its key is the batch's, so no job is overtaken forever by a stream of
   jobs with another key (first come, first served across keys);
 - the batch fills with same-key jobs in arrival order up to ``max_images`` images; a job never splits,
@@ -24,7 +24,7 @@ from typing import Any, Hashable, Sequence
 class BatchKey:
     """What a pipeline call fixes for every image in it."""
 
-    mode: str  # "txt2img" or "img2img"
+    mode: str  # "txt2img", "img2img" or "inpaint" (outpainting too: it inpaints an enlarged canvas)
     width: int
     height: int
     steps: int
@@ -33,6 +33,14 @@ class BatchKey:
     strength: float  # 0 for txt2img
     controlnets: tuple[tuple[str, float, float, float], ...]  # (type, scale, start, end) per unit
     guess_mode: bool
+    # (adapter id, scale) per LoRA, sorted by id (``lora_set``): the adapters are set per call
+    loras: tuple[tuple[str, float], ...] = ()
+
+
+def lora_set(loras: Sequence[tuple[str, float]]) -> tuple[tuple[str, float], ...]:
+    """The canonical form of a request's adapters for its key: sorted by id, and set in that order, so
+    that the same set asked in another order batches together and gives the same images."""
+    return tuple(sorted((adapter_id, float(scale)) for adapter_id, scale in loras))
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""Stable Diffusion pipelines over one set of weights: text-to-image, image-to-image, each with or
-without ControlNets, sharing the same UNet, VAE and text encoder in memory.
+"""Stable Diffusion pipelines over one set of weights: text-to-image, image-to-image and inpainting,
+each with or without ControlNets, sharing the same UNet, VAE and text encoder in memory, and the LoRA
+adapters loaded into them (``loras.LoraAdapters``: each call sets its key's adapters, or none).
 
 ``Pipelines.run`` makes one diffusers call for a batch of requests with the same ``BatchKey``. Every
 image has its own ``torch.Generator``, seeded from its request (``seed``, ``seed + 1``... for a
@@ -7,6 +8,12 @@ request's several outputs), and diffusers draws each image's initial noise, and 
 sampler step's noise, from that image's own generator; so an image does not depend on which other
 images share its call (up to float rounding, which batch size can change in the last bit).
 Generators live on the CPU, so a seed draws the same noise on any device.
+
+Inpainting runs diffusers' inpaint pipelines on the model's own 4-channel UNet (not a 9-channel
+inpainting UNet, which sees the mask as input): after every denoising step they blend the init image's
+latents, noised to the next step's level with the image's own noise, back where the mask (thresholded
+at 0.5, then taken to the latent grid by nearest neighbour) is black; the last step blends them in
+unnoised. The runner then pastes the init image back outside the mask (``inpaint.apply_overlay``).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from runners.diffusion.batching import BatchKey
+from runners.diffusion.loras import LoraAdapters, LoraCache, LoraSource
 from runners.diffusion.schedulers import make_scheduler
 
 if TYPE_CHECKING:
@@ -28,8 +36,23 @@ class ImageRequest:
     prompt: str
     negative_prompt: str
     seeds: list[int]  # one per output image
-    init_image: "Image.Image | None" = None
+    init_image: "Image.Image | None" = None  # img2img and inpainting (the enlarged canvas, outpainting)
     control_images: list["Image.Image"] = field(default_factory=list)  # one per ControlNet unit
+    mask_image: "Image.Image | None" = None  # inpainting: binary, white repaints, at the output size
+    overlay_mask: "Image.Image | None" = None  # inpainting: the mask (feathered) the init is pasted back by
+    loras: tuple[LoraSource, ...] = ()  # where the adapters of this request's key come from
+
+
+# The diffusers class for each (mode, with ControlNets), built over the base pipeline with from_pipe;
+# None: the base (text-to-image) pipeline itself.
+PIPELINE_CLASSES: dict[tuple[str, bool], str | None] = {
+    ("txt2img", False): None,
+    ("img2img", False): "StableDiffusionImg2ImgPipeline",
+    ("inpaint", False): "StableDiffusionInpaintPipeline",
+    ("txt2img", True): "StableDiffusionControlNetPipeline",
+    ("img2img", True): "StableDiffusionControlNetImg2ImgPipeline",
+    ("inpaint", True): "StableDiffusionControlNetInpaintPipeline",
+}
 
 
 StepCallback = Callable[[int, int], None]  # (step done, total steps); may raise to abort the call
@@ -38,7 +61,8 @@ StepCallback = Callable[[int, int], None]  # (step done, total steps); may raise
 class Pipelines:
     """The model's components, loaded once, and the pipelines built over them on demand."""
 
-    def __init__(self, weights: str, controlnets: dict[str, str], device: str, dtype: Any) -> None:
+    def __init__(self, weights: str, controlnets: dict[str, str], device: str, dtype: Any,
+                 lora_cache: LoraCache | None = None) -> None:
         self.weights = weights
         self.controlnet_paths = controlnets
         self.device = device
@@ -46,6 +70,8 @@ class Pipelines:
         self.base: Any = None
         self.scheduler_config: Any = None
         self.controlnets: dict[str, Any] = {}
+        self.lora_cache = lora_cache or LoraCache()
+        self.adapters: LoraAdapters | None = None
         self._pipelines: dict[tuple[str, tuple[str, ...]], Any] = {}
 
     def load(self) -> None:
@@ -66,9 +92,10 @@ class Pipelines:
             kind: ControlNetModel.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
             for kind, path in self.controlnet_paths.items()
         }
+        self.adapters = LoraAdapters(self.base, self.lora_cache)
 
     def unload(self) -> None:
-        self.base = None
+        self.base = self.adapters = None
         self.controlnets = {}
         self._pipelines = {}
 
@@ -81,30 +108,27 @@ class Pipelines:
     def _pipeline(self, mode: str, controlnet_types: tuple[str, ...]) -> Any:
         key = (mode, controlnet_types)
         if key not in self._pipelines:
-            from diffusers import (
-                StableDiffusionControlNetImg2ImgPipeline, StableDiffusionControlNetPipeline,
-                StableDiffusionImg2ImgPipeline,
-            )
+            import diffusers
 
-            if not controlnet_types:
-                cls, extra = (StableDiffusionImg2ImgPipeline if mode == "img2img" else None), {}
-            else:
-                cls = (StableDiffusionControlNetImg2ImgPipeline if mode == "img2img"
-                       else StableDiffusionControlNetPipeline)
+            name = PIPELINE_CLASSES[(mode, bool(controlnet_types))]
+            extra = {}
+            if controlnet_types:
                 nets = [self.controlnets[t] for t in controlnet_types]
                 extra = {"controlnet": nets[0] if len(nets) == 1 else nets}
-            pipe = self.base if cls is None else cls.from_pipe(self.base, **extra)
+            pipe = self.base if name is None else getattr(diffusers, name).from_pipe(self.base, **extra)
             pipe.set_progress_bar_config(disable=True)
             self._pipelines[key] = pipe
         return self._pipelines[key]
 
-    def run(self, key: BatchKey, requests: list[ImageRequest], on_step: StepCallback) -> list[list["Image.Image"]]:
+    def run(self, key: BatchKey, requests: list[ImageRequest],
+            on_step: StepCallback) -> list[list["Image.Image"]]:
         """One pipeline call for ``requests``; their images, per request, in order."""
         import torch
 
         types = tuple(unit[0] for unit in key.controlnets)
         pipe = self._pipeline(key.mode, types)
         pipe.scheduler = make_scheduler(key.scheduler, self.scheduler_config)
+        self.adapters.apply(key.loras, {source.id: source for r in requests for source in r.loras})
         per_image = [(r, seed) for r in requests for seed in r.seeds]
 
         def step_end(pipeline: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
@@ -119,22 +143,10 @@ class Pipelines:
             "guidance_scale": key.guidance_scale,
             "callback_on_step_end": step_end,
             "output_type": "pil",
+            **_mode_arguments(key, [r for r, _ in per_image]),
         }
-        if key.mode == "img2img":
-            kwargs["image"] = [r.init_image for r, _ in per_image]
-            kwargs["strength"] = key.strength
-        else:
-            kwargs["width"], kwargs["height"] = key.width, key.height
         if types:
-            control = ([r.control_images[0] for r, _ in per_image] if len(types) == 1
-                       else [list(r.control_images) for r, _ in per_image])  # per image, per unit
-            kwargs["control_image" if key.mode == "img2img" else "image"] = control
-            scales, starts, ends = ([unit[i] for unit in key.controlnets] for i in (1, 2, 3))
-            single = len(types) == 1
-            kwargs["controlnet_conditioning_scale"] = scales[0] if single else scales
-            kwargs["control_guidance_start"] = starts[0] if single else starts
-            kwargs["control_guidance_end"] = ends[0] if single else ends
-            kwargs["guess_mode"] = key.guess_mode
+            kwargs.update(_controlnet_arguments(key, [r for r, _ in per_image]))
         with torch.inference_mode():
             images = pipe(**kwargs).images
         out, at = [], 0
@@ -142,3 +154,29 @@ class Pipelines:
             out.append(images[at:at + len(r.seeds)])
             at += len(r.seeds)
         return out
+
+
+def _mode_arguments(key: BatchKey, per_image: list[ImageRequest]) -> dict[str, Any]:
+    """The call's arguments of its mode: the size, and the init images (and masks) per image."""
+    if key.mode == "txt2img":
+        return {"width": key.width, "height": key.height}
+    arguments = {"image": [r.init_image for r in per_image], "strength": key.strength}
+    if key.mode == "inpaint":
+        arguments.update(mask_image=[r.mask_image for r in per_image], width=key.width, height=key.height)
+    return arguments
+
+
+def _controlnet_arguments(key: BatchKey, per_image: list[ImageRequest]) -> dict[str, Any]:
+    """The ControlNet units' arguments: a map per image (per unit), and each unit's scale and window."""
+    single = len(key.controlnets) == 1
+    control = ([r.control_images[0] for r in per_image] if single
+               else [list(r.control_images) for r in per_image])  # per image, per unit
+    scales, starts, ends = ([unit[i] for unit in key.controlnets] for i in (1, 2, 3))
+    return {
+        # the text-to-image ControlNet pipeline takes the maps as its `image`; the others, `control_image`
+        "image" if key.mode == "txt2img" else "control_image": control,
+        "controlnet_conditioning_scale": scales[0] if single else scales,
+        "control_guidance_start": starts[0] if single else starts,
+        "control_guidance_end": ends[0] if single else ends,
+        "guess_mode": key.guess_mode,
+    }

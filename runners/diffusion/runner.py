@@ -1,10 +1,14 @@
-"""The ``diffusion`` runner: Stable Diffusion (1.x/2.x architecture) text-to-image and image-to-image,
-with any number of ControlNets, dynamically batched.
+"""The ``diffusion`` runner: Stable Diffusion (1.x/2.x architecture) text-to-image, image-to-image,
+inpainting and outpainting, with any number of ControlNets and per-request LoRA adapters, dynamically
+batched.
 
 ``predict`` is an async generator on the agent's loop: it decodes and preprocesses the input images
-on a worker thread, hands the job to the ``BatchWorker`` (which owns the pipelines on its own thread
-and runs compatible jobs together), relays one progress event per denoising step, and encodes the
-images on a worker thread once its batch is done. This module imports no torch at import time.
+(masks, the outpainting canvas, ControlNet maps) and resolves its LoRA adapters on a worker thread,
+hands the job to the ``BatchWorker`` (which owns the pipelines on its own thread and runs compatible
+jobs together), relays one progress event per denoising step, and, once its batch is done, pastes the
+init image back outside the mask (inpainting) and encodes the images, then the maps (``return_maps``),
+on a worker thread. This module imports no torch at import time. Inpainting's rules are in
+``inpaint``, the adapters' in ``loras``.
 
 Options (``RouteSpec.options``):
 
@@ -16,6 +20,10 @@ Options (``RouteSpec.options``):
 - ``steps``, ``guidance_scale``, ``scheduler``: the input defaults (25, 7.5, "DPM++ 2M").
 - ``max_side`` (default 2048), ``max_outputs`` (default 4), ``max_input_pixels``: input bounds.
 - ``dtype``: "auto" (float32 on CPU, float16 on a GPU), "float32", "float16" or "bfloat16".
+- ``loras``: {name: a .safetensors LoRA, or a folder holding one} that requests name in
+  ``loras[].weights``; ``max_loras_cached`` (default 8) and ``max_lora_cache_bytes`` (default 2 GiB)
+  bound the adapters kept loaded per instance (least recently used out); ``max_lora_file_bytes``
+  (default 1 GiB) bounds an uploaded one.
 """
 
 from __future__ import annotations
@@ -26,13 +34,21 @@ from typing import Any
 
 from runners.base import AsyncPredictGenerator, NodeResources, PredictContext, Runner, RunnerPolicy
 from runners.devices import free_memory, resolve_dtype
-from runners.diffusion.batching import BatchKey
+from runners.diffusion.batching import BatchKey, lora_set
 from runners.diffusion.controlnet import (
     CONTROLNET_TYPES, PREPROCESSORS, UNIT_DEFAULTS, conditioning_image, default_preprocessor,
 )
+from runners.diffusion.inpaint import (
+    MAX_MASK_BLUR, OUTPAINT_FILLS, OUTPAINT_SIDES, apply_overlay, binary_mask, outpaint_canvas,
+    outpaint_sides, overlay_mask,
+)
+from runners.diffusion.loras import (
+    DEFAULT_MAX_LORA_CACHE_BYTES, DEFAULT_MAX_LORA_FILE_BYTES, DEFAULT_MAX_LORAS_CACHED,
+    MAX_LORAS_PER_REQUEST, SCALE_BOUND, LoraCache, LoraSource, named_source, probe_lora, uploaded_source,
+)
 from runners.diffusion.schedulers import SCHEDULER_NAMES, canonical_name
 from runners.images import (
-    DEFAULT_MAX_PIXELS, OUTPUT_FORMAT_SCHEMA, decode_image, encode_image, image_file_schema,
+    DEFAULT_MAX_PIXELS, OUTPUT_FORMAT_SCHEMA, decode_image, encode_image, image_file_schema, probe_image,
 )
 from warmfleet.domain import LogLine, MetricsUpdate, RouteSpec, Output, ProgressUpdate
 from warmfleet.errors import InvalidInput
@@ -53,6 +69,7 @@ def input_schema(spec: RouteSpec) -> dict[str, Any]:
     types = sorted(_option(spec, "controlnets", {}))
     side = {"type": "integer", "minimum": 64, "maximum": max_side, "multipleOf": 8}
     needs_map = [t for t in types if default_preprocessor(t) == "none"]
+    lora_names = sorted(_option(spec, "loras", {}))
     unit = {
         "type": "object", "additionalProperties": False, "required": ["image", "type"],
         "properties": {
@@ -82,6 +99,36 @@ def input_schema(spec: RouteSpec) -> dict[str, Any]:
                                      "description": "Canny's upper hysteresis threshold, 0 to 255."},
         },
     }
+    lora = {
+        "type": "object", "additionalProperties": False,
+        "properties": {
+            "weights": {"enum": lora_names,
+                        "description": "One of this version's LoRA adapters, by name: "
+                                       f"{', '.join(lora_names) or 'it has none'}. Give this or file."},
+            "file": {"type": "string", "format": "uri",
+                     "description": "A LoRA of your own instead of weights: a .safetensors file (diffusers', "
+                                    "peft's or kohya's key format) made for this model's architecture."},
+            "scale": {"type": "number", "minimum": -SCALE_BOUND, "maximum": SCALE_BOUND, "default": 1,
+                      "description": f"How strongly it applies, -{SCALE_BOUND:g} to {SCALE_BOUND:g}: the "
+                                     "LoRA's multiplier (0 changes nothing; negative inverts it)."},
+        },
+    }
+    outpaint = {
+        "type": "object", "additionalProperties": False,
+        "description": "Outpainting: pixels to add on each side of image, which is then inpainted: the new "
+                       "area is white in the mask (a mask given too marks what to repaint inside the image). "
+                       "The output is the image's size (width x height, when given) plus these, at most "
+                       f"{max_side} a side.",
+        "properties": {
+            **{side: {"type": "integer", "minimum": 0, "maximum": max_side, "multipleOf": 8, "default": 0,
+                      "description": f"Pixels to add on the {side}, a multiple of 8."}
+               for side in OUTPAINT_SIDES},
+            "fill": {"enum": list(OUTPAINT_FILLS), "default": "edge",
+                     "description": "What the new area starts from before it is repainted (it shows through "
+                                    "at a strength below 1): edge, the image's border pixels stretched "
+                                    "outward; blur, the same, blurred."},
+        },
+    }
     return {
         "type": "object", "additionalProperties": False, "required": ["prompt"],
         "properties": {
@@ -106,13 +153,30 @@ def input_schema(spec: RouteSpec) -> dict[str, Any]:
             "num_outputs": {"type": "integer", "minimum": 1, "maximum": int(_option(spec, "max_outputs", 4)),
                             "default": 1, "description": "Images to generate."},
             "output_format": OUTPUT_FORMAT_SCHEMA,
-            "image": image_file_schema("Init image for img2img; resized to width x height."),
+            "image": image_file_schema("Init image for img2img and inpainting; resized to width x height."),
             "strength": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.8,
-                         "description": "img2img: how much to change the init image, (0, 1]; 1 ignores it."},
+                         "description": "img2img and inpainting: how much to change the init image (inside "
+                                        "the mask), (0, 1]; 1 ignores it."},
+            "mask": image_file_schema(
+                "Inpainting mask for image: white pixels are repainted, black ones kept exactly. Any mode "
+                "(transparent pixels count as white); resized to the image's size by nearest neighbour, then "
+                "thresholded at 50%."),
+            "mask_blur": {"type": "integer", "minimum": 0, "maximum": MAX_MASK_BLUR, "default": 0,
+                          "description": "Inpainting: feathers the mask's edge by this many pixels (a "
+                                         "Gaussian blur's radius) where the result is pasted over the image; "
+                                         "0 keeps every black pixel exactly."},
+            "outpaint": outpaint,
             "controlnets": {"type": "array", "items": unit, "maxItems": 4 if types else 0,
-                            "description": f"ControlNet units (at most 4): types {', '.join(types) or 'none'}."},
+                            "description": f"ControlNet units (at most 4): types "
+                                           f"{', '.join(types) or 'none'}."},
             "guess_mode": {"type": "boolean", "default": False,
                            "description": "ControlNet guess mode: the units see no prompt."},
+            "return_maps": {"type": "boolean", "default": False,
+                            "description": "Also return each ControlNet unit's conditioning map, after the "
+                                           "images: map-<unit>-<type>.png, in unit order."},
+            "loras": {"type": "array", "items": lora, "maxItems": MAX_LORAS_PER_REQUEST,
+                      "description": f"LoRA adapters for this prediction only (at most "
+                                     f"{MAX_LORAS_PER_REQUEST})."},
         },
     }
 
@@ -124,6 +188,7 @@ class DiffusionRunner(Runner):
         super().__init__(spec, device, node)
         self.pipelines: Any = None
         self.worker: Any = None
+        self.lora_sources: dict[str, LoraSource] = {}  # the version's adapters, by name
 
     @classmethod
     def input_schema(cls, spec: RouteSpec) -> dict[str, Any]:
@@ -144,11 +209,20 @@ class DiffusionRunner(Runner):
             if int(steps * strength) < 1:
                 raise InvalidInput("input.strength", f"strength {strength} of {steps} steps leaves no step "
                                                      f"to run; raise strength or num_inference_steps")
+        else:
+            if input.get("mask"):
+                raise InvalidInput("input.mask", "needs an image: the mask marks which of its pixels to "
+                                                 "repaint (white) and keep (black)")
+            if input.get("outpaint") is not None:
+                raise InvalidInput("input.outpaint", "needs an image to expand")
+        if input.get("outpaint") is not None:
+            _check_outpaint(spec, input)
         for i, unit in enumerate(input.get("controlnets") or []):
             start = unit.get("guidance_start", UNIT_DEFAULTS["guidance_start"])
             if unit.get("guidance_end", UNIT_DEFAULTS["guidance_end"]) < start:
                 raise InvalidInput(f"input.controlnets[{i}].guidance_end", f"must be at least guidance_start "
                                                                            f"({start})")
+        _check_loras(spec, input.get("loras") or [])
 
     @classmethod
     def policy(cls, spec: RouteSpec) -> RunnerPolicy:
@@ -159,9 +233,14 @@ class DiffusionRunner(Runner):
         from runners.diffusion.pipelines import Pipelines
         from runners.diffusion.worker import BatchWorker
 
+        # The version's adapters must all be there: a missing one fails the load, not a prediction.
+        self.lora_sources = {name: named_source(name, path, f"options.loras.{name}")
+                             for name, path in _option(self.spec, "loras", {}).items()}
+        cache = LoraCache(int(_option(self.spec, "max_loras_cached", DEFAULT_MAX_LORAS_CACHED)),
+                          int(_option(self.spec, "max_lora_cache_bytes", DEFAULT_MAX_LORA_CACHE_BYTES)))
         dtype = resolve_dtype(_option(self.spec, "dtype", "auto"), self.device, gpu_auto="float16")
         self.pipelines = Pipelines(self.spec.weights, dict(_option(self.spec, "controlnets", {})),
-                                   self.device, dtype)
+                                   self.device, dtype, cache)
         self.pipelines.load()
         self.worker = BatchWorker(
             self.pipelines.run,
@@ -199,31 +278,28 @@ class DiffusionRunner(Runner):
                     yield ProgressUpdate(event.step, event.total, round(event.eta_s, 3))
                 elif isinstance(event, Done):
                     ended = True
-                    files = await asyncio.to_thread(self.encode, event.images, input["output_format"])
-                    yield MetricsUpdate({"image_count": len(files), "batch_size": event.batch_size})
+                    files = await asyncio.to_thread(self.finish, event.images, key, request, input)
+                    yield MetricsUpdate({"image_count": len(event.images), "batch_size": event.batch_size})
                     yield Output(value=None, files=files)
                     return
                 elif isinstance(event, Failed):
                     ended = True
+                    if isinstance(event.error, InvalidInput):  # e.g. a LoRA file that does not fit the model
+                        raise event.error
                     raise RuntimeError(f"image generation failed: {event.error}") from event.error
         finally:
             if not ended:  # cancelled or abandoned: leave the queue, or let the batch drop this job
                 worker.cancel(job)
 
     def prepare(self, input: dict[str, Any]) -> tuple[BatchKey, Any]:
-        """The job's batch key and request: images decoded, resized and preprocessed, seeds expanded."""
+        """The job's batch key and request: images decoded, resized and preprocessed (the canvas and mask
+        built, when outpainting), LoRA sources resolved, seeds expanded."""
         from runners.diffusion.pipelines import ImageRequest
 
         self.check_input(self.spec, input)  # the gateway checked too; a direct caller may not have
 
         max_pixels = int(_option(self.spec, "max_input_pixels", DEFAULT_MAX_PIXELS))
-        init = decode_image(input["image"], "input.image", max_pixels) if input.get("image") else None
-        width, height = self._size(input, init)
-        steps, strength = input["num_inference_steps"], float(input["strength"]) if init else 0.0
-        if init is not None:
-            from PIL import Image
-
-            init = init.resize((width, height), Image.Resampling.LANCZOS)
+        init, mask, (width, height) = self._init_and_mask(input, max_pixels)
         units, controls = [], []
         for i, raw in enumerate(input.get("controlnets") or []):
             unit = {**UNIT_DEFAULTS, **raw}
@@ -234,22 +310,117 @@ class DiffusionRunner(Runner):
             controls.append(conditioning_image(unit, image, width, height))
             units.append((unit["type"], float(unit["conditioning_scale"]), float(unit["guidance_start"]),
                           float(unit["guidance_end"])))
+        loras = self._lora_sources(input.get("loras") or [])
         key = BatchKey(
-            mode="img2img" if init is not None else "txt2img", width=width, height=height, steps=steps,
+            mode="inpaint" if mask is not None else "img2img" if init is not None else "txt2img",
+            width=width, height=height, steps=input["num_inference_steps"],
             scheduler=canonical_name(input["scheduler"]), guidance_scale=float(input["guidance_scale"]),
-            strength=strength, controlnets=tuple(units), guess_mode=bool(input.get("guess_mode")) and bool(units),
+            strength=float(input["strength"]) if init is not None else 0.0, controlnets=tuple(units),
+            guess_mode=bool(input.get("guess_mode")) and bool(units),
+            loras=lora_set((source.id, scale) for source, scale in loras),
         )
         seeds = [(input["seed"] + k) % (MAX_SEED + 1) for k in range(input["num_outputs"])]
-        return key, ImageRequest(input["prompt"], input["negative_prompt"], seeds, init, controls)
+        blurred = overlay_mask(mask, int(input.get("mask_blur") or 0)) if mask is not None else None
+        return key, ImageRequest(input["prompt"], input["negative_prompt"], seeds, init, controls, mask,
+                                 blurred, tuple(source for source, _ in loras))
+
+    def _init_and_mask(self, input: dict[str, Any], max_pixels: int) -> tuple[Any, Any, tuple[int, int]]:
+        """The init image at the output size, its binary mask (inpainting; outpainting: the enlarged
+        canvas and its mask) and the output size."""
+        if not input.get("image"):
+            return None, None, self._size(input, None)
+        from PIL import Image
+
+        init = decode_image(input["image"], "input.image", max_pixels)
+        width, height = self._size(input, init)
+        init = init.resize((width, height), Image.Resampling.LANCZOS)
+        mask = None
+        if input.get("mask"):
+            mask = binary_mask(decode_image(input["mask"], "input.mask", max_pixels), (width, height))
+        if input.get("outpaint") is not None:  # check_input made sure the canvas is within max_side
+            sides = outpaint_sides(input["outpaint"])
+            width, height = width + sides["left"] + sides["right"], height + sides["top"] + sides["bottom"]
+            init, mask = outpaint_canvas(init, sides, input["outpaint"].get("fill") or "edge", mask)
+        return init, mask, (width, height)
+
+    def _lora_sources(self, loras: list[dict[str, Any]]) -> list[tuple[LoraSource, float]]:
+        """Each requested adapter's source (the version's, by name; an upload, by its sha256) and scale."""
+        max_bytes = int(_option(self.spec, "max_lora_file_bytes", DEFAULT_MAX_LORA_FILE_BYTES))
+        found: list[tuple[LoraSource, float]] = []
+        for i, lora in enumerate(loras):
+            if lora.get("file"):
+                source = uploaded_source(lora["file"], f"input.loras[{i}].file", max_bytes)
+            else:
+                source = self.lora_sources[lora["weights"]]  # _check_loras made sure it is one
+            if any(source.id == other.id for other, _ in found):
+                raise InvalidInput(f"input.loras[{i}]", "is the same adapter as an earlier one; give each "
+                                                        "once")
+            found.append((source, float(lora.get("scale", 1))))
+        return found
 
     def _size(self, input: dict[str, Any], init: Any) -> tuple[int, int]:
         if init is not None:
-            max_side = int(_option(self.spec, "max_side", 2048))
-            default = tuple(max(64, min(max_side, side // 8 * 8)) for side in init.size)
-        else:
-            default = self.pipelines.default_size
+            return _init_size(self.spec, input, init.size)
+        default = self.pipelines.default_size
         return int(input.get("width") or default[0]), int(input.get("height") or default[1])
 
     @staticmethod
-    def encode(images: list[Any], output_format: str) -> list[Any]:
-        return [encode_image(image, output_format, f"output-{k}") for k, image in enumerate(images)]
+    def finish(images: list[Any], key: BatchKey, request: Any, input: dict[str, Any]) -> list[Any]:
+        """The prediction's files: its images (the init image pasted back outside the mask, when
+        inpainting) in the output format, then, with ``return_maps``, each unit's map as PNG."""
+        if request.mask_image is not None:
+            images = [apply_overlay(image, request.init_image, request.overlay_mask) for image in images]
+        files = [encode_image(image, input["output_format"], f"output-{k}") for k, image in enumerate(images)]
+        if input.get("return_maps"):
+            files += [encode_image(control, "png", f"map-{i}-{unit[0]}")
+                      for i, (control, unit) in enumerate(zip(request.control_images, key.controlnets))]
+        return files
+
+
+def _init_size(spec: RouteSpec, input: dict[str, Any], image_size: tuple[int, int]) -> tuple[int, int]:
+    """The size the init image is resized to: width x height when given, else its own, each side
+    rounded down to a multiple of 8 within [64, max_side]."""
+    max_side = int(_option(spec, "max_side", 2048))
+    default = [max(64, min(max_side, side // 8 * 8)) for side in image_size]
+    return int(input.get("width") or default[0]), int(input.get("height") or default[1])
+
+
+def _check_outpaint(spec: RouteSpec, input: dict[str, Any]) -> None:
+    """Outpainting adds pixels, and the enlarged canvas stays within max_side (the image's size read
+    from its header, so this is checked before the prediction is queued)."""
+    sides = outpaint_sides(input["outpaint"])
+    if not any(sides.values()):
+        raise InvalidInput("input.outpaint", "adds no pixels: set left, right, top or bottom")
+    width, height = _init_size(spec, input, probe_image(input["image"], "input.image"))
+    width, height = width + sides["left"] + sides["right"], height + sides["top"] + sides["bottom"]
+    max_side = int(_option(spec, "max_side", 2048))
+    if max(width, height) > max_side:
+        raise InvalidInput("input.outpaint", f"makes the output {width}x{height}; at most {max_side} pixels "
+                                             f"a side")
+
+
+def _check_loras(spec: RouteSpec, loras: list[dict[str, Any]]) -> None:
+    """Each adapter gives exactly one of weights (a name the version has) and file (a .safetensors
+    LoRA, its header checked here), and no name twice."""
+    names = _option(spec, "loras", {})
+    max_bytes = int(_option(spec, "max_lora_file_bytes", DEFAULT_MAX_LORA_FILE_BYTES))
+    if len(loras) > MAX_LORAS_PER_REQUEST:
+        raise InvalidInput("input.loras", f"has {len(loras)} adapters; at most {MAX_LORAS_PER_REQUEST}")
+    seen: set[str] = set()
+    for i, lora in enumerate(loras):
+        field = f"input.loras[{i}]"
+        weights, file = lora.get("weights"), lora.get("file")
+        if bool(weights) == bool(file):
+            raise InvalidInput(f"{field}.weights", "give weights (one of this version's adapters, by name) "
+                                                   "or file (a .safetensors LoRA), one of the two")
+        if not -SCALE_BOUND <= lora.get("scale", 1) <= SCALE_BOUND:
+            raise InvalidInput(f"{field}.scale", f"must be from -{SCALE_BOUND:g} to {SCALE_BOUND:g}")
+        if file:
+            probe_lora(file, f"{field}.file", max_bytes)
+            continue
+        if weights not in names:
+            raise InvalidInput(f"{field}.weights", f"unknown adapter {weights!r}; this version has: "
+                                                   f"{', '.join(sorted(names)) or 'none'}")
+        if weights in seen:
+            raise InvalidInput(f"{field}.weights", f"names {weights!r} again; give each adapter once")
+        seen.add(weights)

@@ -27,6 +27,7 @@ from tests.integration.conftest import (  # noqa: F401 - fixtures, found here by
     models,
     tiny_esrgan_dir,
     tiny_llama_dir,
+    tiny_sd_lora_dir,
     tiny_sd_paths,
     user,
 )

@@ -41,6 +41,14 @@ def tiny_sd_paths(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def tiny_sd_lora_dir(tiny_sd_paths, tmp_path_factory) -> Path:
+    """The SD model's LoRA adapter "tiny-style" (options.loras)."""
+    from runners.tiny_loras import make_tiny_sd_lora
+
+    return make_tiny_sd_lora(tmp_path_factory.mktemp("sd-loras") / "tiny-style", tiny_sd_paths["sd"], seed=1)
+
+
+@pytest.fixture(scope="session")
 def tiny_esrgan_dir(tmp_path_factory) -> Path:
     from runners.tiny_models import make_tiny_esrgan
 
@@ -48,7 +56,7 @@ def tiny_esrgan_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def models(tiny_llama_dir, tiny_sd_paths, tiny_esrgan_dir) -> list[RouteSpec]:
+def models(tiny_llama_dir, tiny_sd_paths, tiny_sd_lora_dir, tiny_esrgan_dir) -> list[RouteSpec]:
     controlnets = {kind: str(path) for kind, path in tiny_sd_paths.items() if kind != "sd"}
     return [
         RouteSpec(ECHO, "echo"),
@@ -57,7 +65,7 @@ def models(tiny_llama_dir, tiny_sd_paths, tiny_esrgan_dir) -> list[RouteSpec]:
         # Batches gather for up to 200 ms, so predictions sent together reliably share a call.
         RouteSpec(SD, "diffusion", weights=str(tiny_sd_paths["sd"]),
                   options={"controlnets": controlnets, "steps": 4, "max_batch_size": 4,
-                           "max_batch_wait_ms": 200}),
+                           "max_batch_wait_ms": 200, "loras": {"tiny-style": str(tiny_sd_lora_dir)}}),
         RouteSpec(ESRGAN, "upscale", weights=str(tiny_esrgan_dir), options={"tile": 64}),
         RouteSpec(AUTOSCALED, "echo", options={"max_concurrency": 1}, min_instances=0, max_instances=2,
                   autoscaling={"target_ongoing_requests": 1, "upscale_delay_s": 0.3, "downscale_delay_s": 1.5,

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import given, strategies as st
 
-from runners.diffusion.batching import Job, take_batch
+from runners.diffusion.batching import BatchKey, Job, lora_set, take_batch
 from runners.diffusion.worker import BatchWorker, Done, Failed, Progress
 
 
@@ -75,6 +75,37 @@ def test_policy_guarantees(specs, since_last, max_images, max_wait_s):
     elif waiting:
         assert now - waiting[0].arrived_at < max_wait_s
         assert 0 < decision.wait_s <= max_wait_s
+
+
+# Keys: what must be per call
+
+
+def key(mode: str = "txt2img", loras=()) -> BatchKey:
+    return BatchKey(mode=mode, width=64, height=64, steps=4, scheduler="DPM++ 2M", guidance_scale=7.5,
+                    strength=0.8 if mode != "txt2img" else 0.0, controlnets=(), guess_mode=False,
+                    loras=lora_set(loras))
+
+
+def test_the_same_adapters_asked_in_another_order_make_the_same_key():
+    assert key(loras=[("name:a", 1), ("sha256:b", 0.5)]) == key(loras=[("sha256:b", 0.5), ("name:a", 1.0)])
+    assert key(loras=[("name:a", 1)]).loras == (("name:a", 1.0),)
+
+
+@pytest.mark.parametrize("other", [
+    key(loras=[("name:a", 1)]),  # an adapter where there was none
+    key(loras=[("name:a", 0.5)]),  # the same adapter at another scale
+    key(loras=[("name:a", 0.5), ("name:b", 1)]),  # another set
+    key(loras=[("name:a", 0)]),  # scale 0 is loaded and set, so it is its own call too
+    key("inpaint"),  # inpainting is another pipeline than img2img
+])
+def test_jobs_with_another_adapter_set_or_mode_never_share_a_call(other):
+    base = key("img2img") if other.mode == "inpaint" else key()
+    assert other != base
+    waiting = [Job(base, 1, 0.0), Job(other, 1, 0.0), Job(base, 1, 0.0), Job(other, 1, 0.0)]
+    first = take_batch(waiting, now=1.0, max_images=4, max_wait_s=0.01)
+    assert [j.key for j in first.batch] == [base, base]
+    second = take_batch([j for j in waiting if j not in first.batch], now=1.0, max_images=4, max_wait_s=0.01)
+    assert [j.key for j in second.batch] == [other, other]
 
 
 # The worker

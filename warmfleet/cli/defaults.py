@@ -9,6 +9,7 @@ from warmfleet.settings import Settings
 TINY_LLAMA = "warmfleet/tiny-llama"
 TINY_SD = "warmfleet/tiny-sd"
 TINY_ESRGAN = "warmfleet/tiny-esrgan"
+TINY_SD_LORA = "tiny-style"  # the tiny SD's LoRA adapter, by the name requests give in loras[].weights
 
 
 def default_models(settings: Settings) -> list[RouteSpec]:
@@ -27,9 +28,10 @@ def default_models(settings: Settings) -> list[RouteSpec]:
         RouteSpec(
             name=TINY_SD, runner="diffusion", weights=str(models / "tiny-sd"),
             options={"controlnets": {t: str(models / f"tiny-controlnet-{t}") for t in CONTROLNET_TYPES},
-                     "steps": 10, "max_batch_size": 8},
-            description="A tiny random-weight Stable Diffusion 1.5 with a ControlNet of each type (real "
-                        "architectures, made locally): 64x64 noise, fast.",
+                     "steps": 10, "max_batch_size": 8,
+                     "loras": {TINY_SD_LORA: str(models / "tiny-sd-lora-style")}},
+            description="A tiny random-weight Stable Diffusion 1.5 with a ControlNet of each type and a LoRA "
+                        f"adapter, {TINY_SD_LORA!r} (real architectures, made locally): 64x64 noise, fast.",
         ),
         RouteSpec(
             name=TINY_ESRGAN, runner="upscale", weights=str(models / "tiny-esrgan"),
@@ -40,8 +42,10 @@ def default_models(settings: Settings) -> list[RouteSpec]:
 
 def prepare_default_weights(settings: Settings) -> None:
     """Generate the built-in tiny models under ``$WARMFLEET_HOME/models`` unless they are there already."""
-    from runners.tiny_models import make_tiny_esrgan, make_tiny_llama, make_tiny_sd_bundle  # imports torch
+    from runners.tiny_loras import make_tiny_sd_lora  # imports torch
+    from runners.tiny_models import make_tiny_esrgan, make_tiny_llama, make_tiny_sd_bundle
 
     make_tiny_llama(settings.models_path / "tiny-llama")
-    make_tiny_sd_bundle(settings.models_path)
+    folders = make_tiny_sd_bundle(settings.models_path)
+    make_tiny_sd_lora(settings.models_path / "tiny-sd-lora-style", folders["sd"], seed=1)
     make_tiny_esrgan(settings.models_path / "tiny-esrgan")

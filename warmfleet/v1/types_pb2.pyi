@@ -106,7 +106,7 @@ class TextGenerationInput(_message.Message):
     def __init__(self, prompt: _Optional[str] = ..., system_prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., max_new_tokens: _Optional[int] = ..., min_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., repetition_penalty: _Optional[float] = ..., frequency_penalty: _Optional[float] = ..., presence_penalty: _Optional[float] = ..., stop_sequences: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class ImageGenerationInput(_message.Message):
-    __slots__ = ("prompt", "negative_prompt", "width", "height", "num_inference_steps", "guidance_scale", "scheduler", "seed", "num_outputs", "output_format", "image", "strength", "controlnets", "guess_mode")
+    __slots__ = ("prompt", "negative_prompt", "width", "height", "num_inference_steps", "guidance_scale", "scheduler", "seed", "num_outputs", "output_format", "image", "strength", "controlnets", "guess_mode", "mask", "mask_blur", "outpaint", "loras", "return_maps")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +121,11 @@ class ImageGenerationInput(_message.Message):
     STRENGTH_FIELD_NUMBER: _ClassVar[int]
     CONTROLNETS_FIELD_NUMBER: _ClassVar[int]
     GUESS_MODE_FIELD_NUMBER: _ClassVar[int]
+    MASK_FIELD_NUMBER: _ClassVar[int]
+    MASK_BLUR_FIELD_NUMBER: _ClassVar[int]
+    OUTPAINT_FIELD_NUMBER: _ClassVar[int]
+    LORAS_FIELD_NUMBER: _ClassVar[int]
+    RETURN_MAPS_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     negative_prompt: str
     width: int
@@ -135,7 +140,36 @@ class ImageGenerationInput(_message.Message):
     strength: float
     controlnets: _containers.RepeatedCompositeFieldContainer[ControlNetUnit]
     guess_mode: bool
-    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., scheduler: _Optional[str] = ..., seed: _Optional[int] = ..., num_outputs: _Optional[int] = ..., output_format: _Optional[str] = ..., image: _Optional[_Union[File, _Mapping]] = ..., strength: _Optional[float] = ..., controlnets: _Optional[_Iterable[_Union[ControlNetUnit, _Mapping]]] = ..., guess_mode: _Optional[bool] = ...) -> None: ...
+    mask: File
+    mask_blur: int
+    outpaint: Outpaint
+    loras: _containers.RepeatedCompositeFieldContainer[LoraAdapter]
+    return_maps: bool
+    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., scheduler: _Optional[str] = ..., seed: _Optional[int] = ..., num_outputs: _Optional[int] = ..., output_format: _Optional[str] = ..., image: _Optional[_Union[File, _Mapping]] = ..., strength: _Optional[float] = ..., controlnets: _Optional[_Iterable[_Union[ControlNetUnit, _Mapping]]] = ..., guess_mode: _Optional[bool] = ..., mask: _Optional[_Union[File, _Mapping]] = ..., mask_blur: _Optional[int] = ..., outpaint: _Optional[_Union[Outpaint, _Mapping]] = ..., loras: _Optional[_Iterable[_Union[LoraAdapter, _Mapping]]] = ..., return_maps: _Optional[bool] = ...) -> None: ...
+
+class Outpaint(_message.Message):
+    __slots__ = ("left", "right", "top", "bottom", "fill")
+    LEFT_FIELD_NUMBER: _ClassVar[int]
+    RIGHT_FIELD_NUMBER: _ClassVar[int]
+    TOP_FIELD_NUMBER: _ClassVar[int]
+    BOTTOM_FIELD_NUMBER: _ClassVar[int]
+    FILL_FIELD_NUMBER: _ClassVar[int]
+    left: int
+    right: int
+    top: int
+    bottom: int
+    fill: str
+    def __init__(self, left: _Optional[int] = ..., right: _Optional[int] = ..., top: _Optional[int] = ..., bottom: _Optional[int] = ..., fill: _Optional[str] = ...) -> None: ...
+
+class LoraAdapter(_message.Message):
+    __slots__ = ("weights", "file", "scale")
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    weights: str
+    file: File
+    scale: float
+    def __init__(self, weights: _Optional[str] = ..., file: _Optional[_Union[File, _Mapping]] = ..., scale: _Optional[float] = ...) -> None: ...
 
 class ControlNetUnit(_message.Message):
     __slots__ = ("image", "type", "preprocessor", "conditioning_scale", "guidance_start", "guidance_end", "canny_low_threshold", "canny_high_threshold")
