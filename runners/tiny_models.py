@@ -59,12 +59,29 @@ LLAMA3_SPLIT_PATTERN = (
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 
-# Llama 3 Instruct's chat template (the system/user/assistant part): each message is a header, two
-# newlines, the trimmed content and <|eot_id|>; the prompt opens with <|begin_of_text|>.
+# Llama 3.1 Instruct's chat template, its system/user/assistant part and its JSON tool calling: each
+# message is a header, two newlines, the trimmed content and <|eot_id|>; the prompt opens with
+# <|begin_of_text|>. With ``tools``, the first user message begins with Llama 3.1's instruction to answer
+# a call as {"name": ..., "parameters": {...}} and the tools as JSON; a tool's result is an "ipython"
+# message. Bump CHAT_TEMPLATE_VERSION when it changes, so the tiny Llama is written again.
+CHAT_TEMPLATE_VERSION = 2
+TOOLS_INSTRUCTION = (
+    "Given the following functions, please respond with a JSON for a function call with its proper "
+    "arguments that best answers the given prompt.\n\nRespond in the format {\"name\": function name, "
+    "\"parameters\": dictionary of argument name and its value}. Do not use variables.\n\n"
+)
 CHAT_TEMPLATE = (
     "{{- bos_token }}"
+    "{%- set state = namespace(tools_shown=false) %}"
     "{%- for message in messages %}"
-    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' }}"
+    "{%- set role = 'ipython' if message['role'] in ['tool', 'ipython'] else message['role'] %}"
+    "{{- '<|start_header_id|>' + role + '<|end_header_id|>\\n\\n' }}"
+    "{%- if tools and message['role'] == 'user' and not state.tools_shown %}"
+    "{%- set state.tools_shown = true %}"
+    "{{- '" + TOOLS_INSTRUCTION.replace("'", "\\'") + "' }}"
+    "{%- for tool in tools %}{{- (tool['function'] if 'function' in tool else tool) | tojson }}"
+    "{{- '\\n\\n' }}{%- endfor %}"
+    "{%- endif %}"
     "{{- message['content'] | trim }}"
     "{{- '<|eot_id|>' }}"
     "{%- endfor %}"
@@ -197,7 +214,9 @@ def make_tiny_llama(out_dir: Path, seed: int = 0) -> Path:
         _fast_tokenizer(tokenizer).save_pretrained(staging)
         _write_model(staging, tokenizer, seed)
 
-    return _write_once(out_dir, {"generator": "tiny-llama", "version": GENERATOR_VERSION, "seed": seed}, write)
+    marker = {"generator": "tiny-llama", "version": GENERATOR_VERSION, "seed": seed,
+              "chat_template": CHAT_TEMPLATE_VERSION}
+    return _write_once(out_dir, marker, write)
 
 
 # The ESRGAN upscaler

@@ -63,6 +63,8 @@ def _message_to_dict(msg: Message) -> dict[str, Any]:
 
 
 def _field_from_pb(fd, value):
+    if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+        return dict(value)
     if fd.is_repeated:
         return [_one_from_pb(fd, v) for v in value]
     return _one_from_pb(fd, value)
@@ -73,6 +75,8 @@ def _one_from_pb(fd, value):
         return value
     if fd.message_type.full_name == "warmfleet.v1.File":
         return file_from_pb(value)
+    if fd.message_type.full_name == "google.protobuf.Struct":
+        return json_format.MessageToDict(value)
     return _message_to_dict(value)
 
 
@@ -89,6 +93,11 @@ def _dict_to_message(values: dict[str, Any], cls: type[Message]) -> Message:
                 setattr(msg, name, value)
         elif fd.message_type.full_name == "warmfleet.v1.File":
             getattr(msg, name).CopyFrom(file_to_pb(value))
+        elif fd.message_type.GetOptions().map_entry:
+            getattr(msg, name).update(value)
+        elif fd.message_type.full_name == "google.protobuf.Struct":
+            for one in value if fd.is_repeated else [value]:
+                (getattr(msg, name).add() if fd.is_repeated else getattr(msg, name)).update(one)
         elif fd.is_repeated:
             getattr(msg, name).extend(_dict_to_message(v, GetMessageClass(fd.message_type)) for v in value)
         else:

@@ -48,230 +48,83 @@ from aiohttp import web
 
 from gateway.auth import Principal, current_principal
 from gateway.predictions import MAX_WAIT_S, CreateRequest
+from gateway.rest import openai_tools
 from gateway.rest.context import REST, RestContext, problem_of
+from gateway.rest.openai_request import INPUT_KIND, Generation, chat_request, completion_request
 from gateway.rest.shapes import epoch_seconds
 from warmfleet.domain import Completed, Metrics, OutputChunk, Prediction, PredictionEvent, Status
 from warmfleet.errors import InvalidInput, NotFound, Unavailable, WarmfleetError, error_from_code, status_for
 
 log = logging.getLogger(__name__)
 
-# The form of input these routes create, and its fields in their order (TextGenerationInput's). A field
-# appears only when it is given: one left out takes the model's default.
-INPUT_KIND = "text_generation"
-INPUT_FIELDS = ("prompt", "system_prompt", "messages", "max_new_tokens", "min_new_tokens", "temperature",
-                "top_p", "top_k", "repetition_penalty", "frequency_penalty", "presence_penalty",
-                "stop_sequences", "seed")
-# PredictionMetrics.finish_reason -> OpenAI's: an end-of-sequence token and a stop sequence both "stop".
-FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
-ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-
-
-# Requests: OpenAI JSON -> the text_generation input
-
-
-def _no(value: Any) -> bool:
-    """Absent, null, false, or empty: the no-op value of most unsupported fields."""
-    return value is None or value is False or value in ([], {}, "")
-
-
-# Fields whose OpenAI meaning warmfleet cannot honour, with the test for their harmless value.
-UNSUPPORTED: dict[str, Callable[[Any], bool]] = {
-    "logprobs": _no, "top_logprobs": lambda v: v in (None, 0), "logit_bias": _no,
-    "tools": _no, "functions": _no, "tool_choice": lambda v: v in (None, "none"),
-    "function_call": lambda v: v in (None, "none"),
-    "response_format": lambda v: v is None or (isinstance(v, dict) and v.get("type") == "text"),
-    "audio": _no, "modalities": lambda v: v in (None, ["text"]), "prediction": _no,
-    "web_search_options": _no,
-}
-COMPLETION_UNSUPPORTED: dict[str, Callable[[Any], bool]] = {
-    **UNSUPPORTED, "best_of": lambda v: v in (None, 1), "echo": _no, "suffix": _no,
-}
-
-
-@dataclass
-class Generation:
-    """An OpenAI request, translated: the typed input, the target, how to answer, and which OpenAI field
-    carried each runner field (so that an error from the runner's schema names what the client sent)."""
-
-    model: str
-    input: dict[str, Any]  # the text_generation input's fields, those the request gives (INPUT_FIELDS)
-    stream: bool = False
-    include_usage: bool = False
-    fields: dict[str, str] = field(default_factory=dict)  # runner field -> OpenAI field
-
-    def openai_field(self, runner_field: str) -> str:
-        """``input.max_new_tokens`` -> ``max_tokens``; ``input.stop_sequences[1]`` -> ``stop[1]``."""
-        if not runner_field.startswith("input."):
-            return runner_field
-        path = runner_field[len("input."):]
-        cut = min((i for i in (path.find("."), path.find("[")) if i >= 0), default=len(path))
-        head, tail = path[:cut], path[cut:]
-        return self.fields.get(head, head) + tail
-
-
-def chat_request(body: dict[str, Any]) -> Generation:
-    """A chat completion request as a Generation (``messages`` -> ``messages``)."""
-    _refuse_unsupported(body, UNSUPPORTED)
-    gen = _common(body)
-    gen.input["messages"] = _messages(body.get("messages"))
-    gen.fields["prompt"] = "messages"
-    return _ordered(gen)
-
-
-def completion_request(body: dict[str, Any]) -> Generation:
-    """A (legacy) completion request as a Generation (``prompt`` -> ``prompt``)."""
-    _refuse_unsupported(body, COMPLETION_UNSUPPORTED)
-    gen = _common(body)
-    prompt = _prompt(body.get("prompt"))
-    if prompt:  # an empty prompt is no prompt: the model's schema says what is missing
-        gen.input["prompt"] = prompt
-    return _ordered(gen)
-
-
-def _ordered(gen: Generation) -> Generation:
-    """``gen`` with its input's fields in INPUT_FIELDS' order, as the typed input over gRPC has them."""
-    gen.input = {name: gen.input[name] for name in INPUT_FIELDS if name in gen.input}
-    return gen
-
-
-def _refuse_unsupported(body: dict[str, Any], table: dict[str, Callable[[Any], bool]]) -> None:
-    for name, harmless in table.items():
-        if not harmless(body.get(name)):
-            raise InvalidInput(name, "is not supported by warmfleet; leave it out")
-    if body.get("n") not in (None, 1):
-        raise InvalidInput("n", "must be 1: warmfleet generates one choice per request")
-
-
-def _common(body: dict[str, Any]) -> Generation:
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidInput("model", "is required: a model or deployment name, owner/name")
-    gen = Generation(model, {}, stream=_flag(body, "stream"))
-    options = body.get("stream_options")
-    if options is not None:
-        if not isinstance(options, dict):
-            raise InvalidInput("stream_options", "must be an object")
-        gen.include_usage = _flag(options, "include_usage", "stream_options.include_usage")
-    _sampling(body, gen)
-    return gen
-
-
-def _sampling(body: dict[str, Any], gen: Generation) -> None:
-    tokens_field = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    for runner_field, openai_field, read in (
-        ("max_new_tokens", tokens_field, _uint32),
-        ("min_new_tokens", "min_tokens", _int32),
-        ("temperature", "temperature", _number),
-        ("top_p", "top_p", _number),
-        ("top_k", "top_k", _int32),
-        ("repetition_penalty", "repetition_penalty", _number),
-        ("frequency_penalty", "frequency_penalty", _number),
-        ("presence_penalty", "presence_penalty", _number),
-        ("seed", "seed", _int64),
-    ):
-        if body.get(openai_field) is not None:
-            gen.input[runner_field] = read(body[openai_field], openai_field)
-        gen.fields[runner_field] = openai_field
-    stops = _stop(body.get("stop"))
-    if stops:
-        gen.input["stop_sequences"] = stops
-    gen.fields["stop_sequences"] = "stop"
-
-
-def _flag(body: dict[str, Any], name: str, label: str | None = None) -> bool:
-    value = body.get(name)
-    if value is not None and not isinstance(value, bool):
-        raise InvalidInput(label or name, "must be true or false")
-    return bool(value)
-
-
-def _number(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidInput(name, "must be a number")
-    return float(value)
-
-
-def _integer(lo: int, hi: int) -> Callable[[Any, str], int]:
-    """A reader of integers that the wire type (not the runner: its schema has the rules) can carry."""
-    def read(value: Any, name: str) -> int:
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InvalidInput(name, "must be an integer")
-        if not lo <= value <= hi:
-            raise InvalidInput(name, f"must be an integer from {lo} to {hi}")
-        return value
-    return read
-
-
-_uint32, _int32, _int64 = _integer(0, 2**32 - 1), _integer(-2**31, 2**31 - 1), _integer(-2**63, 2**63 - 1)
-
-
-def _stop(value: Any) -> list[str]:
-    if value is None:
-        return []
-    stops = [value] if isinstance(value, str) else value
-    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-        raise InvalidInput("stop", "must be a string or a list of strings")
-    return stops
-
-
-def _prompt(value: Any) -> str:
-    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
-        return value[0]
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list) and len(value) > 1:
-        raise InvalidInput("prompt", "must be one prompt: warmfleet generates one choice per request")
-    raise InvalidInput("prompt", "must be a string (token ids are not supported)")
-
-
-def _messages(value: Any) -> list[dict[str, str]]:
-    if not isinstance(value, list) or not value:
-        raise InvalidInput("messages", "must be a non-empty list of {role, content} objects")
-    return [_message(m, f"messages[{i}]") for i, m in enumerate(value)]
-
-
-def _message(message: Any, where: str) -> dict[str, str]:
-    """A chat message as the typed input carries it: ``role``, and ``content`` unless it is empty."""
-    if not isinstance(message, dict):
-        raise InvalidInput(where, "must be an object with role and content")
-    role = message.get("role")
-    role = ROLES.get(role) if isinstance(role, str) else None
-    if role is None:
-        raise InvalidInput(f"{where}.role", f"must be system, developer, user or assistant, not "
-                                            f"{message.get('role')!r} (tools are not supported)")
-    if message.get("tool_calls") or message.get("function_call"):
-        raise InvalidInput(f"{where}.tool_calls", "is not supported by warmfleet; leave it out")
-    content = _content(message.get("content"), f"{where}.content")
-    return {"role": role, "content": content} if content else {"role": role}
-
-
-def _content(content: Any, where: str) -> str:
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        raise InvalidInput(where, "must be a string or a list of text parts")
-    texts = []
-    for i, part in enumerate(content):
-        if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-            raise InvalidInput(f"{where}[{i}]", 'must be {"type": "text", "text": "..."}: warmfleet '
-                                                 "chat models read text only")
-        texts.append(part["text"])
-    return "\n".join(texts)
-
-
 # Responses: Prediction -> OpenAI JSON
 
+# The runner's finish_reason -> OpenAI's: an end-of-sequence token and a stop sequence both "stop".
+FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
 
-def finish_reason(metrics: Metrics) -> str:
+
+def finish_reason(reason: str | None) -> str:
     """OpenAI's finish_reason of an ended generation."""
-    return FINISH_REASONS.get(metrics.finish_reason or "", "stop")
+    return FINISH_REASONS.get(reason or "", "stop")
 
 
 def usage(metrics: Metrics) -> dict[str, int]:
     prompt, completion = metrics.input_token_count or 0, metrics.output_token_count or 0
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+@dataclass
+class Answer:
+    """One choice of an answer: its text (or tool calls), how it ended, its tokens' log-probabilities
+    (the runner's entries: token, token_id, logprob, bytes, top_logprobs)."""
+
+    index: int
+    text: str
+    finish_reason: str
+    logprobs: list[dict[str, Any]] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+    @property
+    def finish(self) -> str:
+        return "tool_calls" if self.tool_calls else finish_reason(self.finish_reason)
+
+
+def answers_of(pred: Prediction, gen: Generation) -> list[Answer]:
+    """The choices of a prediction that succeeded: the runner's {choices: [...]} or its one string."""
+    value = pred.output.value if pred.output is not None else None
+    if gen.rich and isinstance(value, dict):
+        answers = [Answer(c["index"], c["text"], c["finish_reason"], c.get("logprobs")) for c in value["choices"]]
+    else:
+        answers = [Answer(0, value if isinstance(value, str) else "", pred.metrics.finish_reason or "")]
+    if gen.functions:
+        for answer in answers:
+            answer.tool_calls = openai_tools.tool_calls_of(answer.text, gen.functions)
+    return answers
+
+
+def _entry(e: dict[str, Any]) -> dict[str, Any]:
+    return {"token": e["token"], "logprob": e["logprob"], "bytes": e["bytes"]}
+
+
+def chat_logprobs(entries: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    """OpenAI chat's ``logprobs``: ``content``, a list of {token, logprob, bytes, top_logprobs}."""
+    if entries is None:
+        return None
+    return {"content": [{**_entry(e), "top_logprobs": [_entry(t) for t in e["top_logprobs"]]} for e in entries],
+            "refusal": None}
+
+
+def completion_logprobs(entries: list[dict[str, Any]] | None, offset: int = 0) -> dict[str, Any] | None:
+    """OpenAI completions' (older) ``logprobs``: tokens, token_logprobs, top_logprobs, text_offset."""
+    if entries is None:
+        return None
+    offsets, at = [], offset
+    for e in entries:
+        offsets.append(at)
+        at += len(e["token"])
+    return {"tokens": [e["token"] for e in entries], "token_logprobs": [e["logprob"] for e in entries],
+            "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries],
+            "text_offset": offsets}
 
 
 @dataclass(frozen=True)
@@ -282,77 +135,102 @@ class Dialect:
     object: str
     chunk_object: str
     parse: Callable[[dict[str, Any]], Generation]
-    whole: Callable[[str, str], dict[str, Any]]  # (text, finish_reason) -> the answer's choice
-    piece: Callable[[str | None, str | None], dict[str, Any]]  # (text, finish_reason) -> a chunk's choice
-    opening: tuple[dict[str, Any], ...]  # choices sent before any text
+    whole: Callable[[Answer], dict[str, Any]]  # a choice of the whole answer
+    piece: Callable[[int, dict[str, Any]], dict[str, Any]]  # (index, delta fields) -> a chunk's choice
+    opening: bool  # whether each choice opens with a role delta
 
 
-def _chat_whole(text: str, finish: str) -> dict[str, Any]:
-    return {"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
-            "logprobs": None, "finish_reason": finish}
+def _chat_whole(a: Answer) -> dict[str, Any]:
+    message = {"role": "assistant", "content": None if a.tool_calls else a.text, "refusal": None}
+    if a.tool_calls:
+        message["tool_calls"] = a.tool_calls
+    return {"index": a.index, "message": message, "logprobs": chat_logprobs(a.logprobs), "finish_reason": a.finish}
 
 
-def _chat_piece(text: str | None, finish: str | None) -> dict[str, Any]:
-    delta = {} if text is None else {"content": text}
-    return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+def _chat_piece(index: int, d: dict[str, Any]) -> dict[str, Any]:
+    delta = {k: d[k] for k in ("role", "content", "tool_calls") if k in d}
+    return {"index": index, "delta": delta, "logprobs": chat_logprobs(d.get("logprobs")),
+            "finish_reason": d.get("finish")}
 
 
-def _text_whole(text: str, finish: str | None) -> dict[str, Any]:
-    return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+def _text_whole(a: Answer) -> dict[str, Any]:
+    return {"index": a.index, "text": a.text, "logprobs": completion_logprobs(a.logprobs), "finish_reason": a.finish}
+
+
+def _text_piece(index: int, d: dict[str, Any]) -> dict[str, Any]:
+    return {"index": index, "text": d.get("content", ""), "logprobs": completion_logprobs(d.get("logprobs")),
+            "finish_reason": d.get("finish")}
 
 
 CHAT = Dialect("chatcmpl-", "chat.completion", "chat.completion.chunk", chat_request, _chat_whole, _chat_piece,
-               ({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                 "finish_reason": None},))
+               True)
 COMPLETION = Dialect("cmpl-", "text_completion", "text_completion", completion_request, _text_whole,
-                     lambda text, finish: _text_whole(text or "", finish), ())
+                     _text_piece, False)
 
 
-def completion_response(dialect: Dialect, pred: Prediction, model: str) -> dict[str, Any]:
+def completion_response(dialect: Dialect, pred: Prediction, gen: Generation) -> dict[str, Any]:
     """The whole answer for a prediction that succeeded."""
     return {
         "id": dialect.id_prefix + pred.id, "object": dialect.object,
-        "created": epoch_seconds(pred.created_at), "model": model, "system_fingerprint": pred.version,
-        "choices": [dialect.whole(text_of(pred), finish_reason(pred.metrics))],
-        "usage": usage(pred.metrics),
+        "created": epoch_seconds(pred.created_at), "model": gen.model, "system_fingerprint": pred.version,
+        "choices": [dialect.whole(a) for a in answers_of(pred, gen)], "usage": usage(pred.metrics),
     }
-
-
-def text_of(pred: Prediction) -> str:
-    """The generated text: the output's value when it is text ("" otherwise)."""
-    value = pred.output.value if pred.output is not None else None
-    return value if isinstance(value, str) else ""
 
 
 @dataclass
 class Chunks:
-    """The chunks of one streamed answer; all carry the same id, creation time and model."""
+    """The chunks of one streamed answer; all carry the same id, creation time and model.
+
+    With tools, a choice whose text begins with "{" may be a call: its text is held back, and at the
+    end it is sent as one ``tool_calls`` delta (name and whole arguments) if it is one, else as text."""
 
     dialect: Dialect
     prediction_id: str
-    model: str
-    include_usage: bool
+    gen: Generation
     created: int = field(default_factory=lambda: int(time.time()))
+    held: dict[int, list[str]] = field(default_factory=dict)  # index -> text held back
+    started: set[int] = field(default_factory=set)  # indices whose text has begun
 
     def chunk(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         body = {"id": self.dialect.id_prefix + self.prediction_id, "object": self.dialect.chunk_object,
-                "created": self.created, "model": self.model, "choices": choices, **extra}
-        if self.include_usage:
+                "created": self.created, "model": self.gen.model, "choices": choices, **extra}
+        if self.gen.include_usage:
             body.setdefault("usage", None)  # OpenAI: null on every chunk but the last
         return body
 
     def opening(self) -> list[dict[str, Any]]:
-        return [self.chunk([c]) for c in self.dialect.opening]
+        if not self.dialect.opening:
+            return []
+        return [self.chunk([self.dialect.piece(i, {"role": "assistant", "content": ""})])
+                for i in range(self.gen.choices)]
 
-    def text(self, text: str) -> dict[str, Any]:
-        return self.chunk([self.dialect.piece(text, None)])
+    def output(self, value: Any) -> list[dict[str, Any]]:
+        """The chunks for one output chunk of the runner (a string, or {index, text, logprobs?})."""
+        index, text, logprobs = (value["index"], value["text"], value.get("logprobs")) if isinstance(value, dict) \
+            else (0, value, None)
+        if not text and not logprobs:
+            return []
+        if self.gen.functions and index not in self.started and text:
+            self.started.add(index)
+            if text.startswith("{"):
+                self.held[index] = []
+        if index in self.held:
+            self.held[index].append(text)
+            return []
+        return [self.chunk([self.dialect.piece(index, {"content": text, "logprobs": logprobs})])]
 
     def ending(self, pred: Prediction) -> list[dict[str, Any]]:
-        """The last chunk (finish_reason), and the usage chunk when asked for."""
-        last = [self.chunk([self.dialect.piece(None, finish_reason(pred.metrics))])]
-        if self.include_usage:
-            last.append(self.chunk([], usage=usage(pred.metrics)))
-        return last
+        """Held calls (or text), each choice's last chunk (finish_reason), and usage when asked for."""
+        out = []
+        for answer in answers_of(pred, self.gen):
+            if answer.index in self.held:
+                delta = ({"tool_calls": [{"index": 0, **call} for call in answer.tool_calls]} if answer.tool_calls
+                         else {"content": "".join(self.held[answer.index])})
+                out.append(self.chunk([self.dialect.piece(answer.index, delta)]))
+            out.append(self.chunk([self.dialect.piece(answer.index, {"finish": answer.finish})]))
+        if self.gen.include_usage:
+            out.append(self.chunk([], usage=usage(pred.metrics)))
+        return out
 
 
 # Errors
@@ -429,14 +307,14 @@ async def _answer(ctx: RestContext, principal: Principal, gen: Generation, creat
                 pred = event.body.prediction
     if pred.status is not Status.SUCCEEDED:
         raise ended_error(pred)
-    return web.json_response(completion_response(dialect, pred, gen.model), dumps=_dumps)
+    return web.json_response(completion_response(dialect, pred, gen), dumps=_dumps)
 
 
 async def _stream(request: web.Request, ctx: RestContext, principal: Principal, gen: Generation,
                   create: CreateRequest, dialect: Dialect) -> web.StreamResponse:
     pred, events = await ctx.predictions.create_and_follow(principal, create)  # an invalid request raises now
     first = await anext(events)  # the stream opens when the prediction has news (it started, or ended)
-    chunks = Chunks(dialect, pred.id, gen.model, gen.include_usage)
+    chunks = Chunks(dialect, pred.id, gen)
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
     ended = False
@@ -444,8 +322,9 @@ async def _stream(request: web.Request, ctx: RestContext, principal: Principal, 
         for body in chunks.opening():
             await _send(response, body)
         async for event in _from(first, events):
-            if isinstance(event.body, OutputChunk) and isinstance(event.body.value, str) and event.body.value:
-                await _send(response, chunks.text(event.body.value))
+            if isinstance(event.body, OutputChunk) and isinstance(event.body.value, (str, dict)):
+                for body in chunks.output(event.body.value):
+                    await _send(response, body)
             elif isinstance(event.body, Completed):
                 ended = True
                 await _send_ending(response, chunks, gen, event.body.prediction)

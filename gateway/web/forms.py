@@ -43,7 +43,7 @@ class Upload:
 @dataclass(frozen=True)
 class Field:
     """One input of a Run form. ``kind``: text, textarea, integer, number, select, checkbox, file,
-    lines (an array of strings, one a line), objects (an array of objects: ``items`` are its fields),
+    lines (an array of strings, one a line), numbers (an array of numbers, one a line), objects (an array of objects: ``items`` are its fields),
     object (one object: ``items`` are its fields, named "outpaint.left"), json (anything else, as JSON)."""
 
     name: str
@@ -136,6 +136,8 @@ def field_of(name: str, prop: Mapping[str, Any], required: bool = False) -> Fiel
             return Field(kind="objects", items=tuple(inner), max_items=s.get("maxItems"), **base)
         if items.get("type") == "string" and items.get("format") != FILE_FORMAT:
             return Field(kind="lines", **base)
+        if items.get("type") in ("integer", "number"):
+            return Field(kind="numbers", **base)
     if kind == "object" and isinstance(s.get("properties"), Mapping):
         inner = set(s.get("required") or ())
         return Field(kind="object", items=tuple(field_of(f"{name}.{n}", p, n in inner)
@@ -265,6 +267,20 @@ def _as_lines(path: str, text: str) -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
 
 
+def _as_numbers(path: str, text: str) -> list[float | int]:
+    """One number a line ("stop_token_ids": 128001, 128009)."""
+    out = []
+    for i, line in enumerate(line for line in text.splitlines() if line.strip()):
+        try:
+            value = orjson.loads(line.strip())
+        except orjson.JSONDecodeError:
+            value = None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InvalidInput(f"{path}[{i}]", f"must be a number, one a line; got {line.strip()[:20]!r}")
+        out.append(value)
+    return out
+
+
 def _as_json(path: str, text: str) -> Any:
     try:
         return orjson.loads(text)
@@ -284,6 +300,7 @@ _PARSERS = {
     "integer": _as_integer,
     "number": _as_number,
     "lines": _as_lines,
+    "numbers": _as_numbers,
     "json": _as_json,
     "select": _as_choice,
 }

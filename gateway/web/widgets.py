@@ -64,7 +64,7 @@ def _shown(f: Field, name: str, values: Values | None) -> Any:
         return texts[-1] if texts else ""
     if f.default is None:
         return False if f.kind == "checkbox" else ""
-    if f.kind == "lines" and isinstance(f.default, list):
+    if f.kind in ("lines", "numbers") and isinstance(f.default, list):
         return "\n".join(map(str, f.default))
     if f.kind == "json" or f.kind == "select":
         return f.default
@@ -151,6 +151,7 @@ _CONTROLS = {
     "text": _text,
     "textarea": _textarea,
     "lines": _textarea,
+    "numbers": _textarea,
     "integer": _number,
     "number": _number,
     "select": _select,

@@ -70,13 +70,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from runners.llm import constraints
 from runners.llm.detokenize import StopMatcher, make_detokenizer
 from runners.llm.sampling import BatchSampler, SamplingParams
 from warmfleet.errors import InvalidInput
@@ -99,12 +100,25 @@ class Capacity:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """An output token's log-probability under the model, and the ``top`` most likely tokens at its
+    step with theirs (most likely first)."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class TextDelta:
     """New output text (possibly "", while held back) and the token that produced it (None for the
-    text released at the end)."""
+    text released at the end). ``index``: which of the request's ``n`` samples; ``logprob`` when the
+    request asked for them."""
 
     text: str
     token_id: int | None = None
+    index: int = 0
+    logprob: TokenLogprob | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +135,8 @@ class Finished:
     output_token_count: int
     time_to_first_token_s: float | None
     tokens_per_second: float | None
+    index: int = 0  # which of the request's n samples (each ends with its own Finished)
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -145,11 +161,19 @@ class EngineStats:
 
 
 class _Sequence:
-    """One request in the engine: its tokens, its sampling state, its streaming state."""
+    """One sample of a request in the engine: its tokens, its sampling state, its streaming state.
+
+    A request of ``n`` samples is ``n`` sequences with one id; the first, the leader, waits in the queue
+    with the others in its ``family`` (itself first), and one prefill of its prompt serves them all."""
 
     def __init__(self, request_id: str, prompt_ids: list[int], params: SamplingParams, max_new: int,
-                 emit: Emit, tokenizer: Any, device: torch.device) -> None:
+                 emit: Emit, tokenizer: Any, device: torch.device, index: int = 0, matcher: Any = None) -> None:
         self.id = request_id
+        self.index = index
+        self.matcher = matcher  # llguidance's, for a constrained request (``constraints``)
+        self.family: list[_Sequence] = [self]
+        self.logprobs: list[TokenLogprob] = []
+        self.pending_logprob: TokenLogprob | None = None
         self.prompt_ids = prompt_ids
         self.params = params
         self.max_new = max_new
@@ -289,23 +313,19 @@ class LLMEngine:
                            steps=self._steps, tokens=self._tokens)
 
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams, emit: Emit,
-               request_id: str | None = None) -> str:
-        """Queue a request; it joins the batch at the engine's next step. Returns its id.
+               request_id: str | None = None, n: int = 1, matchers: Sequence[Any] = ()) -> str:
+        """Queue a request of ``n`` samples (sample k seeded ``params.seed + k``; ``matchers``: one per
+        sample for a constrained request); it joins the batch at the engine's next step. Returns its id.
 
         Raises ``InvalidInput`` for a request the engine could never run."""
         prompt = [int(i) for i in prompt_ids]
-        if not prompt:
-            raise InvalidInput("input.prompt", "the prompt encodes to no tokens")
-        if len(prompt) >= self.max_positions:
-            raise InvalidInput("input.prompt", f"the prompt is {len(prompt)} tokens; this model takes "
-                                               f"at most {self.max_positions - 1}")
-        max_new = min(params.max_new_tokens, self.max_positions - len(prompt))
-        if len(prompt) + max_new > self.capacity.max_tokens_in_flight:
-            raise InvalidInput("input.max_new_tokens", f"prompt ({len(prompt)} tokens) + max_new_tokens "
-                                                       f"({max_new}) exceeds this instance's "
-                                                       f"{self.capacity.max_tokens_in_flight} tokens")
-        seq = _Sequence(request_id or uuid.uuid4().hex, prompt, params, max_new, emit, self.tokenizer,
-                        self.device)
+        max_new = _checked_length(prompt, params.max_new_tokens, n, self.max_positions, self.capacity)
+        rid = request_id or uuid.uuid4().hex
+        family = [_Sequence(rid, prompt, replace(params, seed=(params.seed + k) % 2**63), max_new, emit,
+                            self.tokenizer, self.device, k, matchers[k] if matchers else None)
+                  for k in range(n)]
+        seq = family[0]
+        seq.family = family
         with self._cond:
             if self._stopping:
                 raise RuntimeError("the engine is stopped")
@@ -357,7 +377,8 @@ class LLMEngine:
     def _drop(self, ids: set[str]) -> None:
         for seq in [s for s in self._waiting if s.id in ids]:
             self._waiting.remove(seq)
-            self._finish(seq, "cancelled")
+            for sample in seq.family:
+                self._finish(sample, "cancelled")
         rows = [i for i, s in enumerate(self._batch.seqs) if s.id in ids]
         for i in rows:
             self._finish(self._batch.seqs[i], "cancelled")
@@ -375,46 +396,54 @@ class LLMEngine:
         widest = 0
         while self._waiting:
             seq = self._waiting[0]
+            samples = len(seq.family)
             reservation = max(longest, seq.reservation)
-            if rows and (rows >= capacity.max_sequences
-                         or (rows + 1) * reservation > capacity.max_tokens_in_flight):
+            if rows and (rows + samples > capacity.max_sequences
+                         or (rows + samples) * reservation > capacity.max_tokens_in_flight):
                 break
             width = max(widest, len(seq.prompt_ids))
             if group and (len(group) + 1) * width > capacity.max_prefill_tokens:
                 break
             group.append(self._waiting.popleft())
-            rows, longest, widest = rows + 1, reservation, width
+            rows, longest, widest = rows + samples, reservation, width
         return group
 
     def _admit(self) -> None:
         group = self._admissible()
         if not group:
             return
+        samples = [sample for seq in group for sample in seq.family]
         try:
-            cache, mask, tokens = self._prefill(group)
+            cache, mask, logits = self._prefill(group)
+            if len(samples) > len(group):  # a request's n samples: its prefilled row, n times
+                index = torch.tensor([row for row, seq in enumerate(group) for _ in seq.family],
+                                     device=self.device)
+                mask, logits = _select_rows(cache, mask, index), logits.index_select(0, index)
+            sampler = BatchSampler([s.params for s in samples], [s.generator for s in samples],
+                                   self.eos_token_ids, self.device)
+            tokens = self._choose(sampler, logits, samples)
         except Exception as err:
             log.exception("llm prefill failed")
-            for seq in group:
+            for seq in samples:
                 self._emit(seq, Failed(err))
             return
-        staying = [row for row, (seq, token) in enumerate(zip(group, tokens.tolist()))
+        staying = [row for row, (seq, token) in enumerate(zip(samples, tokens.tolist()))
                    if not self._accept(seq, token)]
         if not staying:
             return
-        if len(staying) < len(group):
+        if len(staying) < len(samples):
             index = torch.tensor(staying, device=self.device)
             mask, tokens = _select_rows(cache, mask, index), tokens.index_select(0, index)
         try:
-            self._batch.join([group[row] for row in staying], cache, mask, tokens)
+            self._batch.join([samples[row] for row in staying], cache, mask, tokens)
         except Exception as err:  # the batch fails too (in _run); these are not in it yet
             for row in staying:
-                self._emit(group[row], Failed(err))
+                self._emit(samples[row], Failed(err))
             raise
 
     def _prefill(self, group: list[_Sequence]) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
-        """One forward over the prompts of ``group``, left-padded to the longest, with a fresh cache;
-        each row's first token sampled with its own parameters and generator. Returns the cache (its
-        padding columns zeroed), the mask and the tokens."""
+        """One forward over the prompts of ``group``, left-padded to the longest, with a fresh cache.
+        Returns the cache (its padding columns zeroed), the mask and each row's last logits."""
         width = max(len(seq.prompt_ids) for seq in group)
         ids = torch.zeros(len(group), width, dtype=torch.long)
         mask = torch.zeros(len(group), width, dtype=torch.long)
@@ -431,9 +460,7 @@ class LLMEngine:
             for layer in cache.layers:
                 layer.keys.masked_fill_(padding, 0)
                 layer.values.masked_fill_(padding, 0)
-        sampler = BatchSampler([seq.params for seq in group], [seq.generator for seq in group],
-                               self.eos_token_ids, self.device)
-        return cache, mask, self._choose(sampler, out.logits[:, -1, :], group)
+        return cache, mask, out.logits[:, -1, :]
 
     def _decode_step(self) -> None:
         batch = self._batch
@@ -456,40 +483,45 @@ class LLMEngine:
 
     def _choose(self, sampler: BatchSampler, logits: torch.Tensor, seqs: list[_Sequence]) -> torch.Tensor:
         logits = logits.float()
+        wanting = [row for row, s in enumerate(seqs) if s.params.logprobs]
+        raw = logits[wanting].log_softmax(dim=-1) if wanting else None  # the model's own distribution
         if sampler.uses_repetition or sampler.uses_openai:
-            seen, counts = self._token_stats(seqs, logits.shape[-1])
+            seen, counts = _token_stats(seqs, logits.shape[-1], self.device)
         else:
             seen = counts = None
         generated = torch.tensor([len(s.output_ids) for s in seqs], device=self.device)
-        return sampler.choose(sampler.process(logits, seen, counts, generated))
-
-    def _token_stats(self, seqs: list[_Sequence], vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``seen`` (prompt or output) and output ``counts`` per row, ``[rows, vocab]``."""
-        seen = torch.zeros(len(seqs), vocab, dtype=torch.bool, device=self.device)
-        counts = torch.zeros(len(seqs), vocab, dtype=torch.float32, device=self.device)
-        for row, seq in enumerate(seqs):
-            prompt = torch.tensor(seq.prompt_ids, device=self.device)
-            seen[row].index_fill_(0, prompt, True)
-            if seq.output_ids:
-                output = torch.tensor(seq.output_ids, device=self.device)
-                seen[row].index_fill_(0, output, True)
-                counts[row].index_add_(0, output, torch.ones_like(output, dtype=torch.float32))
-        return seen, counts
+        logits = sampler.process(logits, seen, counts, generated)
+        if any(s.matcher is not None for s in seqs):
+            constraints.apply_masks(logits, [s.matcher for s in seqs])
+        tokens = sampler.choose(logits)
+        if raw is not None:
+            _note_logprobs(raw, tokens, [seqs[row] for row in wanting], wanting)
+        return tokens
 
     def _accept(self, seq: _Sequence, token: int) -> bool:
         """Take a sequence's new token: stream it, and finish the sequence if it is done."""
         self._tokens += 1
         if seq.first_token_at is None:
             seq.first_token_at = time.perf_counter()
+        logprob, seq.pending_logprob = seq.pending_logprob, None
         if token in self.eos_token_ids:
             self._finish(seq, "eos")
             return True
+        if token in seq.params.stop_token_ids:
+            self._finish(seq, "stop")
+            return True
+        if seq.matcher is not None:
+            constraints.advance(seq.matcher, token)
         seq.output_ids.append(token)
+        if logprob is not None:
+            seq.logprobs.append(logprob)
         text = seq.stop.push(seq.detokenizer.push(token)) if seq.detokenizer else ""
         seq.text.append(text)
-        self._emit(seq, TextDelta(text, token))
+        self._emit(seq, TextDelta(text, token, seq.index, logprob))
         if seq.stop.stopped:
             self._finish(seq, "stop")
+        elif seq.matcher is not None and constraints.finished(seq.matcher):
+            self._finish(seq, "eos")  # the grammar is complete: the output ends as at EOS
         elif len(seq.output_ids) >= seq.max_new:
             self._finish(seq, "length")
         else:
@@ -504,7 +536,7 @@ class LLMEngine:
         tail += seq.stop.flush()
         if tail:
             seq.text.append(tail)
-            self._emit(seq, TextDelta(tail))
+            self._emit(seq, TextDelta(tail, index=seq.index))
         now = time.perf_counter()
         count = len(seq.output_ids)
         self._emit(seq, Finished(
@@ -512,6 +544,7 @@ class LLMEngine:
             input_token_count=len(seq.prompt_ids), output_token_count=count,
             time_to_first_token_s=None if seq.first_token_at is None else seq.first_token_at - seq.joined_at,
             tokens_per_second=count / (now - seq.joined_at) if now > seq.joined_at else None,
+            index=seq.index, logprobs=tuple(seq.logprobs),
         ))
 
     def _emit(self, seq: _Sequence, event: EngineEvent) -> None:
@@ -521,3 +554,49 @@ class LLMEngine:
             log.warning("llm request %s: its listener failed; dropping it", seq.id, exc_info=True)
             with self._cond:
                 self._cancels.add(seq.id)
+
+
+def _token_stats(seqs: list[_Sequence], vocab: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``seen`` (prompt or output) and output ``counts`` per row, ``[rows, vocab]``."""
+    seen = torch.zeros(len(seqs), vocab, dtype=torch.bool, device=device)
+    counts = torch.zeros(len(seqs), vocab, dtype=torch.float32, device=device)
+    for row, seq in enumerate(seqs):
+        prompt = torch.tensor(seq.prompt_ids, device=device)
+        seen[row].index_fill_(0, prompt, True)
+        if seq.output_ids:
+            output = torch.tensor(seq.output_ids, device=device)
+            seen[row].index_fill_(0, output, True)
+            counts[row].index_add_(0, output, torch.ones_like(output, dtype=torch.float32))
+    return seen, counts
+
+
+def _note_logprobs(raw: torch.Tensor, tokens: torch.Tensor, seqs: list[_Sequence], rows: list[int]) -> None:
+    """Each asking row's chosen token's log-probability and its top alternatives, for ``_accept``."""
+    chosen = raw.gather(1, tokens[rows].unsqueeze(1)).squeeze(1).tolist()
+    most = max(s.params.top_logprobs for s in seqs)
+    top_values, top_ids = raw.topk(most, dim=-1) if most else (None, None)
+    for j, seq in enumerate(seqs):
+        k = seq.params.top_logprobs
+        top = tuple(zip(top_ids[j, :k].tolist(), top_values[j, :k].tolist())) if k else ()
+        seq.pending_logprob = TokenLogprob(int(tokens[rows[j]]), chosen[j], top)
+
+
+def _checked_length(prompt: list[int], max_new_tokens: int, n: int, max_positions: int, capacity: Capacity) -> int:
+    """The tokens a request may generate (its max_new_tokens, within the model's context); InvalidInput
+    for a request the engine could never run."""
+    if not prompt:
+        raise InvalidInput("input.prompt", "the prompt encodes to no tokens")
+    if len(prompt) >= max_positions:
+        raise InvalidInput("input.prompt", f"the prompt is {len(prompt)} tokens; this model takes "
+                                           f"at most {max_positions - 1}")
+    max_new = min(max_new_tokens, max_positions - len(prompt))
+    if len(prompt) + max_new > capacity.max_tokens_in_flight:
+        raise InvalidInput("input.max_new_tokens", f"prompt ({len(prompt)} tokens) + max_new_tokens "
+                                                   f"({max_new}) exceeds this instance's "
+                                                   f"{capacity.max_tokens_in_flight} tokens")
+    if not 1 <= n <= capacity.max_sequences:
+        raise InvalidInput("input.n", f"must be 1 to {capacity.max_sequences} (this instance's batch)")
+    if n * (len(prompt) + max_new) > capacity.max_tokens_in_flight:
+        raise InvalidInput("input.n", f"{n} samples of prompt + max_new_tokens ({len(prompt) + max_new}) "
+                                      f"exceed this instance's {capacity.max_tokens_in_flight} tokens")
+    return max_new

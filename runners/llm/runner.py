@@ -28,6 +28,8 @@ from warmfleet.domain import LogLine, MetricsUpdate, RouteSpec, Output, OutputCh
 from warmfleet.errors import InvalidInput
 
 MAX_NEW_TOKENS = 4096
+MAX_SAMPLES = 16
+CONSTRAINTS = {"json_schema": "json_schema", "regex": "regex", "choices": "choice", "grammar": "grammar"}
 MAX_STOP_SEQUENCES = 16
 DEFAULT_MAX_BATCH_SIZE = 32
 DEFAULT_MAX_TOKENS_IN_FLIGHT = 65_536
@@ -57,8 +59,9 @@ INPUT_SCHEMA: dict[str, Any] = {
             "items": {
                 "type": "object", "additionalProperties": False, "required": ["role", "content"],
                 "properties": {
-                    "role": {"enum": ["system", "user", "assistant"],
-                             "description": "Who speaks: system, user or assistant."},
+                    "role": {"enum": ["system", "user", "assistant", "tool"],
+                             "description": "Who speaks: system, user, assistant, or tool (a tool's result, "
+                                            "to the assistant's call before it)."},
                     "content": {"type": "string", "maxLength": 1_000_000,
                                 "description": "What they say."},
                 },
@@ -95,7 +98,43 @@ INPUT_SCHEMA: dict[str, Any] = {
         "seed": {
             "type": "integer", "minimum": 0, "maximum": 2**63 - 1,
             "description": "Random seed, 0 to 2^63-1, for reproducible sampling whatever else is in the "
-                           "batch. Unset: a random seed (it is logged).",
+                           "batch; sample k of n uses seed + k. Unset: a random seed (it is logged).",
+        },
+        "min_p": _number("number", 0.0, "Drop tokens less likely than min_p times the most likely one, 0 to "
+                         "1; 0 is off.", minimum=0, maximum=1),
+        "logit_bias": {
+            "type": "object", "maxProperties": 300, "propertyNames": {"pattern": "^[0-9]{1,9}$"},
+            "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100},
+            "description": "Token id (as a string) -> bias added to its logit, -100 to 100 (OpenAI's).",
+        },
+        "stop_token_ids": {
+            "type": "array", "maxItems": 64, "items": {"type": "integer", "minimum": 0},
+            "description": "Token ids that end the text like end-of-sequence (not in the output).",
+        },
+        "n": _number("integer", 1, f"Samples of the same prompt, 1 to {MAX_SAMPLES}: one prefill, each "
+                     "sample its own seed (seed + k). Above 1 the output is {choices: [...]}.",
+                     minimum=1, maximum=MAX_SAMPLES),
+        "logprobs": {"type": "boolean", "default": False,
+                     "description": "Report each output token's log-probability under the model; the "
+                                    "output is then {choices: [...]}."},
+        "top_logprobs": _number("integer", 0, "With logprobs: the most likely tokens at each step, 0 to 20.",
+                                minimum=0, maximum=20),
+        "json_schema": {"type": "object",
+                        "description": "Constrain the output to JSON valid against this JSON Schema "
+                                       "({\"type\": \"object\"}: any JSON object)."},
+        "regex": {"type": "string", "minLength": 1, "maxLength": 10_000,
+                  "description": "Constrain the output to match this regular expression (Rust regex syntax)."},
+        "choices": {"type": "array", "minItems": 1, "maxItems": 1000, "items": {"type": "string"},
+                    "description": "Constrain the output to exactly one of these strings."},
+        "grammar": {"type": "string", "minLength": 1, "maxLength": 100_000,
+                    "description": "Constrain the output to this Lark grammar (llguidance's dialect)."},
+        "tools": {
+            "type": "array", "maxItems": 128,
+            "items": {"type": "object", "required": ["type", "function"],
+                      "properties": {"type": {"const": "function"},
+                                     "function": {"type": "object", "required": ["name"]}}},
+            "description": "Functions the model may call (OpenAI's tools), shown to it by its chat template; "
+                           "needs messages or system_prompt. A call is answered as JSON, {name, parameters}.",
         },
     },
     # Exactly one of prompt and messages: with messages, prompt must be absent or empty; without, it
@@ -114,6 +153,8 @@ class LLMRunner(Runner):
         self.model: Any = None
         self.tokenizer: Any = None
         self.engine: Any = None
+        self.grammars: Any = None
+        self._byte_table: list[bytes] | None = None
 
     @classmethod
     def input_schema(cls, spec: RouteSpec) -> dict[str, Any]:
@@ -130,6 +171,8 @@ class LLMRunner(Runner):
     def load(self) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from runners.llm.constraints import Grammars
+        from runners.llm.detokenize import byte_table
         from runners.llm.engine import Capacity, LLMEngine
 
         options = self.spec.options
@@ -143,8 +186,10 @@ class LLMRunner(Runner):
             max_tokens_in_flight=int(options.get("max_tokens_in_flight", DEFAULT_MAX_TOKENS_IN_FLIGHT)),
             max_prefill_tokens=int(options.get("max_prefill_tokens", Capacity.max_prefill_tokens)),
         )
-        self.engine = LLMEngine(self.model, self.tokenizer, capacity=capacity,
-                                eos_token_ids=eos_token_ids(self.model, self.tokenizer))
+        eos = eos_token_ids(self.model, self.tokenizer)
+        self.engine = LLMEngine(self.model, self.tokenizer, capacity=capacity, eos_token_ids=eos)
+        self.grammars = Grammars(self.tokenizer, int(self.model.get_output_embeddings().weight.shape[0]), eos)
+        self._byte_table = byte_table(self.tokenizer)
         self.engine.start()
 
     def unload(self) -> None:
@@ -154,8 +199,8 @@ class LLMRunner(Runner):
         free_memory(self.device)
 
     async def predict(self, input: dict[str, Any], ctx: PredictContext) -> AsyncPredictGenerator:
-        # Async, on the agent's loop: tokenizing goes to a worker thread, compute to the engine thread,
-        # and this generator only awaits the engine's events.
+        # Async, on the agent's loop: tokenizing and grammar building go to a worker thread, compute to
+        # the engine thread, and this generator only awaits the engine's events.
         from runners.llm.engine import Failed, Finished, TextDelta
 
         engine = self.engine
@@ -164,32 +209,90 @@ class LLMRunner(Runner):
         params = sampling_params(input)
         if input.get("seed") is None:
             yield LogLine(f"Using seed: {params.seed}")
-        prompt_ids = await asyncio.to_thread(self.encode, input)
+        n = int(input.get("n") or 1)
+        prompt_ids, matchers = await asyncio.to_thread(self.prepare, input, n)
+        # One sample without log-probabilities streams text and ends with a string; otherwise each
+        # chunk and the output say which sample they are of (``choices_of``).
+        rich = n > 1 or params.logprobs
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
 
         def emit(event: Any) -> None:  # on the engine thread
-            if not (isinstance(event, TextDelta) and not event.text):
+            if not (isinstance(event, TextDelta) and not event.text and event.logprob is None):
                 loop.call_soon_threadsafe(events.put_nowait, event)
 
-        request_id = engine.submit(prompt_ids, params, emit)
-        ended = False
+        request_id = engine.submit(prompt_ids, params, emit, n=n, matchers=matchers)
+        done: dict[int, Any] = {}
         try:
-            while True:
+            while len(done) < n:
                 event = await events.get()
                 if isinstance(event, TextDelta):
-                    yield OutputChunk(value=event.text)
+                    yield OutputChunk(value=self.chunk_of(event) if rich else event.text)
                 elif isinstance(event, Finished):
-                    ended = True
-                    yield MetricsUpdate(metrics_of(event))
-                    yield Output(value=event.text)
-                    return
+                    done[event.index] = event
                 elif isinstance(event, Failed):
-                    ended = True
                     raise RuntimeError(f"generation failed: {event.error}") from event.error  # noqa: TRY004
+            samples = [done[k] for k in range(n)]
+            yield MetricsUpdate(metrics_of(samples))
+            yield Output(value=self.choices_of(samples) if rich else samples[0].text)
         finally:
-            if not ended:  # cancelled (CancelledError) or abandoned (GeneratorExit): free the row
+            if len(done) < n:  # cancelled (CancelledError), abandoned (GeneratorExit) or failed: free the rows
                 engine.cancel(request_id)
+
+    def prepare(self, input: dict[str, Any], n: int) -> tuple[list[int], list[Any]]:
+        """The prompt's token ids, and a grammar matcher per sample when the input constrains the output."""
+        prompt_ids = self.encode(input)
+        self.check_token_ids(input)
+        given = [name for name in CONSTRAINTS if input.get(name) not in (None, "", [])]
+        if len(given) > 1:
+            raise InvalidInput(f"input.{given[1]}", f"give one constraint, not {' and '.join(given)}")
+        if not given:
+            return prompt_ids, []
+        from runners.llm.constraints import Constraint
+
+        constraint = Constraint(CONSTRAINTS[given[0]], input[given[0]], f"input.{given[0]}")
+        first = self.grammars.matcher(constraint)
+        return prompt_ids, [first, *(first.deep_copy() for _ in range(n - 1))]
+
+    def check_token_ids(self, input: dict[str, Any]) -> None:
+        vocab = self.grammars.vocab_size
+        for key in input.get("logit_bias") or {}:
+            if int(key) >= vocab:
+                raise InvalidInput(f"input.logit_bias.{key}", f"is not a token id of this model (0 to {vocab - 1})")
+        for i, token in enumerate(input.get("stop_token_ids") or ()):
+            if token >= vocab:
+                raise InvalidInput(f"input.stop_token_ids[{i}]", f"is not a token id of this model (0 to {vocab - 1})")
+
+    def chunk_of(self, delta: Any) -> dict[str, Any]:
+        chunk: dict[str, Any] = {"index": delta.index, "text": delta.text}
+        if delta.logprob is not None:
+            chunk["logprobs"] = [self.logprob_json(delta.logprob)]
+        return chunk
+
+    def choices_of(self, samples: list[Any]) -> dict[str, Any]:
+        """``{"choices": [{index, text, finish_reason, logprobs?}]}``: each sample, in order."""
+        choices = []
+        for sample in samples:
+            choice: dict[str, Any] = {"index": sample.index, "text": sample.text,
+                                      "finish_reason": sample.finish_reason}
+            if sample.logprobs:
+                choice["logprobs"] = [self.logprob_json(lp) for lp in sample.logprobs]
+            choices.append(choice)
+        return {"choices": choices}
+
+    def logprob_json(self, lp: Any) -> dict[str, Any]:
+        """A token's log-probability as OpenAI writes it: token, logprob, bytes, top_logprobs (and its id)."""
+        def entry(token_id: int, logprob: float) -> dict[str, Any]:
+            raw = self.token_bytes(token_id)
+            return {"token": raw.decode("utf-8", errors="replace"), "token_id": token_id, "logprob": logprob,
+                    "bytes": list(raw)}
+
+        return {**entry(lp.token_id, lp.logprob), "top_logprobs": [entry(i, v) for i, v in lp.top]}
+
+    def token_bytes(self, token_id: int) -> bytes:
+        if self._byte_table is not None and 0 <= token_id < len(self._byte_table):
+            return self._byte_table[token_id]
+        return self.tokenizer.decode([token_id], skip_special_tokens=False).encode()
 
     def encode(self, input: dict[str, Any]) -> list[int]:
         """The prompt's token ids: the chat template with a system prompt or messages, else the raw prompt."""
@@ -200,6 +303,9 @@ class LLMRunner(Runner):
         if not prompt and not messages:
             raise InvalidInput("input.prompt", "give a prompt or messages")
         if not messages and not system:
+            if input.get("tools"):
+                raise InvalidInput("input.tools", "needs a chat (messages or system_prompt): the chat template "
+                                                  "shows the tools")
             return list(self.tokenizer(prompt).input_ids)
         chat = [dict(m) for m in messages] or [{"role": "user", "content": prompt}]
         if system:
@@ -210,7 +316,8 @@ class LLMRunner(Runner):
         if not getattr(self.tokenizer, "chat_template", None):
             raise InvalidInput("input.messages" if messages else "input.system_prompt",
                                "this model has no chat template; give a plain prompt")
-        text = self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        text = self.tokenizer.apply_chat_template(chat, tools=input.get("tools") or None,
+                                                  add_generation_prompt=True, tokenize=False)
         return list(self.tokenizer(text, add_special_tokens=False).input_ids)
 
 
@@ -220,8 +327,10 @@ def sampling_params(input: dict[str, Any]) -> Any:
 
     fields = {name: input[name] for name in (
         "max_new_tokens", "min_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty",
-        "frequency_penalty", "presence_penalty") if name in input}
+        "frequency_penalty", "presence_penalty", "min_p", "logprobs", "top_logprobs") if name in input}
     fields["stop_sequences"] = tuple(input.get("stop_sequences") or ())
+    fields["stop_token_ids"] = tuple(int(i) for i in input.get("stop_token_ids") or ())
+    fields["logit_bias"] = tuple((int(k), float(v)) for k, v in (input.get("logit_bias") or {}).items())
     if input.get("seed") is not None:
         fields["seed"] = int(input["seed"])
     try:
@@ -230,11 +339,20 @@ def sampling_params(input: dict[str, Any]) -> Any:
         raise InvalidInput("input." + str(err).split()[0], str(err)) from err
 
 
-def metrics_of(done: Any) -> dict[str, Any]:
+def metrics_of(samples: list[Any]) -> dict[str, Any]:
+    """A request's metrics from its samples' ``Finished``: tokens summed over them, the first token of
+    any, tokens per second over the longest; the finish reason is the first sample's (each is in
+    ``choices``)."""
+    first = samples[0]
+    output = sum(s.output_token_count for s in samples)
+    longest = max((s.output_token_count / s.tokens_per_second for s in samples if s.tokens_per_second),
+                  default=0.0)
+    ttfts = [s.time_to_first_token_s for s in samples if s.time_to_first_token_s is not None]
     return {
-        "input_token_count": done.input_token_count, "output_token_count": done.output_token_count,
-        "time_to_first_token_s": done.time_to_first_token_s, "tokens_per_second": done.tokens_per_second,
-        "finish_reason": done.finish_reason,
+        "input_token_count": first.input_token_count, "output_token_count": output,
+        "time_to_first_token_s": min(ttfts) if ttfts else None,
+        "tokens_per_second": output / longest if longest else first.tokens_per_second,
+        "finish_reason": first.finish_reason,
     }
 
 

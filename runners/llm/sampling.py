@@ -7,18 +7,25 @@ The processors run in this order, on float32 logits of shape ``[batch, vocab]``,
    multiplied by it. 1.0 is off.
 2. ``frequency_penalty`` and ``presence_penalty`` (OpenAI semantics), over the output tokens only:
    ``logit -= frequency_penalty * count + presence_penalty * (count > 0)``. 0 is off.
-3. ``min_new_tokens``: while fewer tokens than that have been generated, every EOS id is masked
-   (-inf), so the sequence cannot end on EOS. -1 (or anything <= the tokens so far) is off.
-4. ``temperature``: logits divided by it. 0 means greedy: the row takes the argmax of the logits as
-   they stand after steps 1 to 3, and steps 4 to 6 do not apply to it.
-5. ``top_k``: only the k largest logits stay. -1 or 0 is off. ``top_k=1`` is greedy.
-6. ``top_p`` (nucleus): only the smallest set of most likely tokens whose probabilities add up to
-   ``top_p`` stays (the most likely token always stays). 1.0 is off.
-7. sample: one draw from the softmax, with the row's own ``torch.Generator``, so that a seeded row
+3. ``logit_bias`` (OpenAI semantics): {token id: bias} added to those logits; -100 bans a token in
+   practice, 100 all but forces it.
+4. ``min_new_tokens``: while fewer tokens than that have been generated, every EOS id and the row's
+   ``stop_token_ids`` are masked (-inf), so the sequence cannot end. -1 (or <= the tokens so far) is off.
+   (A grammar's mask, ``constraints.apply_masks``, comes next, in the engine.)
+5. ``temperature``: logits divided by it. 0 means greedy: the row takes the argmax of the logits as
+   they stand after steps 1 to 4, and steps 5 to 8 do not apply to it.
+6. ``top_k``: only the k largest logits stay. -1 or 0 is off. ``top_k=1`` is greedy.
+7. ``top_p`` (nucleus): only the smallest set of most likely tokens whose probabilities add up to
+   ``top_p`` stays (the most likely token always stays). 1.0 is off. Then ``min_p``: tokens less likely
+   than ``min_p`` times the most likely one go. 0 is off.
+8. sample: one draw from the softmax, with the row's own ``torch.Generator``, so that a seeded row
    draws the same token whatever else is in the batch. Greedy rows draw nothing.
 
 This is the order of ``transformers``' ``generate`` (penalties, then min length, then the warpers
-temperature, top-k, top-p), with OpenAI's penalties placed beside the repetition penalty.
+temperature, top-k, top-p, min-p), with OpenAI's penalties and bias placed beside the repetition penalty.
+
+Log-probabilities (``logprobs``) are those of the model's own distribution: the log-softmax of the raw
+logits, before any of the steps above (vLLM's default, "raw_logprobs").
 """
 
 from __future__ import annotations
@@ -46,6 +53,11 @@ class SamplingParams:
     presence_penalty: float = 0.0
     stop_sequences: tuple[str, ...] = ()
     seed: int = field(default_factory=lambda: random.randrange(2**63))
+    min_p: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias)
+    stop_token_ids: tuple[int, ...] = ()  # end the sequence like EOS (not in the output)
+    logprobs: bool = False  # report each output token's log-probability
+    top_logprobs: int = 0  # and the most likely alternatives at each step, 0 to 20
 
     def __post_init__(self) -> None:
         _check(self.max_new_tokens >= 1, "max_new_tokens", "must be at least 1")
@@ -54,6 +66,8 @@ class SamplingParams:
         _check(self.top_k >= -1, "top_k", "must be -1, 0 (off) or positive")
         _check(self.repetition_penalty > 0, "repetition_penalty", "must be > 0")
         _check(all(self.stop_sequences), "stop_sequences", "must not contain an empty string")
+        _check(0 <= self.min_p <= 1, "min_p", "must be in [0, 1]")
+        _check(0 <= self.top_logprobs <= 20, "top_logprobs", "must be 0 to 20")
 
     @property
     def greedy(self) -> bool:
@@ -88,6 +102,9 @@ class BatchSampler:
         self.uses_repetition = any(p.repetition_penalty != 1.0 for p in params)
         self.uses_openai = any(p.frequency_penalty or p.presence_penalty for p in params)
         self.uses_min_new = any(p.min_new_tokens > 0 for p in params)
+        self.bias = [(row, p.logit_bias) for row, p in enumerate(params) if p.logit_bias]
+        self.stop_ids = [(row, p.stop_token_ids) for row, p in enumerate(params)
+                         if p.stop_token_ids and p.min_new_tokens > 0]
         # The rows that sample (temperature > 0), and their warper parameters.
         sampled = [(i, p) for i, p in enumerate(params) if not p.greedy]
         self.sampled_rows = [i for i, _ in sampled]
@@ -96,10 +113,12 @@ class BatchSampler:
         self.top_k = torch.tensor([max(p.top_k, 0) for _, p in sampled], dtype=torch.long, device=device)
         self.top_p = column([p.top_p for _, p in sampled])
         self.uses_top_k_top_p = any(p.top_k > 0 or p.top_p < 1.0 for _, p in sampled)
+        self.min_p = column([p.min_p for _, p in sampled])
+        self.uses_min_p = any(p.min_p > 0 for _, p in sampled)
 
     def process(self, logits: torch.Tensor, seen: torch.Tensor, counts: torch.Tensor,
                 generated: torch.Tensor) -> torch.Tensor:
-        """Steps 1 to 3 (penalties, min_new_tokens), in place on ``logits``; returns it.
+        """Steps 1 to 4 (penalties, bias, min_new_tokens), in place on ``logits``; returns it.
 
         ``seen``: bool ``[batch, vocab]``, tokens in the prompt or output; ``counts``: float
         ``[batch, vocab]``, occurrences in the output; ``generated``: ``[batch]`` tokens so far.
@@ -108,12 +127,19 @@ class BatchSampler:
             apply_repetition_penalty(logits, seen, self.repetition)
         if self.uses_openai:
             apply_frequency_presence(logits, counts, self.frequency, self.presence)
+        for row, bias in self.bias:
+            ids = torch.tensor([i for i, _ in bias], dtype=torch.long, device=logits.device)
+            logits[row].index_add_(0, ids, torch.tensor([b for _, b in bias], device=logits.device))
         if self.uses_min_new:
-            mask_eos(logits, self.eos, generated < self.min_new)
+            short = generated < self.min_new
+            mask_eos(logits, self.eos, short)
+            for row, ids in self.stop_ids:
+                if bool(short[row]):
+                    logits[row, list(ids)] = NEG_INF
         return logits
 
     def choose(self, logits: torch.Tensor) -> torch.Tensor:
-        """Steps 4 to 7: one token per row (``[batch]`` long) from processed logits."""
+        """Steps 5 to 8: one token per row (``[batch]`` long) from processed logits."""
         tokens = torch.argmax(logits, dim=-1)
         if not self.sampled_rows:
             return tokens
@@ -121,6 +147,8 @@ class BatchSampler:
         if self.uses_top_k_top_p:
             warped = apply_top_k_top_p(warped, self.top_k, self.top_p)
         probs = torch.softmax(warped, dim=-1)
+        if self.uses_min_p:
+            probs = apply_min_p(probs, self.min_p)
         for j, row in enumerate(self.sampled_rows):
             tokens[row] = torch.multinomial(probs[j], 1, generator=self.generators[row])[0]
         return tokens
@@ -144,6 +172,13 @@ def mask_eos(logits: torch.Tensor, eos_token_ids: torch.Tensor, rows: torch.Tens
         return
     row_index = rows.nonzero().squeeze(1)
     logits[row_index.unsqueeze(1), eos_token_ids.unsqueeze(0)] = NEG_INF
+
+
+def apply_min_p(probs: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
+    """Probabilities with every token below ``min_p`` times its row's most likely one removed (0 is off);
+    multinomial draws from the unnormalised rest, as from the renormalised distribution."""
+    floor = probs.max(dim=-1, keepdim=True).values * min_p
+    return probs.masked_fill(probs < floor, 0.0)
 
 
 def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:

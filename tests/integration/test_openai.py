@@ -139,8 +139,11 @@ async def test_a_stream_the_client_leaves_cancels_its_prediction(client, api):
     ({"temperature": 5}, openai.UnprocessableEntityError, "temperature"),
     ({"max_tokens": 0}, openai.UnprocessableEntityError, "max_tokens"),
     ({"stop": ["ok", ""]}, openai.UnprocessableEntityError, "stop[1]"),
-    ({"n": 2}, openai.UnprocessableEntityError, "n"),
-    ({"logprobs": True}, openai.UnprocessableEntityError, "logprobs"),
+    ({"n": 17}, openai.UnprocessableEntityError, "n"),
+    ({"logprobs": True, "top_logprobs": 21}, openai.UnprocessableEntityError, "top_logprobs"),
+    ({"logit_bias": {"100000": 5}}, openai.UnprocessableEntityError, "logit_bias.100000"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nope"}}}},
+     openai.UnprocessableEntityError, "response_format.json_schema.schema"),
     ({"model": ECHO}, openai.UnprocessableEntityError, "model"),
     ({"model": "nobody/nothing"}, openai.NotFoundError, "model"),
 ])

@@ -73,7 +73,8 @@ def test_every_input_has_a_description_and_the_defaults_reach_predict(validator)
     filled = validator.validate({"prompt": "hi"})
     assert filled == {"prompt": "hi", "system_prompt": "", "max_new_tokens": 128, "min_new_tokens": -1,
                       "temperature": 0.7, "top_p": 0.95, "top_k": -1, "repetition_penalty": 1.0,
-                      "frequency_penalty": 0.0, "presence_penalty": 0.0, "stop_sequences": []}
+                      "frequency_penalty": 0.0, "presence_penalty": 0.0, "stop_sequences": [], "min_p": 0.0,
+                      "n": 1, "logprobs": False, "top_logprobs": 0}
 
 
 @pytest.mark.parametrize("input, field", [
@@ -93,6 +94,15 @@ def test_every_input_has_a_description_and_the_defaults_reach_predict(validator)
     ({"prompt": "a", "presence_penalty": -2.5}, "input.presence_penalty"),
     ({"prompt": "a", "stop_sequences": [""]}, "input.stop_sequences[0]"),
     ({"prompt": "a", "seed": -1}, "input.seed"),
+    ({"prompt": "a", "n": 17}, "input.n"),
+    ({"prompt": "a", "min_p": 1.5}, "input.min_p"),
+    ({"prompt": "a", "top_logprobs": 21}, "input.top_logprobs"),
+    ({"prompt": "a", "logit_bias": {"x": 1}}, "input.logit_bias"),
+    ({"prompt": "a", "logit_bias": {"5": 101}}, "input.logit_bias.5"),
+    ({"prompt": "a", "stop_token_ids": [-1]}, "input.stop_token_ids[0]"),
+    ({"prompt": "a", "choices": []}, "input.choices"),
+    ({"prompt": "a", "regex": ""}, "input.regex"),
+    ({"messages": [{"role": "user", "content": "b"}], "tools": [{"type": "function"}]}, "input.tools[0].function"),
 ])
 def test_invalid_inputs_are_refused_naming_the_field(validator, input, field):
     with pytest.raises(InvalidInput) as err:
