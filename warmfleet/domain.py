@@ -58,6 +58,7 @@ class Metrics:
     total_time_s: float | None = None
     queue_time_s: float | None = None
     input_token_count: int | None = None
+    cached_input_token_count: int | None = None  # of those, read from the prefix cache
     output_token_count: int | None = None
     time_to_first_token_s: float | None = None
     tokens_per_second: float | None = None

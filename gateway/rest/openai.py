@@ -68,9 +68,11 @@ def finish_reason(reason: str | None) -> str:
     return FINISH_REASONS.get(reason or "", "stop")
 
 
-def usage(metrics: Metrics) -> dict[str, int]:
+def usage(metrics: Metrics) -> dict[str, Any]:
+    """OpenAI's usage, with the prompt tokens the prefix cache held as ``prompt_tokens_details.cached_tokens``."""
     prompt, completion = metrics.input_token_count or 0, metrics.output_token_count or 0
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": metrics.cached_input_token_count or 0}}
 
 
 @dataclass

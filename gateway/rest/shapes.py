@@ -40,7 +40,7 @@ PASSED_CREATE_FIELDS = ("webhook", "webhook_events_filter")
 # its JSON name is the field's without the unit suffix (``predict_time_s`` -> ``predict_time``).
 METRIC_TYPES = {
     "predict_time_s": float, "total_time_s": float, "queue_time_s": float, "input_token_count": int,
-    "output_token_count": int, "time_to_first_token_s": float, "tokens_per_second": float,
+    "cached_input_token_count": int, "output_token_count": int, "time_to_first_token_s": float, "tokens_per_second": float,
     "finish_reason": str, "image_count": int, "batch_size": int, "boot_time_s": float,
 }
 # What a string field of the wrong type has always been told (the words of protobuf's Python runtime, which

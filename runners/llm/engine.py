@@ -79,6 +79,7 @@ from transformers.cache_utils import DynamicLayer
 
 from runners.llm import constraints
 from runners.llm.detokenize import StopMatcher, make_detokenizer
+from runners.llm.prefix_cache import PrefixCache, cache_from_blocks
 from runners.llm.sampling import BatchSampler, SamplingParams
 from warmfleet.errors import InvalidInput
 
@@ -137,6 +138,7 @@ class Finished:
     tokens_per_second: float | None
     index: int = 0  # which of the request's n samples (each ends with its own Finished)
     logprobs: tuple[TokenLogprob, ...] = ()
+    cached_input_token_count: int = 0  # prompt tokens the prefix cache held
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,7 @@ class _Sequence:
         self.family: list[_Sequence] = [self]
         self.logprobs: list[TokenLogprob] = []
         self.pending_logprob: TokenLogprob | None = None
+        self.cached_tokens = 0  # prompt tokens whose keys and values came from the prefix cache
         self.prompt_ids = prompt_ids
         self.params = params
         self.max_new = max_new
@@ -266,10 +269,13 @@ class LLMEngine:
     """
 
     def __init__(self, model: Any, tokenizer: Any = None, *, eos_token_ids: Sequence[int] = (),
-                 capacity: Capacity = Capacity(), on_step: Callable[[int], None] | None = None) -> None:
+                 capacity: Capacity = Capacity(), on_step: Callable[[int], None] | None = None,
+                 prefix: PrefixCache | None = None) -> None:
         """``tokenizer`` None: the engine streams token ids only (text stays ""; no stop sequences).
-        ``on_step`` is called on the engine thread with the batch size of every decode step."""
+        ``on_step`` is called on the engine thread with the batch size of every decode step. ``prefix``:
+        the instance's prefix cache (None: every prompt is prefilled whole)."""
         self.model = model
+        self.prefix = prefix
         self.tokenizer = tokenizer
         self.eos_token_ids = tuple(dict.fromkeys(int(i) for i in eos_token_ids))
         self.capacity = capacity
@@ -409,12 +415,27 @@ class LLMEngine:
         return group
 
     def _admit(self) -> None:
+        """Prefill this turn's requests and let them join the batch: those whose prompt begins with a
+        cached prefix one at a time from their cached blocks, the others together in one forward."""
         group = self._admissible()
-        if not group:
-            return
+        hits, misses = [], []
+        for seq in group:
+            blocks = self.prefix.lookup(seq.prompt_ids) if self.prefix is not None else []
+            for sample in seq.family:
+                sample.cached_tokens = len(blocks) * (self.prefix.block_tokens if blocks else 0)
+            (hits if blocks else misses).append((seq, blocks))
+        if misses:
+            leaders = [seq for seq, _ in misses]
+            self._start(leaders, lambda: _prefill(self.model, self.device, leaders, self.prefix))
+        for seq, blocks in hits:
+            self._start([seq], lambda: _prefill_cached(self.model, self.device, seq, blocks, self.prefix))
+
+    def _start(self, group: list[_Sequence], prefill: Callable[[], tuple[DynamicCache, torch.Tensor,
+                                                                          torch.Tensor]]) -> None:
+        """Prefill ``group`` (``prefill``), take each sample's first token, and join the batch."""
         samples = [sample for seq in group for sample in seq.family]
         try:
-            cache, mask, logits = self._prefill(group)
+            cache, mask, logits = prefill()
             if len(samples) > len(group):  # a request's n samples: its prefilled row, n times
                 index = torch.tensor([row for row, seq in enumerate(group) for _ in seq.family],
                                      device=self.device)
@@ -440,27 +461,6 @@ class LLMEngine:
             for row in staying:
                 self._emit(samples[row], Failed(err))
             raise
-
-    def _prefill(self, group: list[_Sequence]) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
-        """One forward over the prompts of ``group``, left-padded to the longest, with a fresh cache.
-        Returns the cache (its padding columns zeroed), the mask and each row's last logits."""
-        width = max(len(seq.prompt_ids) for seq in group)
-        ids = torch.zeros(len(group), width, dtype=torch.long)
-        mask = torch.zeros(len(group), width, dtype=torch.long)
-        for row, seq in enumerate(group):
-            ids[row, width - len(seq.prompt_ids):] = torch.tensor(seq.prompt_ids)
-            mask[row, width - len(seq.prompt_ids):] = 1
-        positions = (mask.cumsum(dim=1) - 1).clamp_(min=0)  # 0 at each row's first real token
-        ids, mask, positions = ids.to(self.device), mask.to(self.device), positions.to(self.device)
-        cache = DynamicCache(config=self.model.config)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                         use_cache=True, logits_to_keep=1)
-        if any(len(seq.prompt_ids) < width for seq in group):
-            padding = (mask == 0)[:, None, :, None]
-            for layer in cache.layers:
-                layer.keys.masked_fill_(padding, 0)
-                layer.values.masked_fill_(padding, 0)
-        return cache, mask, out.logits[:, -1, :]
 
     def _decode_step(self) -> None:
         batch = self._batch
@@ -544,7 +544,7 @@ class LLMEngine:
             input_token_count=len(seq.prompt_ids), output_token_count=count,
             time_to_first_token_s=None if seq.first_token_at is None else seq.first_token_at - seq.joined_at,
             tokens_per_second=count / (now - seq.joined_at) if now > seq.joined_at else None,
-            index=seq.index, logprobs=tuple(seq.logprobs),
+            index=seq.index, logprobs=tuple(seq.logprobs), cached_input_token_count=seq.cached_tokens,
         ))
 
     def _emit(self, seq: _Sequence, event: EngineEvent) -> None:
@@ -600,3 +600,47 @@ def _checked_length(prompt: list[int], max_new_tokens: int, n: int, max_position
         raise InvalidInput("input.n", f"{n} samples of prompt + max_new_tokens ({len(prompt) + max_new}) "
                                       f"exceed this instance's {capacity.max_tokens_in_flight} tokens")
     return max_new
+
+
+def _prefill(model: Any, device: torch.device, group: list[_Sequence], prefix: PrefixCache | None
+             ) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
+    """One forward over the prompts of ``group``, left-padded to the longest, with a fresh cache; the
+    prompts' whole blocks go to ``prefix``. Returns the cache (its padding columns zeroed), the mask and
+    each row's last logits."""
+    width = max(len(seq.prompt_ids) for seq in group)
+    ids = torch.zeros(len(group), width, dtype=torch.long)
+    mask = torch.zeros(len(group), width, dtype=torch.long)
+    for row, seq in enumerate(group):
+        ids[row, width - len(seq.prompt_ids):] = torch.tensor(seq.prompt_ids)
+        mask[row, width - len(seq.prompt_ids):] = 1
+    positions = (mask.cumsum(dim=1) - 1).clamp_(min=0)  # 0 at each row's first real token
+    ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
+    cache = DynamicCache(config=model.config)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                use_cache=True, logits_to_keep=1)
+    if any(len(seq.prompt_ids) < width for seq in group):
+        padding = (mask == 0)[:, None, :, None]
+        for layer in cache.layers:
+            layer.keys.masked_fill_(padding, 0)
+            layer.values.masked_fill_(padding, 0)
+    if prefix is not None:
+        for row, seq in enumerate(group):
+            start = width - len(seq.prompt_ids)
+            prefix.store(seq.prompt_ids, [(layer.keys[row, :, start:], layer.values[row, :, start:])
+                                          for layer in cache.layers])
+    return cache, mask, out.logits[:, -1, :]
+
+
+def _prefill_cached(model: Any, device: torch.device, seq: _Sequence, blocks: list[Any], prefix: PrefixCache
+                    ) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
+    """``seq``'s prefill from its prompt's cached ``blocks``: a forward over the rest of the prompt only,
+    at its positions, behind the cached keys and values. Its new whole blocks go to ``prefix`` too."""
+    cached = len(blocks) * prefix.block_tokens
+    cache = cache_from_blocks(blocks, model.config)
+    rest = torch.tensor([seq.prompt_ids[cached:]], device=device)
+    mask = torch.ones(1, len(seq.prompt_ids), dtype=torch.long, device=device)
+    positions = torch.arange(cached, len(seq.prompt_ids), device=device).unsqueeze(0)
+    out = model(input_ids=rest, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                use_cache=True, logits_to_keep=1)
+    prefix.store(seq.prompt_ids, [(layer.keys[0], layer.values[0]) for layer in cache.layers])
+    return cache, mask, out.logits[:, -1, :]

@@ -15,6 +15,8 @@ Options (``RouteSpec.options``):
   whose prompt plus ``max_new_tokens`` exceeds it is refused.
 - ``attn_implementation``: passed to ``from_pretrained`` ("sdpa", "eager"...); transformers' choice
   when unset.
+- ``prefix_cache_tokens``: the prefix cache's bound, in tokens (default 32768; 0 turns it off):
+  ``runners/llm/prefix_cache.py``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ CONSTRAINTS = {"json_schema": "json_schema", "regex": "regex", "choices": "choic
 MAX_STOP_SEQUENCES = 16
 DEFAULT_MAX_BATCH_SIZE = 32
 DEFAULT_MAX_TOKENS_IN_FLIGHT = 65_536
+DEFAULT_PREFIX_CACHE_TOKENS = 32_768
 
 
 def _number(kind: str, default: Any, description: str, **bounds: Any) -> dict[str, Any]:
@@ -174,6 +177,7 @@ class LLMRunner(Runner):
         from runners.llm.constraints import Grammars
         from runners.llm.detokenize import byte_table
         from runners.llm.engine import Capacity, LLMEngine
+        from runners.llm.prefix_cache import PrefixCache
 
         options = self.spec.options
         kwargs: dict[str, Any] = {"dtype": resolve_dtype(options.get("dtype", "auto"), self.device)}
@@ -187,7 +191,9 @@ class LLMRunner(Runner):
             max_prefill_tokens=int(options.get("max_prefill_tokens", Capacity.max_prefill_tokens)),
         )
         eos = eos_token_ids(self.model, self.tokenizer)
-        self.engine = LLMEngine(self.model, self.tokenizer, capacity=capacity, eos_token_ids=eos)
+        cached = int(options.get("prefix_cache_tokens", DEFAULT_PREFIX_CACHE_TOKENS))
+        self.engine = LLMEngine(self.model, self.tokenizer, capacity=capacity, eos_token_ids=eos,
+                                prefix=PrefixCache(max_tokens=cached) if cached else None)
         self.grammars = Grammars(self.tokenizer, int(self.model.get_output_embeddings().weight.shape[0]), eos)
         self._byte_table = byte_table(self.tokenizer)
         self.engine.start()
@@ -350,6 +356,7 @@ def metrics_of(samples: list[Any]) -> dict[str, Any]:
     ttfts = [s.time_to_first_token_s for s in samples if s.time_to_first_token_s is not None]
     return {
         "input_token_count": first.input_token_count, "output_token_count": output,
+        "cached_input_token_count": first.cached_input_token_count,
         "time_to_first_token_s": min(ttfts) if ttfts else None,
         "tokens_per_second": output / longest if longest else first.tokens_per_second,
         "finish_reason": first.finish_reason,

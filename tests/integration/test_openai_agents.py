@@ -211,3 +211,20 @@ async def test_n_seeded_samples_are_the_same_alone_and_in_a_mixed_batch(client):
     second = await client.chat.completions.create(model=LLM, messages=CHAT, max_tokens=24, temperature=1.0,
                                                   seed=12)
     assert second.choices[0].message.content == texts[1]
+
+
+async def test_a_shared_system_prompt_is_read_from_the_prefix_cache_and_changes_no_token(client):
+    system = "You answer for the warmfleet test of prefix caching, " + " ".join(
+        f"rule {i}: be brief and exact." for i in range(40))
+    asked = dict(model=LLM, max_tokens=16, temperature=1.0, seed=13)
+    first = await client.chat.completions.create(**asked, messages=[
+        {"role": "system", "content": system}, {"role": "user", "content": "One?"}])
+    again = await client.chat.completions.create(**asked, messages=[
+        {"role": "system", "content": system}, {"role": "user", "content": "One?"}])
+    other = await client.chat.completions.create(**asked, messages=[
+        {"role": "system", "content": system}, {"role": "user", "content": "Two?"}])
+    assert first.usage.prompt_tokens_details.cached_tokens == 0  # a system prompt no test sent before
+    assert again.choices[0].message.content == first.choices[0].message.content  # a hit, the same tokens
+    assert first.usage.prompt_tokens - 16 <= again.usage.prompt_tokens_details.cached_tokens \
+        < first.usage.prompt_tokens
+    assert other.usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens - 32

@@ -14,9 +14,11 @@ import torch
 from runners.llm.constraints import Constraint, Grammars
 from runners.llm.engine import Finished
 from runners.llm.sampling import SamplingParams, apply_min_p
-from tests.unit.test_llm_engine import GREEDY, Counting, Recorder, make_engine, run, tiny  # noqa: F401
+from tests.unit import test_llm_engine as engine_tests
+from tests.unit.test_llm_engine import GREEDY, Counting, Recorder, run
 from warmfleet.errors import InvalidInput
 
+tiny, make_engine = engine_tests.tiny, engine_tests.make_engine  # that module's fixtures, here by name
 SAMPLED = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=16, min_new_tokens=16, seed=40)
 
 
@@ -123,3 +125,55 @@ def test_a_grammar_the_library_cannot_hold_is_invalid_input_naming_its_field(gra
     with pytest.raises(InvalidInput) as caught:
         grammars.matcher(constraint)
     assert caught.value.field == constraint.field
+
+
+# Prefix caching
+
+
+class Shapes(torch.nn.Module):
+    """The tiny Llama, recording the (rows, columns) of every forward's input ids."""
+
+    def __init__(self, inner) -> None:
+        super().__init__()
+        self.inner, self.config, self.calls = inner, inner.config, []
+
+    def forward(self, input_ids, **kwargs):
+        self.calls.append(tuple(input_ids.shape))
+        return self.inner(input_ids=input_ids, **kwargs)
+
+
+def test_a_prefix_cache_hit_gives_the_same_tokens_as_a_miss_and_prefills_only_the_rest(tiny, make_engine):
+    from runners.llm.prefix_cache import PrefixCache
+
+    system = " ".join(["You are a careful assistant who answers in one line."] * 12)
+    prompts = [ids(tiny, system + " Question: " + q) for q in ("why is the sky blue?", "what is rain?")]
+    params = [replace(SAMPLED, seed=21), replace(GREEDY, max_new_tokens=12, min_new_tokens=12)]
+    uncached = run(make_engine(), [(p, q) for p in prompts for q in params])
+    shapes = Shapes(tiny.model)
+    prefix = PrefixCache(block_tokens=16, max_tokens=4096)
+    engine = make_engine(model=shapes, prefix=prefix)
+    first = run(engine, [(prompts[0], params[0])])  # a miss: it fills the cache
+    assert first[0].cached_input_token_count == 0
+    rest = run(engine, [(prompts[0], params[1]), (prompts[1], params[0]), (prompts[1], params[1])])
+    cached = [f.cached_input_token_count for f in rest]
+    shared = (len(prompts[0]) - 1) // 16 * 16
+    assert cached[0] == shared and all(c >= 16 * (len(system.split()) // 2 // 16) for c in cached)
+    assert [f.token_ids for f in first + rest] == [f.token_ids for f in uncached]
+    # The hits prefilled only what the cache did not hold: one forward of the rest of each prompt.
+    prefills = [cols for _, cols in shapes.calls if cols > 1]
+    assert prefills == [len(prompts[0])] + [len(prompts[i]) - c for i, c in zip((0, 1, 1), cached)]
+    stats = prefix.stats()
+    assert stats.hit_tokens == sum(cached) and 0 < stats.hit_rate < 1
+
+
+def test_the_prefix_cache_is_bounded_and_forgets_the_least_recently_used():
+    from runners.llm.prefix_cache import PrefixCache
+
+    cache = PrefixCache(block_tokens=4, max_tokens=8)  # two blocks
+    layers = [(torch.zeros(2, 12, 8), torch.zeros(2, 12, 8))]
+    a, b = list(range(12)), list(range(100, 112))
+    cache.store(a, layers)  # three blocks of a: the first is dropped at once
+    assert cache.stats().cached_tokens == 8 and cache.lookup(a + [0]) == []  # its first block is gone
+    cache.store(b[:9], layers)
+    assert len(cache.lookup(b[:9])) == 2
+    assert cache.lookup([1, 2, 3, 4, 5]) == []  # no exact match

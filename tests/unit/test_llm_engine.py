@@ -42,11 +42,11 @@ def tiny(tmp_path_factory):
 def make_engine(tiny):
     engines = []
 
-    def make(model=None, capacity=None, on_step=None, start=True) -> LLMEngine:
+    def make(model=None, capacity=None, on_step=None, start=True, prefix=None) -> LLMEngine:
         """``start`` False: the caller starts it, e.g. after submitting requests that must all be
         taken in the engine's first turn."""
         engine = LLMEngine(model or tiny.model, tiny.tokenizer, eos_token_ids=tiny.eos,
-                           capacity=capacity or Capacity(), on_step=on_step)
+                           capacity=capacity or Capacity(), on_step=on_step, prefix=prefix)
         if start:
             engine.start()
         engines.append(engine)

@@ -183,7 +183,8 @@ def test_a_chat_completion_has_openais_shape():
         "system_fingerprint": "v9",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello there", "refusal": None},
                      "logprobs": None, "finish_reason": "length"}],
-        "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+        "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8,
+                  "prompt_tokens_details": {"cached_tokens": 0}},
     }
 
 
@@ -206,7 +207,7 @@ def test_chat_chunks_open_with_the_role_then_text_then_the_finish_reason_then_us
     assert [c["choices"][0]["finish_reason"] for c in stream[:4]] == [None, None, None, "stop"]
     assert [c["usage"] for c in stream[:4]] == [None] * 4
     assert stream[4]["choices"] == [] and stream[4]["usage"] == {
-        "prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+        "prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8, "prompt_tokens_details": {"cached_tokens": 0}}
 
 
 def test_without_include_usage_chunks_carry_no_usage_and_no_usage_chunk_ends_the_stream():

@@ -257,7 +257,7 @@ class PredictionOutput(_message.Message):
     def __init__(self, value: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., files: _Optional[_Iterable[_Union[File, _Mapping]]] = ...) -> None: ...
 
 class PredictionMetrics(_message.Message):
-    __slots__ = ("predict_time_s", "total_time_s", "queue_time_s", "input_token_count", "output_token_count", "time_to_first_token_s", "tokens_per_second", "finish_reason", "image_count", "batch_size", "boot_time_s", "custom")
+    __slots__ = ("predict_time_s", "total_time_s", "queue_time_s", "input_token_count", "output_token_count", "time_to_first_token_s", "tokens_per_second", "finish_reason", "image_count", "batch_size", "boot_time_s", "custom", "cached_input_token_count")
     class CustomEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -277,6 +277,7 @@ class PredictionMetrics(_message.Message):
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     BOOT_TIME_S_FIELD_NUMBER: _ClassVar[int]
     CUSTOM_FIELD_NUMBER: _ClassVar[int]
+    CACHED_INPUT_TOKEN_COUNT_FIELD_NUMBER: _ClassVar[int]
     predict_time_s: float
     total_time_s: float
     queue_time_s: float
@@ -289,7 +290,8 @@ class PredictionMetrics(_message.Message):
     batch_size: int
     boot_time_s: float
     custom: _containers.ScalarMap[str, float]
-    def __init__(self, predict_time_s: _Optional[float] = ..., total_time_s: _Optional[float] = ..., queue_time_s: _Optional[float] = ..., input_token_count: _Optional[int] = ..., output_token_count: _Optional[int] = ..., time_to_first_token_s: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., finish_reason: _Optional[str] = ..., image_count: _Optional[int] = ..., batch_size: _Optional[int] = ..., boot_time_s: _Optional[float] = ..., custom: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    cached_input_token_count: int
+    def __init__(self, predict_time_s: _Optional[float] = ..., total_time_s: _Optional[float] = ..., queue_time_s: _Optional[float] = ..., input_token_count: _Optional[int] = ..., output_token_count: _Optional[int] = ..., time_to_first_token_s: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., finish_reason: _Optional[str] = ..., image_count: _Optional[int] = ..., batch_size: _Optional[int] = ..., boot_time_s: _Optional[float] = ..., custom: _Optional[_Mapping[str, float]] = ..., cached_input_token_count: _Optional[int] = ...) -> None: ...
 
 class Prediction(_message.Message):
     __slots__ = ("id", "model", "version", "deployment", "input", "output", "logs", "error", "error_code", "error_field", "status", "created_at", "started_at", "completed_at", "metrics", "owner", "webhook", "webhook_events_filter", "data_removed", "attempt")
