@@ -307,6 +307,10 @@ class DiffusionRunner(Runner):
             if unit["type"] not in self.pipelines.controlnets:
                 raise InvalidInput(f"{field}.type", f"this version carries no {unit['type']!r} ControlNet")
             image = decode_image(unit["image"], f"{field}.image", max_pixels)
+            if float(unit["guidance_end"]) <= float(unit["guidance_start"]):
+                # A window with no step in it (end at its start): under diffusers' rule the unit never
+                # applies, and diffusers refuses such a window, so it is left out (its image was checked).
+                continue
             controls.append(conditioning_image(unit, image, width, height))
             units.append((unit["type"], float(unit["conditioning_scale"]), float(unit["guidance_start"]),
                           float(unit["guidance_end"])))
