@@ -1,4 +1,5 @@
-"""What every bench scenario shares: a private cluster, and a record of the machine and code measured."""
+"""What every bench scenario shares: a private cluster, a client of it (for ``warmfleet.loadgen``), and a
+record of the machine and code measured."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from warmfleet.cli import launch
+from warmfleet.client import Client
 from warmfleet.cluster_state import ClusterState
 from warmfleet.settings import Settings
 
@@ -33,6 +35,11 @@ class Target:
     def metadata(self) -> tuple[tuple[str, str], ...]:
         token = self.token_file.read_text().strip() if self.token_file else ""
         return (("authorization", f"Bearer {token}"),) if token else ()
+
+    def client(self) -> Client:
+        """A :class:`warmfleet.Client` of this target, with its token: what ``warmfleet.loadgen`` uses."""
+        token = self.token_file.read_text().strip() if self.token_file else ""
+        return Client(self.address, token or None)
 
 
 def cluster_settings(home: Path) -> Settings:

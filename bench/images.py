@@ -6,8 +6,10 @@ Starts a private cluster (``warmfleet up`` on a temporary home: it generates and
 with ``--concurrency`` in flight (each its own prompt and seed; the same size, steps and scheduler, so
 they may share pipeline calls), then loads the same weights in this process and calls the diffusers
 pipeline once per image, in turn, with the same settings. The baseline does no PNG encoding and no
-network hop; the cluster does both. Then upscales: one image through the cluster at a time, and the
-same model called directly (spandrel, no tiling) as a reference.
+network hop; the cluster does both. The predictions go through ``warmfleet.loadgen``, the load generator
+of `warmfleet bench` (closed loop); images/s counts the image files that came back. Then upscales: one
+image through the cluster at a time (a sequential timing, not load: raw gRPC as before), and the same
+model called directly (spandrel, no tiling) as a reference.
 
     python -m bench.images --concurrency 8 --images 48 --repeats 3 --out bench/results
 """
@@ -26,6 +28,7 @@ from typing import Any
 import grpc
 
 from bench.common import Report, Target, private_home, running_cluster
+from warmfleet import loadgen
 from warmfleet.cli.defaults import TINY_ESRGAN, TINY_SD
 from warmfleet.v1 import predictions_pb2 as P, predictions_pb2_grpc, types_pb2 as T
 
@@ -37,38 +40,28 @@ def prompt(i: int) -> str:
     return f"a watercolour of a lighthouse, variation {i}"
 
 
-def generation(i: int, steps: int, size: int) -> P.CreatePredictionRequest:
-    gen = T.ImageGenerationInput(prompt=prompt(i), seed=i, num_inference_steps=steps, width=size, height=size,
-                                 scheduler=SCHEDULER)
-    return P.CreatePredictionRequest(model=TINY_SD, wait_s=60, input=T.PredictionInput(image_generation=gen))
+def generation(i: int, steps: int, size: int) -> dict[str, Any]:
+    """Image ``i``: its own prompt and seed; the same size, steps and scheduler as every other."""
+    return {"prompt": prompt(i), "seed": i, "num_inference_steps": steps, "width": size, "height": size,
+            "scheduler": SCHEDULER}
 
 
-async def generate_through_cluster(target: Target, count: int, concurrency: int, steps: int, size: int,
-                                   repeats: int) -> dict[str, Any]:
-    async with grpc.aio.insecure_channel(target.address) as channel:
-        stub = predictions_pb2_grpc.PredictionsStub(channel)
-        md = target.metadata()
-        await stub.CreatePrediction(generation(0, steps, size), metadata=md)  # warm-up
-
-        async def worker(queue: asyncio.Queue, batch_sizes: list[int]) -> None:
-            while not queue.empty():
-                i = queue.get_nowait()
-                pred = await stub.CreatePrediction(generation(i, steps, size), metadata=md)
-                if pred.status != T.STATUS_SUCCEEDED:
-                    raise RuntimeError(f"prediction {i} did not succeed: {pred.error}")
-                batch_sizes.append(pred.metrics.batch_size)
-
+def generate_through_cluster(target: Target, count: int, concurrency: int, steps: int, size: int,
+                             repeats: int) -> dict[str, Any]:
+    """``count`` predictions, ``concurrency`` in flight (``warmfleet.loadgen``'s closed loop, each a
+    ``CreatePrediction`` held open until it ends), ``repeats`` rounds; the median round counts."""
+    inputs = [generation(i, steps, size) for i in range(count)]
+    with target.client() as client:
+        send = loadgen.ClientSender(client, loadgen.Target(TINY_SD), stream=False, timeout_s=120.0)
+        send(0, inputs[0])  # warm-up
         rounds = []
         for _ in range(repeats):
-            queue: asyncio.Queue = asyncio.Queue()
-            for i in range(count):
-                queue.put_nowait(i)
-            batch_sizes: list[int] = []
-            start = time.perf_counter()
-            await asyncio.gather(*(worker(queue, batch_sizes) for _ in range(concurrency)))
-            wall = time.perf_counter() - start
-            rounds.append({"images_per_s": count / wall, "wall_s": wall,
-                           "mean_batch_size": statistics.mean(batch_sizes)})
+            records = loadgen.run_closed_loop(send, inputs, concurrency, requests=count)
+            stats = loadgen.summarize(records)
+            if stats.errors or stats.images != count:
+                raise RuntimeError(f"{count} images asked for, {stats.images} made; errors: {stats.errors}")
+            rounds.append({"images_per_s": stats.images_per_s, "wall_s": stats.wall_s,
+                           "mean_batch_size": statistics.mean(int(r.metrics["batch_size"]) for r in records)})
     rounds.sort(key=lambda r: r["images_per_s"])
     return {"rounds": rounds, **rounds[len(rounds) // 2]}
 
@@ -175,8 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     report = Report("images", argv)
     with private_home() as settings:
         with running_cluster(settings) as target:
-            cluster = asyncio.run(generate_through_cluster(target, args.images, args.concurrency, args.steps,
-                                                           args.size, args.repeats))
+            cluster = generate_through_cluster(target, args.images, args.concurrency, args.steps, args.size,
+                                               args.repeats)
             upscale = asyncio.run(upscale_through_cluster(target, args.upscale_size, args.upscale_tile,
                                                           args.repeats))
         direct = generate_directly(settings.models_path / "tiny-sd", args.images, args.steps, args.size,

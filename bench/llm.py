@@ -5,6 +5,9 @@ Starts a private cluster (``warmfleet up`` on a temporary home: it generates and
 ``warmfleet/tiny-llama``), measures idle TTFT with one stream at a time, then 32 streams at once, then
 loads the same weights in this process and runs ``generate`` on each prompt in turn. Every request asks
 for exactly ``--tokens`` new tokens (min = max), greedy, so both sides produce the same amount of text.
+The streams go through ``warmfleet.loadgen``, the load generator of `warmfleet bench` (closed loop, the
+client's ``CreateAndStreamPrediction``), and its statistics: percentiles by linear interpolation, ITL
+pooled over the streams' chunk gaps.
 
     python -m bench.llm --streams 32 --tokens 128 --repeats 3 --out bench/results
 """
@@ -12,17 +15,13 @@ for exactly ``--tokens`` new tokens (min = max), greedy, so both sides produce t
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import statistics
 import time
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from bench.common import Report, Target, private_home, running_cluster
-from warmfleet.v1 import predictions_pb2 as P, predictions_pb2_grpc, types_pb2 as T
+from warmfleet import loadgen
 
 MODEL = "warmfleet/tiny-llama"
 GOAL_SPEEDUP = 10.0
@@ -35,51 +34,38 @@ def prompts(count: int) -> list[str]:
     return [" ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(5 + (i * 11) % 36)) for i in range(count)]
 
 
-def request(prompt: str, tokens: int) -> P.CreatePredictionRequest:
-    gen = T.TextGenerationInput(prompt=prompt, max_new_tokens=tokens, min_new_tokens=tokens, temperature=0.0)
-    return P.CreatePredictionRequest(model=MODEL, input=T.PredictionInput(text_generation=gen))
+def generation(prompt: str, tokens: int) -> dict[str, Any]:
+    """The input of one request: exactly ``tokens`` new tokens (min = max), greedy."""
+    return {"prompt": prompt, "max_new_tokens": tokens, "min_new_tokens": tokens, "temperature": 0.0}
 
 
-async def one_stream(stub, metadata, prompt: str, tokens: int) -> dict[str, Any]:
-    """Stream one generation; the arrival time of every output chunk, and the final token count."""
-    start = time.perf_counter()
-    arrivals: list[float] = []
-    final = None
-    async for event in stub.CreateAndStreamPrediction(request(prompt, tokens), metadata=metadata):
-        kind = event.WhichOneof("kind")
-        if kind == "output":
-            arrivals.append(time.perf_counter() - start)
-        elif kind == "completed":
-            final = event.completed
-    if final is None or final.status != T.STATUS_SUCCEEDED:
-        raise RuntimeError(f"generation did not succeed: {final}")
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
-    return {"ttft_s": arrivals[0], "wall_s": time.perf_counter() - start, "gaps_s": gaps,
-            "tokens": final.metrics.output_token_count}
+def streams(send: loadgen.Sender, inputs: list[dict[str, Any]], concurrency: int) -> loadgen.LevelStats:
+    """``len(inputs)`` streams, ``concurrency`` at a time (closed loop), each input once; all must succeed."""
+    stats = loadgen.summarize(loadgen.run_closed_loop(send, inputs, concurrency, requests=len(inputs)))
+    if stats.errors:
+        raise RuntimeError(f"generations did not succeed: {stats.errors}")
+    return stats
 
 
-async def through_cluster(target: Target, texts: list[str], tokens: int, idle_runs: int,
-                          repeats: int) -> dict[str, Any]:
-    async with grpc.aio.insecure_channel(target.address) as channel:
-        stub = predictions_pb2_grpc.PredictionsStub(channel)
-        md = target.metadata()
-        await one_stream(stub, md, texts[0], 4)  # warm-up
-        idle = [await one_stream(stub, md, texts[i % len(texts)], tokens) for i in range(idle_runs)]
-        rounds = []
-        for _ in range(repeats):  # the median round counts: one round is short and the machine shared
-            start = time.perf_counter()
-            loaded = await asyncio.gather(*(one_stream(stub, md, t, tokens) for t in texts))
-            rounds.append((sum(r["tokens"] for r in loaded) / (time.perf_counter() - start), loaded))
-    rounds.sort(key=lambda r: r[0])
-    rate, loaded = rounds[len(rounds) // 2]
-    gaps = sorted(g for r in loaded for g in r["gaps_s"])
-    ttfts = sorted(r["ttft_s"] for r in loaded)
+def through_cluster(target: Target, texts: list[str], tokens: int, idle_runs: int,
+                    repeats: int) -> dict[str, Any]:
+    """Streams through the cluster with ``warmfleet.loadgen`` (the load generator of `warmfleet bench`):
+    a warm-up, ``idle_runs`` single streams for the idle TTFT, then ``repeats`` rounds of all the
+    prompts at once; the median round (by output tokens/s) counts."""
+    inputs = [generation(t, tokens) for t in texts]
+    with target.client() as client:
+        send = loadgen.ClientSender(client, loadgen.Target(MODEL), stream=True)
+        streams(send, [generation(texts[0], 4)], 1)  # warm-up
+        idle = streams(send, [inputs[i % len(inputs)] for i in range(idle_runs)], 1)
+        # the median round counts: one round is short and the machine shared
+        rounds = sorted((streams(send, inputs, len(inputs)) for _ in range(repeats)),
+                        key=lambda s: s.output_tokens_per_s)
+    loaded = rounds[len(rounds) // 2]
     return {
-        "rounds_tokens_per_s": [r[0] for r in rounds], "output_tokens": sum(r["tokens"] for r in loaded),
-        "tokens_per_s": rate,
-        "idle_ttft_p50_ms": statistics.median(r["ttft_s"] for r in idle) * 1e3,
-        "ttft_p50_ms": _pct(ttfts, 50) * 1e3, "ttft_p99_ms": _pct(ttfts, 99) * 1e3,
-        "itl_p50_ms": _pct(gaps, 50) * 1e3, "itl_p99_ms": _pct(gaps, 99) * 1e3,
+        "rounds_tokens_per_s": [r.output_tokens_per_s for r in rounds], "output_tokens": loaded.output_tokens,
+        "tokens_per_s": loaded.output_tokens_per_s, "idle_ttft_p50_ms": idle.ttft_s.p50 * 1e3,
+        "ttft_p50_ms": loaded.ttft_s.p50 * 1e3, "ttft_p99_ms": loaded.ttft_s.p99 * 1e3,
+        "itl_p50_ms": loaded.itl_s.p50 * 1e3, "itl_p99_ms": loaded.itl_s.p99 * 1e3,
     }
 
 
@@ -102,10 +88,6 @@ def sequential_generate(weights: Path, texts: list[str], tokens: int) -> dict[st
     return {"wall_s": wall, "output_tokens": count, "tokens_per_s": count / wall}
 
 
-def _pct(values: list[float], p: float) -> float:
-    return values[min(len(values) - 1, int(len(values) * p / 100))]
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="llm: continuous batching against sequential generate")
     parser.add_argument("--streams", type=int, default=32, help="concurrent streams")
@@ -122,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     texts = prompts(args.streams)
     with private_home() as settings:
         with running_cluster(settings) as target:
-            cluster = asyncio.run(through_cluster(target, texts, args.tokens, args.idle_runs, args.repeats))
+            cluster = through_cluster(target, texts, args.tokens, args.idle_runs, args.repeats)
         baseline = sequential_generate(settings.models_path / "tiny-llama", texts, args.tokens)
     speedup = cluster["tokens_per_s"] / baseline["tokens_per_s"]
     ttft_ratio = cluster["ttft_p50_ms"] / cluster["idle_ttft_p50_ms"]

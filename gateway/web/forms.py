@@ -182,7 +182,11 @@ def _value(f: Field, name: str, form: FormValues) -> Any:
     if f.kind == "objects":
         return _objects(f, name, form)
     if f.kind == "object":
-        return _fields(f.items, form, name)
+        # Left out while every field holds its default (the form shows defaults): an optional object,
+        # such as outpaint, is sent only when the user changed something in it.
+        value = _fields(f.items, form, name)
+        defaults = {item.name.rsplit(".", 1)[-1]: item.default for item in f.items if item.default is not None}
+        return None if value is None or value == defaults else value
     if f.kind == "file":
         upload = next((v for v in sent if isinstance(v, Upload) and v.data), None)
         if upload is not None:

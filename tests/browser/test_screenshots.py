@@ -17,6 +17,7 @@ from PIL import Image
 
 from tests.browser.conftest import VIEWPORT, sign_in
 from tests.browser.test_console import PREDICTION_URL, TERMINAL
+from warmfleet.v1 import predictions_pb2 as P, types_pb2 as T
 
 pytestmark = pytest.mark.integration
 
@@ -74,6 +75,11 @@ async def test_a_screenshot_of_each_page(page, base, gateway, tmp_path):
     await page.get_by_role("button", name="Create deployment").click()
     await page.wait_for_url(f"{base}/deployments/acme/echo-shot")
     await page.wait_for_function("() => document.getElementById('count-idle').textContent === '1'")
+    for text in ("one", "two", "three"):  # some activity for its charts
+        await gateway.api.predictions.CreatePrediction(P.CreatePredictionRequest(
+            deployment="acme/echo-shot", wait_s=10, input=T.PredictionInput(echo=T.EchoInput(text=text))),
+            metadata=gateway.api.md)
+    await page.wait_for_function("() => document.getElementById('activity').dataset.total === '3'")
     await shot("deployment")
     await page.goto(f"{base}/fleet")
     await shot("fleet")

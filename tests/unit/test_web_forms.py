@@ -224,6 +224,7 @@ def test_an_object_input_is_a_fieldset_of_its_own_fields_and_comes_back_as_one_o
     assert 'name="outpaint.left"' in html and '<label for="in-outpaint-top">Top</label>' in html
     assert input_of(fields, {"outpaint.left": ["64"], "outpaint.top": [""]}) == {"outpaint": {"left": 64}}
     assert input_of(fields, {"outpaint.left": [""], "outpaint.top": [""]}) == {}
+    assert input_of(fields, {"outpaint.left": ["0"], "outpaint.top": ["0"]}) == {}  # the defaults, as shown
 
 
 def test_an_array_of_numbers_is_one_number_a_line_and_a_bad_line_is_named():

@@ -19,7 +19,10 @@ from typing import Any, Iterator
 
 import click
 
-from warmfleet.cli import accounts, certificates, launch
+from warmfleet.cli import accounts, bench, certificates, launch
+from warmfleet.cli.inputs import (  # noqa: F401 - parse_input and parse_input_value: the CLI's parsing, here too
+    InputParam, inputs_to_dict, parse_input, parse_input_value, read_input_file,
+)
 from warmfleet.cli.context import (
     CliContext, CliError, WarmfleetGroup, echo_json, pass_cli, print_renderable, show_table, to_jsonable,
 )
@@ -27,68 +30,6 @@ from warmfleet.client import Client, Event, File, Prediction, WarmfleetClientErr
 from warmfleet.cluster_state import ClusterState
 
 ECHO_HINT = "predict warmfleet/echo -i text=hello"
-
-
-# Input parsing (-i key=value)
-
-
-def parse_input_value(text: str) -> Any:
-    """A -i value, like cog's CLI: "@path" reads a file (as a file input); JSON if it parses (numbers,
-    true/false, null, lists, objects, quoted strings); otherwise the text itself as a string.
-    NaN and Infinity stay strings: they are not JSON."""
-    if text.startswith("@"):
-        return read_input_file(Path(text[1:]))
-    try:
-        return json.loads(text, parse_constant=_reject_constant)
-    except ValueError:
-        return text
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def read_input_file(path: Path) -> File:
-    data = path.expanduser().read_bytes()
-    return File(data, mimetypes.guess_type(path.name)[0] or "", path.name)
-
-
-def parse_input(text: str) -> tuple[str, Any]:
-    """One -i option, "key=value", as (key, value); ValueError says what is wrong."""
-    key, sep, raw = text.partition("=")
-    if not sep:
-        raise ValueError(f"expected key=value, got {text!r}")
-    if not key.strip():
-        raise ValueError(f"missing the key before '=' in {text!r}")
-    try:
-        return key.strip(), parse_input_value(raw)
-    except OSError as err:
-        raise ValueError(f"cannot read {raw[1:]!r} for {key.strip()!r}: {err.strerror or err}") from err
-
-
-class InputParam(click.ParamType):
-    """A click parameter type for -i: "key=value" or "key=@path"."""
-
-    name = "key=value"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, tuple):
-            return value
-        try:
-            return parse_input(value)
-        except ValueError as err:
-            self.fail(str(err), param, ctx)
-
-
-def inputs_to_dict(ctx: click.Context, param: click.Parameter, pairs: tuple[tuple[str, Any], ...]
-                   ) -> dict[str, Any]:
-    """Collect -i options into the input dict; a key given twice is a usage error."""
-    values: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in values:
-            raise click.BadParameter(f"{key!r} is given twice", ctx, param)
-        values[key] = value
-    return values
 
 
 # Output
@@ -798,6 +739,7 @@ def hardware(obj: CliContext) -> None:
 for _command in (accounts.whoami, accounts.accounts, accounts.tokens):
     cli.add_command(_command)
 cli.add_command(certificates.tls)  # `warmfleet tls self-signed`
+cli.add_command(bench.bench)  # `warmfleet bench`: load any model or deployment (warmfleet/loadgen.py)
 
 
 def main() -> None:
