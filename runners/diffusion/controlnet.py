@@ -1,51 +1,76 @@
-"""ControlNet units: which types there are, and turning a unit's image into its conditioning map.
+"""ControlNet units: which types there are, a unit's schema, and turning its image into its conditioning map.
 
-Only Canny is preprocessed here (OpenCV, no weights needed). The other annotators (depth, pose, HED,
-M-LSD, segmentation, normal) need their own model weights, so those types take a map that is already
-preprocessed, and the input schema says so.
+A unit's ``preprocessor`` makes the map on the server from a photo (``annotators``: canny, hed, softedge,
+scribble, mlsd, lineart, depth, normal, openpose, seg, with the annotator weights a version configures
+in ``options.annotators``), or is ``none`` for an image that already is a map. Its default is the type's
+own annotator (``annotators.DEFAULT_PREPROCESSOR``) when the version has its weights, else ``none``.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from runners.diffusion.annotators import (
+    DEFAULT_PREPROCESSOR, PREPROCESSORS, available_preprocessors, parameter_schema,
+)
+
 if TYPE_CHECKING:
     from PIL import Image
 
-CONTROLNET_TYPES = ("canny", "depth", "pose", "scribble", "segmentation", "normal", "mlsd", "hed")
-PREPROCESSORS = ("canny", "none")
+    from runners.diffusion.annotators import Annotators
+
+CONTROLNET_TYPES = ("canny", "depth", "pose", "scribble", "segmentation", "normal", "mlsd", "hed", "lineart",
+                    "softedge")
 
 # A unit's fields with their defaults (the schema shows them; the runner applies them).
 UNIT_DEFAULTS: dict[str, Any] = {
     "conditioning_scale": 1.0,
     "guidance_start": 0.0,
     "guidance_end": 1.0,
-    "canny_low_threshold": 100,
-    "canny_high_threshold": 200,
 }
 
 
-def default_preprocessor(controlnet_type: str) -> str:
-    return "canny" if controlnet_type == "canny" else "none"
+def default_preprocessor(controlnet_type: str, available: tuple[str, ...] = PREPROCESSORS) -> str:
+    """The type's own annotator where it can run, else ``none`` (the image is taken as a map)."""
+    own = DEFAULT_PREPROCESSOR.get(controlnet_type, "none")
+    return own if own in available else "none"
 
 
-def canny(image: "Image.Image", low: int, high: int) -> "Image.Image":
-    """Canny edges (white on black, 3 channels), as the canny ControlNet was trained on."""
-    import cv2
-    import numpy as np
-    from PIL import Image
+def unit_schema(types: list[str], weights_keys: list[str], image_schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema of one unit, for a version carrying ControlNets ``types`` and annotator weights
+    ``weights_keys``: the preprocessors those can run and their tunables."""
+    available = available_preprocessors(weights_keys)
+    defaults = ", ".join(f"{t}: {default_preprocessor(t, available)}" for t in types)
+    return {
+        "type": "object", "additionalProperties": False, "required": ["image", "type"],
+        "properties": {
+            "image": image_schema,
+            "type": {"enum": types, "description": "Which ControlNet: one this version carries."},
+            "preprocessor": {"enum": list(available),
+                             "description": "How the image becomes the map: an annotator run here on a photo, "
+                                            f"or none for an image that is a map already. Default: {defaults}."},
+            "conditioning_scale": {"type": "number", "minimum": 0, "maximum": 2,
+                                   "default": UNIT_DEFAULTS["conditioning_scale"],
+                                   "description": "How strongly this unit steers the image, 0 to 2."},
+            "guidance_start": {"type": "number", "minimum": 0, "maximum": 1,
+                               "default": UNIT_DEFAULTS["guidance_start"],
+                               "description": "Fraction of the steps at which the unit starts, 0 to 1."},
+            "guidance_end": {"type": "number", "minimum": 0, "maximum": 1,
+                             "default": UNIT_DEFAULTS["guidance_end"],
+                             "description": "Fraction of the steps after which it stops, 0 to 1, "
+                                            "at least guidance_start."},
+            **parameter_schema(available),
+        },
+    }
 
-    edges = cv2.Canny(np.asarray(image.convert("L")), low, high)
-    return Image.fromarray(np.stack([edges] * 3, axis=-1))
 
-
-def conditioning_image(unit: dict[str, Any], image: "Image.Image", width: int, height: int) -> "Image.Image":
-    """The unit's map at the output size: resized to (width, height), then preprocessed as it asks."""
+def conditioning_image(unit: dict[str, Any], image: "Image.Image", width: int, height: int,
+                       annotators: "Annotators", field: str) -> "Image.Image":
+    """The unit's map at the output size: the image resized to (width, height), then preprocessed as the
+    unit asks (``field`` names the unit, for errors: "input.controlnets[0]")."""
     from PIL import Image
 
     if image.size != (width, height):
         image = image.resize((width, height), Image.Resampling.LANCZOS)
-    if (unit.get("preprocessor") or default_preprocessor(unit["type"])) == "canny":
-        return canny(image, int(unit.get("canny_low_threshold", UNIT_DEFAULTS["canny_low_threshold"])),
-                     int(unit.get("canny_high_threshold", UNIT_DEFAULTS["canny_high_threshold"])))
-    return image
+    name = unit.get("preprocessor") or default_preprocessor(unit["type"], annotators.preprocessors)
+    return annotators.run(name, image, unit, f"{field}.preprocessor")

@@ -14,6 +14,9 @@ Options (``RouteSpec.options``):
 
 - ``controlnets``: {type: weights folder} for the ControlNets this version carries (types in
   ``controlnet.CONTROLNET_TYPES``).
+- ``annotators``: {weights key: local folder or hub id} for the preprocessors that need weights
+  (``annotators.WEIGHTS_KEYS``: hed, softedge, mlsd, lineart, openpose, depth, seg); the schema offers the
+  preprocessors these can run.
 - ``max_batch_size``: images per pipeline call (default 4); ``max_batch_wait_ms``: how long the first
   job of a batch waits for company (default 10); ``max_concurrency``: predictions the router sends at
   once (default twice ``max_batch_size``, so the next batch gathers while one runs).
@@ -35,9 +38,7 @@ from typing import Any
 from runners.base import AsyncPredictGenerator, NodeResources, PredictContext, Runner, RunnerPolicy
 from runners.devices import free_memory, resolve_dtype
 from runners.diffusion.batching import BatchKey, lora_set
-from runners.diffusion.controlnet import (
-    CONTROLNET_TYPES, PREPROCESSORS, UNIT_DEFAULTS, conditioning_image, default_preprocessor,
-)
+from runners.diffusion.controlnet import CONTROLNET_TYPES, UNIT_DEFAULTS, conditioning_image, unit_schema
 from runners.diffusion.inpaint import (
     MAX_MASK_BLUR, OUTPAINT_FILLS, OUTPAINT_SIDES, apply_overlay, binary_mask, outpaint_canvas,
     outpaint_sides, overlay_mask,
@@ -68,37 +69,10 @@ def input_schema(spec: RouteSpec) -> dict[str, Any]:
     max_side = int(_option(spec, "max_side", 2048))
     types = sorted(_option(spec, "controlnets", {}))
     side = {"type": "integer", "minimum": 64, "maximum": max_side, "multipleOf": 8}
-    needs_map = [t for t in types if default_preprocessor(t) == "none"]
     lora_names = sorted(_option(spec, "loras", {}))
-    unit = {
-        "type": "object", "additionalProperties": False, "required": ["image", "type"],
-        "properties": {
-            "image": image_file_schema(
-                "The conditioning image. For canny, a photo (edges are detected here) or an edge map with "
-                f"preprocessor none. For {', '.join(needs_map) or 'the other types'}: a map already made by "
-                "that type's annotator, as no annotator weights run here."),
-            "type": {"enum": types, "description": "Which ControlNet: one this version carries."},
-            "preprocessor": {"enum": list(PREPROCESSORS),
-                             "description": "canny: detect edges here; none: the image is already a map. "
-                                            "Default: canny for the canny type, none for the others."},
-            "conditioning_scale": {"type": "number", "minimum": 0, "maximum": 2,
-                                   "default": UNIT_DEFAULTS["conditioning_scale"],
-                                   "description": "How strongly this unit steers the image, 0 to 2."},
-            "guidance_start": {"type": "number", "minimum": 0, "maximum": 1,
-                               "default": UNIT_DEFAULTS["guidance_start"],
-                               "description": "Fraction of the steps at which the unit starts, 0 to 1."},
-            "guidance_end": {"type": "number", "minimum": 0, "maximum": 1,
-                             "default": UNIT_DEFAULTS["guidance_end"],
-                             "description": "Fraction of the steps after which it stops, 0 to 1, "
-                                            "at least guidance_start."},
-            "canny_low_threshold": {"type": "integer", "minimum": 0, "maximum": 255,
-                                    "default": UNIT_DEFAULTS["canny_low_threshold"],
-                                    "description": "Canny's lower hysteresis threshold, 0 to 255."},
-            "canny_high_threshold": {"type": "integer", "minimum": 0, "maximum": 255,
-                                     "default": UNIT_DEFAULTS["canny_high_threshold"],
-                                     "description": "Canny's upper hysteresis threshold, 0 to 255."},
-        },
-    }
+    unit = unit_schema(types, sorted(_option(spec, "annotators", {})), image_file_schema(
+        "The conditioning image: a photo that the unit's preprocessor turns into its map here, or a map "
+        "already made (preprocessor none)."))
     lora = {
         "type": "object", "additionalProperties": False,
         "properties": {
@@ -187,6 +161,7 @@ class DiffusionRunner(Runner):
     def __init__(self, spec: RouteSpec, device: str = "cpu", node: NodeResources | None = None) -> None:
         super().__init__(spec, device, node)
         self.pipelines: Any = None
+        self.annotators: Any = None
         self.worker: Any = None
         self.lora_sources: dict[str, LoraSource] = {}  # the version's adapters, by name
 
@@ -230,6 +205,7 @@ class DiffusionRunner(Runner):
         return RunnerPolicy(max_concurrency=int(_option(spec, "max_concurrency", 2 * batch)))
 
     def load(self) -> None:
+        from runners.diffusion.annotators import Annotators
         from runners.diffusion.pipelines import Pipelines
         from runners.diffusion.worker import BatchWorker
 
@@ -239,6 +215,8 @@ class DiffusionRunner(Runner):
         cache = LoraCache(int(_option(self.spec, "max_loras_cached", DEFAULT_MAX_LORAS_CACHED)),
                           int(_option(self.spec, "max_lora_cache_bytes", DEFAULT_MAX_LORA_CACHE_BYTES)))
         dtype = resolve_dtype(_option(self.spec, "dtype", "auto"), self.device, gpu_auto="float16")
+        # The annotators load on a unit's first use of each (controlnet_aux's import alone takes seconds).
+        self.annotators = Annotators(dict(_option(self.spec, "annotators", {})), self.device, dtype)
         self.pipelines = Pipelines(self.spec.weights, dict(_option(self.spec, "controlnets", {})),
                                    self.device, dtype, cache)
         self.pipelines.load()
@@ -253,7 +231,9 @@ class DiffusionRunner(Runner):
             self.worker.stop()
         if self.pipelines is not None:
             self.pipelines.unload()
-        self.worker = self.pipelines = None
+        if self.annotators is not None:
+            self.annotators.unload()
+        self.worker = self.pipelines = self.annotators = None
         free_memory(self.device)
 
     async def predict(self, input: dict[str, Any], ctx: PredictContext) -> AsyncPredictGenerator:
@@ -311,7 +291,7 @@ class DiffusionRunner(Runner):
                 # A window with no step in it (end at its start): under diffusers' rule the unit never
                 # applies, and diffusers refuses such a window, so it is left out (its image was checked).
                 continue
-            controls.append(conditioning_image(unit, image, width, height))
+            controls.append(conditioning_image(unit, image, width, height, self.annotators, field))
             units.append((unit["type"], float(unit["conditioning_scale"]), float(unit["guidance_start"]),
                           float(unit["guidance_end"])))
         loras = self._lora_sources(input.get("loras") or [])

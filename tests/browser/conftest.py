@@ -25,6 +25,7 @@ from scheduler import ray_adapter
 from tests.integration.conftest import (  # noqa: F401 - fixtures, found here by name
     RunningGateway,
     models,
+    tiny_annotator_paths,
     tiny_esrgan_dir,
     tiny_llama_dir,
     tiny_sd_lora_dir,

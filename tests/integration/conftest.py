@@ -49,6 +49,14 @@ def tiny_sd_lora_dir(tiny_sd_paths, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_annotator_paths(tmp_path_factory) -> dict[str, Path]:
+    """The SD model's annotators (options.annotators): tiny random weights, real architectures."""
+    from runners.tiny_annotators import make_tiny_annotators
+
+    return make_tiny_annotators(tmp_path_factory.mktemp("annotators"))
+
+
+@pytest.fixture(scope="session")
 def tiny_esrgan_dir(tmp_path_factory) -> Path:
     from runners.tiny_models import make_tiny_esrgan
 
@@ -56,7 +64,8 @@ def tiny_esrgan_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def models(tiny_llama_dir, tiny_sd_paths, tiny_sd_lora_dir, tiny_esrgan_dir) -> list[RouteSpec]:
+def models(tiny_llama_dir, tiny_sd_paths, tiny_sd_lora_dir, tiny_annotator_paths, tiny_esrgan_dir
+           ) -> list[RouteSpec]:
     controlnets = {kind: str(path) for kind, path in tiny_sd_paths.items() if kind != "sd"}
     return [
         RouteSpec(ECHO, "echo"),
@@ -65,7 +74,8 @@ def models(tiny_llama_dir, tiny_sd_paths, tiny_sd_lora_dir, tiny_esrgan_dir) -> 
         # Batches gather for up to 200 ms, so predictions sent together reliably share a call.
         RouteSpec(SD, "diffusion", weights=str(tiny_sd_paths["sd"]),
                   options={"controlnets": controlnets, "steps": 4, "max_batch_size": 4,
-                           "max_batch_wait_ms": 200, "loras": {"tiny-style": str(tiny_sd_lora_dir)}}),
+                           "max_batch_wait_ms": 200, "loras": {"tiny-style": str(tiny_sd_lora_dir)},
+                           "annotators": {key: str(path) for key, path in tiny_annotator_paths.items()}}),
         RouteSpec(ESRGAN, "upscale", weights=str(tiny_esrgan_dir), options={"tile": 64}),
         RouteSpec(AUTOSCALED, "echo", options={"max_concurrency": 1}, min_instances=0, max_instances=2,
                   autoscaling={"target_ongoing_requests": 1, "upscale_delay_s": 0.3, "downscale_delay_s": 1.5,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from runners.diffusion.annotators import WEIGHTS_KEYS
 from runners.diffusion.controlnet import CONTROLNET_TYPES
 from warmfleet.domain import RouteSpec
 from warmfleet.settings import Settings
@@ -29,9 +30,11 @@ def default_models(settings: Settings) -> list[RouteSpec]:
             name=TINY_SD, runner="diffusion", weights=str(models / "tiny-sd"),
             options={"controlnets": {t: str(models / f"tiny-controlnet-{t}") for t in CONTROLNET_TYPES},
                      "steps": 10, "max_batch_size": 8,
-                     "loras": {TINY_SD_LORA: str(models / "tiny-sd-lora-style")}},
-            description="A tiny random-weight Stable Diffusion 1.5 with a ControlNet of each type and a LoRA "
-                        f"adapter, {TINY_SD_LORA!r} (real architectures, made locally): 64x64 noise, fast.",
+                     "loras": {TINY_SD_LORA: str(models / "tiny-sd-lora-style")},
+                     "annotators": {key: str(models / f"tiny-annotator-{key}") for key in WEIGHTS_KEYS}},
+            description="A tiny random-weight Stable Diffusion 1.5 with a ControlNet of each type, the "
+                        f"annotators that make their maps from a photo, and a LoRA adapter, {TINY_SD_LORA!r} "
+                        "(real architectures, made locally): 64x64 noise, fast.",
         ),
         RouteSpec(
             name=TINY_ESRGAN, runner="upscale", weights=str(models / "tiny-esrgan"),
@@ -42,6 +45,7 @@ def default_models(settings: Settings) -> list[RouteSpec]:
 
 def prepare_default_weights(settings: Settings) -> None:
     """Generate the built-in tiny models under ``$WARMFLEET_HOME/models`` unless they are there already."""
+    from runners.tiny_annotators import make_tiny_annotators
     from runners.tiny_loras import make_tiny_sd_lora  # imports torch
     from runners.tiny_models import make_tiny_esrgan, make_tiny_llama, make_tiny_sd_bundle
 
@@ -49,3 +53,4 @@ def prepare_default_weights(settings: Settings) -> None:
     folders = make_tiny_sd_bundle(settings.models_path)
     make_tiny_sd_lora(settings.models_path / "tiny-sd-lora-style", folders["sd"], seed=1)
     make_tiny_esrgan(settings.models_path / "tiny-esrgan")
+    make_tiny_annotators(settings.models_path)

@@ -201,7 +201,7 @@ class LoraAdapter(_message.Message):
     def __init__(self, weights: _Optional[str] = ..., file: _Optional[_Union[File, _Mapping]] = ..., scale: _Optional[float] = ...) -> None: ...
 
 class ControlNetUnit(_message.Message):
-    __slots__ = ("image", "type", "preprocessor", "conditioning_scale", "guidance_start", "guidance_end", "canny_low_threshold", "canny_high_threshold")
+    __slots__ = ("image", "type", "preprocessor", "conditioning_scale", "guidance_start", "guidance_end", "canny_low_threshold", "canny_high_threshold", "detect_resolution", "mlsd_value_threshold", "mlsd_distance_threshold", "lineart_coarse", "normal_bg_threshold")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     PREPROCESSOR_FIELD_NUMBER: _ClassVar[int]
@@ -210,6 +210,11 @@ class ControlNetUnit(_message.Message):
     GUIDANCE_END_FIELD_NUMBER: _ClassVar[int]
     CANNY_LOW_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     CANNY_HIGH_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    DETECT_RESOLUTION_FIELD_NUMBER: _ClassVar[int]
+    MLSD_VALUE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MLSD_DISTANCE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    LINEART_COARSE_FIELD_NUMBER: _ClassVar[int]
+    NORMAL_BG_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     image: File
     type: str
     preprocessor: str
@@ -218,7 +223,12 @@ class ControlNetUnit(_message.Message):
     guidance_end: float
     canny_low_threshold: int
     canny_high_threshold: int
-    def __init__(self, image: _Optional[_Union[File, _Mapping]] = ..., type: _Optional[str] = ..., preprocessor: _Optional[str] = ..., conditioning_scale: _Optional[float] = ..., guidance_start: _Optional[float] = ..., guidance_end: _Optional[float] = ..., canny_low_threshold: _Optional[int] = ..., canny_high_threshold: _Optional[int] = ...) -> None: ...
+    detect_resolution: int
+    mlsd_value_threshold: float
+    mlsd_distance_threshold: float
+    lineart_coarse: bool
+    normal_bg_threshold: float
+    def __init__(self, image: _Optional[_Union[File, _Mapping]] = ..., type: _Optional[str] = ..., preprocessor: _Optional[str] = ..., conditioning_scale: _Optional[float] = ..., guidance_start: _Optional[float] = ..., guidance_end: _Optional[float] = ..., canny_low_threshold: _Optional[int] = ..., canny_high_threshold: _Optional[int] = ..., detect_resolution: _Optional[int] = ..., mlsd_value_threshold: _Optional[float] = ..., mlsd_distance_threshold: _Optional[float] = ..., lineart_coarse: _Optional[bool] = ..., normal_bg_threshold: _Optional[float] = ...) -> None: ...
 
 class UpscaleInput(_message.Message):
     __slots__ = ("image", "scale", "tile", "tile_overlap", "output_format")
