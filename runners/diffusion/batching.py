@@ -4,7 +4,7 @@ A pure policy (``take_batch``), given the waiting jobs and the time, so it is te
 or clocks. The rule:
 
 - jobs can share a call only if they have the same ``BatchKey`` (mode, size, steps, scheduler, guidance,
-  strength, ControlNet set, LoRA adapter set with scales...), since those are per call in diffusers;
+  strength, ControlNet set, LoRA adapter set with scales, refiner and its split...), since those are per call in diffusers;
   prompts, seeds, init images, masks and conditioning images are per image, so they differ freely;
 - the oldest waiting job leads: its key is the batch's, so no job is overtaken forever by a stream of
   jobs with another key (first come, first served across keys);
@@ -35,6 +35,9 @@ class BatchKey:
     guess_mode: bool
     # (adapter id, scale) per LoRA, sorted by id (``lora_set``): the adapters are set per call
     loras: tuple[tuple[str, float], ...] = ()
+    family: str = "sd"  # "sd" or "sdxl" (``families``): the version's, so one per instance today
+    refine: bool = False  # SDXL: the refiner finishes the call's latents (a second pipeline call)
+    high_noise_frac: float = 0.0  # refining: the fraction of the schedule the base runs; 0 otherwise
 
 
 def lora_set(loras: Sequence[tuple[str, float]]) -> tuple[tuple[str, float], ...]:

@@ -1,6 +1,6 @@
-"""The ``diffusion`` runner: Stable Diffusion (1.x/2.x architecture) text-to-image, image-to-image,
-inpainting and outpainting, with any number of ControlNets and per-request LoRA adapters, dynamically
-batched.
+"""The ``diffusion`` runner: Stable Diffusion (1.x/2.x architecture, or SDXL with its optional refiner)
+text-to-image, image-to-image, inpainting and outpainting, with any number of ControlNets and per-request
+LoRA adapters, dynamically batched.
 
 ``predict`` is an async generator on the agent's loop: it decodes and preprocesses the input images
 (masks, the outpainting canvas, ControlNet maps) and resolves its LoRA adapters on a worker thread,
@@ -12,6 +12,9 @@ on a worker thread. This module imports no torch at import time. Inpainting's ru
 
 Options (``RouteSpec.options``):
 
+- ``family``: "sd" or "sdxl" (``families``); default: what the weights folder's model_index.json names.
+- ``refiner`` (SDXL): an SDXL refiner's weights folder; requests then may ask ``refine`` (with
+  ``high_noise_frac``, the fraction of the schedule the base runs before the refiner takes over).
 - ``controlnets``: {type: weights folder} for the ControlNets this version carries (types in
   ``controlnet.CONTROLNET_TYPES``).
 - ``annotators``: {weights key: local folder or hub id} for the preprocessors that need weights
@@ -39,6 +42,7 @@ from runners.base import AsyncPredictGenerator, NodeResources, PredictContext, R
 from runners.devices import free_memory, resolve_dtype
 from runners.diffusion.batching import BatchKey, lora_set
 from runners.diffusion.controlnet import CONTROLNET_TYPES, UNIT_DEFAULTS, conditioning_image, unit_schema
+from runners.diffusion.families import REFINABLE, detect_family
 from runners.diffusion.inpaint import (
     MAX_MASK_BLUR, OUTPAINT_FILLS, OUTPAINT_SIDES, apply_overlay, binary_mask, outpaint_canvas,
     outpaint_sides, overlay_mask,
@@ -56,12 +60,44 @@ from warmfleet.errors import InvalidInput
 
 DEFAULT_MAX_BATCH_SIZE = 4
 DEFAULT_MAX_BATCH_WAIT_MS = 10.0
+DEFAULT_HIGH_NOISE_FRAC = 0.8  # diffusers' example split of SDXL's ensemble of experts
 MAX_SEED = 2**32 - 1
 MAX_STEPS = 500
 
 
 def _option(spec: RouteSpec, name: str, default: Any) -> Any:
     return spec.options.get(name, default)
+
+
+def family_of(spec: RouteSpec) -> str:
+    """The version's pipeline family: ``options.family``, else detected from its weights folder."""
+    return detect_family(spec.weights, _option(spec, "family", None), _option(spec, "refiner", None))
+
+
+def _sdxl_properties(spec: RouteSpec) -> dict[str, Any]:
+    """SDXL's own inputs: the second text encoder's prompts, and the refiner's when the version has one."""
+    if family_of(spec) != "sdxl":
+        return {}
+    properties: dict[str, Any] = {
+        "prompt_2": {"type": "string", "maxLength": 10_000, "default": "",
+                     "description": "SDXL: the prompt for the second text encoder (and the refiner); empty: "
+                                    "the prompt."},
+        "negative_prompt_2": {"type": "string", "maxLength": 10_000, "default": "",
+                              "description": "SDXL: the negative prompt for the second text encoder (and the "
+                                             "refiner); empty: the negative prompt."},
+    }
+    if _option(spec, "refiner", None):
+        properties.update({
+            "refine": {"type": "boolean", "default": False,
+                       "description": "Finish with the refiner (SDXL's ensemble of experts): the base runs "
+                                      "the first high_noise_frac of the schedule, the refiner the rest. Not "
+                                      "with an init image and ControlNets together."},
+            "high_noise_frac": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1,
+                                "default": DEFAULT_HIGH_NOISE_FRAC,
+                                "description": "With refine: the fraction of the schedule (from pure noise) "
+                                               "the base runs, (0, 1)."},
+        })
+    return properties
 
 
 def input_schema(spec: RouteSpec) -> dict[str, Any]:
@@ -151,6 +187,7 @@ def input_schema(spec: RouteSpec) -> dict[str, Any]:
             "loras": {"type": "array", "items": lora, "maxItems": MAX_LORAS_PER_REQUEST,
                       "description": f"LoRA adapters for this prediction only (at most "
                                      f"{MAX_LORAS_PER_REQUEST})."},
+            **_sdxl_properties(spec),
         },
     }
 
@@ -198,6 +235,12 @@ class DiffusionRunner(Runner):
                 raise InvalidInput(f"input.controlnets[{i}].guidance_end", f"must be at least guidance_start "
                                                                            f"({start})")
         _check_loras(spec, input.get("loras") or [])
+        if input.get("refine"):
+            mode = "inpaint" if input.get("mask") or input.get("outpaint") is not None else (
+                "img2img" if input.get("image") else "txt2img")
+            if (mode, bool(input.get("controlnets"))) not in REFINABLE:
+                raise InvalidInput("input.refine", "cannot refine image-to-image with ControlNets (diffusers' "
+                                                   "SDXL ControlNet img2img pipeline cannot hand over latents)")
 
     @classmethod
     def policy(cls, spec: RouteSpec) -> RunnerPolicy:
@@ -218,7 +261,8 @@ class DiffusionRunner(Runner):
         # The annotators load on a unit's first use of each (controlnet_aux's import alone takes seconds).
         self.annotators = Annotators(dict(_option(self.spec, "annotators", {})), self.device, dtype)
         self.pipelines = Pipelines(self.spec.weights, dict(_option(self.spec, "controlnets", {})),
-                                   self.device, dtype, cache)
+                                   self.device, dtype, cache, family=family_of(self.spec),
+                                   refiner=_option(self.spec, "refiner", None))
         self.pipelines.load()
         self.worker = BatchWorker(
             self.pipelines.run,
@@ -302,11 +346,15 @@ class DiffusionRunner(Runner):
             strength=float(input["strength"]) if init is not None else 0.0, controlnets=tuple(units),
             guess_mode=bool(input.get("guess_mode")) and bool(units),
             loras=lora_set((source.id, scale) for source, scale in loras),
+            family=self.pipelines.family.name, refine=bool(input.get("refine")),
+            high_noise_frac=(float(input.get("high_noise_frac", DEFAULT_HIGH_NOISE_FRAC))
+                             if input.get("refine") else 0.0),
         )
         seeds = [(input["seed"] + k) % (MAX_SEED + 1) for k in range(input["num_outputs"])]
         blurred = overlay_mask(mask, int(input.get("mask_blur") or 0)) if mask is not None else None
         return key, ImageRequest(input["prompt"], input["negative_prompt"], seeds, init, controls, mask,
-                                 blurred, tuple(source for source, _ in loras))
+                                 blurred, tuple(source for source, _ in loras), input.get("prompt_2") or "",
+                                 input.get("negative_prompt_2") or "")
 
     def _init_and_mask(self, input: dict[str, Any], max_pixels: int) -> tuple[Any, Any, tuple[int, int]]:
         """The init image at the output size, its binary mask (inpainting; outpainting: the enlarged

@@ -30,6 +30,7 @@ from tests.integration.conftest import (  # noqa: F401 - fixtures, found here by
     tiny_llama_dir,
     tiny_sd_lora_dir,
     tiny_sd_paths,
+    tiny_sdxl_paths,
     user,
 )
 

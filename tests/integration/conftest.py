@@ -22,6 +22,7 @@ ECHO = "warmfleet/echo"
 NARROW = "test/echo-narrow"  # one prediction at a time: for queueing, cancel and backpressure
 LLM = "warmfleet/tiny-llama"
 SD = "warmfleet/tiny-sd"
+SDXL = "warmfleet/tiny-sdxl"
 ESRGAN = "warmfleet/tiny-esrgan"
 AUTOSCALED = "test/echo-autoscaled"  # min 0, max 2, one prediction per instance, short delays
 
@@ -38,6 +39,14 @@ def tiny_sd_paths(tmp_path_factory) -> dict[str, Path]:
     from runners.tiny_models import make_tiny_sd_bundle
 
     return make_tiny_sd_bundle(tmp_path_factory.mktemp("sd-models"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_paths(tmp_path_factory) -> dict[str, Path]:
+    """The tiny SDXL base ("sdxl"), its refiner, its ControlNet ("controlnet") and a LoRA ("lora")."""
+    from runners.tiny_sdxl import make_tiny_sdxl_bundle
+
+    return make_tiny_sdxl_bundle(tmp_path_factory.mktemp("sdxl-models"))
 
 
 @pytest.fixture(scope="session")
@@ -64,8 +73,8 @@ def tiny_esrgan_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def models(tiny_llama_dir, tiny_sd_paths, tiny_sd_lora_dir, tiny_annotator_paths, tiny_esrgan_dir
-           ) -> list[RouteSpec]:
+def models(tiny_llama_dir, tiny_sd_paths, tiny_sd_lora_dir, tiny_annotator_paths, tiny_esrgan_dir,
+           tiny_sdxl_paths) -> list[RouteSpec]:
     controlnets = {kind: str(path) for kind, path in tiny_sd_paths.items() if kind != "sd"}
     return [
         RouteSpec(ECHO, "echo"),
@@ -76,6 +85,11 @@ def models(tiny_llama_dir, tiny_sd_paths, tiny_sd_lora_dir, tiny_annotator_paths
                   options={"controlnets": controlnets, "steps": 4, "max_batch_size": 4,
                            "max_batch_wait_ms": 200, "loras": {"tiny-style": str(tiny_sd_lora_dir)},
                            "annotators": {key: str(path) for key, path in tiny_annotator_paths.items()}}),
+        RouteSpec(SDXL, "diffusion", weights=str(tiny_sdxl_paths["sdxl"]),
+                  options={"refiner": str(tiny_sdxl_paths["refiner"]),
+                           "controlnets": {"canny": str(tiny_sdxl_paths["controlnet"])}, "steps": 4,
+                           "max_batch_size": 4, "max_batch_wait_ms": 200,
+                           "loras": {"tiny-style": str(tiny_sdxl_paths["lora"])}}),
         RouteSpec(ESRGAN, "upscale", weights=str(tiny_esrgan_dir), options={"tile": 64}),
         RouteSpec(AUTOSCALED, "echo", options={"max_concurrency": 1}, min_instances=0, max_instances=2,
                   autoscaling={"target_ongoing_requests": 1, "upscale_delay_s": 0.3, "downscale_delay_s": 1.5,

@@ -4,6 +4,7 @@ thread that applies it (progress, cancel, failures), with a fake pipeline and a 
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -97,6 +98,9 @@ def test_the_same_adapters_asked_in_another_order_make_the_same_key():
     key(loras=[("name:a", 0.5), ("name:b", 1)]),  # another set
     key(loras=[("name:a", 0)]),  # scale 0 is loaded and set, so it is its own call too
     key("inpaint"),  # inpainting is another pipeline than img2img
+    replace(key(), refine=True, high_noise_frac=0.8),  # SDXL's refiner: a second call
+    replace(key(), refine=True, high_noise_frac=0.5),  # another split of the schedule
+    replace(key(), family="sdxl"),  # another family's pipelines
 ])
 def test_jobs_with_another_adapter_set_or_mode_never_share_a_call(other):
     base = key("img2img") if other.mode == "inpaint" else key()

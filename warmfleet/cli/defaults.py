@@ -9,6 +9,7 @@ from warmfleet.settings import Settings
 
 TINY_LLAMA = "warmfleet/tiny-llama"
 TINY_SD = "warmfleet/tiny-sd"
+TINY_SDXL = "warmfleet/tiny-sdxl"
 TINY_ESRGAN = "warmfleet/tiny-esrgan"
 TINY_SD_LORA = "tiny-style"  # the tiny SD's LoRA adapter, by the name requests give in loras[].weights
 
@@ -37,6 +38,15 @@ def default_models(settings: Settings) -> list[RouteSpec]:
                         "(real architectures, made locally): 64x64 noise, fast.",
         ),
         RouteSpec(
+            name=TINY_SDXL, runner="diffusion", weights=str(models / "tiny-sdxl"),
+            options={"family": "sdxl", "refiner": str(models / "tiny-sdxl-refiner"),
+                     "controlnets": {"canny": str(models / "tiny-sdxl-controlnet")},
+                     "steps": 10, "max_batch_size": 8, "loras": {TINY_SD_LORA: str(models / "tiny-sdxl-lora")}},
+            description="A tiny random-weight Stable Diffusion XL with its refiner (refine: true), a canny "
+                        f"ControlNet and a LoRA adapter, {TINY_SD_LORA!r} (real architectures, made locally): "
+                        "64x64 noise, fast.",
+        ),
+        RouteSpec(
             name=TINY_ESRGAN, runner="upscale", weights=str(models / "tiny-esrgan"),
             description="A tiny random-weight ESRGAN x4 (real architecture, made locally).",
         ),
@@ -48,9 +58,11 @@ def prepare_default_weights(settings: Settings) -> None:
     from runners.tiny_annotators import make_tiny_annotators
     from runners.tiny_loras import make_tiny_sd_lora  # imports torch
     from runners.tiny_models import make_tiny_esrgan, make_tiny_llama, make_tiny_sd_bundle
+    from runners.tiny_sdxl import make_tiny_sdxl_bundle
 
     make_tiny_llama(settings.models_path / "tiny-llama")
     folders = make_tiny_sd_bundle(settings.models_path)
     make_tiny_sd_lora(settings.models_path / "tiny-sd-lora-style", folders["sd"], seed=1)
+    make_tiny_sdxl_bundle(settings.models_path)  # with its refiner, ControlNet and LoRA
     make_tiny_esrgan(settings.models_path / "tiny-esrgan")
     make_tiny_annotators(settings.models_path)

@@ -135,7 +135,7 @@ class TextGenerationInput(_message.Message):
     def __init__(self, prompt: _Optional[str] = ..., system_prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., max_new_tokens: _Optional[int] = ..., min_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., repetition_penalty: _Optional[float] = ..., frequency_penalty: _Optional[float] = ..., presence_penalty: _Optional[float] = ..., stop_sequences: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., min_p: _Optional[float] = ..., logit_bias: _Optional[_Mapping[str, float]] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., n: _Optional[int] = ..., logprobs: _Optional[bool] = ..., top_logprobs: _Optional[int] = ..., json_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., regex: _Optional[str] = ..., choices: _Optional[_Iterable[str]] = ..., grammar: _Optional[str] = ..., tools: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ...) -> None: ...
 
 class ImageGenerationInput(_message.Message):
-    __slots__ = ("prompt", "negative_prompt", "width", "height", "num_inference_steps", "guidance_scale", "scheduler", "seed", "num_outputs", "output_format", "image", "strength", "controlnets", "guess_mode", "mask", "mask_blur", "outpaint", "loras", "return_maps")
+    __slots__ = ("prompt", "negative_prompt", "width", "height", "num_inference_steps", "guidance_scale", "scheduler", "seed", "num_outputs", "output_format", "image", "strength", "controlnets", "guess_mode", "mask", "mask_blur", "outpaint", "loras", "return_maps", "prompt_2", "negative_prompt_2", "refine", "high_noise_frac")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -155,6 +155,10 @@ class ImageGenerationInput(_message.Message):
     OUTPAINT_FIELD_NUMBER: _ClassVar[int]
     LORAS_FIELD_NUMBER: _ClassVar[int]
     RETURN_MAPS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_2_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVE_PROMPT_2_FIELD_NUMBER: _ClassVar[int]
+    REFINE_FIELD_NUMBER: _ClassVar[int]
+    HIGH_NOISE_FRAC_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     negative_prompt: str
     width: int
@@ -174,7 +178,11 @@ class ImageGenerationInput(_message.Message):
     outpaint: Outpaint
     loras: _containers.RepeatedCompositeFieldContainer[LoraAdapter]
     return_maps: bool
-    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., scheduler: _Optional[str] = ..., seed: _Optional[int] = ..., num_outputs: _Optional[int] = ..., output_format: _Optional[str] = ..., image: _Optional[_Union[File, _Mapping]] = ..., strength: _Optional[float] = ..., controlnets: _Optional[_Iterable[_Union[ControlNetUnit, _Mapping]]] = ..., guess_mode: _Optional[bool] = ..., mask: _Optional[_Union[File, _Mapping]] = ..., mask_blur: _Optional[int] = ..., outpaint: _Optional[_Union[Outpaint, _Mapping]] = ..., loras: _Optional[_Iterable[_Union[LoraAdapter, _Mapping]]] = ..., return_maps: _Optional[bool] = ...) -> None: ...
+    prompt_2: str
+    negative_prompt_2: str
+    refine: bool
+    high_noise_frac: float
+    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., scheduler: _Optional[str] = ..., seed: _Optional[int] = ..., num_outputs: _Optional[int] = ..., output_format: _Optional[str] = ..., image: _Optional[_Union[File, _Mapping]] = ..., strength: _Optional[float] = ..., controlnets: _Optional[_Iterable[_Union[ControlNetUnit, _Mapping]]] = ..., guess_mode: _Optional[bool] = ..., mask: _Optional[_Union[File, _Mapping]] = ..., mask_blur: _Optional[int] = ..., outpaint: _Optional[_Union[Outpaint, _Mapping]] = ..., loras: _Optional[_Iterable[_Union[LoraAdapter, _Mapping]]] = ..., return_maps: _Optional[bool] = ..., prompt_2: _Optional[str] = ..., negative_prompt_2: _Optional[str] = ..., refine: _Optional[bool] = ..., high_noise_frac: _Optional[float] = ...) -> None: ...
 
 class Outpaint(_message.Message):
     __slots__ = ("left", "right", "top", "bottom", "fill")
