@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import secrets
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,7 @@ class _RayNodeAgent(NodeAgent):
     def __init__(self, node_id: str, use_gpu: bool, cache_dir: str, data_plane_tls: bool = False) -> None:
         ctx = ray.get_runtime_context()
         gpu_ids = ray.get_gpu_ids() if use_gpu else []
+        _use_node_threads(ctx.get_node_id())
         super().__init__(
             node_id, ray_node_id=ctx.get_node_id(), address=ray.util.get_node_ip_address(),
             device="cuda:0" if gpu_ids else "cpu",  # Ray narrows CUDA_VISIBLE_DEVICES to our GPU
@@ -101,6 +103,24 @@ class _RayNodeAgent(NodeAgent):
 
 
 _AgentActor = ray.remote(_RayNodeAgent)
+
+
+def runner_threads(node_cpus: float, node_gpus: int) -> int:
+    """The CPU threads each agent's models may use: the node's CPUs shared by its agents (one per GPU, or
+    one for a node without a GPU), at least one."""
+    return max(1, int(node_cpus) // max(1, node_gpus))
+
+
+def _use_node_threads(ray_node_id: str) -> None:
+    """Let the agent's models use its share of the node's CPUs. Ray sets OMP_NUM_THREADS=1 in an actor
+    that holds no CPU (the agent asks for none, so that it never blocks the node's tasks), and torch then
+    runs every model on one thread: on a CPU node, half or less of the machine."""
+    resources = next((n.get("Resources", {}) for n in ray.nodes() if n.get("NodeID") == ray_node_id), {})
+    threads = runner_threads(resources.get("CPU", os.cpu_count() or 1), int(resources.get("GPU", 0)))
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    if "torch" in sys.modules:  # already imported (and its thread count read): set it directly
+        sys.modules["torch"].set_num_threads(threads)
 
 
 # Bundles of pushed models: chunks in Ray's object store, put there by the controller, which owns them,

@@ -419,3 +419,11 @@ def test_scenario_300_nodes_1000_placements_spread_no_overcommit_refusals_only_w
         cluster.churn(now)
     # The scenario exercises all three paths, so the checks above are not vacuous.
     assert placed > 500 and evicted > 0 and refused > 0 and doubled > 0, (placed, evicted, refused, doubled)
+
+
+def test_an_agents_models_get_its_share_of_the_nodes_cpus():
+    from scheduler.ray_adapter import runner_threads
+
+    assert runner_threads(16, 0) == 16  # a CPU node: one agent, every CPU (Ray would leave it one)
+    assert runner_threads(16, 8) == 2  # eight GPUs, eight agents
+    assert runner_threads(2, 4) == 1 and runner_threads(0, 0) == 1  # never none
