@@ -35,12 +35,14 @@ def make_tiny_sd_lora(out_dir: Path, sd_dir: Path, seed: int = 0, rank: int = 4)
     unet_config = UNet2DConditionModel.load_config(Path(sd_dir) / "unet")
     marker = {"generator": "tiny-sd-lora", "version": GENERATOR_VERSION, "seed": seed, "rank": rank,
               "unet": _fingerprint(unet_config)}
-    return _write_once(out_dir, marker, lambda staging: _write_lora(staging, Path(sd_dir), seed, rank))
+    return _write_once(out_dir, marker, lambda staging: write_lora(staging, Path(sd_dir), seed, rank))
 
 
-def _write_lora(out_dir: Path, sd_dir: Path, seed: int, rank: int) -> None:
+def write_lora(out_dir: Path, sd_dir: Path, seed: int, rank: int, sdxl: bool = False) -> None:
+    """A random LoRA of the UNet's attention and the (first) text encoder's, saved with the pipeline's
+    own ``save_lora_weights`` (SD's, or SDXL's with ``sdxl``)."""
     import torch
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
     from transformers import CLIPTextModel
@@ -57,7 +59,7 @@ def _write_lora(out_dir: Path, sd_dir: Path, seed: int, rank: int) -> None:
             for name, param in model.named_parameters():
                 if "lora_B" in name:
                     torch.nn.init.normal_(param, std=B_STD)
-    StableDiffusionPipeline.save_lora_weights(
+    (StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline).save_lora_weights(
         out_dir, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)),
         text_encoder_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(text_encoder)),
         weight_name=LORA_WEIGHT_NAME, safe_serialization=True)

@@ -15,7 +15,7 @@ default, with no network.
   real refiner shares OpenCLIP bigG with the base), a UNet conditioned on it alone and on five time ids
   (an aesthetic score instead of the target size: ``requires_aesthetics_score``).
 - ``tiny-sdxl-controlnet``: ``ControlNetModel.from_unet`` of the base's UNet config, its output
-  convolutions and conditioning embedding re-initialised as ``tiny_models._write_controlnet`` explains,
+  convolutions and conditioning embedding re-initialised by ``tiny_models._write_controlnet``,
   so that the map matters.
 - ``tiny-sdxl-lora``: a random LoRA on the base UNet's attention and the first text encoder's, in
   diffusers' SDXL format (``StableDiffusionXLPipeline.save_lora_weights``).
@@ -29,11 +29,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from runners.tiny_loras import B_STD, LORA_WEIGHT_NAME, TEXT_ENCODER_TARGETS, UNET_TARGETS
+from runners.tiny_loras import write_lora
 from runners.tiny_models import (
-    CLIP_BOS, CLIP_EOS, CLIP_MAX_LENGTH, CONTROLNET_EMBEDDING_CHANNELS, CONTROLNET_EMBEDDING_VERSION,
-    CONTROLNET_MAP_GAIN, GENERATOR_VERSION, SD_VAE_SHAPE, _derived_seed, _fingerprint, _save_clip_vocab,
-    _seeded, _write_once, train_clip_vocab,
+    CLIP_BOS, CLIP_EOS, CLIP_MAX_LENGTH, CONTROLNET_EMBEDDING_VERSION, GENERATOR_VERSION, SD_VAE_SHAPE,
+    _derived_seed, _fingerprint, _save_clip_vocab, _seeded, _write_controlnet, _write_once, train_clip_vocab,
 )
 
 SDXL_GENERATOR_VERSION = 1  # bump when this module's output changes (GENERATOR_VERSION is tiny_models')
@@ -160,27 +159,6 @@ def make_tiny_sdxl_controlnet(out_dir: Path, sdxl_dir: Path, seed: int) -> Path:
     return _write_once(out_dir, marker, lambda staging: _write_controlnet(staging, unet_config, seed))
 
 
-def _write_controlnet(out_dir: Path, unet_config: dict[str, Any], seed: int) -> None:
-    """As ``tiny_models._write_controlnet``: random output convolutions (a new ControlNet's are zero) and a
-    He-initialised conditioning embedding with a gain on its last convolution, so that the map matters."""
-    import torch
-    from diffusers import ControlNetModel, UNet2DConditionModel
-
-    with _seeded(seed):
-        unet = UNet2DConditionModel.from_config(unet_config)
-        controlnet = ControlNetModel.from_unet(unet, load_weights_from_unet=False,
-                                               conditioning_embedding_out_channels=CONTROLNET_EMBEDDING_CHANNELS)
-        for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
-            conv.reset_parameters()
-        embedding = controlnet.controlnet_cond_embedding
-        for conv in [embedding.conv_in, *embedding.blocks, embedding.conv_out]:
-            torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
-            torch.nn.init.zeros_(conv.bias)
-        with torch.no_grad():
-            embedding.conv_out.weight.mul_(CONTROLNET_MAP_GAIN)
-    controlnet.save_pretrained(out_dir, safe_serialization=True)
-
-
 def make_tiny_sdxl_lora(out_dir: Path, sdxl_dir: Path, seed: int = 0, rank: int = 4) -> Path:
     """Write a random rank-``rank`` LoRA for the tiny SDXL in ``sdxl_dir`` (its UNet's attention and its
     first text encoder's) to ``out_dir`` as ``pytorch_lora_weights.safetensors``, and return it."""
@@ -188,29 +166,4 @@ def make_tiny_sdxl_lora(out_dir: Path, sdxl_dir: Path, seed: int = 0, rank: int 
 
     unet_config = UNet2DConditionModel.load_config(Path(sdxl_dir) / "unet")
     marker = _marker("tiny-sdxl-lora", seed, rank=rank, unet=_fingerprint(unet_config))
-    return _write_once(out_dir, marker, lambda staging: _write_lora(staging, Path(sdxl_dir), seed, rank))
-
-
-def _write_lora(out_dir: Path, sdxl_dir: Path, seed: int, rank: int) -> None:
-    import torch
-    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
-    from transformers import CLIPTextModel
-
-    unet = UNet2DConditionModel.from_pretrained(sdxl_dir / "unet")
-    text_encoder = CLIPTextModel.from_pretrained(sdxl_dir / "text_encoder")
-    with _seeded(seed):
-        unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=list(UNET_TARGETS),
-                                    init_lora_weights=False))
-        text_encoder = inject_adapter_in_model(
-            LoraConfig(r=rank, lora_alpha=rank, target_modules=list(TEXT_ENCODER_TARGETS),
-                       init_lora_weights=False), text_encoder)
-        for model in (unet, text_encoder):
-            for name, param in model.named_parameters():
-                if "lora_B" in name:
-                    torch.nn.init.normal_(param, std=B_STD)
-    StableDiffusionXLPipeline.save_lora_weights(
-        out_dir, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)),
-        text_encoder_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(text_encoder)),
-        weight_name=LORA_WEIGHT_NAME, safe_serialization=True)
+    return _write_once(out_dir, marker, lambda staging: write_lora(staging, Path(sdxl_dir), seed, rank, sdxl=True))

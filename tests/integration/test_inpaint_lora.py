@@ -5,7 +5,6 @@ and its tiny LoRA "tiny-style")."""
 from __future__ import annotations
 
 import asyncio
-import io
 from pathlib import Path
 
 import grpc
@@ -13,28 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from runners.tiny_loras import LORA_WEIGHT_NAME
 from tests.integration.conftest import SD
+from tests.integration.test_images import generation, pixels, png
 from warmfleet.v1 import predictions_pb2 as P, types_pb2 as T
 
 pytestmark = pytest.mark.integration
-
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
-
-
-def generation(wait_s: float = 60.0, **fields) -> P.CreatePredictionRequest:
-    fields.setdefault("prompt", "a red fox in the snow")
-    return P.CreatePredictionRequest(
-        model=SD, wait_s=wait_s, input=T.PredictionInput(image_generation=T.ImageGenerationInput(**fields)))
-
-
-def png(image: Image.Image) -> T.File:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return T.File(data=buffer.getvalue(), content_type="image/png", name="in.png")
-
-
-def pixels(f: T.File) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(f.data)).convert("RGB")).astype(np.int16)
 
 
 def shapes(width: int = 64, height: int = 64) -> Image.Image:
