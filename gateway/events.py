@@ -71,23 +71,32 @@ class EventHub:
         finally:
             timer.cancel()
 
-    async def subscribe(self, prediction: Prediction, after_seq: int) -> AsyncIterator[PredictionEvent]:
-        """The prediction's events after ``after_seq``, live, ending with its ``Completed`` event."""
+    def subscribe(self, prediction: Prediction, after_seq: int) -> AsyncIterator[PredictionEvent]:
+        """The prediction's events after ``after_seq``, live, ending with its ``Completed`` event. The
+        subscription starts at this call, not at the first read: nothing published after it is missed,
+        even if the prediction ends before the caller reads."""
         stream = self._streams.get(prediction.id)
         if stream is None:
-            yield PredictionEvent(prediction.id, max(after_seq + 1, 1), Completed(prediction))
-            return
+            return _ended(prediction, after_seq)
         queue: asyncio.Queue = asyncio.Queue()
         for event in stream.events:
             if event.seq > after_seq:
                 queue.put_nowait(event)
         stream.subscribers.append(queue)
-        try:
-            while True:
-                event = await queue.get()
-                yield event
-                if isinstance(event.body, Completed):
-                    return
-        finally:
-            if queue in stream.subscribers:
-                stream.subscribers.remove(queue)
+        return _follow(stream, queue)
+
+
+async def _ended(prediction: Prediction, after_seq: int) -> AsyncIterator[PredictionEvent]:
+    yield PredictionEvent(prediction.id, max(after_seq + 1, 1), Completed(prediction))
+
+
+async def _follow(stream: _Stream, queue: asyncio.Queue) -> AsyncIterator[PredictionEvent]:
+    try:
+        while True:
+            event = await queue.get()
+            yield event
+            if isinstance(event.body, Completed):
+                return
+    finally:
+        if queue in stream.subscribers:
+            stream.subscribers.remove(queue)

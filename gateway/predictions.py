@@ -87,6 +87,25 @@ class PredictionService:
     # Create
 
     async def create(self, principal: Principal, req: CreateRequest) -> Prediction:
+        pred, new = await self._start(principal, req)
+        if new and (req.wait_s <= 0 or not await self._hub.wait(pred.id, req.wait_s)):
+            await self._store.flush()  # the client may come back for it: make it durable first
+        return pred
+
+    async def create_and_follow(self, principal: Principal, req: CreateRequest
+                                ) -> tuple[Prediction, AsyncIterator[PredictionEvent]]:
+        """Create without waiting (the events are the wait: ``req.wait_s`` is not used) and follow the
+        prediction from its first event. The subscription is made before the store's flush is awaited:
+        a prediction that ends meanwhile still streams every event to this caller, not only its end."""
+        pred, new = await self._start(principal, req)
+        events = self._hub.subscribe(pred, 0)
+        if new:
+            await self._store.flush()
+        return pred, events
+
+    async def _start(self, principal: Principal, req: CreateRequest) -> tuple[Prediction, bool]:
+        """Check, validate and enqueue a prediction; with it, whether it is new (False: the caller's
+        earlier prediction of the same id)."""
         _check_create(req)
         if req.priority > 0 and not principal.may_prioritise:
             raise PermissionDenied(f"priority: above 0 needs a token of role priority or admin; this one is "
@@ -98,7 +117,7 @@ class PredictionService:
             # here to ``_active`` nothing awaits, so of two at once only the first enqueues.
             existing = await self._find(req.id) or self._active.get(req.id)
             if existing is not None:
-                return self._idempotent(principal, existing, req)
+                return self._idempotent(principal, existing, req), False
         self._store.check_writable()  # refused now (503) rather than accepted and not written
         self._limits.admit_prediction(principal, self._active_of[principal.account])
         entry = self._catalog.resolve(req.model, req.version, req.deployment)
@@ -130,16 +149,7 @@ class PredictionService:
         self._store.save(pred, StoredTask(entry.spec.name, filled) if redacted is req.input else None)
         if pred.webhook and self._webhooks:
             self._webhooks.notify(pred, Status.STARTING)
-        if req.wait_s <= 0 or not await self._hub.wait(pred.id, req.wait_s):
-            await self._store.flush()  # the client may come back for it: make it durable first
-        return pred
-
-    async def create_and_follow(self, principal: Principal, req: CreateRequest
-                                ) -> tuple[Prediction, AsyncIterator[PredictionEvent]]:
-        """Create without waiting (the events are the wait: ``req.wait_s`` is not used) and follow the
-        prediction from its first event."""
-        pred = await self.create(principal, replace(req, wait_s=0.0))
-        return pred, await self.follow(principal, pred.id)
+        return pred, True
 
     def _idempotent(self, principal: Principal, existing: Prediction, req: CreateRequest) -> Prediction:
         same_input = existing.input == req.input or existing.input == self._redacted(existing, req.input)

@@ -106,21 +106,21 @@ def apply_masks(logits: Any, matchers: Sequence[Any]) -> None:
     """In place: -inf on every token that the row's matcher does not allow next (rows whose matcher is
     None are left as they are). ``logits`` is ``[rows, vocab]``."""
     import llguidance.torch as lt
+    import numpy as np
     import torch
 
-    rows = [(m, i) for i, m in enumerate(matchers) if m is not None]
+    rows = [i for i, m in enumerate(matchers) if m is not None]
     if not rows:
         return
     vocab = logits.shape[-1]
-    bitmask = lt.allocate_token_bitmask(len(matchers), vocab)
-    executor = _executor()
-    lt.fill_next_token_bitmask_par(executor, rows, bitmask)
-    index = torch.tensor([i for _, i in rows], dtype=torch.long)
-    words = bitmask.index_select(0, index)
-    bits = (words.unsqueeze(-1) >> torch.arange(32, dtype=torch.int32)) & 1
-    allowed = bits.flatten(1)[:, :vocab].bool().to(logits.device)
-    index = index.to(logits.device)
-    logits[index] = logits[index].masked_fill(~allowed, float("-inf"))
+    bitmask = lt.allocate_token_bitmask(len(rows), vocab)  # one row of 32-bit words per constrained row
+    lt.fill_next_token_bitmask_par(_executor(), [(matchers[i], k) for k, i in enumerate(rows)], bitmask)
+    # Bit j of word w is token 32w + j: little-endian bytes, unpacked least significant bit first (numpy
+    # does it in microseconds; shifting and masking in torch took ~0.3 ms a step for 16 rows).
+    bits = np.unpackbits(bitmask.numpy().view(np.uint8), axis=1, bitorder="little")[:, :vocab]
+    banned = torch.from_numpy(bits == 0).to(logits.device)
+    index = torch.tensor(rows, dtype=torch.long, device=logits.device)
+    logits.index_copy_(0, index, logits.index_select(0, index).masked_fill_(banned, float("-inf")))
 
 
 _EXECUTOR: Any = None

@@ -18,8 +18,9 @@ The processors run in this order, on float32 logits of shape ``[batch, vocab]``,
 7. ``top_p`` (nucleus): only the smallest set of most likely tokens whose probabilities add up to
    ``top_p`` stays (the most likely token always stays). 1.0 is off. Then ``min_p``: tokens less likely
    than ``min_p`` times the most likely one go. 0 is off.
-8. sample: one draw from the softmax, with the row's own ``torch.Generator``, so that a seeded row
-   draws the same token whatever else is in the batch. Greedy rows draw nothing.
+8. sample: one draw from the softmax, with the row's own ``torch.Generator`` (one uniform a step, by
+   inverse transform), so that a seeded row draws the same token whatever else is in the batch. Greedy
+   rows draw nothing.
 
 This is the order of ``transformers``' ``generate`` (penalties, then min length, then the warpers
 temperature, top-k, top-p, min-p), with OpenAI's penalties and bias placed beside the repetition penalty.
@@ -34,6 +35,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 NEG_INF = float("-inf")
@@ -143,14 +145,12 @@ class BatchSampler:
         tokens = torch.argmax(logits, dim=-1)
         if not self.sampled_rows:
             return tokens
-        warped = logits.index_select(0, self.sampled_index) / self.temperature
+        probs = torch.softmax(logits.index_select(0, self.sampled_index) / self.temperature, dim=-1)
         if self.uses_top_k_top_p:
-            warped = apply_top_k_top_p(warped, self.top_k, self.top_p)
-        probs = torch.softmax(warped, dim=-1)
+            probs = probs.masked_fill(probs < nucleus_floor(probs, self.top_k, self.top_p), 0.0)
         if self.uses_min_p:
             probs = apply_min_p(probs, self.min_p)
-        for j, row in enumerate(self.sampled_rows):
-            tokens[row] = torch.multinomial(probs[j], 1, generator=self.generators[row])[0]
+        tokens[self.sampled_index] = draw(probs, [self.generators[row] for row in self.sampled_rows])
         return tokens
 
 
@@ -182,20 +182,47 @@ def apply_min_p(probs: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
 
 
 def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """A copy of ``logits`` with -inf outside each row's top k (0 = all) and then its top-p nucleus.
+    """A copy of ``logits`` with -inf outside each row's top k (0 = all) and then its top-p nucleus
+    (``nucleus_floor`` on their softmax)."""
+    probs = torch.softmax(logits, dim=-1)
+    return logits.masked_fill(probs < nucleus_floor(probs, top_k, top_p), NEG_INF)
 
-    One descending sort serves both: rank >= k is removed; then, on the softmax of what is left, a
-    token is removed when the probability of the tokens ranked above it already reaches ``top_p``
-    (so the first token always stays, as ``min_tokens_to_keep=1`` in transformers).
-    """
-    vocab = logits.shape[-1]
-    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-    ranks = torch.arange(vocab, device=logits.device).unsqueeze(0)
-    k = torch.where(top_k > 0, top_k, vocab).unsqueeze(1)
-    sorted_logits = sorted_logits.masked_fill(ranks >= k, NEG_INF)
-    probs = torch.softmax(sorted_logits, dim=-1)
-    above = torch.cumsum(probs, dim=-1) - probs
-    remove = (above >= top_p) & (top_p < 1.0)
-    remove[:, 0] = False
-    sorted_logits = sorted_logits.masked_fill(remove, NEG_INF)
-    return torch.full_like(logits, NEG_INF).scatter(-1, order, sorted_logits)
+
+def nucleus_floor(probs: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Each row's least probability that stays (``[rows, 1]``) under its top k (0 = all) and then its
+    top-p nucleus: in descending order, rank >= k goes; then, renormalised over what is left, a token
+    goes when the probability of the tokens ranked above it already reaches ``top_p``, so the first
+    always stays (``min_tokens_to_keep=1`` in transformers). What stays is a prefix of the ranking, so
+    one probability bounds it: tokens tied with it stay too, as in transformers' top-k.
+
+    Only the sorted values are needed, not the order (a cut by value, not by index)."""
+    ranked = _sorted_descending(probs)
+    vocab = ranked.shape[-1]
+    ranks = torch.arange(vocab, device=probs.device).unsqueeze(0)
+    in_top_k = ranks < torch.where(top_k > 0, top_k, vocab).unsqueeze(1)
+    ranked_k = ranked.masked_fill(~in_top_k, 0.0)
+    above = torch.cumsum(ranked_k, dim=-1) - ranked_k  # the mass ranked above each token
+    stays = in_top_k & ((above < top_p * ranked_k.sum(dim=-1, keepdim=True)) | (top_p >= 1.0))
+    stays[:, 0] = True
+    return ranked.gather(1, stays.sum(dim=-1, keepdim=True) - 1)
+
+
+def _sorted_descending(probs: torch.Tensor) -> torch.Tensor:
+    """Each row's values, largest first. On a CPU numpy sorts them: torch's CPU sort of a ``[rows,
+    vocab]`` tensor takes 10-30x as long here (32 x 930 float32: 1.9 ms against 66 us; torch 2.14)."""
+    if probs.device.type == "cpu":
+        return torch.from_numpy(-np.sort(-probs.numpy(), axis=-1))
+    return torch.sort(probs, dim=-1, descending=True).values
+
+
+def draw(probs: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """One token per row from (unnormalised) probabilities, by inverse transform sampling: one uniform
+    from the row's own generator, and the first token whose cumulative probability passes it. (A
+    ``torch.multinomial`` per row costs a call each: 1.7 ms for 32 rows against ~0.1 ms.)"""
+    uniform = torch.stack([torch.rand((), generator=g, device=probs.device) for g in generators])
+    cumulative = torch.cumsum(probs, dim=-1)
+    target = (uniform * cumulative[:, -1]).unsqueeze(1)
+    tokens = torch.searchsorted(cumulative, target, right=True).clamp_(max=probs.shape[-1] - 1)
+    # A uniform within rounding of 1 can pass the last token that may be drawn: take the likeliest then.
+    drawable = probs.gather(1, tokens) > 0
+    return torch.where(drawable, tokens, probs.argmax(dim=-1, keepdim=True)).squeeze(1)

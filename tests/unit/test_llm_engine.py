@@ -5,6 +5,7 @@ streaming of multi-byte text."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import threading
 from types import SimpleNamespace
@@ -160,6 +161,42 @@ def test_greedy_output_equals_generate_token_for_token(tiny, make_engine):
         assert done.finish_reason == ("eos" if ended_on_eos else "length")
         assert done.input_token_count == len(ids) and done.output_token_count == len(done.token_ids)
         assert done.text == tiny.tokenizer.decode(done.token_ids, skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_a_padded_batch_decodes_as_generate_with_each_attention_s_own_mask(tiny, make_engine, implementation):
+    # The engine hands a decode step a 4-D mask made for the attention (booleans for SDPA, an additive
+    # float mask for eager): a wrong one would let a row see another's padding, or none of its past.
+    model = copy.deepcopy(tiny.model)
+    model.set_attn_implementation(implementation)
+    requests = [(ids_of(tiny, prompt), GREEDY) for prompt in PROMPTS]
+    batched = run(make_engine(model, start=False), requests, start=True)  # one left-padded batch
+    for (ids, _), done in zip(requests, batched):
+        with torch.inference_mode():
+            out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                 max_new_tokens=GREEDY.max_new_tokens, do_sample=False)
+        expected = out[0, len(ids):].tolist()
+        assert list(done.token_ids) == (expected[:-1] if expected[-1] in tiny.eos else expected)
+
+
+def test_the_engine_sets_its_own_thread_s_torch_threads_and_no_other(tiny):
+    seen: list[int] = []
+    engine = LLMEngine(tiny.model, tiny.tokenizer, eos_token_ids=tiny.eos, threads=1,
+                       on_step=lambda rows: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        engine.start()
+        run(engine, [(ids_of(tiny, "Why?"), replace_tokens(GREEDY, 3))])
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2  # this thread's count is its own
+    finally:
+        engine.stop()
+        torch.set_num_threads(before)
+
+
+def replace_tokens(params: SamplingParams, count: int) -> SamplingParams:
+    return dataclasses.replace(params, max_new_tokens=count, min_new_tokens=count)
 
 
 def test_same_seed_gives_the_same_text_and_different_seeds_differ(tiny, make_engine):

@@ -12,7 +12,9 @@ from runners.llm.sampling import (
     apply_frequency_presence,
     apply_repetition_penalty,
     apply_top_k_top_p,
+    draw,
     mask_eos,
+    nucleus_floor,
 )
 
 INF = float("inf")
@@ -70,6 +72,29 @@ def test_top_p_applies_to_what_top_k_left():
     # top_k=2 leaves 0.4 and 0.3, renormalised to 4/7 and 3/7; p=0.5 then keeps only the first
     out = apply_top_k_top_p(logits, torch.tensor([2]), torch.tensor([[0.5]]))
     assert (out > -INF).tolist() == [[True, False, False, False]]
+
+
+def test_a_cut_by_value_keeps_the_tokens_tied_with_the_last_one_kept():
+    probs = torch.tensor([[0.4, 0.2, 0.2, 0.2]])
+    assert nucleus_floor(probs, torch.tensor([2]), torch.tensor([[1.0]])).item() == pytest.approx(0.2)
+    assert nucleus_floor(probs, torch.tensor([0]), torch.tensor([[0.3]])).item() == pytest.approx(0.4)
+
+
+def test_a_draw_follows_the_probabilities_and_never_takes_a_token_that_cannot_be_drawn():
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0]]).repeat(2, 1)
+    probs[1] *= 7.0  # unnormalised rows draw as their normalised selves
+    gens = [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)]
+    draws = torch.stack([draw(probs, gens) for _ in range(6000)])
+    for row in range(2):
+        counts = torch.bincount(draws[:, row], minlength=6).float() / 6000
+        assert counts[[0, 2, 5]].sum() == 0
+        assert torch.allclose(counts[[1, 3, 4]], torch.tensor([0.5, 0.3, 0.2]), atol=0.025)
+
+
+def test_a_draw_at_the_very_top_of_the_unit_interval_still_takes_a_drawable_token(monkeypatch):
+    probs = torch.tensor([[0.25, 0.75, 0.0]])
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: torch.tensor(1.0))  # past every cumulative sum
+    assert draw(probs, [torch.Generator()]).tolist() == [1]
 
 
 def test_the_processors_run_in_the_documented_order_penalties_then_min_tokens():

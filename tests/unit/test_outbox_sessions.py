@@ -108,3 +108,40 @@ async def test_memory_follows_what_is_unacknowledged_not_what_went_through(box):
     assert box.size() <= 2 * 32
     box.ack(box.seq)
     assert box.size() == 0
+
+
+# Pacing: the text of a stream already flowing waits for the next frame; everything else goes at once
+
+
+def text(pid: str, value: str) -> TaskEvent:
+    return TaskEvent(pid, OutputChunk(value=value))
+
+
+async def test_a_flowing_stream_s_text_goes_at_most_one_frame_per_interval_and_merged():
+    loop = asyncio.get_running_loop()
+    box = Outbox(loop, "router-1", stream_interval_s=0.05)
+    box.put(text("p", "a"))
+    assert await box.take(1.0) == [text("p", "a")]  # a first chunk goes at once: the time to first token
+    first_frame_at = loop.time()
+    box.put(text("p", "b"))
+    box.put(text("p", "c"))
+    assert await box.take(1.0) == [text("p", "bc")]
+    assert loop.time() - first_frame_at >= 0.05
+
+
+async def test_anything_but_flowing_text_goes_at_once_and_takes_the_waiting_text_with_it():
+    box = Outbox(asyncio.get_running_loop(), "router-1", stream_interval_s=60.0)
+    box.put(text("p", "a"))
+    await box.take(1.0)
+    box.put(text("p", "b"))
+    assert await box.take(0.05) == []  # held for the next frame, not lost
+    assert box.size() == 1
+    box.put(text("q", "x"))  # another prediction's first chunk
+    assert await box.take(1.0) == [text("p", "b"), text("q", "x")]
+    box.put(TaskEvent("q", Finished(Status.SUCCEEDED, 1.0, 2.0)))  # a flowing stream's end waits too
+    box.put(started("r"))  # as a start does
+    assert await box.take(0.05) == []
+    box.put(TaskEvent("e", Finished(Status.SUCCEEDED, 1.0, 2.0)))  # the end of one that streams no text
+    assert [e.prediction_id for e in await box.take(1.0)] == ["q", "r", "e"]
+    box.put(text("q", "again"))  # q ended: its text is a first chunk again
+    assert await box.take(0.05) == [text("q", "again")]

@@ -17,7 +17,7 @@ from gateway.predictions import NOT_KEPT, CreateRequest, PredictionService
 from gateway.store import PredictionStore, StoredTask
 from scheduler.router import Router, Unfinished
 from tests.unit.fakes import FakeNodeData, instance, settle, table, wait_until
-from warmfleet.domain import Completed, OutputChunk, Prediction, RouteSpec, Started, Status, TaskEvent
+from warmfleet.domain import Completed, Finished, Output, OutputChunk, Prediction, RouteSpec, Started, Status, TaskEvent
 from warmfleet.errors import Unavailable
 
 LLM = "acme/llm"
@@ -132,3 +132,27 @@ async def test_two_creates_at_once_with_one_client_id_make_one_prediction_and_on
     await settle()
     assert node.submitted_ids == ["my-id"] and router.queue_length(LLM) == 0
     assert router.footprint()["running"] == 1
+
+
+async def test_create_and_follow_streams_every_event_of_a_prediction_that_ends_before_create_returns(
+        cluster, monkeypatch):
+    # create_and_follow awaits the store's flush before it answers; a fast prediction can run and end in
+    # that time. Its stream must still carry its chunks, not only its end.
+    service, store, _, node, _ = cluster
+    flush = store.flush
+
+    async def slow_flush() -> None:
+        await node.wait_submitted(1)
+        [task] = node.submits[0]
+        node.push(TaskEvent(task.prediction_id, Started(1.0)), TaskEvent(task.prediction_id, OutputChunk("Hel")),
+                  TaskEvent(task.prediction_id, OutputChunk("lo")),
+                  TaskEvent(task.prediction_id, Finished(Status.SUCCEEDED, 1.0, 2.0, Output("Hello"))))
+        await wait_until(lambda: not service._hub.is_open(task.prediction_id), node.changed)
+        await flush()
+
+    monkeypatch.setattr(store, "flush", slow_flush)
+    pred, events = await service.create_and_follow(ALICE, CreateRequest(input={"prompt": "hi"}, model=LLM))
+    bodies = [e.body async for e in events]
+    assert [b.value for b in bodies if isinstance(b, OutputChunk)] == ["Hel", "lo"]
+    assert isinstance(bodies[-1], Completed) and bodies[-1].prediction.output.value == "Hello"
+    assert pred.status is Status.SUCCEEDED
