@@ -697,8 +697,8 @@ def _md_headline(r: dict[str, Any]) -> list[str]:
         "## 3. The headline (bench.llm's scenario)", "",
         *_paragraph(
             "\"Alone\" rows: the runner and its engine in the bench process, torch at ",
-            f"{r['alone']['torch_threads']} intra-op thread as in the agent (a Ray actor of num_cpus=0 ",
-            "starts with OMP_NUM_THREADS=1). The goal's baseline is the faster sequential run ",
+            f"{r['alone']['torch_threads']} intra-op thread(s) as the engine in the agent (the agent's CPUs ",
+            "less one, `runners.llm.runner.engine_threads`). The goal's baseline is the faster sequential run ",
             f"({seq['chosen'].replace('_', ' ')})."),
         *_table(["what", "output tok/s", "x sequential generate", "TTFT p50 loaded ms", "TTFT p50 idle ms"],
                 rows),

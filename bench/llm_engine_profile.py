@@ -23,6 +23,7 @@ import collections
 import contextlib
 import functools
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -116,9 +117,9 @@ def timed(runner: Any) -> Iterator[Timers]:
                 setattr(owner, name, before)
 
 
-# The agent is a Ray actor of num_cpus=0, and Ray starts such an actor with OMP_NUM_THREADS=1: in the
-# cluster the engine runs torch with one intra-op thread, whatever the machine's cores.
-AGENT_TORCH_THREADS = 1
+# The agent gives its models the node's CPUs (``scheduler.ray_adapter.runner_threads``; one agent on a CPU
+# node) and the llm engine takes one less (``runners.llm.runner.engine_threads``): on 2 cores, one thread.
+AGENT_TORCH_THREADS = max(1, (os.cpu_count() or 1) - 1)
 
 
 @contextlib.contextmanager
@@ -417,7 +418,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--streams", type=int, default=32)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=AGENT_TORCH_THREADS,
-                        help="torch intra-op threads (default: the agent's, 1)")
+                        help="torch intra-op threads (default: the engine's in the agent, the cores less one)")
     args = parser.parse_args(argv)
     with torch_threads(args.threads):
         print(json.dumps(decode_profile(args.weights, args.streams, args.tokens), indent=2))

@@ -29,7 +29,9 @@ padding in every row. Why this and not the alternatives:
 
 Prefill is batched per turn, not per request: requests that arrive together (a burst of streams) are
 prefilled in one forward, so the last of 32 waits for one prefill, not 31, and the running batch's
-decode steps wait for one prefill per turn rather than one per newcomer. The prefill batch uses the
+decode steps wait for one prefill per turn rather than one per newcomer (two when some of the turn's
+prompts begin with a cached prefix: those hits go together in a forward of their uncached rests, behind
+their cached keys and values, ``_prefill``). The prefill batch uses the
 decode batch's layout: prompts left-padded to the longest, a 2-D attention mask (0 on padding) and
 explicit position ids counting from 0 at each row's first real token, so every row sees exactly its
 own prompt at its own positions; its logits are kept for the last column only, which is every row's
@@ -420,7 +422,7 @@ class LLMEngine:
 
     def _admit(self) -> None:
         """Prefill this turn's requests and let them join the batch: those whose prompt begins with a
-        cached prefix one at a time from their cached blocks, the others together in one forward."""
+        cached prefix together in one forward from their cached blocks, the others in another."""
         group = self._admissible()
         hits, misses = [], []
         for seq in group:
@@ -428,11 +430,10 @@ class LLMEngine:
             for sample in seq.family:
                 sample.cached_tokens = len(blocks) * (self.prefix.block_tokens if blocks else 0)
             (hits if blocks else misses).append((seq, blocks))
-        if misses:
-            leaders = [seq for seq, _ in misses]
-            self._start(leaders, lambda: _prefill(self.model, self.device, leaders, self.prefix))
-        for seq, blocks in hits:
-            self._start([seq], lambda: _prefill_cached(self.model, self.device, seq, blocks, self.prefix))
+        for part in (misses, hits):  # apart: a miss's whole prompt would pad every hit's short rest
+            if part:
+                leaders, blocks = [seq for seq, _ in part], [b for _, b in part]
+                self._start(leaders, lambda: _prefill(self.model, self.device, leaders, blocks, self.prefix))
 
     def _start(self, group: list[_Sequence], prefill: Callable[[], tuple[DynamicCache, torch.Tensor,
                                                                           torch.Tensor]]) -> None:
@@ -622,45 +623,38 @@ def _checked_length(prompt: list[int], max_new_tokens: int, n: int, max_position
     return max_new
 
 
-def _prefill(model: Any, device: torch.device, group: list[_Sequence], prefix: PrefixCache | None
-             ) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
-    """One forward over the prompts of ``group``, left-padded to the longest, with a fresh cache; the
-    prompts' whole blocks go to ``prefix``. Returns the cache (its padding columns zeroed), the mask and
-    each row's last logits."""
-    width = max(len(seq.prompt_ids) for seq in group)
-    ids = torch.zeros(len(group), width, dtype=torch.long)
-    mask = torch.zeros(len(group), width, dtype=torch.long)
-    for row, seq in enumerate(group):
-        ids[row, width - len(seq.prompt_ids):] = torch.tensor(seq.prompt_ids)
-        mask[row, width - len(seq.prompt_ids):] = 1
-    positions = (mask.cumsum(dim=1) - 1).clamp_(min=0)  # 0 at each row's first real token
+def _prefill(model: Any, device: torch.device, group: list[_Sequence], blocks: Sequence[Sequence[Any]],
+             prefix: PrefixCache | None) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
+    """One forward over ``group``'s prompts, each behind its cached ``blocks`` (maybe none): only the rest
+    of each prompt is computed, at its own positions. Laid out as the decode batch is, left-padded: row i
+    is ``[padding][its cached tokens][padding][the rest of its prompt]``, the cached part right-aligned to
+    the longest cached part and the rest to the longest rest, with a 2-D mask (0 on padding). The new
+    whole blocks go to ``prefix``. Returns the cache (its padding columns zeroed), the mask and each row's
+    last logits."""
+    block = prefix.block_tokens if prefix is not None else 0
+    cached = [len(b) * block for b in blocks]
+    rests = [seq.prompt_ids[c:] for seq, c in zip(group, cached)]
+    before, after = max(cached), max(len(rest) for rest in rests)
+    ids = torch.zeros(len(group), after, dtype=torch.long)
+    positions = torch.zeros(len(group), after, dtype=torch.long)
+    mask = torch.zeros(len(group), before + after, dtype=torch.long)
+    for row, (c, rest) in enumerate(zip(cached, rests)):
+        ids[row, after - len(rest):] = torch.tensor(rest)
+        positions[row, after - len(rest):] = torch.arange(c, c + len(rest))
+        mask[row, before - c:before] = 1
+        mask[row, before + after - len(rest):] = 1
     ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
-    cache = DynamicCache(config=model.config)
+    cache = cache_from_blocks(blocks, before, model.config)
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                 use_cache=True, logits_to_keep=1)
-    if any(len(seq.prompt_ids) < width for seq in group):
+    if not bool(mask.all()):
         padding = (mask == 0)[:, None, :, None]
         for layer in cache.layers:
             layer.keys.masked_fill_(padding, 0)
             layer.values.masked_fill_(padding, 0)
     if prefix is not None:
         for row, seq in enumerate(group):
-            start = width - len(seq.prompt_ids)
-            prefix.store(seq.prompt_ids, [(layer.keys[row, :, start:], layer.values[row, :, start:])
+            real = mask[row].bool()
+            prefix.store(seq.prompt_ids, [(layer.keys[row][:, real], layer.values[row][:, real])
                                           for layer in cache.layers])
-    return cache, mask, out.logits[:, -1, :]
-
-
-def _prefill_cached(model: Any, device: torch.device, seq: _Sequence, blocks: list[Any], prefix: PrefixCache
-                    ) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
-    """``seq``'s prefill from its prompt's cached ``blocks``: a forward over the rest of the prompt only,
-    at its positions, behind the cached keys and values. Its new whole blocks go to ``prefix`` too."""
-    cached = len(blocks) * prefix.block_tokens
-    cache = cache_from_blocks(blocks, model.config)
-    rest = torch.tensor([seq.prompt_ids[cached:]], device=device)
-    mask = torch.ones(1, len(seq.prompt_ids), dtype=torch.long, device=device)
-    positions = torch.arange(cached, len(seq.prompt_ids), device=device).unsqueeze(0)
-    out = model(input_ids=rest, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                use_cache=True, logits_to_keep=1)
-    prefix.store(seq.prompt_ids, [(layer.keys[0], layer.values[0]) for layer in cache.layers])
     return cache, mask, out.logits[:, -1, :]

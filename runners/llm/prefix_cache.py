@@ -101,13 +101,22 @@ class PrefixCache:
         return PrefixStats(self._looked_up, self._hit, len(self._blocks) * self.block_tokens)
 
 
-def cache_from_blocks(blocks: Sequence[_Block], config: Any) -> Any:
-    """A one-row ``DynamicCache`` holding ``blocks``' keys and values, in order."""
+def cache_from_blocks(rows: Sequence[Sequence[_Block]], width: int, config: Any) -> Any:
+    """A ``DynamicCache`` of ``len(rows)`` rows, row i holding ``rows[i]``'s keys and values in order,
+    right-aligned in ``width`` columns (zeros before them); empty when ``width`` is 0."""
     from transformers import DynamicCache
 
     cache = DynamicCache(config=config)
-    for layer, _ in enumerate(blocks[0].layers):
-        keys = torch.cat([b.layers[layer][0] for b in blocks], dim=1).unsqueeze(0)
-        values = torch.cat([b.layers[layer][1] for b in blocks], dim=1).unsqueeze(0)
+    if not width:
+        return cache
+    template = next(blocks for blocks in rows if blocks)[0].layers
+    for layer, (k, _) in enumerate(template):
+        keys = k.new_zeros(len(rows), k.shape[0], width, k.shape[2])
+        values = torch.zeros_like(keys)
+        for row, blocks in enumerate(rows):
+            if blocks:
+                span = slice(width - len(blocks) * len(blocks[0].tokens), width)
+                keys[row, :, span] = torch.cat([b.layers[layer][0] for b in blocks], dim=1)
+                values[row, :, span] = torch.cat([b.layers[layer][1] for b in blocks], dim=1)
         cache.update(keys, values, layer)
     return cache

@@ -71,7 +71,8 @@ async def test_tokens_stream_and_add_up_to_the_output(api):
     chunks = [e.output.value.string_value for e in events if e.WhichOneof("kind") == "output"]
     final = events[-1].completed
     assert final.status == T.STATUS_SUCCEEDED
-    assert len(chunks) > 5 and "".join(chunks) == final.output.value.string_value
+    # More than one piece: the first token goes at once, the rest in paced frames (node/outbox.py).
+    assert len(chunks) > 1 and "".join(chunks) == final.output.value.string_value
     assert final.metrics.output_token_count == 48 and final.metrics.finish_reason == "length"
 
 

@@ -79,7 +79,7 @@ async def test_a_streamed_chat_adds_up_to_the_answer_and_ends_with_finish_reason
     assert {c.id for c in chunks} == {chunks[0].id} and {c.object for c in chunks} == {"chat.completion.chunk"}
     assert chunks[0].choices[0].delta.role == "assistant"
     pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
-    assert len(pieces) > 5 and "".join(pieces) == whole.output.value.string_value
+    assert len(pieces) > 1 and "".join(pieces) == whole.output.value.string_value
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finishes == ["length"]
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 32

@@ -89,7 +89,7 @@ async def test_tiny_llama_tokens_stream_and_add_up_to_the_output(running, api):
     final = await wait_terminal(api, pred.id)
     assert final.status == T.STATUS_SUCCEEDED
     tokens = outputs(events)
-    assert len(tokens) > 5 and "".join(tokens) == final.output.value.string_value
+    assert len(tokens) > 1 and "".join(tokens) == final.output.value.string_value
     assert events[-1] == {"event": "done", "id": events[-1]["id"], "data": "{}"}
 
 

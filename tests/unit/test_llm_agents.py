@@ -159,11 +159,39 @@ def test_a_prefix_cache_hit_gives_the_same_tokens_as_a_miss_and_prefills_only_th
     shared = (len(prompts[0]) - 1) // 16 * 16
     assert cached[0] == shared and all(c >= 16 * (len(system.split()) // 2 // 16) for c in cached)
     assert [f.token_ids for f in first + rest] == [f.token_ids for f in uncached]
-    # The hits prefilled only what the cache did not hold: one forward of the rest of each prompt.
-    prefills = [cols for _, cols in shapes.calls if cols > 1]
-    assert prefills == [len(prompts[0])] + [len(prompts[i]) - c for i, c in zip((0, 1, 1), cached)]
+    # The hits prefilled only what the cache did not hold: forwards of the rest of each prompt (one for
+    # those that reached the engine in the same turn, as wide as the widest rest among them).
+    prefills = [(rows, cols) for rows, cols in shapes.calls if cols > 1]
+    rests = [len(prompts[i]) - c for i, c in zip((0, 1, 1), cached)]
+    assert prefills[0] == (1, len(prompts[0]))
+    assert sum(rows for rows, _ in prefills[1:]) == 3 and all(min(rests) <= cols <= max(rests)
+                                                                for _, cols in prefills[1:])
     stats = prefix.stats()
     assert stats.hit_tokens == sum(cached) and 0 < stats.hit_rate < 1
+
+
+def test_hits_of_one_turn_are_prefilled_together_behind_their_cached_blocks(tiny, make_engine):
+    # Rows of different cached lengths and different rests in one forward: [padding][cached][padding]
+    # [rest]. Each must give the tokens of its lone, uncached run, and fill the cache with its own blocks.
+    from runners.llm.prefix_cache import PrefixCache
+
+    system = " ".join(["You are a careful assistant who answers in one line."] * 12)
+    prompts = [ids(tiny, system + " Question: " + q) for q in ("why is the sky blue?", "what is rain?")]
+    prompts.append(ids(tiny, system[:len(system) // 2] + " and a much longer question that follows it here?"))
+    params = [replace(SAMPLED, seed=5), replace(GREEDY, max_new_tokens=12, min_new_tokens=12),
+              replace(SAMPLED, seed=9)]
+    alone = [run(make_engine(), [request])[0] for request in zip(prompts, params)]
+    prefix = PrefixCache(block_tokens=16, max_tokens=4096)
+    run(make_engine(prefix=prefix), [(prompts[0], params[0])])  # fills the cache
+    shapes = Shapes(tiny.model)
+    together = run(make_engine(model=shapes, prefix=prefix, start=False), list(zip(prompts, params)), start=True)
+
+    cached = [f.cached_input_token_count for f in together]
+    assert len(set(cached)) > 1 and all(c > 0 for c in cached)  # different cached lengths in one batch
+    rests = [len(p) - c for p, c in zip(prompts, cached)]
+    assert [cols for _, cols in shapes.calls if cols > 1] == [max(rests)] and shapes.calls[0][0] == 3
+    assert [f.token_ids for f in together] == [f.token_ids for f in alone]
+    assert [len(prefix.lookup(p + [0])) * 16 for p in prompts] == [len(p) // 16 * 16 for p in prompts]
 
 
 def test_the_prefix_cache_is_bounded_and_forgets_the_least_recently_used():
