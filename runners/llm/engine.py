@@ -473,12 +473,13 @@ class LLMEngine:
             batch.sampler = BatchSampler([s.params for s in batch.seqs], [s.generator for s in batch.seqs],
                                          self.eos_token_ids, self.device)
         mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch), 1)], dim=1)
+        masks = _start_masks(batch.seqs, self.model)  # computed while the forward runs
         out = self.model(input_ids=batch.last.unsqueeze(1), attention_mask=_decode_mask(mask, self.model),
                          position_ids=batch.positions.unsqueeze(1), past_key_values=batch.cache,
                          use_cache=True)
         batch.mask = mask
         batch.positions = batch.positions + 1
-        batch.last = self._choose(batch.sampler, out.logits[:, -1, :], batch.seqs)
+        batch.last = self._choose(batch.sampler, out.logits[:, -1, :], batch.seqs, masks)
         self._steps += 1
         if self._on_step is not None:
             self._on_step(len(batch))
@@ -486,7 +487,8 @@ class LLMEngine:
         if any(done):
             batch.keep([i for i, d in enumerate(done) if not d])
 
-    def _choose(self, sampler: BatchSampler, logits: torch.Tensor, seqs: list[_Sequence]) -> torch.Tensor:
+    def _choose(self, sampler: BatchSampler, logits: torch.Tensor, seqs: list[_Sequence],
+                masks: constraints.PendingMasks | None = None) -> torch.Tensor:
         logits = logits.float()
         wanting = [row for row, s in enumerate(seqs) if s.params.logprobs]
         raw = logits[wanting].log_softmax(dim=-1) if wanting else None  # the model's own distribution
@@ -496,8 +498,8 @@ class LLMEngine:
             seen = counts = None
         generated = torch.tensor([len(s.output_ids) for s in seqs], device=self.device)
         logits = sampler.process(logits, seen, counts, generated)
-        if any(s.matcher is not None for s in seqs):
-            constraints.apply_masks(logits, [s.matcher for s in seqs])
+        if masks := masks or _start_masks(seqs, self.model):
+            masks.apply(logits)
         tokens = sampler.choose(logits)
         if raw is not None:
             _note_logprobs(raw, tokens, [seqs[row] for row in wanting], wanting)
@@ -559,6 +561,13 @@ class LLMEngine:
             log.warning("llm request %s: its listener failed; dropping it", seq.id, exc_info=True)
             with self._cond:
                 self._cancels.add(seq.id)
+
+
+def _start_masks(seqs: list[_Sequence], model: Any) -> constraints.PendingMasks | None:
+    """The grammar masks of the rows that have a matcher, begun (``constraints.start_masks``); None if none."""
+    if not any(s.matcher is not None for s in seqs):
+        return None
+    return constraints.start_masks([s.matcher for s in seqs], model.get_output_embeddings().weight.shape[0])
 
 
 def _decode_mask(mask: torch.Tensor, model: Any) -> torch.Tensor:
