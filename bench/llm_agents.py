@@ -662,7 +662,8 @@ def _md_mix(r: dict[str, Any]) -> list[str]:
             f"{_f(engine['B'])} (B)."),
         *_paragraph(
             f"Decode step of 32 rows with no cluster: {_f(steps['A'], 2)} ms (A), {_f(steps['B'], 2)} ms ",
-            f"(B), of which the grammar masks {_f(w['grammar_masks_ms_per_step_alone'], 3)} ms and ",
+            f"(B), of which the grammar masks {_f(w['grammar_masks_ms_per_step_alone'], 3)} ms (waiting for ",
+            "their fill, begun before the forward, and masking) and ",
             f"advancing the matchers {_f(w['grammar_advance_ms_per_step_alone'], 3)} ms a step; a matcher ",
             f"takes {_f(w['matcher_build_ms_per_request_alone'], 2)} ms to build. One step's masks for ",
             f"{masks['as_is']['constrained']} of {masks['as_is']['rows']} rows, timed alone (p50 / p90 ",

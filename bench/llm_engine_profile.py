@@ -5,8 +5,9 @@ builds them) and its engine driven directly, with timers around its parts.
 The timers wrap, for the length of one measurement, the model's ``forward`` (a prefill when it is given
 more than one token a row, else a decode step of ``rows`` rows), and the engine's decode step, sampling
 (``_choose``: penalties, grammar masks, the choice), token intake (``_accept``: detokenizing, stop
-strings, the ``emit`` callback), the grammar's mask and advance (``constraints.apply_masks``,
-``constraints.advance``) and the prefix cache's lookup, store and cache rebuild (``cache_from_blocks``).
+strings, the ``emit`` callback), the grammar's mask and advance (``constraints.PendingMasks.apply``: the
+wait for the fill, which overlaps the forward, and the masking; ``constraints.advance``) and the prefix
+cache's lookup, store and cache rebuild (``cache_from_blocks``).
 They reach into the engine's private methods, which a profile may do and nothing else should; they add
 about a microsecond a call. What they give, against the same figures through the cluster
 (``bench/llm_agents.py``), is how much of a request's time the model loop takes and how much the
@@ -97,7 +98,10 @@ def timed(runner: Any) -> Iterator[Timers]:
         (engine, "_choose", timers.wrap("sample", engine._choose)),
         (engine, "_accept", timers.wrap("accept", engine._accept)),
         (engine, "_admit", timers.wrap("admit", engine._admit)),
-        (constraints_module, "apply_masks", timers.wrap("grammar_masks", constraints_module.apply_masks)),
+        # The masks' fill overlaps the forward (``constraints.start_masks``): what is timed is the step's
+        # wait for it and the masking of the logits.
+        (constraints_module.PendingMasks, "apply",
+         timers.wrap("grammar_masks", constraints_module.PendingMasks.apply)),
         (constraints_module, "advance", timers.wrap("grammar_advance", constraints_module.advance)),
         (engine_module, "cache_from_blocks", timers.wrap("prefix_rebuild", engine_module.cache_from_blocks)),
     ]
