@@ -98,7 +98,7 @@ def timed(runner: Any) -> Iterator[Timers]:
         (engine, "_choose", timers.wrap("sample", engine._choose)),
         (engine, "_accept", timers.wrap("accept", engine._accept)),
         (engine, "_admit", timers.wrap("admit", engine._admit)),
-        # The masks' fill overlaps the forward (``constraints.start_masks``): what is timed is the step's
+        # The masks' fill overlaps the forward (``constraints.PendingMasks``): what is timed is the step's
         # wait for it and the masking of the logits.
         (constraints_module.PendingMasks, "apply",
          timers.wrap("grammar_masks", constraints_module.PendingMasks.apply)),

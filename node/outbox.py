@@ -31,7 +31,8 @@ from collections import deque
 from warmfleet.domain import Finished, OutputChunk, Rejected, Requeued, Started, TaskEvent
 
 Batch = tuple[int, list[TaskEvent]]  # (seq, events): one Events frame
-STREAM_INTERVAL_S = 0.02  # frames carrying only the text of streams already flowing: at most one per this
+# Frames of only what may wait (a flowing stream's events, a start): at most one per this.
+STREAM_INTERVAL_S = 0.02
 
 
 class Superseded(Exception):
@@ -109,7 +110,8 @@ class Outbox:
 
     def _take_all(self, now: float) -> list[TaskEvent]:
         """Everything buffered, coalesced (under the lock)."""
-        items, self._items, self._signalled, self._urgent, self._last_take = self._items, [], False, False, now
+        items, self._items, self._signalled, self._urgent = self._items, [], False, False
+        self._last_take = now
         for event in items:
             if _is_text(event):
                 self._flowing.add(event.prediction_id)
@@ -172,7 +174,8 @@ class Outbox:
 
 def _is_text(event: TaskEvent) -> bool:
     body = event.body
-    return isinstance(body, OutputChunk) and body.joinable and body.file is None and isinstance(body.value, str)
+    return (isinstance(body, OutputChunk) and body.joinable and body.file is None
+            and isinstance(body.value, str))
 
 
 def coalesce(events: list[TaskEvent]) -> list[TaskEvent]:

@@ -14,12 +14,12 @@ xgrammar and outlines-core for three reasons, checked here before choosing:
   CPU, and constructing a matcher about 1 ms;
 - one library for every form: JSON Schema, regex, choices and Lark, which tool calls need.
 
-Only the constrained rows of a batch compute a mask (``start_masks``), so a free request in the same
-batch pays nothing but a check; a decode step starts them before the model's forward and applies them
-after it, so their computation overlaps the forward. A row's matcher consumes each token its row takes (``advance``); when
-the grammar is complete and admits nothing more (``finished``), the row ends as if it had met EOS. The
-mask is applied after the penalties and before temperature, top-k and top-p, as vLLM does, so the
-output is always in the language however it is sampled.
+Only the constrained rows of a batch compute a mask (``PendingMasks``), so a free request in the same
+batch pays nothing but a check; a decode step begins them before the model's forward and applies them
+after it, so their computation overlaps the forward. A row's matcher consumes each token its row takes
+(``advance``); when the grammar is complete and admits nothing more (``finished``), the row ends as if
+it had met EOS. The mask is applied after the penalties and before temperature, top-k and top-p, as
+vLLM does, so the output is always in the language however it is sampled.
 
 This module imports llguidance and torch only inside its functions.
 """
@@ -106,17 +106,13 @@ class Grammars:
 def apply_masks(logits: Any, matchers: Sequence[Any]) -> None:
     """In place: -inf on every token that the row's matcher does not allow next (rows whose matcher is
     None are left as they are). ``logits`` is ``[rows, vocab]``."""
-    start_masks(matchers, logits.shape[-1]).apply(logits)
-
-
-def start_masks(matchers: Sequence[Any], vocab: int) -> "PendingMasks":
-    """Begin computing the next token's masks of the rows that have a matcher, on llguidance's threads,
-    so that they are computed while the model's forward runs (``PendingMasks.apply`` then waits)."""
-    return PendingMasks(matchers, vocab)
+    PendingMasks(matchers, logits.shape[-1]).apply(logits)
 
 
 class PendingMasks:
-    """One step's masks, being filled into a token bitmask by llguidance (its Rust threads hold no GIL).
+    """One step's masks of the rows that have a matcher, begun at construction on a worker thread (the fill
+    by llguidance's own threads), so that they are computed while the model's forward runs; ``apply``
+    waits for them.
 
     A fresh state's mask costs ~20 us a row (16 rows of a 400-character regex: ~0.3 ms a step, against
     ~2.5 ms for the tiny Llama's decode forward), so overlapping it with the forward hides it."""
@@ -126,10 +122,11 @@ class PendingMasks:
 
         self.rows = [i for i, m in enumerate(matchers) if m is not None]
         self._vocab = vocab
-        self._bitmask = lt.allocate_token_bitmask(max(1, len(self.rows)), vocab)  # a row of words per row
-        pairs = [(matchers[i], k) for k, i in enumerate(self.rows)]
-        self._filled = _pool().submit(lt.fill_next_token_bitmask_par, _executor(), pairs, self._bitmask) \
-            if pairs else None
+        self._filled = None
+        if self.rows:
+            self._bitmask = lt.allocate_token_bitmask(len(self.rows), vocab)  # a row of words per row
+            pairs = [(matchers[i], k) for k, i in enumerate(self.rows)]
+            self._filled = _pool().submit(lt.fill_next_token_bitmask_par, _executor(), pairs, self._bitmask)
 
     def apply(self, logits: Any) -> None:
         """In place on ``[rows, vocab]`` logits: -inf on every token a constrained row may not take next."""

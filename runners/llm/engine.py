@@ -564,10 +564,10 @@ class LLMEngine:
 
 
 def _start_masks(seqs: list[_Sequence], model: Any) -> constraints.PendingMasks | None:
-    """The grammar masks of the rows that have a matcher, begun (``constraints.start_masks``); None if none."""
+    """The grammar masks of the rows that have a matcher, begun (``constraints.PendingMasks``); None if none."""
     if not any(s.matcher is not None for s in seqs):
         return None
-    return constraints.start_masks([s.matcher for s in seqs], model.get_output_embeddings().weight.shape[0])
+    return constraints.PendingMasks([s.matcher for s in seqs], model.get_output_embeddings().weight.shape[0])
 
 
 def _decode_mask(mask: torch.Tensor, model: Any) -> torch.Tensor:
