@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import sqlite3
 
@@ -80,6 +81,20 @@ async def test_flush_means_the_saves_before_it_are_committed(open_store, tmp_pat
     with sqlite3.connect(tmp_path / "home" / "predictions.sqlite3") as db:
         rows = dict(db.execute("SELECT id, status FROM predictions").fetchall())
     assert rows == {"p1": "processing", "p2": "succeeded"}
+
+
+async def test_a_flush_does_not_wait_for_the_writer_to_finish_gathering(open_store, tmp_path, monkeypatch):
+    monkeypatch.setattr("gateway.store.GATHER_S", 3600.0)
+    store = await open_store()
+    store.save(_prediction("p1"))  # nobody waits for it: the writer gathers more saves before committing
+    for _ in range(20):
+        await asyncio.sleep(0)  # the writer wakes and begins to gather
+    assert store.health().pending == 1
+    store.save(_prediction("p2"))
+    await asyncio.wait_for(store.flush(), 30.0)  # not an hour
+
+    with sqlite3.connect(tmp_path / "home" / "predictions.sqlite3") as db:
+        assert {row[0] for row in db.execute("SELECT id FROM predictions")} == {"p1", "p2"}
 
 
 async def test_get_sees_a_save_before_it_is_flushed(open_store):
