@@ -138,10 +138,13 @@ async def test_anything_but_flowing_text_goes_at_once_and_takes_the_waiting_text
     assert box.size() == 1
     box.put(text("q", "x"))  # another prediction's first chunk
     assert await box.take(1.0) == [text("p", "b"), text("q", "x")]
-    box.put(TaskEvent("q", Finished(Status.SUCCEEDED, 1.0, 2.0)))  # a flowing stream's end waits too
+    box.put(text("q", "y"))  # q flows now: its next chunk waits
     box.put(started("r"))  # as a start does
     assert await box.take(0.05) == []
     box.put(TaskEvent("e", Finished(Status.SUCCEEDED, 1.0, 2.0)))  # the end of one that streams no text
     assert [e.prediction_id for e in await box.take(1.0)] == ["q", "r", "e"]
-    box.put(text("q", "again"))  # q ended: its text is a first chunk again
-    assert await box.take(0.05) == [text("q", "again")]
+    box.put(text("p", "c"))
+    box.put(TaskEvent("p", Finished(Status.SUCCEEDED, 1.0, 2.0)))  # a flowing stream's end goes at once
+    assert [type(e.body) for e in await box.take(1.0)] == [OutputChunk, Finished]
+    box.put(text("p", "again"))  # p ended: its text is a first chunk again
+    assert await box.take(0.05) == [text("p", "again")]
