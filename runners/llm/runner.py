@@ -9,7 +9,7 @@ Options (``RouteSpec.options``):
 
 - ``dtype``: "auto" (float32 on CPU; bfloat16 on a GPU that has it, else float16), "float32",
   "float16" or "bfloat16".
-- ``max_batch_size``: sequences the engine decodes together (default 32); also the instance's
+- ``max_batch_size``: sequences the engine decodes together (default 64); also the instance's
   ``max_concurrency``, so the router never sends more than the engine batches.
 - ``max_tokens_in_flight``: bound on the padded KV cache, in tokens (default 65536); a request
   whose prompt plus ``max_new_tokens`` exceeds it is refused.
@@ -39,7 +39,7 @@ MAX_NEW_TOKENS = 4096
 MAX_SAMPLES = 16
 CONSTRAINTS = {"json_schema": "json_schema", "regex": "regex", "choices": "choice", "grammar": "grammar"}
 MAX_STOP_SEQUENCES = 16
-DEFAULT_MAX_BATCH_SIZE = 32
+DEFAULT_MAX_BATCH_SIZE = 64
 DEFAULT_MAX_TOKENS_IN_FLIGHT = 65_536
 DEFAULT_PREFIX_CACHE_TOKENS = 32_768
 

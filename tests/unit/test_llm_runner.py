@@ -117,7 +117,7 @@ def test_messages_alone_are_a_valid_input(validator):
 
 def test_the_policy_admits_as_many_predictions_as_the_engine_batches():
     assert LLMRunner.policy(RouteSpec("m", "llm", options={"max_batch_size": 7})).max_concurrency == 7
-    assert LLMRunner.policy(RouteSpec("m", "llm")).max_concurrency == 32
+    assert LLMRunner.policy(RouteSpec("m", "llm")).max_concurrency == 64
 
 
 def test_dtype_auto_is_float32_on_cpu_and_unknown_names_are_refused():

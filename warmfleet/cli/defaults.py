@@ -24,7 +24,6 @@ def default_models(settings: Settings) -> list[RouteSpec]:
         ),
         RouteSpec(
             name=TINY_LLAMA, runner="llm", weights=str(models / "tiny-llama"),
-            options={"max_batch_size": 32},
             description="A tiny random-weight Llama (real architecture, made locally): gibberish, fast.",
         ),
         RouteSpec(
