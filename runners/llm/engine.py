@@ -474,7 +474,7 @@ class LLMEngine:
                                          self.eos_token_ids, self.device)
         mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch), 1)], dim=1)
         masks = _start_masks(batch.seqs, self.model)  # computed while the forward runs
-        out = self.model(input_ids=batch.last.unsqueeze(1), attention_mask=_decode_mask(mask, self.model),
+        out = self.model(input_ids=batch.last.unsqueeze(1), attention_mask=_attention_mask(mask, 1, self.model),
                          position_ids=batch.positions.unsqueeze(1), past_key_values=batch.cache,
                          use_cache=True)
         batch.mask = mask
@@ -570,20 +570,25 @@ def _start_masks(seqs: list[_Sequence], model: Any) -> constraints.PendingMasks 
     return constraints.PendingMasks([s.matcher for s in seqs], model.get_output_embeddings().weight.shape[0])
 
 
-def _decode_mask(mask: torch.Tensor, model: Any) -> torch.Tensor:
-    """A decode step's attention mask, ready for the model's attention: ``[rows, 1, 1, length]``, each
-    row's real columns. One new token a row attends to every real column before it, so there is no
-    causal part to build, and transformers takes a 4-D mask as it is (building it from the 2-D mask
-    every step took ~12% of the engine's time). SDPA takes it as booleans, eager attention as an
-    additive float mask; any other attention gets the 2-D mask, and builds its own."""
+def _attention_mask(mask: torch.Tensor, queries: int, model: Any) -> torch.Tensor:
+    """The forward's attention mask, ready for the model's attention: ``[rows, 1, queries, length]``, the
+    query in column c (the last ``queries`` columns) sees each real column up to c. transformers takes a
+    4-D mask as it is; building it from the 2-D one took ~12% of the engine's time in decode steps (one
+    query a row: no causal part at all) and 1.2 of 9.5 ms in the prefill of 32 padded prompts. SDPA takes
+    it as booleans, eager attention as an additive float mask; any other attention gets the 2-D mask,
+    and builds its own."""
     implementation = getattr(model.config, "_attn_implementation", None)
+    if implementation not in ("sdpa", "eager"):
+        return mask
+    allowed = mask.bool()[:, None, None, :]
+    if queries > 1:
+        columns = torch.arange(mask.shape[1], device=mask.device)
+        allowed = allowed & (columns <= columns[-queries:, None])[None, None]
     if implementation == "sdpa":
-        return mask[:, None, None, :].bool()
-    if implementation == "eager":
-        dtype = model.dtype
-        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
-            mask == 0, torch.finfo(dtype).min)[:, None, None, :]
-    return mask
+        return allowed
+    dtype = model.dtype
+    return torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill_(
+        ~allowed, torch.finfo(dtype).min)
 
 
 def _token_stats(seqs: list[_Sequence], vocab: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -654,8 +659,8 @@ def _prefill(model: Any, device: torch.device, group: list[_Sequence], blocks: S
         mask[row, before + after - len(rest):] = 1
     ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
     cache = cache_from_blocks(blocks, before, model.config)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                use_cache=True, logits_to_keep=1)
+    out = model(input_ids=ids, attention_mask=_attention_mask(mask, after, model), position_ids=positions,
+                past_key_values=cache, use_cache=True, logits_to_keep=1)
     if not bool(mask.all()):
         padding = (mask == 0)[:, None, :, None]
         for layer in cache.layers:

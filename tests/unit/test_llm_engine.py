@@ -165,8 +165,9 @@ def test_greedy_output_equals_generate_token_for_token(tiny, make_engine):
 
 @pytest.mark.parametrize("implementation", ["sdpa", "eager"])
 def test_a_padded_batch_decodes_as_generate_with_each_attention_s_own_mask(tiny, make_engine, implementation):
-    # The engine hands a decode step a 4-D mask made for the attention (booleans for SDPA, an additive
-    # float mask for eager): a wrong one would let a row see another's padding, or none of its past.
+    # The engine hands the prefill and each decode step a 4-D mask made for the attention (booleans for
+    # SDPA, an additive float mask for eager): a wrong one would let a row see its padding or a later
+    # prompt token, or none of its past.
     model = copy.deepcopy(tiny.model)
     model.set_attn_implementation(implementation)
     requests = [(ids_of(tiny, prompt), GREEDY) for prompt in PROMPTS]
