@@ -578,7 +578,9 @@ def _attention_mask(mask: torch.Tensor, queries: int, model: Any) -> torch.Tenso
     it as booleans, eager attention as an additive float mask; any other attention gets the 2-D mask,
     and builds its own."""
     implementation = getattr(model.config, "_attn_implementation", None)
-    if implementation not in ("sdpa", "eager"):
+    if implementation not in ("sdpa", "eager") or (queries == mask.shape[1] and bool(mask.all())):
+        # Causal alone (prompts with no padding and nothing cached): from the 2-D mask transformers lets
+        # the attention apply causality itself, with no mask (1,000 tokens: 10 ms against 17 with one).
         return mask
     allowed = mask.bool()[:, None, None, :]
     if queries > 1:
