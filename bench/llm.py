@@ -3,7 +3,10 @@
 
 Starts a private cluster (``warmfleet up`` on a temporary home: it generates and serves the tiny Llama as
 ``warmfleet/tiny-llama``), measures idle TTFT with one stream at a time, then 32 streams at once, then
-loads the same weights in this process and runs ``generate`` on each prompt in turn. Every request asks
+loads the same weights in this process and runs ``generate`` on each prompt in turn. TTFT under load is
+measured twice: in the rounds (all the streams sent at once: a burst), and under a steady load
+(``steady_load``: as many streams kept in flight, of varied lengths, each new one arriving while the others
+decode). Every request asks
 for exactly ``--tokens`` new tokens (min = max), greedy, so both sides produce the same amount of text.
 The streams go through ``warmfleet.loadgen``, the load generator of `warmfleet bench` (closed loop, the
 client's ``CreateAndStreamPrediction``), and its statistics: percentiles by linear interpolation, ITL
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -91,6 +95,34 @@ def through_cluster(target: Target, texts: list[str], tokens: int, idle_runs: in
     }
 
 
+def steady_load(target: Target, texts: list[str], tokens: int, count: int, waves: int = 4,
+                model: str = MODEL, seed: int = 0) -> dict[str, Any]:
+    """``count`` streams in flight, closed loop, for ``waves`` times ``count`` requests, each asking for a
+    number of new tokens drawn (seeded) from half to one and a half ``tokens`` (mean ``tokens``): streams
+    end at different times, so each new request arrives while the others decode, as under any steady
+    load (requests of one length in a closed loop start and end together: bursts, what
+    ``through_cluster``'s rounds measure). The first ``count`` requests (sent at once) are left out of
+    the TTFT figures."""
+    rng = random.Random(seed)
+    inputs = [generation(texts[i % len(texts)], rng.randint(tokens // 2, tokens * 3 // 2))
+              for i in range(count * waves)]
+    with target.client() as client:
+        send = loadgen.ClientSender(client, loadgen.Target(model), stream=True)
+        streams(send, [generation(texts[0], 4)], 1)  # warm-up
+        run = streams(send, inputs, count)
+    later = run.records[count:]  # index order: the first wave is the first ``count``
+    stats = loadgen.summarize(later)
+    return {
+        "streams": count, "requests": len(run.records), "ttft_requests": len(later),
+        "tokens_per_s": run.stats.output_tokens_per_s,
+        "ttft_p50_ms": stats.ttft_s.p50 * 1e3, "ttft_p90_ms": stats.ttft_s.p90 * 1e3,
+        "ttft_p99_ms": stats.ttft_s.p99 * 1e3,
+        "engine_ttft_p50_ms": _ms(engine_metric_p50(later, "time_to_first_token_s")),
+        "queue_p50_ms": _ms(engine_metric_p50(later, "queue_time_s")),
+        "itl_p50_ms": stats.itl_s.p50 * 1e3,
+    }
+
+
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else seconds * 1e3
 
@@ -114,17 +146,27 @@ def sequential_generate(weights: Path, texts: list[str], tokens: int) -> dict[st
     return {"wall_s": wall, "output_tokens": count, "tokens_per_s": count / wall}
 
 
-def headline_goals(cluster: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
+def headline_goals(cluster: dict[str, Any], baseline: dict[str, Any],
+                   steady: dict[str, Any] | None = None) -> dict[str, Any]:
     """The issue's two goals from ``through_cluster`` and ``sequential_generate``: throughput against
-    sequential generate, TTFT p50 under load against idle."""
+    sequential generate, TTFT p50 under load against idle; under load both as a burst (the rounds: all
+    the streams sent at once) and, with ``steady`` (``steady_load``), as streams keep arriving."""
     speedup = cluster["tokens_per_s"] / baseline["tokens_per_s"]
-    ttft_ratio = cluster["ttft_p50_ms"] / cluster["idle_ttft_p50_ms"]
-    return {
+    idle = cluster["idle_ttft_p50_ms"]
+    burst = cluster["ttft_p50_ms"] / idle
+    goals = {
         "throughput": {"goal": f">= {GOAL_SPEEDUP}x sequential generate", "value": speedup,
                        "met": speedup >= GOAL_SPEEDUP},
-        "ttft_under_load": {"goal": f"p50 <= {GOAL_TTFT_RATIO}x idle", "value": ttft_ratio,
-                            "met": ttft_ratio <= GOAL_TTFT_RATIO},
+        "ttft_under_load": {"goal": f"p50 <= {GOAL_TTFT_RATIO}x idle, {len(cluster['rounds_tokens_per_s'])} "
+                                    "bursts of all the streams at once", "value": burst,
+                            "met": burst <= GOAL_TTFT_RATIO},
     }
+    if steady is not None:
+        ratio = steady["ttft_p50_ms"] / idle
+        goals["ttft_under_steady_load"] = {
+            "goal": f"p50 <= {GOAL_TTFT_RATIO}x idle, {steady['streams']} streams in flight, each new one "
+                    "arriving as one ends", "value": ratio, "met": ratio <= GOAL_TTFT_RATIO}
+    return goals
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -144,12 +186,14 @@ def main(argv: list[str] | None = None) -> None:
     with private_home() as settings:
         with running_cluster(settings) as target:
             cluster = through_cluster(target, texts, args.tokens, args.idle_runs, args.repeats)
+            steady = steady_load(target, texts, args.tokens, args.streams)
         baseline = sequential_generate(settings.models_path / "tiny-llama", texts, args.tokens)
-    goals = headline_goals(cluster, baseline)
+    goals = headline_goals(cluster, baseline, steady)
     report.write(args.out, settings={"streams": args.streams, "tokens": args.tokens, "repeats": args.repeats,
                                      "model": MODEL, "greedy": True},
-                 cluster=cluster, sequential_generate=baseline, goals=goals)
-    print(json.dumps({"cluster": cluster, "sequential_generate": baseline, "goals": goals}, indent=2))
+                 cluster=cluster, steady_load=steady, sequential_generate=baseline, goals=goals)
+    print(json.dumps({"cluster": cluster, "steady_load": steady, "sequential_generate": baseline,
+                      "goals": goals}, indent=2))
 
 
 if __name__ == "__main__":

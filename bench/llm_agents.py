@@ -24,9 +24,9 @@ so that the report says where the time goes in measured figures.
    output checked against the regex.
 3. The headline: ``bench.llm.through_cluster`` and ``sequential_generate`` (32 streams of 128 tokens,
    3 rounds), with ``bench.llm``'s goals (10x sequential generate, run with torch's default threads and
-   with one, the faster counting; TTFT p50 under load at most 3x idle); as diagnostics, the same load to
-   the no-cache model and with the streams one account may run at once (the instance's slots less the
-   router's fair-share headroom); the CPU seconds each process of the cluster spent on it.
+   with one, the faster counting; TTFT p50 under load at most 3x idle, in a burst (the rounds) and under
+   a steady load, ``bench.llm.steady_load``); as diagnostics, the same load to the no-cache model; the CPU
+   seconds each process of the cluster spent on it.
 
     python -m bench.llm_agents --out bench/results
 """
@@ -48,7 +48,6 @@ from bench import llm
 from bench import llm_engine_profile as profile
 from bench.common import Report, private_home, start_cluster
 from bench.soak import cluster_pids, process_title
-from scheduler.policies import Headroom
 from warmfleet import loadgen
 from warmfleet.cli import launch
 from warmfleet.cli.defaults import default_models
@@ -138,14 +137,6 @@ def create_no_cache_model(client: Client, settings: Settings, timeout_s: float =
         time.sleep(1.0)
     return {"name": NO_CACHE_MODEL, "weights": builtin.weights, "options": options,
             "serving_after_s": time.perf_counter() - start}
-
-
-def account_slots(settings: Settings) -> int:
-    """The built-in tiny Llama's slots that one account alone may fill at once: its instance's
-    ``max_batch_size`` less the router's fair-share headroom (``scheduler.policies.Headroom``)."""
-    builtin = next(spec for spec in default_models(settings) if spec.name == MODEL)
-    slots = int(builtin.options.get("max_batch_size", 32))
-    return slots - Headroom().of(slots)
 
 
 # 1. Prefix caching
@@ -325,7 +316,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--prefix-rounds", type=int, default=3, help="rounds alternating the two models")
     parser.add_argument("--chat-tokens", type=int, default=4, help="new tokens per chat request")
     parser.add_argument("--mix-tokens", type=int, default=64, help="new tokens per request of the mix")
-    parser.add_argument("--mix-repeats", type=int, default=6, help="runs of A and of B")
+    parser.add_argument("--mix-repeats", type=int, default=10, help="runs of A and of B")
     parser.add_argument("--streams", type=int, default=32, help="the headline's concurrent streams")
     parser.add_argument("--tokens", type=int, default=128, help="the headline's new tokens per request")
     parser.add_argument("--repeats", type=int, default=3, help="the headline's rounds; the median counts")
@@ -370,14 +361,13 @@ def in_cluster(settings: Settings, args: argparse.Namespace) -> tuple[dict[str, 
             target, texts, args.tokens, IDLE_RUNS, args.repeats))
         no_cache = llm.through_cluster(target, texts, args.tokens, IDLE_RUNS, args.repeats,
                                        model=NO_CACHE_MODEL)
-        fits = min(args.streams, account_slots(settings))
-        fitting = llm.through_cluster(target, texts[:fits], args.tokens, IDLE_RUNS, args.repeats)
+        steady = llm.steady_load(target, texts, args.tokens, args.streams)
     finally:
         launch.down(settings)
     headline_cpu["output_tokens"] = 4 + (IDLE_RUNS + args.repeats * args.streams) * args.tokens
     return {"second_model": second_model, "prefix": prefix, "mix": mix, "mix_cpu": mix_cpu,
             "headline": headline, "headline_cpu": headline_cpu, "headline_no_cache": no_cache,
-            "headline_streams_within_headroom": {"streams": fits, **fitting}}, the
+            "headline_steady": steady}, the
 
 
 def alone(weights: Path, args: argparse.Namespace, the: dict[str, Any]) -> dict[str, Any]:
@@ -495,7 +485,7 @@ def where_headline(m: dict[str, Any], d: dict[str, Any], seq: dict[str, Any],
     """Tokens/s and TTFT through the cluster, the runner alone and the engine alone; TTFT's parts; the
     time per decode step; the headroom's queue; the CPU per 1,000 tokens of each process."""
     h, hn, cpu = m["headline"], m["headline_no_cache"], m["headline_cpu"]
-    hw = m["headline_streams_within_headroom"]
+    hs = m["headline_steady"]
     cache, none, runner = d["cache"]["median_round"], d["no_cache"]["median_round"], d["through_runner"]
     rates = {"cluster": h["tokens_per_s"], "cluster_no_cache_model": hn["tokens_per_s"],
              "runner_alone": runner["tokens_per_s"], "engine_alone": cache["tokens_per_s"],
@@ -504,15 +494,11 @@ def where_headline(m: dict[str, Any], d: dict[str, Any], seq: dict[str, Any],
     return {
         "tokens_per_s": rates,
         "speedup_over_sequential": {k: v / seq["tokens_per_s"] for k, v in rates.items()},
-        # the streams one account may run at once (the instance's slots less the fair-share headroom)
-        "within_headroom": {"streams": hw["streams"], "tokens_per_s": hw["tokens_per_s"],
-                            "speedup_over_sequential": hw["tokens_per_s"] / seq["tokens_per_s"],
-                            "ttft_p50_ms": hw["ttft_p50_ms"], "ttft_p99_ms": hw["ttft_p99_ms"],
-                            "idle_ttft_p50_ms": hw["idle_ttft_p50_ms"],
-                            "ttft_ratio_loaded_over_idle": hw["ttft_p50_ms"] / hw["idle_ttft_p50_ms"],
-                            "queue_max_ms": hw["queue_max_ms"]},
+        # the same streams kept in flight, of varied lengths: each new one arrives while the others decode
+        "steady": {**hs, "speedup_over_sequential": hs["tokens_per_s"] / seq["tokens_per_s"],
+                   "ttft_ratio_loaded_over_idle": hs["ttft_p50_ms"] / h["idle_ttft_p50_ms"]},
         "all_streams_queue_max_ms": h["queue_max_ms"], "all_streams_ttft_p99_ms": h["ttft_p99_ms"],
-        "start_spread_ms": {"all_streams": h["start_spread_ms"], "within_headroom": hw["start_spread_ms"]},
+        "start_spread_ms": h["start_spread_ms"],
         "ttft_p50_ms_under_load": {
             "cluster_client": h["ttft_p50_ms"], "cluster_engine": h["engine_ttft_p50_ms"],
             "cluster_no_cache_model_client": hn["ttft_p50_ms"],
@@ -563,7 +549,7 @@ def goals_of(measured: dict[str, Any], baseline: dict[str, Any]) -> dict[str, An
         "constrained_mix": {"goal": "free streams' tokens/s (per-stream p50) with 16 constrained beside "
                                     f"them >= {GOAL_FREE_RATIO}x without (median of the repeats' B/A)",
                             "value": ratio, "met": ratio >= GOAL_FREE_RATIO},
-        **llm.headline_goals(measured["headline"], baseline),
+        **llm.headline_goals(measured["headline"], baseline, measured["headline_steady"]),
     }
 
 
@@ -675,14 +661,16 @@ def _md_mix(r: dict[str, Any]) -> list[str]:
 def _md_headline(r: dict[str, Any]) -> list[str]:
     w, seq = r["where_the_time_goes"]["headline"], r["alone"]["sequential_generate"]
     rate, speedup = w["tokens_per_s"], w["speedup_over_sequential"]
-    loaded, idle, fit = w["ttft_p50_ms_under_load"], w["ttft_p50_ms_idle"], w["within_headroom"]
+    loaded, idle, steady = w["ttft_p50_ms_under_load"], w["ttft_p50_ms_idle"], w["steady"]
     rows = [
         *([f"sequential `generate`, torch {name.replace('_', ' ')}", value, value / seq["tokens_per_s"],
            None, None] for name, value in w["sequential_generate_tokens_per_s"].items()),
         [f"cluster, {MODEL}", rate["cluster"], speedup["cluster"], loaded["cluster_client"],
          idle["cluster_client"]],
-        [f"cluster, {fit['streams']} streams (one account's slots)", fit["tokens_per_s"],
-         fit["speedup_over_sequential"], fit["ttft_p50_ms"], fit["idle_ttft_p50_ms"]],
+        [f"cluster, {steady['streams']} streams kept in flight (steady load; TTFT without the first "
+         f"{steady['streams']})", steady["tokens_per_s"], steady["speedup_over_sequential"],
+         steady["ttft_p50_ms"], idle["cluster_client"]],
+        ["cluster, steady load, engine's own TTFT", None, None, steady["engine_ttft_p50_ms"], None],
         ["cluster, same model, engine's own TTFT", None, None, loaded["cluster_engine"],
          idle["cluster_engine"]],
         [f"cluster, {NO_CACHE_MODEL}", rate["cluster_no_cache_model"], speedup["cluster_no_cache_model"],
@@ -710,7 +698,7 @@ def _md_headline(r: dict[str, Any]) -> list[str]:
 def _md_headline_time(r: dict[str, Any]) -> list[str]:
     w = r["where_the_time_goes"]["headline"]
     step, alone_step = w["round_wall_ms_per_decode_step"], w["decode_step_p50_ms_alone"]
-    fit, spread = w["within_headroom"], w["start_spread_ms"]
+    steady, spread = w["steady"], w["start_spread_ms"]
     prefills = ", ".join(f"{name} {v['forwards']} forwards, {_f(v['total_ms'])} ms"
                          for name, v in w["prefill_per_round_alone"].items())
     split = "; ".join(f"{when}: " + ", ".join(f"{k} {_f(v)}" for k, v in w[key].items())
@@ -728,13 +716,15 @@ def _md_headline_time(r: dict[str, Any]) -> list[str]:
             f"{_f(alone_step['32_rows_forward'], 2)} ms), ",
             f"of 1 row {_f(alone_step['1_row'], 2)} ms. Prefill of a round with no cluster: {prefills}."),
         *_paragraph(
-            f"Of {r['settings']['streams']} streams at once, one account may run {fit['streams']} (the ",
-            "fair-share headroom keeps the rest of the instance's slots for other accounts): the last ",
-            f"waited up to {_f(w['all_streams_queue_max_ms'], 0)} ms in the gateway's queue (TTFT p99 ",
-            f"{_f(w['all_streams_ttft_p99_ms'], 0)} ms), against {_f(fit['queue_max_ms'], 0)} ms with ",
-            f"{fit['streams']} streams. The load generator sent the median round's requests over ",
-            f"{_f(spread['all_streams'], 0)} ms ({_f(spread['within_headroom'], 0)} ",
-            "ms with fewer streams)."),
+            f"In the rounds (a burst: {r['settings']['streams']} streams sent at once) the last waited up ",
+            f"to {_f(w['all_streams_queue_max_ms'], 0)} ms in the gateway's queue (TTFT p99 ",
+            f"{_f(w['all_streams_ttft_p99_ms'], 0)} ms); the load generator sent the median round's ",
+            f"requests over {_f(spread, 0)} ms. Under the steady load ({steady['requests']} requests of ",
+            f"{r['settings']['tokens'] // 2} to {r['settings']['tokens'] * 3 // 2} tokens, ",
+            f"{steady['streams']} in flight; TTFT over the {steady['ttft_requests']} after the first ",
+            f"{steady['streams']}): TTFT p50/p90/p99 {_f(steady['ttft_p50_ms'])}/{_f(steady['ttft_p90_ms'])}/",
+            f"{_f(steady['ttft_p99_ms'])} ms, the engine's own p50 {_f(steady['engine_ttft_p50_ms'])} ms, the ",
+            f"gateway's queue p50 {_f(steady['queue_p50_ms'])} ms."),
         *_paragraph(
             f"TTFT p50 split (medians of each part, ms): {split} (gateway_queue: created at the gateway ",
             "to started on the agent; rest: the client's send, tokenizing on the agent, the first ",
