@@ -475,7 +475,7 @@ class LLMEngine:
         mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch), 1)], dim=1)
         masks = _start_masks(batch.seqs, self.model)  # computed while the forward runs
         out = self.model(input_ids=batch.last.unsqueeze(1), attention_mask=_attention_mask(mask, 1, self.model),
-                         position_ids=batch.positions.unsqueeze(1), past_key_values=batch.cache,
+                         position_ids=batch.positions.unsqueeze(1), cache=batch.cache,
                          use_cache=True)
         batch.mask = mask
         batch.positions = batch.positions + 1
@@ -662,7 +662,7 @@ def _prefill(model: Any, device: torch.device, group: list[_Sequence], blocks: S
     ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
     cache = cache_from_blocks(blocks, before, model.config)
     out = model(input_ids=ids, attention_mask=_attention_mask(mask, after, model), position_ids=positions,
-                past_key_values=cache, use_cache=True, logits_to_keep=1)
+                cache=cache, use_cache=True, logits_to_keep=1)
     if not bool(mask.all()):
         padding = (mask == 0)[:, None, :, None]
         for layer in cache.layers:

@@ -114,12 +114,12 @@ class Counting(torch.nn.Module):
         super().__init__()
         self.inner, self.config, self.calls = inner, inner.config, []
 
-    def forward(self, input_ids, past_key_values=None, **kwargs):
-        if past_key_values.get_seq_length() == 0:
+    def forward(self, input_ids, cache=None, **kwargs):
+        if cache.get_seq_length() == 0:
             self.calls.append(("prefill", *input_ids.shape))
         else:
             self.calls.append(("decode", input_ids.shape[0]))
-        return self.inner(input_ids=input_ids, past_key_values=past_key_values, **kwargs)
+        return self.inner(input_ids=input_ids, cache=cache, **kwargs)
 
     @property
     def prefills(self) -> list[tuple[int, int]]:
@@ -456,10 +456,10 @@ def test_a_failed_prefill_fails_the_requests_of_its_turn_and_the_running_batch_c
     class FailingPrefill(Counting):
         fail = False
 
-        def forward(self, input_ids, past_key_values=None, **kwargs):
-            if self.fail and past_key_values.get_seq_length() == 0:
+        def forward(self, input_ids, cache=None, **kwargs):
+            if self.fail and cache.get_seq_length() == 0:
                 raise RuntimeError("out of memory, say")
-            return super().forward(input_ids, past_key_values=past_key_values, **kwargs)
+            return super().forward(input_ids, cache=cache, **kwargs)
 
     model = FailingPrefill(tiny.model)
     engine = make_engine(model)
