@@ -26,6 +26,7 @@ This module imports llguidance and torch only inside its functions.
 
 from __future__ import annotations
 
+import collections
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from warmfleet.errors import InvalidInput
 KINDS = ("json_schema", "regex", "choice", "grammar")
 # Compact JSON, as OpenAI's structured outputs write it; a JSON Schema's own "x-guidance" may override.
 JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+MATCHERS_CACHED = 64  # grammars whose matcher an instance keeps, to copy for the next request of one
 
 
 @dataclass(frozen=True)
@@ -67,14 +69,23 @@ def grammar_text(constraint: Constraint) -> str:
 
 class Grammars:
     """One instance's grammar side: the tokenizer as llguidance sees it (built once, on first use) and a
-    fresh matcher per constrained request."""
+    fresh matcher per constrained request.
 
-    def __init__(self, tokenizer: Any, vocab_size: int, eos_token_ids: Sequence[int]) -> None:
+    Agents send the same schemas and tool definitions request after request, so the matchers of the
+    last ``cached`` grammars are kept, at their start and never advanced, and a request gets a copy of
+    one: building a matcher (checking the grammar, then compiling it) takes ~2.4 ms of CPU, a copy ~2 us
+    (the tiny Llama, a 400-character regex). A copy is independent of the kept one and of every other."""
+
+    def __init__(self, tokenizer: Any, vocab_size: int, eos_token_ids: Sequence[int],
+                 cached: int = MATCHERS_CACHED) -> None:
         self._tokenizer = tokenizer
         self.vocab_size = vocab_size
         self._eos = list(eos_token_ids)
         self._lock = threading.Lock()
         self._ll_tokenizer: Any = None
+        self._cached = cached
+        self._matchers: collections.OrderedDict[str, Any] = collections.OrderedDict()  # grammar -> at start
+        self._matchers_lock = threading.Lock()
 
     def _ll(self) -> Any:
         with self._lock:
@@ -88,12 +99,26 @@ class Grammars:
     def matcher(self, constraint: Constraint) -> Any:
         """A matcher at the start of the constraint's language; ``InvalidInput`` naming its field when the
         schema, regex or grammar is not one llguidance can hold to."""
-        from llguidance import LLMatcher
-
         try:
             text = grammar_text(constraint)
         except ValueError as err:
             raise InvalidInput(constraint.field, f"not a usable {constraint.kind}: {err}") from err
+        with self._matchers_lock:
+            kept = self._matchers.get(text)
+            if kept is not None:
+                self._matchers.move_to_end(text)
+                return kept.deep_copy()
+        matcher = self._build(constraint, text)
+        if self._cached:
+            with self._matchers_lock:
+                self._matchers[text] = matcher.deep_copy()
+                while len(self._matchers) > self._cached:
+                    self._matchers.popitem(last=False)
+        return matcher
+
+    def _build(self, constraint: Constraint, text: str) -> Any:
+        from llguidance import LLMatcher
+
         failed, messages = LLMatcher.validate_grammar_with_warnings(text, self._ll())
         if failed:
             raise InvalidInput(constraint.field, f"not a usable {constraint.kind}: {'; '.join(messages)}")

@@ -116,6 +116,24 @@ def test_a_regex_and_choices_hold_for_every_sample(tiny, make_engine, grammars):
     assert chosen.text in ("alpha", "beta", "gamma")
 
 
+def test_a_repeated_grammar_s_matcher_is_a_copy_of_the_one_built_and_each_copy_is_its_own(tiny):
+    grammars = Grammars(tiny.tokenizer, tiny.model.config.vocab_size, tiny.eos, cached=2)
+    built: list[str] = []
+    build = grammars._build
+    grammars._build = lambda constraint, text: built.append(constraint.value) or build(constraint, text)
+    code = Constraint("regex", r"[a-z]{3}-[0-9]{2}", "input.regex")
+    first, second = grammars.matcher(code), grammars.matcher(code)
+    assert built == [code.value]  # the second is a copy
+    for token in tiny.tokenizer.encode("abc-12", add_special_tokens=False):
+        assert first.consume_token(token)
+    assert first.is_accepting() and not second.is_accepting()  # advancing one leaves the other at its start
+    assert not grammars.matcher(code).is_accepting()  # and the kept one
+    for other in ("x+", "y+"):  # two more grammars push the first out of a cache of two
+        grammars.matcher(Constraint("regex", other, "input.regex"))
+    grammars.matcher(code)
+    assert built == [code.value, "x+", "y+", code.value]
+
+
 @pytest.mark.parametrize("constraint", [
     Constraint("json_schema", {"type": "strin"}, "input.json_schema"),
     Constraint("regex", "[a-", "input.regex"),
