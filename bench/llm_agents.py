@@ -722,9 +722,10 @@ def _md_headline_time(r: dict[str, Any]) -> list[str]:
             f"requests over {_f(spread, 0)} ms. Under the steady load ({steady['requests']} requests of ",
             f"{r['settings']['tokens'] // 2} to {r['settings']['tokens'] * 3 // 2} tokens, ",
             f"{steady['streams']} in flight; TTFT over the {steady['ttft_requests']} after the first ",
-            f"{steady['streams']}): TTFT p50/p90/p99 {_f(steady['ttft_p50_ms'])}/{_f(steady['ttft_p90_ms'])}/",
-            f"{_f(steady['ttft_p99_ms'])} ms, the engine's own p50 {_f(steady['engine_ttft_p50_ms'])} ms, the ",
-            f"gateway's queue p50 {_f(steady['queue_p50_ms'])} ms."),
+            f"{steady['streams']}): TTFT p50/p90/p99 {_f(steady['ttft_p50_ms'])}/",
+            f"{_f(steady['ttft_p90_ms'])}/{_f(steady['ttft_p99_ms'])} ms, the engine's own p50 ",
+            f"{_f(steady['engine_ttft_p50_ms'])} ms, the gateway's queue p50 ",
+            f"{_f(steady['queue_p50_ms'])} ms."),
         *_paragraph(
             f"TTFT p50 split (medians of each part, ms): {split} (gateway_queue: created at the gateway ",
             "to started on the agent; rest: the client's send, tokenizing on the agent, the first ",

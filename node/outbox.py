@@ -5,16 +5,16 @@ Worker threads append; the agent's event loop wakes the session's pending ``take
 batch, and what it takes goes to the router as one ``Events`` frame (``node.data_server``). So under
 load one frame carries many events, and the messages per prediction fall well below one.
 
-Streams are paced: once a prediction's text has begun to flow, its next chunks and its logs wait for
-the next frame, and frames that carry only such events, or ``Started``, go at most one per
-``stream_interval_s`` (20 ms by default), so under load one message carries several tokens of a
-stream. Every other event goes at once and takes the waiting ones with it: a prediction's first chunk
-(its time to first token), its end (which frees its slot in the router and ends the client's wait: a
-paced end cost a lone 4-token stream 15 of its 30 ms), and every event of a prediction that streams no
-text (an echo's end, a diffusion's progress). Measured on 2 cores, 32 greedy streams of the tiny Llama through the cluster:
-one frame a step (one token a stream a message) gave ~4,000 tokens/s with the machine saturated,
-20 ms frames ~5,300 with a quarter of it idle, the gateway's CPU per token halved; the stream's
-inter-token gap p50 went from 7 ms to 22 ms, below what a reader can see
+Streams are paced: once a prediction's text has begun to flow, its next chunks and its logs wait for the
+next frame, and frames that carry only such events, or ``Started``, go at most one per
+``stream_interval_s`` (20 ms by default), so under load one message carries several tokens of a stream.
+Every other event goes at once and takes the waiting ones with it: a prediction's first chunk (its time
+to first token), its end (which frees its slot in the router and ends the client's wait: a paced end
+cost a lone 4-token stream 15 of its 30 ms), and every event of a prediction that streams no text (an
+echo's end, a diffusion's progress). Measured on 2 cores, 32 greedy streams of the tiny Llama through
+the cluster: one frame a step (one token a stream a message) gave ~4,000 tokens/s with the machine
+saturated, 20 ms frames ~5,300 with a quarter of it idle, the gateway's CPU per token halved; the
+stream's inter-token gap p50 went from 7 ms to 22 ms, below what a reader can see
 (`bench/results/llm_agents.md`).
 
 A session numbers its batches (``take_batch``) and keeps each until the router acknowledges it

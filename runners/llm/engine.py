@@ -474,9 +474,9 @@ class LLMEngine:
                                          self.eos_token_ids, self.device)
         mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch), 1)], dim=1)
         masks = _start_masks(batch.seqs, self.model)  # computed while the forward runs
-        out = self.model(input_ids=batch.last.unsqueeze(1), attention_mask=_attention_mask(mask, 1, self.model),
-                         position_ids=batch.positions.unsqueeze(1), cache=batch.cache,
-                         use_cache=True)
+        attention = _attention_mask(mask, 1, self.model)
+        out = self.model(input_ids=batch.last.unsqueeze(1), attention_mask=attention,
+                         position_ids=batch.positions.unsqueeze(1), cache=batch.cache, use_cache=True)
         batch.mask = mask
         batch.positions = batch.positions + 1
         batch.last = self._choose(batch.sampler, out.logits[:, -1, :], batch.seqs, masks)
