@@ -81,11 +81,10 @@ class Grammars:
         self._tokenizer = tokenizer
         self.vocab_size = vocab_size
         self._eos = list(eos_token_ids)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # prepare runs on worker threads: the ll tokenizer, the kept matchers
         self._ll_tokenizer: Any = None
         self._cached = cached
         self._matchers: collections.OrderedDict[str, Any] = collections.OrderedDict()  # grammar -> at start
-        self._matchers_lock = threading.Lock()
 
     def _ll(self) -> Any:
         with self._lock:
@@ -103,14 +102,14 @@ class Grammars:
             text = grammar_text(constraint)
         except ValueError as err:
             raise InvalidInput(constraint.field, f"not a usable {constraint.kind}: {err}") from err
-        with self._matchers_lock:
+        with self._lock:
             kept = self._matchers.get(text)
             if kept is not None:
                 self._matchers.move_to_end(text)
                 return kept.deep_copy()
         matcher = self._build(constraint, text)
         if self._cached:
-            with self._matchers_lock:
+            with self._lock:
                 self._matchers[text] = matcher.deep_copy()
                 while len(self._matchers) > self._cached:
                     self._matchers.popitem(last=False)
