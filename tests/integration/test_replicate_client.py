@@ -37,6 +37,9 @@ pytestmark = pytest.mark.integration
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SD_INPUT = {"prompt": "a red fox in the snow", "width": 64, "height": 64, "num_inference_steps": 2, "seed": 7}
 LLM_INPUT = {"prompt": "seven wise owls watch", "temperature": 0, "max_new_tokens": 16}
+# A stream long enough to span several of the agent's paced frames (20 ms apart, node/outbox.py): 16
+# tokens can all come within one, and then the text arrives in two pieces however it is streamed.
+STREAM_INPUT = {**LLM_INPUT, "max_new_tokens": 96, "min_new_tokens": 96}
 TIMEOUT_S = 60.0
 
 
@@ -189,9 +192,9 @@ async def test_stream_gives_the_text_as_output_events_then_done(client, api):
     kinds = [event.event.value for event in events]
     assert "".join(str(e) for e in events if e.event.value == "output") == text
     assert "output" in kinds and kinds[-1] == "done" and events[-1].data == "{}"
-    tokens = await call(lambda: [str(e) for e in client.stream(LLM, input=LLM_INPUT)
+    tokens = await call(lambda: [str(e) for e in client.stream(LLM, input=STREAM_INPUT)
                                  if e.event.value == "output"])
-    greedy = await by_grpc(api, prompt=LLM_INPUT["prompt"], temperature=0.0, max_new_tokens=16)
+    greedy = await by_grpc(api, **STREAM_INPUT)
     assert len(tokens) > 2 and "".join(tokens) == greedy.output.value.string_value
 
 
